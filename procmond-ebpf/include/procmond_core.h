@@ -1,0 +1,80 @@
+/* procmond_core.h - the few kernel types the probes read, for CO-RE.
+ *
+ * Only the fields procmond touches are declared. `preserve_access_index` makes
+ * clang record every field access as a CO-RE relocation, so the loader (aya)
+ * rewrites offsets against the running kernel's BTF at load time. This keeps
+ * the object portable without shipping a multi-megabyte vmlinux.h.
+ */
+#ifndef PROCMOND_CORE_H
+#define PROCMOND_CORE_H
+
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+typedef signed int __s32;
+typedef signed long long __s64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+typedef __u32 u32;
+typedef __u64 u64;
+typedef _Bool bool;
+
+enum { false = 0, true = 1 };
+
+/* Map type and flag values from the stable UAPI (include/uapi/linux/bpf.h). */
+enum bpf_map_type {
+	BPF_MAP_TYPE_ARRAY = 2,
+	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_RINGBUF = 27,
+};
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+typedef struct {
+	int counter;
+} atomic_t;
+
+typedef struct {
+	__u32 val;
+} kuid_t;
+
+typedef struct {
+	__u32 val;
+} kgid_t;
+
+struct cred {
+	kuid_t uid;
+	kgid_t gid;
+	kuid_t euid;
+};
+
+struct mm_struct {
+	unsigned long arg_start;
+	unsigned long arg_end;
+};
+
+struct signal_struct {
+	atomic_t live;
+};
+
+struct task_struct {
+	int pid;
+	int tgid;
+	int exit_code;
+	unsigned long long start_boottime;
+	struct task_struct *real_parent;
+	const struct cred *real_cred;
+	struct mm_struct *mm;
+	struct signal_struct *signal;
+	char comm[16];
+};
+
+struct linux_binprm {
+	const char *filename;
+};
+
+#pragma clang attribute pop
+
+#endif

@@ -1,0 +1,53 @@
+/* procmond_record.h - the wire layout of one kernel record in the ring buffer.
+ *
+ * This is the contract between the probes and procmond's decoder
+ * (procmond/src/sources/ebpf/record.rs). Every field is little-endian and
+ * naturally aligned; a header is followed by `filename_len` bytes of the exec
+ * filename and `args_len` bytes of NUL-separated argv (exec records only).
+ * Bump RECORD_VERSION whenever the layout changes: the decoder refuses other
+ * versions instead of misreading them.
+ */
+#ifndef PROCMOND_RECORD_H
+#define PROCMOND_RECORD_H
+
+#define RECORD_VERSION 1
+
+#define RECORD_KIND_EXEC 1
+#define RECORD_KIND_EXIT 2
+#define RECORD_KIND_FORK 3
+
+#define RECORD_FLAG_ARGS_TRUNCATED (1u << 0)
+#define RECORD_FLAG_FILENAME_TRUNCATED (1u << 1)
+
+/* Powers of two: the probes mask lengths with (N - 1) to prove bounds. */
+#define FILENAME_MAX_LEN 512
+#define ARGS_MAX_LEN 4096
+#define COMM_LEN 16
+
+struct record_header {
+	__u16 version;
+	__u16 kind;
+	__u32 flags;
+	__u64 ktime_boot_ns;     /* when it happened, CLOCK_BOOTTIME */
+	__u64 start_boottime_ns; /* task start, CLOCK_BOOTTIME */
+	__u64 cgroup_id;
+	__u32 pid;               /* tgid; the child's on fork */
+	__u32 tid;
+	__u32 ppid;              /* real parent's tgid */
+	__u32 uid;
+	__u32 gid;
+	__u32 euid;
+	__u32 exit_code;         /* raw wait status: (code << 8) | signal */
+	__u16 filename_len;
+	__u16 args_len;
+	char comm[COMM_LEN];
+};
+
+_Static_assert(sizeof(struct record_header) == 80, "record header layout");
+
+struct exec_record {
+	struct record_header hdr;
+	char data[FILENAME_MAX_LEN + ARGS_MAX_LEN];
+};
+
+#endif

@@ -1,0 +1,171 @@
+// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
+/* procmond.bpf.c - kernel probes for process exec, exit and fork.
+ *
+ * Each probe copies what userspace needs *at the moment of the event*, so a
+ * process that lives for a microsecond still arrives with its argv, parent and
+ * credentials. Records go to one ring buffer; a record that cannot be written
+ * is counted in LOST (per CPU), which procmond reads and reports as the
+ * kernel-side loss figure. The probes are BTF tracepoints (tp_btf): they need
+ * no tracefs and read kernel structs through CO-RE relocations.
+ */
+#include "procmond_core.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "procmond_record.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Userspace overrides max_entries (ring_buffer_bytes in procmond.yaml). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 * 1024 * 1024);
+} EVENTS SEC(".maps");
+
+/* Records that could not be written to EVENTS. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} LOST SEC(".maps");
+
+/* Scratch space: an exec record is too large for the 512-byte BPF stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct exec_record);
+} SCRATCH SEC(".maps");
+
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *lost = bpf_map_lookup_elem(&LOST, &zero);
+
+	if (lost)
+		__sync_fetch_and_add(lost, 1);
+}
+
+static __always_inline void fill_header(struct record_header *hdr, __u16 kind,
+					struct task_struct *task)
+{
+	const struct cred *cred = BPF_CORE_READ(task, real_cred);
+
+	hdr->version = RECORD_VERSION;
+	hdr->kind = kind;
+	hdr->flags = 0;
+	hdr->ktime_boot_ns = bpf_ktime_get_boot_ns();
+	hdr->start_boottime_ns = BPF_CORE_READ(task, start_boottime);
+	hdr->cgroup_id = bpf_get_current_cgroup_id();
+	hdr->pid = BPF_CORE_READ(task, tgid);
+	hdr->tid = BPF_CORE_READ(task, pid);
+	hdr->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	hdr->uid = BPF_CORE_READ(cred, uid.val);
+	hdr->gid = BPF_CORE_READ(cred, gid.val);
+	hdr->euid = BPF_CORE_READ(cred, euid.val);
+	hdr->exit_code = 0;
+	hdr->filename_len = 0;
+	hdr->args_len = 0;
+	BPF_CORE_READ_STR_INTO(&hdr->comm, task, comm);
+}
+
+/* Small records (exit, fork) are reserved in place: no copy. */
+static __always_inline struct record_header *reserve_small(void)
+{
+	struct record_header *hdr =
+		bpf_ringbuf_reserve(&EVENTS, sizeof(struct record_header), 0);
+
+	if (!hdr)
+		count_lost();
+	return hdr;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(handle_exec, struct task_struct *task, int old_pid,
+	     struct linux_binprm *bprm)
+{
+	__u32 zero = 0;
+	struct exec_record *rec = bpf_map_lookup_elem(&SCRATCH, &zero);
+	struct mm_struct *mm;
+	unsigned long arg_start, arg_end, want;
+	long fn_len, got;
+	__u32 args_len = 0;
+
+	if (!rec)
+		return 0;
+	fill_header(&rec->hdr, RECORD_KIND_EXEC, task);
+
+	fn_len = bpf_probe_read_kernel_str(rec->data, FILENAME_MAX_LEN,
+					   BPF_CORE_READ(bprm, filename));
+	if (fn_len <= 0) {
+		fn_len = 0;
+	} else {
+		fn_len -= 1; /* drop the NUL */
+		if (fn_len >= FILENAME_MAX_LEN - 1)
+			rec->hdr.flags |= RECORD_FLAG_FILENAME_TRUNCATED;
+	}
+	fn_len &= FILENAME_MAX_LEN - 1;
+	rec->hdr.filename_len = fn_len;
+
+	mm = BPF_CORE_READ(task, mm);
+	arg_start = BPF_CORE_READ(mm, arg_start);
+	arg_end = BPF_CORE_READ(mm, arg_end);
+	if (arg_end > arg_start) {
+		want = arg_end - arg_start;
+		if (want > ARGS_MAX_LEN - 1) {
+			want = ARGS_MAX_LEN - 1;
+			rec->hdr.flags |= RECORD_FLAG_ARGS_TRUNCATED;
+		}
+		want &= ARGS_MAX_LEN - 1;
+		got = bpf_probe_read_user(&rec->data[fn_len], want,
+					  (const void *)arg_start);
+		if (got == 0)
+			args_len = want;
+	}
+	rec->hdr.args_len = args_len;
+
+	{
+		__u64 size = sizeof(struct record_header) + fn_len + args_len;
+
+		if (size > sizeof(*rec))
+			size = sizeof(*rec);
+		if (bpf_ringbuf_output(&EVENTS, rec, size, 0) != 0)
+			count_lost();
+	}
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(handle_exit, struct task_struct *task)
+{
+	struct record_header *hdr;
+
+	/* One record per process: only when its last thread exits. */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	hdr = reserve_small();
+	if (!hdr)
+		return 0;
+	fill_header(hdr, RECORD_KIND_EXIT, task);
+	hdr->exit_code = BPF_CORE_READ(task, exit_code);
+	bpf_ringbuf_submit(hdr, 0);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
+{
+	struct record_header *hdr;
+
+	/* New processes only; threads share their creator's tgid. */
+	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+		return 0;
+	hdr = reserve_small();
+	if (!hdr)
+		return 0;
+	fill_header(hdr, RECORD_KIND_FORK, child);
+	/* The child inherits its parent's credentials at this point. */
+	bpf_ringbuf_submit(hdr, 0);
+	return 0;
+}

@@ -1,0 +1,34 @@
+//! `procmond snapshot`: one enumeration, rendered like `watch` output.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use procmond::config::ProcmondConfig;
+use procmond::metrics::Metrics;
+use procmond::model::{EventKind, EventSource};
+use procmond::output::{Format, render};
+use procmond::pipeline::{Pipeline, codec};
+use procmond::sources::snapshot::{self, SnapshotOptions};
+
+pub fn run(format: Format) -> Result<()> {
+    let config = ProcmondConfig::default();
+    let snap =
+        snapshot::take(SnapshotOptions { cwd: true }).context("reading the process table")?;
+    let mut pipeline = Pipeline::new(&config, 1, Arc::new(Metrics::default()));
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut line = Vec::with_capacity(1024);
+    for p in &snap.processes {
+        let event = p.to_event(EventKind::Snapshot, EventSource::Poll, snap.taken_at);
+        let Some(encoded) = pipeline.process(event) else {
+            continue;
+        };
+        let event = codec::decode(&encoded.bytes)?;
+        line.clear();
+        render(&event, format, &mut line);
+        out.write_all(&line)?;
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! `agent.yaml` (SPEC §3.1): the agent's broker, supervision and sinks, and
+//! the collectors it spawns.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, ProcmondConfig, parse_yaml, read_config_file};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    /// User the agent drops to once its collectors are ready.
+    #[serde(default)]
+    pub run_as: Option<String>,
+    #[serde(default = "default_timeout")]
+    pub startup_timeout_secs: u64,
+    #[serde(default)]
+    pub heartbeat: HeartbeatConfig,
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+    #[serde(default)]
+    pub collectors: Vec<CollectorConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    pub socket: PathBuf,
+    pub allowed_uids: Vec<u32>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/procmond/broker.sock"),
+            allowed_uids: vec![0],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatConfig {
+    pub interval_secs: u64,
+    pub missed_threshold: u32,
+    pub health_check_timeout_secs: u64,
+    pub graceful_shutdown_timeout_secs: u64,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 30,
+            missed_threshold: 3,
+            health_check_timeout_secs: 5,
+            graceful_shutdown_timeout_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
+pub enum SinkConfig {
+    /// Every `events.process.*` event as one JSON line, deduplicated.
+    Jsonl { path: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub binary_path: PathBuf,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "yes")]
+    pub auto_restart: bool,
+    #[serde(default = "default_timeout")]
+    pub startup_timeout_secs: u64,
+    #[serde(default)]
+    pub config: ProcmondConfig,
+}
+
+fn default_timeout() -> u64 {
+    60
+}
+fn yes() -> bool {
+    true
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::parse(&read_config_file(path)?, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = parse_yaml(text, path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.broker.socket.is_absolute() {
+            return Err(ConfigError::invalid(
+                "broker.socket",
+                "must be an absolute path",
+            ));
+        }
+        let positive = [
+            ("startup_timeout_secs", self.startup_timeout_secs),
+            ("heartbeat.interval_secs", self.heartbeat.interval_secs),
+            (
+                "heartbeat.missed_threshold",
+                u64::from(self.heartbeat.missed_threshold),
+            ),
+            (
+                "heartbeat.health_check_timeout_secs",
+                self.heartbeat.health_check_timeout_secs,
+            ),
+            (
+                "heartbeat.graceful_shutdown_timeout_secs",
+                self.heartbeat.graceful_shutdown_timeout_secs,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be greater than 0"));
+            }
+        }
+        if let Some(user) = &self.run_as
+            && user.is_empty()
+        {
+            return Err(ConfigError::invalid("run_as", "must name a user"));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, c) in self.collectors.iter().enumerate() {
+            let key = |field: &str| format!("collectors[{i}].{field}");
+            if !ids.insert(c.id.as_str()) {
+                return Err(ConfigError::invalid(
+                    key("id"),
+                    format!("duplicate collector id {:?}", c.id),
+                ));
+            }
+            if c.kind != "process-monitor" {
+                return Err(ConfigError::invalid(
+                    key("type"),
+                    format!(
+                        "unknown collector type {:?} (known: process-monitor)",
+                        c.kind
+                    ),
+                ));
+            }
+            if c.enabled {
+                check_executable(&c.binary_path)
+                    .map_err(|reason| ConfigError::invalid(key("binary_path"), reason))?;
+            }
+            if c.startup_timeout_secs == 0 {
+                return Err(ConfigError::invalid(
+                    key("startup_timeout_secs"),
+                    "must be greater than 0",
+                ));
+            }
+            c.config.validate().map_err(|e| match e {
+                ConfigError::Invalid { key: k, reason } => {
+                    ConfigError::invalid(key(&format!("config.{k}")), reason)
+                }
+                other => other,
+            })?;
+        }
+        for (i, s) in self.sinks.iter().enumerate() {
+            let SinkConfig::Jsonl { path } = s;
+            if !path.is_absolute() {
+                return Err(ConfigError::invalid(
+                    format!("sinks[{i}].path"),
+                    "must be an absolute path",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_executable(path: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a file", path.display()));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Err(format!("{} is not executable", path.display()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC_EXAMPLE: &str = "
+broker:
+  socket: /run/procmond/broker.sock
+  allowed_uids: [0]
+run_as: nobody
+startup_timeout_secs: 60
+heartbeat:
+  interval_secs: 30
+  missed_threshold: 3
+  health_check_timeout_secs: 5
+  graceful_shutdown_timeout_secs: 60
+sinks:
+  - type: jsonl
+    path: /var/lib/procmond/events.jsonl
+collectors:
+  - id: procmond
+    type: process-monitor
+    binary_path: /bin/sh
+    args: [run]
+    enabled: true
+    auto_restart: true
+    startup_timeout_secs: 60
+    config:
+      collection_interval_secs: 30
+      enhanced_metadata: true
+      compute_hashes: false
+      wal_dir: /var/lib/procmond/wal
+";
+
+    fn parse(text: &str) -> Result<AgentConfig, String> {
+        AgentConfig::parse(text, Path::new("agent.yaml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn spec_example_parses() {
+        let c = parse(SPEC_EXAMPLE).expect("valid");
+        assert_eq!(c.collectors[0].config.collection_interval_secs, 30);
+        assert_eq!(c.run_as.as_deref(), Some("nobody"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse(&SPEC_EXAMPLE.replace("/bin/sh", "/nonexistent/procmond"))
+            .expect_err("must be refused");
+        assert!(e.contains("collectors[0].binary_path"), "{e}");
+        let plain = std::env::temp_dir().join(format!("procmond-not-exec-{}", std::process::id()));
+        std::fs::write(&plain, "x").expect("temp file");
+        let e = parse(&SPEC_EXAMPLE.replace("/bin/sh", &plain.display().to_string()))
+            .expect_err("must be refused");
+        let _ = std::fs::remove_file(&plain);
+        assert!(
+            e.contains("collectors[0].binary_path") && e.contains("not executable"),
+            "{e}"
+        );
+        let e = parse(&SPEC_EXAMPLE.replace("missed_threshold", "missed_treshold"))
+            .expect_err("must be refused");
+        assert!(e.contains("missed_treshold"), "{e}");
+        let e = parse(&SPEC_EXAMPLE.replace(
+            "collection_interval_secs: 30",
+            "collection_interval_secs: 0",
+        ))
+        .expect_err("must be refused");
+        assert!(
+            e.contains("collectors[0].config.collection_interval_secs"),
+            "{e}"
+        );
+    }
+}

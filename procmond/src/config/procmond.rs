@@ -1,0 +1,181 @@
+//! `procmond.yaml`: the collector's settings (also handed to it by the agent
+//! as a collector's `config:` block). See docs/operations.md for which keys
+//! hot-reload.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, parse_yaml, read_config_file};
+use crate::sources::SourceChoice;
+
+/// The collector's configuration, with SPEC §5 defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcmondConfig {
+    /// Names this collector in every event and on the bus.
+    pub collector_id: String,
+    /// `auto`, `ebpf` or `poll`.
+    pub source: SourceChoice,
+    /// Reconciliation / polling interval, 1–3600 s.
+    pub collection_interval_secs: u64,
+    /// Read cwd, cgroup and container id for each process.
+    pub enhanced_metadata: bool,
+    /// SHA-256 of each executable (not available in this build: refused).
+    pub compute_hashes: bool,
+    /// Write-ahead log directory (used by `procmond run`).
+    pub wal_dir: PathBuf,
+    /// Kernel ring buffer size: a power of two, 64 KiB – 1 GiB.
+    pub ring_buffer_bytes: u32,
+    /// Redaction patterns added to the built-in ones.
+    pub sanitize: SanitizeConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SanitizeConfig {
+    /// Flags whose value is secret, e.g. `--db-pass`.
+    pub extra_flags: Vec<String>,
+    /// Substrings of `KEY=value` keys whose value is secret, e.g. `SESSION`.
+    pub extra_keys: Vec<String>,
+}
+
+impl Default for ProcmondConfig {
+    fn default() -> Self {
+        Self {
+            collector_id: "procmond".into(),
+            source: SourceChoice::Auto,
+            collection_interval_secs: 30,
+            enhanced_metadata: true,
+            compute_hashes: false,
+            wal_dir: PathBuf::from("/var/lib/procmond/wal"),
+            ring_buffer_bytes: 16 * 1024 * 1024,
+            sanitize: SanitizeConfig::default(),
+        }
+    }
+}
+
+pub const INTERVAL_RANGE: std::ops::RangeInclusive<u64> = 1..=3600;
+
+impl ProcmondConfig {
+    /// Loads and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::parse(&read_config_file(path)?, path)
+    }
+
+    /// Parses and validates YAML text (`path` is for messages).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = if text.trim().is_empty() {
+            Self::default()
+        } else {
+            parse_yaml(text, path)?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and relations serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.collector_id.is_empty()
+            || self.collector_id.len() > 64
+            || !self
+                .collector_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(ConfigError::invalid(
+                "collector_id",
+                format!(
+                    "must be 1-64 characters of [A-Za-z0-9._-], got {:?}",
+                    self.collector_id
+                ),
+            ));
+        }
+        if !INTERVAL_RANGE.contains(&self.collection_interval_secs) {
+            return Err(ConfigError::invalid(
+                "collection_interval_secs",
+                format!(
+                    "must be between {} and {} seconds, got {}",
+                    INTERVAL_RANGE.start(),
+                    INTERVAL_RANGE.end(),
+                    self.collection_interval_secs
+                ),
+            ));
+        }
+        if self.compute_hashes {
+            return Err(ConfigError::invalid(
+                "compute_hashes",
+                "executable hashing is not available in this build; set it to false",
+            ));
+        }
+        if !self.wal_dir.is_absolute() {
+            return Err(ConfigError::invalid(
+                "wal_dir",
+                format!("must be an absolute path, got {}", self.wal_dir.display()),
+            ));
+        }
+        let rb = self.ring_buffer_bytes;
+        if !rb.is_power_of_two() || !(64 * 1024..=1 << 30).contains(&rb) {
+            return Err(ConfigError::invalid(
+                "ring_buffer_bytes",
+                format!("must be a power of two between 65536 and 1073741824, got {rb}"),
+            ));
+        }
+        for (i, f) in self.sanitize.extra_flags.iter().enumerate() {
+            if !f.starts_with('-') || f.len() < 2 || f.contains(char::is_whitespace) {
+                return Err(ConfigError::invalid(
+                    format!("sanitize.extra_flags[{i}]"),
+                    format!("must be a flag such as --db-pass, got {f:?}"),
+                ));
+            }
+        }
+        for (i, k) in self.sanitize.extra_keys.iter().enumerate() {
+            if k.is_empty() || k.contains(char::is_whitespace) || k.contains('=') {
+                return Err(ConfigError::invalid(
+                    format!("sanitize.extra_keys[{i}]"),
+                    format!("must be a key fragment such as SESSION, got {k:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ProcmondConfig, String> {
+        ProcmondConfig::parse(text, Path::new("procmond.yaml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_shipped_file_are_valid() {
+        assert_eq!(
+            parse("").expect("empty is defaults"),
+            ProcmondConfig::default()
+        );
+        let shipped = include_str!("../../../config/procmond.yaml");
+        assert_eq!(
+            parse(shipped).expect("shipped config is valid"),
+            ProcmondConfig::default()
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse("collection_interval_secs: 0").expect_err("must be refused");
+        assert!(
+            e.contains("collection_interval_secs") && e.contains("between 1 and 3600"),
+            "{e}"
+        );
+        let e = parse("colection_interval_secs: 5").expect_err("must be refused");
+        assert!(e.contains("colection_interval_secs"), "{e}");
+        let e = parse("ring_buffer_bytes: 1000").expect_err("must be refused");
+        assert!(e.contains("ring_buffer_bytes"), "{e}");
+        let e = parse("sanitize:\n  extra_flags: [nodash]").expect_err("must be refused");
+        assert!(e.contains("sanitize.extra_flags[0]"), "{e}");
+        let e = parse("enhanced_metadata: maybe").expect_err("must be refused");
+        assert!(e.contains("enhanced_metadata"), "{e}");
+    }
+}

@@ -1,0 +1,18 @@
+//! procmond: a privileged host sensor that reports every process start and
+//! stop, from the kernel as it happens, without losing events silently.
+//!
+//! Follow one event: `sources::ebpf` (kernel record) → `sources::ebpf::record`
+//! (decode) → `sensor` (reconcile bookkeeping) → `pipeline` (enrich,
+//! sanitize, encode) → `output` (JSON on stdout) — see docs/architecture.md.
+
+pub mod clock;
+pub mod config;
+pub mod metrics;
+pub mod model;
+pub mod output;
+pub mod pipeline;
+pub mod privileges;
+#[cfg(target_os = "linux")]
+pub mod reconcile;
+pub mod sensor;
+pub mod sources;

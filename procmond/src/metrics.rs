@@ -1,0 +1,65 @@
+//! Counters for every place an event can be lost or altered.
+//!
+//! "Nothing is lost silently": each drop site increments one of these, and
+//! they reach the operator through `watch`'s closing stats line (and, with
+//! the agent, heartbeats and `ctl health`).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Shared, lock-free counters; one instance per sensor.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Records the kernel could not write to the ring buffer (read from the probes' LOST map).
+    pub kernel_lost: AtomicU64,
+    /// Kernel records refused by the decoder.
+    pub records_malformed: AtomicU64,
+    /// Events produced by the active source (kernel or polling).
+    pub events_observed: AtomicU64,
+    /// Events that went through the pipeline (enriched, sanitized, encoded).
+    pub events_encoded: AtomicU64,
+    /// Events that could not be encoded.
+    pub events_encode_failed: AtomicU64,
+    /// Events handed to the output (stdout, bus).
+    pub events_emitted: AtomicU64,
+    /// Events the output could not take (closed stdout, failed write).
+    pub events_output_dropped: AtomicU64,
+    /// Starts the kernel stream missed and reconciliation found.
+    pub reconcile_missed_starts: AtomicU64,
+    /// Stops the kernel stream missed and reconciliation found.
+    pub reconcile_missed_stops: AtomicU64,
+    /// Snapshots that failed to read the process table.
+    pub snapshot_errors: AtomicU64,
+    /// argv values replaced with `[REDACTED]`.
+    pub redactions: AtomicU64,
+    /// Live processes in the last snapshot.
+    pub processes_seen: AtomicU64,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn incr(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// All counters as one JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        let get = |c: &AtomicU64| c.load(Relaxed);
+        serde_json::json!({
+            "kernel_lost": get(&self.kernel_lost),
+            "records_malformed": get(&self.records_malformed),
+            "events_observed": get(&self.events_observed),
+            "events_encoded": get(&self.events_encoded),
+            "events_encode_failed": get(&self.events_encode_failed),
+            "events_emitted": get(&self.events_emitted),
+            "events_output_dropped": get(&self.events_output_dropped),
+            "reconcile_missed_starts": get(&self.reconcile_missed_starts),
+            "reconcile_missed_stops": get(&self.reconcile_missed_stops),
+            "snapshot_errors": get(&self.snapshot_errors),
+            "redactions": get(&self.redactions),
+            "processes_seen": get(&self.processes_seen),
+        })
+    }
+}

@@ -1,0 +1,256 @@
+//! The event model of SPEC §2: one `ProcessEvent` per observed process change.
+//!
+//! The same struct is encoded once with rkyv (WAL, bus, subscribers read it in
+//! place) and rendered as JSON for humans and sinks. Unknown values are `None`
+//! and omitted from JSON: procmond never invents a value it did not observe.
+
+use serde::{Serialize, Serializer};
+
+/// What happened to the process.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+pub enum EventKind {
+    /// The process replaced its image (kernel source).
+    Exec,
+    /// The process's last thread exited (kernel source).
+    Exit,
+    /// A new process was created (kernel source).
+    Fork,
+    /// The process was alive when the inventory was taken.
+    Snapshot,
+    /// A process appeared (polling or reconciliation).
+    Start,
+    /// A process disappeared (polling or reconciliation).
+    Stop,
+    /// A live process changed its image or command line (polling).
+    Modify,
+}
+
+impl EventKind {
+    /// The name used in JSON and in bus topics (`events.process.<name>`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exec => "exec",
+            Self::Exit => "exit",
+            Self::Fork => "fork",
+            Self::Snapshot => "snapshot",
+            Self::Start => "start",
+            Self::Stop => "stop",
+            Self::Modify => "modify",
+        }
+    }
+}
+
+/// Which mechanism observed the event.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+pub enum EventSource {
+    Ebpf,
+    Etw,
+    EndpointSecurity,
+    Poll,
+    Reconcile,
+}
+
+impl EventSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ebpf => "ebpf",
+            Self::Etw => "etw",
+            Self::EndpointSecurity => "endpoint_security",
+            Self::Poll => "poll",
+            Self::Reconcile => "reconcile",
+        }
+    }
+}
+
+/// Platform-specific extras, rendered under `platform`.
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct Platform {
+    /// Signal that terminated the process (`exit` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// The terminating signal dumped core.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub core_dumped: Option<bool>,
+    /// Kernel cgroup v2 id of the process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    /// The path handed to execve, when it was not absolute.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec_filename: Option<String>,
+}
+
+impl Platform {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// One process event, as every output carries it.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub struct ProcessEvent {
+    /// Per collector, monotonic.
+    pub seq: u64,
+    pub collector_id: String,
+    pub kind: EventKind,
+    pub source: EventSource,
+    /// When it happened, nanoseconds since the Unix epoch (RFC 3339 in JSON).
+    #[serde(serialize_with = "rfc3339")]
+    pub timestamp: i64,
+    pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub euid: Option<u32>,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// Empty (and omitted) when not captured, as on `exit` and `fork`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub argv: Vec<String>,
+    #[serde(skip_serializing_if = "is_false")]
+    pub argv_truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Process start, ns since the Unix epoch, at clock-tick (10 ms) precision
+    /// so that every source names the same process with the same value.
+    #[serde(
+        serialize_with = "opt_rfc3339",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub start_time: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(skip_serializing_if = "Platform::is_empty")]
+    pub platform: Platform,
+}
+
+impl ProcessEvent {
+    /// An event with only the identifying fields set; sources fill the rest.
+    pub fn new(kind: EventKind, source: EventSource, timestamp: i64, pid: u32) -> Self {
+        Self {
+            seq: 0,
+            collector_id: String::new(),
+            kind,
+            source,
+            timestamp,
+            pid,
+            ppid: None,
+            tid: None,
+            uid: None,
+            gid: None,
+            euid: None,
+            name: String::new(),
+            exe: None,
+            argv: Vec::new(),
+            argv_truncated: false,
+            cwd: None,
+            start_time: None,
+            exit_code: None,
+            cgroup: None,
+            container_id: None,
+            sha256: None,
+            platform: Platform::default(),
+        }
+    }
+
+    /// `(pid, start_time)`: names one process even across PID reuse.
+    pub fn identity(&self) -> (u32, Option<i64>) {
+        (self.pid, self.start_time)
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Formats ns since the epoch as RFC 3339 UTC with nanoseconds.
+pub fn format_rfc3339(ns: i64) -> String {
+    let ns = ns.max(0) as u64;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
+fn rfc3339<S: Serializer>(ns: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_rfc3339(*ns))
+}
+
+fn opt_rfc3339<S: Serializer>(ns: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match ns {
+        Some(ns) => rfc3339(ns, s),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_omits_unknown_and_formats_time() {
+        let mut e = ProcessEvent::new(
+            EventKind::Exit,
+            EventSource::Ebpf,
+            1_700_000_000_123_456_789,
+            42,
+        );
+        e.exit_code = Some(3);
+        let json = serde_json::to_value(&e).expect("serializes");
+        assert_eq!(json["timestamp"], "2023-11-14T22:13:20.123456789Z");
+        assert_eq!(json["kind"], "exit");
+        assert_eq!(json["source"], "ebpf");
+        assert_eq!(json["exit_code"], 3);
+        assert!(json.get("exe").is_none());
+        assert!(json.get("platform").is_none());
+        assert!(json.get("argv_truncated").is_none());
+    }
+}

@@ -1,0 +1,244 @@
+//! The Linux kernel event source: loads the CO-RE probes with aya, attaches
+//! them as BTF tracepoints, and reads their ring buffer on a dedicated thread.
+//!
+//! The reader thread waits on the ring buffer's fd with poll(2), decodes each
+//! record (see `record`), and sends events down a bounded channel. When the
+//! channel is full the thread blocks, the ring fills, and the kernel counts
+//! what it cannot write: loss happens in one place and is always counted.
+
+pub mod record;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::programs::BtfTracePoint;
+use aya::{Btf, Ebpf, EbpfLoader};
+use tokio::sync::mpsc;
+
+use super::SourceMsg;
+use crate::metrics::Metrics;
+
+/// The compiled probes (`cargo xtask build-ebpf`), embedded at build time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../../procmond-ebpf/procmond.bpf.o");
+
+/// (program in the object, kernel tracepoint).
+const PROGRAMS: [(&str, &str); 3] = [
+    ("handle_exec", "sched_process_exec"),
+    ("handle_exit", "sched_process_exit"),
+    ("handle_fork", "sched_process_fork"),
+];
+
+/// How long the reader sleeps between checks of its stop flag.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Why the eBPF source could not start. Each names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error("kernel BTF is unavailable (/sys/kernel/btf/vmlinux): {0}")]
+    Btf(String),
+    #[error("loading the probe object failed: {0}")]
+    Load(String),
+    #[error("program {program} ({tracepoint}): {reason}")]
+    Program {
+        program: &'static str,
+        tracepoint: &'static str,
+        reason: String,
+    },
+    #[error("map {0} is missing or has the wrong type: {1}")]
+    Map(&'static str, String),
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}
+
+/// Attached probes plus their maps.
+pub struct EbpfSource {
+    ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for EbpfSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EbpfSource")
+            .field("ebpf", &self.ebpf)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads and attaches the probes; `ring_buffer_bytes` sizes the ring buffer
+/// (a power of two, multiple of the page size).
+pub fn attach(ring_buffer_bytes: u32) -> Result<EbpfSource, EbpfError> {
+    let btf = Btf::from_sys_fs().map_err(|e| EbpfError::Btf(chain(&e)))?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .map_max_entries("EVENTS", ring_buffer_bytes)
+        .load(OBJECT)
+        .map_err(|e| EbpfError::Load(chain(&e)))?;
+    for (program, tracepoint) in PROGRAMS {
+        let fail = |reason: String| EbpfError::Program {
+            program,
+            tracepoint,
+            reason,
+        };
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| fail("not in the probe object".into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| fail(chain(&e)))?;
+        prog.load(tracepoint, &btf).map_err(|e| fail(chain(&e)))?;
+        prog.attach().map_err(|e| fail(chain(&e)))?;
+    }
+    let ring = ebpf
+        .take_map("EVENTS")
+        .ok_or_else(|| EbpfError::Map("EVENTS", "missing".into()))
+        .and_then(|m| RingBuf::try_from(m).map_err(|e| EbpfError::Map("EVENTS", chain(&e))))?;
+    let lost = ebpf
+        .take_map("LOST")
+        .ok_or_else(|| EbpfError::Map("LOST", "missing".into()))
+        .and_then(|m| PerCpuArray::try_from(m).map_err(|e| EbpfError::Map("LOST", chain(&e))))?;
+    Ok(EbpfSource { ebpf, ring, lost })
+}
+
+/// Controls a running reader thread.
+#[derive(Debug)]
+pub struct Reader {
+    stop: Arc<AtomicBool>,
+    barriers: std::sync::mpsc::Sender<u64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reader {
+    /// Asks for `SourceMsg::Barrier(id)` once every record written before
+    /// this call has been sent down the channel.
+    pub fn barrier(&self, id: u64) {
+        let _ = self.barriers.send(id);
+    }
+
+    /// Detaches the probes, drains what the ring still holds, and waits.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl EbpfSource {
+    /// Starts the reader thread; events go to `tx` until `Reader::stop`.
+    pub fn spawn_reader(
+        self,
+        tx: mpsc::Sender<SourceMsg>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Reader> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (barriers, barrier_rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("ebpf-reader".into())
+            .spawn(move || self.read_loop(&tx, &metrics, &flag, &barrier_rx))?;
+        Ok(Reader {
+            stop,
+            barriers,
+            thread: Some(thread),
+        })
+    }
+
+    fn read_loop(
+        self,
+        tx: &mpsc::Sender<SourceMsg>,
+        metrics: &Metrics,
+        stop: &AtomicBool,
+        barriers: &std::sync::mpsc::Receiver<u64>,
+    ) {
+        let Self {
+            ebpf,
+            mut ring,
+            lost,
+        } = self;
+        let timeout = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: POLL_INTERVAL.as_nanos() as i64,
+        };
+        let mut ebpf = Some(ebpf);
+        loop {
+            let stopping = stop.load(Ordering::SeqCst);
+            if stopping {
+                drop(ebpf.take()); // detach: nothing new arrives after this
+            } else {
+                let mut fds = [rustix::event::PollFd::new(
+                    &ring,
+                    rustix::event::PollFlags::IN,
+                )];
+                let _ = rustix::event::poll(&mut fds, Some(&timeout));
+            }
+            // Requests seen before the drain are answered after it.
+            let pending: Vec<u64> = barriers.try_iter().collect();
+            if !drain(&mut ring, tx, metrics) {
+                return;
+            }
+            update_lost(&lost, metrics);
+            for id in pending {
+                if tx.blocking_send(SourceMsg::Barrier(id)).is_err() {
+                    return;
+                }
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+}
+
+/// Sends every record in the ring; false when the receiver is gone.
+fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<SourceMsg>, metrics: &Metrics) -> bool {
+    while let Some(item) = ring.next() {
+        let event = match record::parse(&item) {
+            Ok(r) => r.to_event(),
+            Err(e) => {
+                let n = metrics.records_malformed.fetch_add(1, Ordering::Relaxed);
+                if n < 10 || n.is_power_of_two() {
+                    tracing::warn!(error = %e, dropped_so_far = n + 1, "malformed kernel record dropped");
+                }
+                continue;
+            }
+        };
+        drop(item);
+        Metrics::incr(&metrics.events_observed);
+        if tx.blocking_send(SourceMsg::Event(Box::new(event))).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+fn update_lost(lost: &PerCpuArray<MapData, u64>, metrics: &Metrics) {
+    if let Ok(values) = lost.get(&0, 0) {
+        let total: u64 = values.iter().sum();
+        let before = metrics.kernel_lost.swap(total, Ordering::Relaxed);
+        if total > before {
+            tracing::warn!(
+                lost = total - before,
+                total,
+                "kernel ring buffer full: records lost (reconciliation will catch long-lived processes)"
+            );
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Decoding of kernel records from the ring buffer.
+//!
+//! The layout is defined in `procmond-ebpf/include/procmond_record.h`. Bytes
+//! from the kernel are still checked: a record with a wrong version, kind or
+//! length is refused with a reason (the reader counts and drops it); nothing
+//! here can panic or read out of bounds.
+
+use crate::clock;
+use crate::model::{EventKind, EventSource, ProcessEvent};
+use crate::sources::snapshot::split_argv;
+
+pub const RECORD_VERSION: u16 = 1;
+pub const HEADER_LEN: usize = 80;
+const KIND_EXEC: u16 = 1;
+const KIND_EXIT: u16 = 2;
+const KIND_FORK: u16 = 3;
+const FLAG_ARGS_TRUNCATED: u32 = 1 << 0;
+const FLAG_FILENAME_TRUNCATED: u32 = 1 << 1;
+
+/// Why a kernel record was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record of {0} bytes is shorter than the {HEADER_LEN}-byte header")]
+    TooShort(usize),
+    #[error("record version {0} is not {RECORD_VERSION} (probe object and procmond disagree)")]
+    Version(u16),
+    #[error("unknown record kind {0}")]
+    Kind(u16),
+    #[error("record claims {claimed} payload bytes but carries {actual}")]
+    Length { claimed: usize, actual: usize },
+}
+
+/// One decoded kernel record, borrowing its variable-length parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRecord<'a> {
+    pub kind: EventKind,
+    pub flags: u32,
+    pub ktime_boot_ns: u64,
+    pub start_boottime_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: u32,
+    pub exit_status: u32,
+    pub comm: &'a [u8],
+    pub filename: &'a [u8],
+    pub args: &'a [u8],
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    (u64::from(u32_at(b, at + 4)) << 32) | u64::from(u32_at(b, at))
+}
+
+/// Parses one ring-buffer record.
+pub fn parse(b: &[u8]) -> Result<KernelRecord<'_>, RecordError> {
+    if b.len() < HEADER_LEN {
+        return Err(RecordError::TooShort(b.len()));
+    }
+    // Every fixed offset below is < HEADER_LEN, checked above.
+    let version = u16_at(b, 0);
+    if version != RECORD_VERSION {
+        return Err(RecordError::Version(version));
+    }
+    let kind = match u16_at(b, 2) {
+        KIND_EXEC => EventKind::Exec,
+        KIND_EXIT => EventKind::Exit,
+        KIND_FORK => EventKind::Fork,
+        other => return Err(RecordError::Kind(other)),
+    };
+    let filename_len = usize::from(u16_at(b, 60));
+    let args_len = usize::from(u16_at(b, 62));
+    let payload = &b[HEADER_LEN..];
+    let claimed = filename_len + args_len;
+    if claimed > payload.len() {
+        return Err(RecordError::Length {
+            claimed,
+            actual: payload.len(),
+        });
+    }
+    let comm = &b[64..80];
+    let comm = &comm[..comm.iter().position(|c| *c == 0).unwrap_or(comm.len())];
+    Ok(KernelRecord {
+        kind,
+        flags: u32_at(b, 4),
+        ktime_boot_ns: u64_at(b, 8),
+        start_boottime_ns: u64_at(b, 16),
+        cgroup_id: u64_at(b, 24),
+        pid: u32_at(b, 32),
+        tid: u32_at(b, 36),
+        ppid: u32_at(b, 40),
+        uid: u32_at(b, 44),
+        gid: u32_at(b, 48),
+        euid: u32_at(b, 52),
+        exit_status: u32_at(b, 56),
+        comm,
+        filename: &payload[..filename_len],
+        args: &payload[filename_len..claimed],
+    })
+}
+
+impl KernelRecord<'_> {
+    /// The event this record describes (before enrichment and sanitizing).
+    pub fn to_event(&self) -> ProcessEvent {
+        let mut e = ProcessEvent::new(
+            self.kind,
+            EventSource::Ebpf,
+            clock::boot_to_unix_ns(self.ktime_boot_ns),
+            self.pid,
+        );
+        e.tid = Some(self.tid);
+        e.ppid = Some(self.ppid);
+        e.uid = Some(self.uid);
+        e.gid = Some(self.gid);
+        e.euid = Some(self.euid);
+        e.name = String::from_utf8_lossy(self.comm).into_owned();
+        e.start_time = Some(clock::start_from_boot_ns(self.start_boottime_ns));
+        e.platform.cgroup_id = Some(self.cgroup_id);
+        match self.kind {
+            EventKind::Exec => {
+                let filename = String::from_utf8_lossy(self.filename).into_owned();
+                if filename.starts_with('/') && self.flags & FLAG_FILENAME_TRUNCATED == 0 {
+                    e.exe = Some(filename);
+                } else if !filename.is_empty() {
+                    e.platform.exec_filename = Some(filename);
+                }
+                let (argv, truncated) =
+                    split_argv(self.args, self.flags & FLAG_ARGS_TRUNCATED != 0);
+                e.argv = argv;
+                e.argv_truncated = truncated;
+            }
+            EventKind::Exit => {
+                // A wait status: (code << 8) | signal, 0x80 when core dumped.
+                let signal = self.exit_status & 0x7f;
+                if signal == 0 {
+                    e.exit_code = Some(((self.exit_status >> 8) & 0xff) as i32);
+                } else {
+                    e.platform.signal = Some(signal as i32);
+                    e.platform.core_dumped = Some(self.exit_status & 0x80 != 0);
+                }
+            }
+            _ => {}
+        }
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: u16, filename: &[u8], args: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; HEADER_LEN];
+        b[0..2].copy_from_slice(&RECORD_VERSION.to_le_bytes());
+        b[2..4].copy_from_slice(&kind.to_le_bytes());
+        b[32..36].copy_from_slice(&1234u32.to_le_bytes());
+        b[40..44].copy_from_slice(&1u32.to_le_bytes());
+        b[56..60].copy_from_slice(&(3u32 << 8).to_le_bytes());
+        b[60..62].copy_from_slice(&(filename.len() as u16).to_le_bytes());
+        b[62..64].copy_from_slice(&(args.len() as u16).to_le_bytes());
+        b[64..70].copy_from_slice(b"sh\n\x1b\xff\0");
+        b.extend_from_slice(filename);
+        b.extend_from_slice(args);
+        b
+    }
+
+    #[test]
+    fn decodes_exec_and_exit() {
+        let b = record(KIND_EXEC, b"/bin/sh", b"sh\0-c\0exit 3\0");
+        let e = parse(&b).expect("valid").to_event();
+        assert_eq!((e.kind, e.pid, e.ppid), (EventKind::Exec, 1234, Some(1)));
+        assert_eq!(e.exe.as_deref(), Some("/bin/sh"));
+        assert_eq!(e.argv, ["sh", "-c", "exit 3"]);
+        assert_eq!(e.name, "sh\n\u{1b}\u{fffd}");
+        let e = parse(&record(KIND_EXIT, b"", b""))
+            .expect("valid")
+            .to_event();
+        assert_eq!(e.exit_code, Some(3));
+        let rel = parse(&record(KIND_EXEC, b"./x", b""))
+            .expect("valid")
+            .to_event();
+        assert_eq!(
+            (rel.exe, rel.platform.exec_filename.as_deref()),
+            (None, Some("./x"))
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_records() {
+        assert_eq!(parse(&[0; 10]), Err(RecordError::TooShort(10)));
+        let mut b = record(KIND_EXEC, b"/x", b"a\0");
+        b[0] = 9;
+        assert_eq!(parse(&b), Err(RecordError::Version(9)));
+        let mut b = record(KIND_EXEC, b"/x", b"a\0");
+        b[2] = 77;
+        assert_eq!(parse(&b), Err(RecordError::Kind(77)));
+        let mut b = record(KIND_EXEC, b"/x", b"a\0");
+        b.truncate(HEADER_LEN + 1);
+        assert!(matches!(parse(&b), Err(RecordError::Length { .. })));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            if let Ok(r) = parse(&data) { let _ = r.to_event(); }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Event sources: where process events come from on each platform.
+//!
+//! * `ebpf` — Linux kernel probes (the preferred source).
+//! * `poll` — the FallbackProcessCollector, on every platform.
+//! * `snapshot` / `procfs` / `sysinfo_snapshot` — one enumeration of the
+//!   process table, used by the inventory, reconciliation and polling.
+//!
+//! `select` decides which source runs and records why any better one could
+//! not, so the sensor degrades visibly instead of failing.
+
+#[cfg(target_os = "linux")]
+pub mod ebpf;
+pub mod poll;
+#[cfg(target_os = "linux")]
+pub mod procfs;
+pub mod snapshot;
+pub mod sysinfo_snapshot;
+
+use crate::model::ProcessEvent;
+
+/// What a kernel source sends to the sensor.
+#[derive(Debug)]
+pub enum SourceMsg {
+    Event(Box<ProcessEvent>),
+    /// Every record written before the barrier was requested has been sent.
+    Barrier(u64),
+}
+
+/// Which source the operator asked for.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceChoice {
+    /// The best kernel source, else polling.
+    Auto,
+    /// eBPF only: fail if it cannot start.
+    Ebpf,
+    /// Polling snapshots only.
+    Poll,
+}
+
+/// Why the kernel source is not running here, if it is not.
+pub fn kernel_source_unavailable_reason() -> Option<String> {
+    #[cfg(target_os = "linux")]
+    {
+        let privileges = crate::privileges::detect();
+        if !privileges.can_load_bpf() {
+            return Some(format!(
+                "missing privilege to load eBPF (need CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN; effective: {})",
+                privileges.effective_summary()
+            ));
+        }
+        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return Some("kernel BTF (/sys/kernel/btf/vmlinux) is not available".into());
+        }
+        None
+    }
+    #[cfg(target_os = "freebsd")]
+    {
+        Some(
+            "FreeBSD has no kernel process-event source in procmond yet (kqueue is a later goal)"
+                .into(),
+        )
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+    {
+        Some(format!(
+            "the {} kernel source is not built into procmond yet",
+            std::env::consts::OS
+        ))
+    }
+}

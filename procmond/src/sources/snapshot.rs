@@ -1,0 +1,131 @@
+//! One enumeration of the live process table, on every platform.
+//!
+//! The inventory at start, every reconciliation pass and the polling
+//! collector all start from a `Snapshot`. On Linux it is read straight from
+//! procfs (fast, and with the same start-time clock as the eBPF stream);
+//! elsewhere it comes from the sysinfo crate.
+
+use crate::model::{EventKind, EventSource, ProcessEvent};
+
+/// Most argv bytes kept per process, in every source (SPEC §2 "bounded").
+pub const ARGV_MAX_BYTES: usize = 4096;
+/// Most argv entries kept per process.
+pub const ARGV_MAX_ARGS: usize = 256;
+
+/// What one enumeration knows about a live process.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub ppid: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub euid: Option<u32>,
+    pub name: String,
+    pub exe: Option<String>,
+    pub argv: Vec<String>,
+    pub argv_truncated: bool,
+    pub cwd: Option<String>,
+    /// Unix-epoch ns, tick precision (see `clock`).
+    pub start_time: Option<i64>,
+}
+
+impl ProcessInfo {
+    /// `(pid, start_time)`: the identity that survives PID reuse.
+    pub fn key(&self) -> (u32, Option<i64>) {
+        (self.pid, self.start_time)
+    }
+
+    /// The event describing this process.
+    pub fn to_event(&self, kind: EventKind, source: EventSource, timestamp: i64) -> ProcessEvent {
+        let mut e = ProcessEvent::new(kind, source, timestamp, self.pid);
+        e.ppid = self.ppid;
+        e.uid = self.uid;
+        e.gid = self.gid;
+        e.euid = self.euid;
+        e.name = self.name.clone();
+        e.exe = self.exe.clone();
+        e.argv = self.argv.clone();
+        e.argv_truncated = self.argv_truncated;
+        e.cwd = self.cwd.clone();
+        e.start_time = self.start_time;
+        e
+    }
+}
+
+/// The process table at one instant (as near as a non-atomic read gets).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// When the enumeration started, Unix-epoch ns.
+    pub taken_at: i64,
+    /// When it started on the kernel's clock (CLOCK_BOOTTIME ns), where known.
+    pub taken_at_boot_ns: Option<u64>,
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// What to read besides the basics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SnapshotOptions {
+    /// Read each process's working directory (`enhanced_metadata`).
+    pub cwd: bool,
+}
+
+/// Enumerates every live process with the platform's fastest reader.
+pub fn take(options: SnapshotOptions) -> std::io::Result<Snapshot> {
+    #[cfg(target_os = "linux")]
+    {
+        super::procfs::snapshot(std::path::Path::new("/proc"), options)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        super::sysinfo_snapshot::snapshot(options)
+    }
+}
+
+/// Splits NUL-separated argv bytes (as in `/proc/PID/cmdline` or the kernel's
+/// arg area) into strings: invalid UTF-8 becomes U+FFFD, the result is bounded
+/// by `ARGV_MAX_BYTES` / `ARGV_MAX_ARGS`, and `truncated` reports any cut.
+pub fn split_argv(bytes: &[u8], already_truncated: bool) -> (Vec<String>, bool) {
+    let mut truncated = already_truncated;
+    let mut bytes = bytes;
+    if bytes.len() > ARGV_MAX_BYTES {
+        bytes = &bytes[..ARGV_MAX_BYTES];
+        truncated = true;
+    }
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    if bytes.is_empty() {
+        return (Vec::new(), truncated);
+    }
+    let mut argv = Vec::new();
+    for part in bytes.split(|b| *b == 0) {
+        if argv.len() == ARGV_MAX_ARGS {
+            truncated = true;
+            break;
+        }
+        argv.push(String::from_utf8_lossy(part).into_owned());
+    }
+    (argv, truncated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_argv_handles_hostile_input() {
+        assert_eq!(
+            split_argv(b"a\0b c\0", false),
+            (vec!["a".into(), "b c".into()], false)
+        );
+        let (v, t) = split_argv(b"\xff\xfe\0x\ny", false);
+        assert_eq!(v, vec!["\u{fffd}\u{fffd}".to_string(), "x\ny".to_string()]);
+        assert!(!t);
+        let huge = vec![b'a'; ARGV_MAX_BYTES * 3];
+        let (v, t) = split_argv(&huge, false);
+        assert!(t);
+        assert_eq!(v[0].len(), ARGV_MAX_BYTES);
+        let many = "x\0".repeat(ARGV_MAX_ARGS + 10);
+        let (v, t) = split_argv(many.as_bytes(), false);
+        assert_eq!((v.len(), t), (ARGV_MAX_ARGS, true));
+        assert_eq!(split_argv(b"", true), (vec![], true));
+    }
+}

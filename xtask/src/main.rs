@@ -1,0 +1,177 @@
+//! Developer tasks that are not plain `cargo build`.
+//!
+//! `cargo xtask build-ebpf` compiles the C probes in `procmond-ebpf/` into the
+//! object that procmond embeds; `--check` proves the committed object is what
+//! the committed source builds to (CI runs it). The object is committed so
+//! that building procmond needs nothing but Rust; this task is the only place
+//! that needs clang.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Debian packages that provide what `build-ebpf` runs and includes.
+const NEEDED_PACKAGES: &str = "clang llvm libbpf-dev";
+const SOURCE: &str = "src/procmond.bpf.c";
+const OBJECT: &str = "procmond.bpf.o";
+
+#[derive(Parser)]
+#[command(about = "procmond developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the eBPF object from procmond-ebpf/src with clang (CO-RE).
+    BuildEbpf {
+        /// Do not write: fail if the committed object differs from a fresh build.
+        #[arg(long)]
+        check: bool,
+    },
+    /// The whole test suite, as CI runs it: installs the Debian packages the
+    /// probe check needs (when root), checks the probe object, formatting and
+    /// lints, then runs every test (the end-to-end ones need root).
+    Test,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::BuildEbpf { check } => build_ebpf(check),
+        Task::Test => test(),
+    }
+}
+
+fn ebpf_dir() -> Result<PathBuf> {
+    let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = xtask.parent().context("xtask has no parent directory")?;
+    Ok(root.join("procmond-ebpf"))
+}
+
+/// First tool in `candidates` that runs with `--version`, or the env override.
+fn find_tool(env: &str, candidates: &[&str]) -> Result<String> {
+    if let Ok(tool) = std::env::var(env) {
+        return Ok(tool);
+    }
+    for name in candidates {
+        let ok = Command::new(name)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if ok {
+            return Ok((*name).to_string());
+        }
+    }
+    bail!(
+        "none of {candidates:?} found (set {env}); install the Debian packages: apt-get install {NEEDED_PACKAGES}"
+    )
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Installs `NEEDED_PACKAGES` with apt when a tool is missing, saying so.
+fn ensure_packages() -> Result<()> {
+    let have_clang = find_tool("CLANG", &["clang", "clang-14", "clang-16", "clang-22"]).is_ok();
+    let have_headers = Path::new("/usr/include/bpf/bpf_helpers.h").exists();
+    let have_strip = find_tool("LLVM_STRIP", &["llvm-strip", "llvm-strip-14", "llvm-strip-16"]).is_ok();
+    if have_clang && have_headers && have_strip {
+        return Ok(());
+    }
+    println!("xtask: installing Debian packages for the probe check: {NEEDED_PACKAGES}");
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(NEEDED_PACKAGES.split(' ')))
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    println!("xtask: cargo {}", args.join(" "));
+    run(Command::new(cargo).args(args))
+}
+
+fn test() -> Result<()> {
+    ensure_packages()?;
+    build_ebpf(true)?;
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&["test", "--workspace", "--all-targets"])
+}
+
+fn build_ebpf(check: bool) -> Result<()> {
+    let dir = ebpf_dir()?;
+    let clang = find_tool("CLANG", &["clang", "clang-14", "clang-16", "clang-22"])?;
+    let strip = find_tool(
+        "LLVM_STRIP",
+        &["llvm-strip", "llvm-strip-14", "llvm-strip-16"],
+    )?;
+    if !Path::new("/usr/include/bpf/bpf_helpers.h").exists() {
+        bail!("/usr/include/bpf/bpf_helpers.h is missing; install the Debian package libbpf-dev");
+    }
+    let out_dir = dir
+        .parent()
+        .context("no workspace root")?
+        .join("target/ebpf");
+    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let fresh = out_dir.join(OBJECT);
+
+    // -fdebug-prefix-map plus stripping DWARF keeps the output independent of
+    // the checkout path; BTF and its CO-RE relocations stay in the object.
+    run(Command::new(&clang)
+        .current_dir(&dir)
+        .args([
+            "-g",
+            "-O2",
+            "-target",
+            "bpf",
+            "-D__TARGET_ARCH_x86",
+            "-Wall",
+        ])
+        .arg(format!("-fdebug-prefix-map={}=.", dir.display()))
+        .args(["-Iinclude", "-c", SOURCE, "-o"])
+        .arg(&fresh))?;
+    run(Command::new(&strip).arg("-g").arg(&fresh))?;
+
+    let committed = dir.join(OBJECT);
+    let fresh_bytes = fs::read(&fresh)?;
+    if check {
+        let old = fs::read(&committed)
+            .with_context(|| format!("reading committed object {}", committed.display()))?;
+        if old != fresh_bytes {
+            let version = Command::new(&clang).arg("--version").output()?;
+            bail!(
+                "{} is not what {SOURCE} builds to ({} vs {} bytes) with {}; run `cargo xtask build-ebpf` and commit the object",
+                committed.display(),
+                old.len(),
+                fresh_bytes.len(),
+                String::from_utf8_lossy(&version.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("clang")
+            );
+        }
+        println!("{} matches its source", committed.display());
+    } else {
+        fs::write(&committed, &fresh_bytes)?;
+        println!(
+            "wrote {} ({} bytes)",
+            committed.display(),
+            fresh_bytes.len()
+        );
+    }
+    Ok(())
+}
