@@ -86,7 +86,11 @@ fn run(cmd: &mut Command) -> Result<()> {
 fn ensure_packages() -> Result<()> {
     let have_clang = find_tool("CLANG", &["clang", "clang-14", "clang-16", "clang-22"]).is_ok();
     let have_headers = Path::new("/usr/include/bpf/bpf_helpers.h").exists();
-    let have_strip = find_tool("LLVM_STRIP", &["llvm-strip", "llvm-strip-14", "llvm-strip-16"]).is_ok();
+    let have_strip = find_tool(
+        "LLVM_STRIP",
+        &["llvm-strip", "llvm-strip-14", "llvm-strip-16"],
+    )
+    .is_ok();
     if have_clang && have_headers && have_strip {
         return Ok(());
     }
@@ -108,7 +112,14 @@ fn test() -> Result<()> {
     ensure_packages()?;
     build_ebpf(true)?;
     cargo(&["fmt", "--all", "--", "--check"])?;
-    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     cargo(&["test", "--workspace", "--all-targets"])
 }
 

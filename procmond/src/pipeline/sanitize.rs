@@ -303,7 +303,10 @@ mod tests {
             run(&["curl", "-H", "Authorization: Bearer abc"]),
             ["curl", "-H", "Authorization: Bearer [REDACTED]"]
         );
-        assert_eq!(run(&["x", "Authorization:abc"]), ["x", "Authorization:[REDACTED]"]);
+        assert_eq!(
+            run(&["x", "Authorization:abc"]),
+            ["x", "Authorization:[REDACTED]"]
+        );
         assert_eq!(run(&["x", "Bearer", "abc"]), ["x", "Bearer", REDACTED]);
     }
 

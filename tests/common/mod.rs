@@ -1,0 +1,268 @@
+//! Helpers for the end-to-end tests: run the real `procmond` binary, feed it
+//! real processes, and read back what it printed.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn procmond() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_procmond"))
+}
+
+pub fn is_root() -> bool {
+    // /proc/self/status "Uid:" real effective ...
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether the eBPF source can start here, per `procmond capabilities`; the
+/// reason when it cannot. Tests that need eBPF print the reason loudly and
+/// exercise the fallback instead: they never pass silently.
+pub fn ebpf_unavailable() -> Option<String> {
+    let out = procmond()
+        .arg("capabilities")
+        .output()
+        .expect("run capabilities");
+    assert!(
+        out.status.success(),
+        "capabilities failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let caps: Value = serde_json::from_slice(&out.stdout).expect("capabilities prints JSON");
+    let ebpf = caps["sources"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "ebpf"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    if ebpf["available"] == true {
+        None
+    } else {
+        let reason = ebpf["reason"]
+            .as_str()
+            .unwrap_or("not a Linux host")
+            .to_string();
+        eprintln!(
+            "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+        );
+        eprintln!("!!! eBPF UNAVAILABLE: {reason}");
+        eprintln!("!!! this test exercises the polling fallback instead of the kernel source");
+        eprintln!(
+            "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+        );
+        Some(reason)
+    }
+}
+
+/// A unique marker for this test's processes.
+pub fn marker(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("pm-{tag}-{}-{nanos}", std::process::id())
+}
+
+/// A running `procmond watch`.
+pub struct Watch {
+    child: Child,
+    stdout: Option<JoinHandle<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+    stderr_thread: Option<JoinHandle<()>>,
+}
+
+/// What a finished watch printed.
+pub struct Output {
+    pub events: Vec<Value>,
+    pub stdout: String,
+    pub stderr: String,
+    pub success: bool,
+}
+
+impl Output {
+    /// The closing stats line's counters.
+    pub fn stats(&self) -> Value {
+        let line = self
+            .stderr
+            .lines()
+            .rev()
+            .find(|l| l.contains("procmond watch finished"))
+            .unwrap_or_else(|| panic!("no stats line in stderr:\n{}", self.stderr));
+        let json = &line[line.find("stats=").expect("stats=") + 6..];
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("stats JSON {json}: {e}"))
+    }
+
+    pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.events.iter().filter(move |e| e["kind"] == kind)
+    }
+}
+
+/// Whether an event's argv contains `needle` in some argument.
+pub fn argv_contains(e: &Value, needle: &str) -> bool {
+    e["argv"].as_array().is_some_and(|a| {
+        a.iter()
+            .any(|s| s.as_str().is_some_and(|s| s.contains(needle)))
+    })
+}
+
+impl Watch {
+    /// Starts `procmond watch ARGS` and waits until it reports
+    /// "monitoring started" (kernel source attached, inventory emitted).
+    pub fn start(args: &[&str]) -> Watch {
+        Self::start_with(procmond(), args)
+    }
+
+    pub fn start_with(mut cmd: Command, args: &[&str]) -> Watch {
+        let mut child = cmd
+            .arg("watch")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn procmond watch");
+        let stdout = child.stdout.take().expect("stdout");
+        let stdout = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<_>>()
+        });
+        let stderr_buf = Arc::new(Mutex::new(String::new()));
+        let sink = stderr_buf.clone();
+        let stderr = child.stderr.take().expect("stderr");
+        let stderr_thread = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut s = sink.lock().expect("lock");
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let mut watch = Watch {
+            child,
+            stdout: Some(stdout),
+            stderr: stderr_buf,
+            stderr_thread: Some(stderr_thread),
+        };
+        watch.wait_for_stderr("monitoring started", Duration::from_secs(60));
+        watch
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    /// Waits until stderr contains `needle`; panics with stderr on timeout or exit.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stderr().contains(needle) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(200));
+                panic!(
+                    "procmond exited ({status}) before {needle:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {needle:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// SIGINT, then collect everything it printed (60 s at most).
+    pub fn stop(self) -> Output {
+        self.signal("INT");
+        self.finish()
+    }
+
+    /// Waits for exit (60 s at most) and collects the output.
+    pub fn finish(mut self) -> Output {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "procmond did not exit within 60 s; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let lines = self
+            .stdout
+            .take()
+            .expect("stdout thread")
+            .join()
+            .expect("stdout reader");
+        if let Some(t) = self.stderr_thread.take() {
+            let _ = t.join();
+        }
+        let stderr = self.stderr();
+        let events = lines
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<Value>(l)
+                    .unwrap_or_else(|e| panic!("stdout line is not one JSON object ({e}): {l:?}"))
+            })
+            .collect();
+        Output {
+            events,
+            stdout: lines.join("\n"),
+            stderr,
+            success: status.success(),
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `sh -c SCRIPT` to completion; returns the shell's pid.
+pub fn run_shell(script: &str) -> u32 {
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn sh");
+    let pid = child.id();
+    let status = child.wait().expect("wait sh");
+    assert!(status.success(), "script failed: {script}");
+    pid
+}
