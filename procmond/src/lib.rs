@@ -5,7 +5,10 @@
 //! (decode) → `sensor` (reconcile bookkeeping) → `pipeline` (enrich,
 //! sanitize, encode) → `output` (JSON on stdout) — see docs/architecture.md.
 
+pub mod agent;
+pub mod bus;
 pub mod clock;
+pub mod collector;
 pub mod config;
 pub mod metrics;
 pub mod model;

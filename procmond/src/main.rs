@@ -49,6 +49,17 @@ enum Command {
     },
     /// Platform, privileges, available sources and why not (JSON).
     Capabilities,
+    /// The agent: broker, collectors, sinks (reads agent.yaml).
+    Agent {
+        #[arg(long, default_value = "/etc/procmond/agent.yaml")]
+        config: PathBuf,
+    },
+    /// Collector service mode (spawned by the agent; needs DAEMONEYE_BROKER_SOCKET).
+    Run {
+        /// procmond.yaml
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Configuration files.
     Config {
         #[command(subcommand)]
@@ -88,6 +99,8 @@ fn main() -> std::process::ExitCode {
         }),
         Command::Snapshot { format } => commands::snapshot::run(format),
         Command::Capabilities => commands::capabilities::run(),
+        Command::Agent { config } => commands::agent::run(&config),
+        Command::Run { config } => commands::run::run(config.as_deref()),
         Command::Config {
             command: ConfigCommand::Validate { file },
         } => commands::config::validate(&file),

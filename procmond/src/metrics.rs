@@ -33,6 +33,24 @@ pub struct Metrics {
     pub redactions: AtomicU64,
     /// Live processes in the last snapshot.
     pub processes_seen: AtomicU64,
+    /// Events refused because the WAL was full.
+    pub wal_dropped_full: AtomicU64,
+    /// WAL records that failed validation on replay (skipped).
+    pub wal_corrupt: AtomicU64,
+    /// Events in the WAL awaiting acknowledgement (gauge).
+    pub wal_pending: AtomicU64,
+    /// Bytes in the WAL awaiting acknowledgement (gauge).
+    pub wal_pending_bytes: AtomicU64,
+    /// Events published to the broker and acknowledged.
+    pub events_published: AtomicU64,
+    /// Events that could not be published (e.g. refused by the broker).
+    pub publish_failed: AtomicU64,
+    /// Connections to the broker that were lost.
+    pub broker_disconnects: AtomicU64,
+    /// Unacknowledged bytes held for publishing, percent of the buffer (gauge).
+    pub buffer_percent: AtomicU64,
+    /// 1 while connected to the broker (gauge).
+    pub connected: AtomicU64,
 }
 
 impl Metrics {
@@ -60,6 +78,15 @@ impl Metrics {
             "snapshot_errors": get(&self.snapshot_errors),
             "redactions": get(&self.redactions),
             "processes_seen": get(&self.processes_seen),
+            "wal_dropped_full": get(&self.wal_dropped_full),
+            "wal_corrupt": get(&self.wal_corrupt),
+            "wal_pending": get(&self.wal_pending),
+            "wal_pending_bytes": get(&self.wal_pending_bytes),
+            "events_published": get(&self.events_published),
+            "publish_failed": get(&self.publish_failed),
+            "broker_disconnects": get(&self.broker_disconnects),
+            "buffer_percent": get(&self.buffer_percent),
+            "connected": get(&self.connected) == 1,
         })
     }
 }

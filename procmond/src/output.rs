@@ -10,9 +10,10 @@ use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 
+use crate::bus::protocol::Envelope;
 use crate::metrics::Metrics;
 use crate::model::{ProcessEvent, format_rfc3339};
-use crate::pipeline::{Encoded, codec};
+use crate::pipeline::codec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -76,9 +77,10 @@ pub fn escape(s: &str) -> String {
         .collect()
 }
 
-/// Writes every event from `rx` until it closes, flushing whenever it is idle.
+/// Writes every delivered event from `rx` until it closes, flushing whenever
+/// it is idle. Each payload is validated before it is rendered.
 pub async fn write_events<W: AsyncWrite + Unpin>(
-    mut rx: mpsc::Receiver<Encoded>,
+    mut rx: mpsc::Receiver<Envelope>,
     writer: W,
     format: Format,
     metrics: Arc<Metrics>,
@@ -92,7 +94,7 @@ pub async fn write_events<W: AsyncWrite + Unpin>(
             if broken {
                 Metrics::incr(&metrics.events_output_dropped);
             } else {
-                match codec::decode(&encoded.bytes) {
+                match codec::decode(&codec::aligned_copy(&encoded.payload)) {
                     Ok(event) => {
                         line.clear();
                         render(&event, format, &mut line);
@@ -106,7 +108,7 @@ pub async fn write_events<W: AsyncWrite + Unpin>(
                     }
                     Err(e) => {
                         Metrics::incr(&metrics.events_output_dropped);
-                        tracing::error!(error = %e, seq = encoded.seq, "event dropped: invalid encoding");
+                        tracing::error!(error = %e, topic = %encoded.topic, "event dropped: invalid encoding");
                     }
                 }
             }

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -42,20 +42,34 @@ pub struct ActiveSource {
     pub degraded_reason: Option<String>,
 }
 
-/// Runs the sensor until `shutdown`, sending encoded events to `out`.
+/// How the sensor is wired to the rest of the process.
+#[derive(Debug)]
+pub struct SensorIo {
+    /// Encoded events go here (the connector).
+    pub out: mpsc::Sender<Encoded>,
+    /// The first sequence number to use (the WAL's next).
+    pub first_seq: u64,
+    /// `true` while downstream asks for less: the interval is stretched × 1.5.
+    pub backpressure: watch::Receiver<bool>,
+}
+
+/// Runs the sensor until `shutdown`.
 pub async fn run(
     config: ProcmondConfig,
-    out: mpsc::Sender<Encoded>,
+    io: SensorIo,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<ActiveSource, SensorError> {
+    let base = Duration::from_secs(config.collection_interval_secs);
     let mut sensor = Sensor {
-        pipeline: Pipeline::new(&config, 1, metrics.clone()),
+        pipeline: Pipeline::new(&config, io.first_seq, metrics.clone()),
         options: SnapshotOptions {
             cwd: config.enhanced_metadata,
         },
-        interval: Duration::from_secs(config.collection_interval_secs),
-        out,
+        base_interval: base,
+        interval: base,
+        backpressure: io.backpressure,
+        out: io.out,
         metrics,
         shutdown,
     };
@@ -82,7 +96,9 @@ pub async fn run(
 struct Sensor {
     pipeline: Pipeline,
     options: SnapshotOptions,
+    base_interval: Duration,
     interval: Duration,
+    backpressure: watch::Receiver<bool>,
     out: mpsc::Sender<Encoded>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -117,6 +133,28 @@ impl Sensor {
         }
     }
 
+    /// Applies a backpressure change: interval × 1.5 while on, restored when off.
+    fn on_backpressure(&mut self) -> tokio::time::Interval {
+        let on = *self.backpressure.borrow_and_update();
+        self.interval = if on {
+            self.base_interval.mul_f64(1.5)
+        } else {
+            self.base_interval
+        };
+        if on {
+            tracing::info!(
+                interval_ms = self.interval.as_millis() as u64,
+                "backpressure: collection interval stretched x1.5"
+            );
+        } else {
+            tracing::info!(
+                interval_ms = self.interval.as_millis() as u64,
+                "backpressure released: collection interval restored"
+            );
+        }
+        self.ticker()
+    }
+
     fn ticker(&self) -> tokio::time::Interval {
         let mut tick =
             tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
@@ -139,6 +177,7 @@ impl Sensor {
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
+                Ok(()) = self.backpressure.changed() => tick = self.on_backpressure(),
                 _ = tick.tick() => {
                     let snap = match self.snapshot().await {
                         Ok(s) => s,
@@ -243,6 +282,7 @@ impl Sensor {
                         }
                     }
                 }
+                Ok(()) = self.backpressure.changed() => tick = self.on_backpressure(),
                 _ = tick.tick(), if in_flight.is_none() && awaiting.is_none() => {
                     reconciler.begin_pass();
                     let options = self.options;

@@ -1,6 +1,50 @@
-//! One module per `procmond` command.
+//! One module per `procmond` command, plus what they share.
 
+pub mod agent;
 pub mod capabilities;
 pub mod config;
+pub mod run;
 pub mod snapshot;
 pub mod watch;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+
+/// A small runtime: procmond's work is I/O-bound and the host has few cores.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Files procmond creates (WAL, sockets' directories) are private by default.
+pub fn restrict_umask() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
+/// Cancels `shutdown` on SIGINT, SIGTERM or after `duration` seconds.
+pub fn spawn_stop_triggers(shutdown: CancellationToken, duration: Option<u64>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        let limit = async {
+            match duration {
+                Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining and stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: draining and stopping"),
+            _ = limit => tracing::info!("--duration reached: draining and stopping"),
+            _ = shutdown.cancelled() => {}
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}

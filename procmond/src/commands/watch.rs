@@ -1,17 +1,24 @@
-//! `procmond watch`: the sensor with stdout as its sink.
+//! `procmond watch`: the collector with an embedded broker, events on stdout.
 //!
-//! Exits 0 on SIGINT, SIGTERM or after `--duration`, once every event has
-//! been drained from the kernel and written; the closing stats line on
-//! stderr carries every loss counter.
+//! The same path as service mode — sensor, pipeline, WAL, connector, Unix
+//! socket, broker — in one process: the WAL and socket live in a private
+//! temporary directory removed at exit, and a local subscriber renders every
+//! `events.process.*` delivery to stdout. Exits 0 on SIGINT, SIGTERM or after
+//! `--duration`, once every event has been drained from the kernel, published
+//! and written; the closing stats line on stderr carries every loss counter.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use procmond::bus::broker::Broker;
+use procmond::bus::protocol::TOPIC_EVENTS;
+use procmond::collector::{self, CollectorOptions};
 use procmond::config::ProcmondConfig;
 use procmond::metrics::Metrics;
 use procmond::output::{self, Format};
+use procmond::pipeline::connector::connect_at_startup;
 use procmond::sources::SourceChoice;
 use tokio_util::sync::CancellationToken;
 
@@ -35,55 +42,69 @@ pub fn run(args: WatchArgs) -> Result<()> {
         config.collection_interval_secs = interval;
     }
     config.validate().context("invalid --interval")?;
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(watch(config, args.format, args.duration))
+    super::restrict_umask();
+    let runtime = super::runtime()?;
+    let dir = private_temp_dir()?;
+    let result = runtime.block_on(watch(config, args.format, args.duration, &dir));
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
-async fn watch(config: ProcmondConfig, format: Format, duration: Option<u64>) -> Result<()> {
+fn private_temp_dir() -> Result<PathBuf> {
+    let nanos = procmond::clock::now_unix_ns();
+    let dir = std::env::temp_dir().join(format!("procmond-watch-{}-{nanos}", std::process::id()));
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
+async fn watch(
+    config: ProcmondConfig,
+    format: Format,
+    duration: Option<u64>,
+    dir: &std::path::Path,
+) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
-    spawn_stop_triggers(shutdown.clone(), duration)?;
+    super::spawn_stop_triggers(shutdown.clone(), duration)?;
 
-    let (tx, rx) = tokio::sync::mpsc::channel(4096);
+    let socket = dir.join("broker.sock");
+    let broker = Broker::new(Vec::new());
+    let listener = Broker::bind(&socket).context("binding the embedded broker")?;
+    let events = broker.subscribe_local(TOPIC_EVENTS, 4096)?;
+    let broker_stop = CancellationToken::new();
+    let serving = tokio::spawn({
+        let broker = broker.clone();
+        let stop = broker_stop.clone();
+        async move { broker.serve(listener, stop).await }
+    });
     let writer = tokio::spawn(output::write_events(
-        rx,
+        events,
         tokio::io::stdout(),
         format,
         metrics.clone(),
     ));
-    let result = procmond::sensor::run(config, tx, metrics.clone(), shutdown).await;
-    // The sensor dropped its sender: the writer drains and flushes, then ends.
+
+    let connection = connect_at_startup(&socket, 3).await?;
+    let options = CollectorOptions {
+        config,
+        wal_dir: dir.join("wal"),
+        socket,
+        drain_timeout: Duration::from_secs(30),
+    };
+    let result = collector::run(options, connection, None, metrics.clone(), shutdown).await;
+    // Everything acknowledged has been delivered to the local subscriber:
+    // close the broker, then let the writer drain and flush.
+    broker_stop.cancel();
+    let _ = serving.await;
+    broker.close_local();
+    drop(broker);
     writer.await.context("output task failed")?;
     tracing::info!(stats = %metrics.to_json(), "procmond watch finished");
     let active = result?;
     if let Some(reason) = active.degraded_reason {
         tracing::warn!(%reason, "ran degraded on polling");
     }
-    Ok(())
-}
-
-fn spawn_stop_triggers(shutdown: CancellationToken, duration: Option<u64>) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::spawn(async move {
-        let limit = async {
-            match duration {
-                Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: draining and stopping"),
-            _ = int.recv() => tracing::info!("SIGINT: draining and stopping"),
-            _ = limit => tracing::info!("--duration reached: draining and stopping"),
-        }
-        shutdown.cancel();
-    });
     Ok(())
 }

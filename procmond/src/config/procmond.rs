@@ -27,6 +27,10 @@ pub struct ProcmondConfig {
     pub wal_dir: PathBuf,
     /// Kernel ring buffer size: a power of two, 64 KiB – 1 GiB.
     pub ring_buffer_bytes: u32,
+    /// WAL cap on unacknowledged event bytes (new events dropped and counted beyond).
+    pub wal_max_bytes: u64,
+    /// Unacknowledged bytes in flight to the broker; backpressure at 70 % / 50 %.
+    pub buffer_bytes: u64,
     /// Redaction patterns added to the built-in ones.
     pub sanitize: SanitizeConfig,
 }
@@ -50,6 +54,8 @@ impl Default for ProcmondConfig {
             compute_hashes: false,
             wal_dir: PathBuf::from("/var/lib/procmond/wal"),
             ring_buffer_bytes: 16 * 1024 * 1024,
+            wal_max_bytes: 100 * 1024 * 1024,
+            buffer_bytes: 10 * 1024 * 1024,
             sanitize: SanitizeConfig::default(),
         }
     }
@@ -119,6 +125,24 @@ impl ProcmondConfig {
             return Err(ConfigError::invalid(
                 "ring_buffer_bytes",
                 format!("must be a power of two between 65536 and 1073741824, got {rb}"),
+            ));
+        }
+        if self.buffer_bytes < 64 * 1024 || self.buffer_bytes > 1 << 30 {
+            return Err(ConfigError::invalid(
+                "buffer_bytes",
+                format!(
+                    "must be between 65536 and 1073741824, got {}",
+                    self.buffer_bytes
+                ),
+            ));
+        }
+        if self.wal_max_bytes < self.buffer_bytes {
+            return Err(ConfigError::invalid(
+                "wal_max_bytes",
+                format!(
+                    "must be at least buffer_bytes ({}), got {}",
+                    self.buffer_bytes, self.wal_max_bytes
+                ),
             ));
         }
         for (i, f) in self.sanitize.extra_flags.iter().enumerate() {

@@ -5,8 +5,10 @@
 //! subscribers read; JSON is rendered from it only at the edges.
 
 pub mod codec;
+pub mod connector;
 pub mod enrich;
 pub mod sanitize;
+pub mod wal;
 
 use std::sync::Arc;
 

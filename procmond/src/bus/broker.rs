@@ -1,0 +1,434 @@
+//! The broker: a Unix-socket server in the agent (and embedded in `watch`)
+//! that routes frames by topic.
+//!
+//! * Who may connect: the peer's uid (SO_PEERCRED) must be the broker's own
+//!   or in `allowed_uids`; the socket file is 0660.
+//! * Publishes are validated, delivered to every matching subscriber, then
+//!   acknowledged — the ack is what lets a collector drop the event from its
+//!   WAL. A subscriber that cannot keep up blocks delivery (backpressure
+//!   reaches the collector); a remote one stalled for `SLOW_SUBSCRIBER` is
+//!   disconnected, logged and counted. In-process sinks are never dropped.
+//! * Requests are routed to the topic's subscriber with a broker-assigned
+//!   correlation id and answered `timeout` when the deadline passes.
+//! * A bad frame (oversized, truncated, not an envelope, an invalid event)
+//!   drops that connection with the reason logged; nothing else is affected.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{self, Envelope, FrameKind, ProtocolError, Status};
+use crate::metrics::Metrics;
+
+/// How long a remote subscriber may block delivery before it is dropped.
+const SLOW_SUBSCRIBER: Duration = Duration::from_secs(5);
+/// Default RPC deadline when a request carries none.
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
+const CONNECTION_QUEUE: usize = 1024;
+
+/// Broker-side counters (reach `ctl health`).
+#[derive(Debug, Default)]
+pub struct BrokerStats {
+    pub connections: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub frames_rejected: AtomicU64,
+    pub subscribers_dropped: AtomicU64,
+    pub published: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Sub {
+    conn: u64,
+    pattern: String,
+    local: bool,
+    tx: mpsc::Sender<Envelope>,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Remote {
+        tx: mpsc::Sender<Envelope>,
+        corr: u64,
+    },
+    Local(oneshot::Sender<Envelope>),
+}
+
+#[derive(Debug, Default)]
+struct Routes {
+    subs: Vec<Sub>,
+    pending: HashMap<u64, Pending>,
+    conns: HashMap<u64, CancellationToken>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    routes: Mutex<Routes>,
+    allowed_uids: Vec<u32>,
+    own_uid: u32,
+    next_id: AtomicU64,
+    stats: BrokerStats,
+}
+
+/// A cheap handle to one broker.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+impl Broker {
+    /// `allowed_uids` may connect besides the broker's own user.
+    pub fn new(allowed_uids: Vec<u32>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                routes: Mutex::new(Routes::default()),
+                allowed_uids,
+                own_uid: own_uid(),
+                next_id: AtomicU64::new(1),
+                stats: BrokerStats::default(),
+            }),
+        }
+    }
+
+    pub fn stats(&self) -> &BrokerStats {
+        &self.inner.stats
+    }
+
+    fn routes(&self) -> MutexGuard<'_, Routes> {
+        // A panic while holding the lock cannot leave routes inconsistent
+        // (every update is a single push/remove), so poisoning is ignored.
+        self.inner.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Relaxed)
+    }
+
+    /// Binds the socket: removes a stale file, creates the parent directory,
+    /// and restricts the socket to mode 0660.
+    pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let listener = UnixListener::bind(path)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        Ok(listener)
+    }
+
+    /// Accepts connections until `shutdown`.
+    pub async fn serve(&self, listener: UnixListener, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => self.admit(stream, &shutdown),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        let conns: Vec<_> = self.routes().conns.values().cloned().collect();
+        conns.iter().for_each(CancellationToken::cancel);
+    }
+
+    fn admit(&self, stream: UnixStream, shutdown: &CancellationToken) {
+        let uid = match stream.peer_cred() {
+            Ok(cred) => cred.uid(),
+            Err(e) => {
+                Metrics::incr(&self.inner.stats.connections_refused);
+                tracing::warn!(error = %e, "connection refused: no peer credentials");
+                return;
+            }
+        };
+        if uid != self.inner.own_uid && !self.inner.allowed_uids.contains(&uid) {
+            Metrics::incr(&self.inner.stats.connections_refused);
+            tracing::warn!(uid, allowed = ?self.inner.allowed_uids, "connection refused: uid not in broker.allowed_uids");
+            return;
+        }
+        Metrics::incr(&self.inner.stats.connections);
+        let conn = self.next_id();
+        let cancel = shutdown.child_token();
+        self.routes().conns.insert(conn, cancel.clone());
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let reason = broker.connection(stream, conn, cancel.clone()).await;
+            cancel.cancel();
+            let mut routes = broker.routes();
+            routes.conns.remove(&conn);
+            routes.subs.retain(|s| s.conn != conn);
+            drop(routes);
+            match reason {
+                Ok(()) => tracing::debug!(conn, uid, "connection closed"),
+                Err(e) => {
+                    Metrics::incr(&broker.inner.stats.frames_rejected);
+                    tracing::warn!(conn, uid, error = %e, "connection dropped");
+                }
+            }
+        });
+    }
+
+    async fn connection(
+        &self,
+        stream: UnixStream,
+        conn: u64,
+        cancel: CancellationToken,
+    ) -> Result<(), ProtocolError> {
+        let (r, w) = stream.into_split();
+        let mut reader = FramedRead::new(r, protocol::frame_codec());
+        let mut writer = FramedWrite::new(w, protocol::frame_codec());
+        let (tx, mut rx) = mpsc::channel::<Envelope>(CONNECTION_QUEUE);
+        let write_cancel = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                let env = tokio::select! {
+                    _ = write_cancel.cancelled() => break,
+                    env = rx.recv() => match env { Some(e) => e, None => break },
+                };
+                let sent = match protocol::encode(&env) {
+                    Ok(bytes) => writer.send(bytes).await.map_err(ProtocolError::from),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = sent {
+                    tracing::debug!(error = %e, "write to peer failed");
+                    write_cancel.cancel();
+                    break;
+                }
+            }
+        });
+        loop {
+            let frame = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                frame = reader.next() => frame,
+            };
+            let Some(frame) = frame else { return Ok(()) };
+            let envelope = protocol::decode(&frame?)?;
+            self.handle(envelope, conn, &tx).await?;
+        }
+    }
+
+    async fn handle(
+        &self,
+        env: Envelope,
+        conn: u64,
+        tx: &mpsc::Sender<Envelope>,
+    ) -> Result<(), ProtocolError> {
+        match env.kind {
+            FrameKind::Publish => {
+                protocol::validate_publish(&env)?;
+                let corr = env.correlation_id;
+                self.route(env).await;
+                let _ = tx.send(Envelope::ack(corr)).await;
+            }
+            FrameKind::Subscribe => {
+                protocol::validate_topic(&env.topic, true)?;
+                self.routes().subs.push(Sub {
+                    conn,
+                    pattern: env.topic,
+                    local: false,
+                    tx: tx.clone(),
+                });
+                let _ = tx.send(Envelope::ack(env.correlation_id)).await;
+            }
+            FrameKind::Request => {
+                protocol::validate_topic(&env.topic, false)?;
+                let corr = env.correlation_id;
+                self.dispatch_request(
+                    env,
+                    Pending::Remote {
+                        tx: tx.clone(),
+                        corr,
+                    },
+                );
+            }
+            FrameKind::Response => self.complete_request(env),
+            FrameKind::Ack | FrameKind::Deliver | FrameKind::Error => {
+                return Err(ProtocolError::Envelope {
+                    len: env.payload.len(),
+                    reason: format!("{:?} frames are sent by the broker, not to it", env.kind),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivers `env` (a publish) to every matching subscriber.
+    async fn route(&self, env: Envelope) {
+        let targets: Vec<(u64, bool, mpsc::Sender<Envelope>)> = self
+            .routes()
+            .subs
+            .iter()
+            .filter(|s| protocol::topic_matches(&s.pattern, &env.topic))
+            .map(|s| (s.conn, s.local, s.tx.clone()))
+            .collect();
+        Metrics::incr(&self.inner.stats.published);
+        let mut deliver = env;
+        deliver.kind = FrameKind::Deliver;
+        for (conn, local, tx) in targets {
+            let sent = if local {
+                tx.send(deliver.clone()).await.map_err(|_| "closed")
+            } else {
+                tx.send_timeout(deliver.clone(), SLOW_SUBSCRIBER)
+                    .await
+                    .map_err(|e| match e {
+                        mpsc::error::SendTimeoutError::Timeout(_) => "too slow",
+                        mpsc::error::SendTimeoutError::Closed(_) => "closed",
+                    })
+            };
+            if let Err(why) = sent {
+                let mut routes = self.routes();
+                routes.subs.retain(|s| s.conn != conn);
+                if let Some(c) = routes.conns.get(&conn) {
+                    c.cancel();
+                }
+                drop(routes);
+                if why == "too slow" {
+                    Metrics::incr(&self.inner.stats.subscribers_dropped);
+                    tracing::warn!(
+                        conn,
+                        "subscriber disconnected: blocked delivery for {SLOW_SUBSCRIBER:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn dispatch_request(&self, mut env: Envelope, reply: Pending) {
+        let id = self.next_id();
+        let target = {
+            let mut routes = self.routes();
+            let found = routes
+                .subs
+                .iter()
+                .find(|s| protocol::topic_matches(&s.pattern, &env.topic))
+                .map(|s| s.tx.clone());
+            match found {
+                Some(tx) => {
+                    routes.pending.insert(id, reply);
+                    Ok(tx)
+                }
+                None => Err(reply),
+            }
+        };
+        let tx = match target {
+            Ok(tx) => tx,
+            Err(reply) => {
+                let msg = b"no one serves this topic".to_vec();
+                return answer(reply, Envelope::response(0, Status::Unavailable, msg));
+            }
+        };
+        let deadline = if env.deadline_unix_ms == 0 {
+            DEFAULT_DEADLINE
+        } else {
+            let now = (crate::clock::now_unix_ns() / 1_000_000).max(0) as u64;
+            Duration::from_millis(env.deadline_unix_ms.saturating_sub(now))
+        };
+        env.correlation_id = id;
+        let broker = self.clone();
+        tokio::spawn(async move {
+            if tx.try_send(env).is_err() {
+                let msg = b"collector queue full".to_vec();
+                broker.finish(id, Envelope::response(0, Status::Busy, msg));
+                return;
+            }
+            tokio::time::sleep(deadline).await;
+            broker.finish(
+                id,
+                Envelope::response(0, Status::Timeout, b"deadline passed".to_vec()),
+            );
+        });
+    }
+
+    fn complete_request(&self, env: Envelope) {
+        let id = env.correlation_id;
+        self.finish(id, env);
+    }
+
+    /// Sends `response` to whoever is waiting on request `id`, if anyone still is.
+    fn finish(&self, id: u64, response: Envelope) {
+        let pending = self.routes().pending.remove(&id);
+        if let Some(p) = pending {
+            answer(p, response);
+        }
+    }
+
+    /// Subscribes an in-process consumer (a sink); never dropped for slowness.
+    pub fn subscribe_local(
+        &self,
+        pattern: &str,
+        capacity: usize,
+    ) -> Result<mpsc::Receiver<Envelope>, ProtocolError> {
+        protocol::validate_topic(pattern, true)?;
+        let (tx, rx) = mpsc::channel(capacity);
+        let conn = self.next_id();
+        self.routes().subs.push(Sub {
+            conn,
+            pattern: pattern.to_string(),
+            local: true,
+            tx,
+        });
+        Ok(rx)
+    }
+
+    /// Drops every in-process subscription: their receivers drain and end.
+    pub fn close_local(&self) {
+        self.routes().subs.retain(|s| !s.local);
+    }
+
+    /// Publishes from inside the broker's process (agent broadcasts).
+    pub async fn publish_local(&self, topic: &str, payload: Vec<u8>) -> Result<(), ProtocolError> {
+        let env = Envelope::new(FrameKind::Publish, topic, 0, payload);
+        protocol::validate_publish(&env)?;
+        self.route(env).await;
+        Ok(())
+    }
+
+    /// An RPC from inside the broker's process; a `Response` envelope always
+    /// comes back (`timeout` / `unavailable` when no one answered).
+    pub async fn request_local(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Envelope {
+        let (tx, rx) = oneshot::channel();
+        let mut env = Envelope::new(FrameKind::Request, topic, 0, payload);
+        let deadline = crate::clock::now_unix_ns() / 1_000_000 + timeout.as_millis() as i64;
+        env.deadline_unix_ms = deadline.max(0) as u64;
+        self.dispatch_request(env, Pending::Local(tx));
+        match tokio::time::timeout(timeout + Duration::from_millis(100), rx).await {
+            Ok(Ok(resp)) => resp,
+            _ => Envelope::response(0, Status::Timeout, b"deadline passed".to_vec()),
+        }
+    }
+}
+
+fn answer(pending: Pending, mut response: Envelope) {
+    response.kind = FrameKind::Response;
+    match pending {
+        Pending::Remote { tx, corr } => {
+            response.correlation_id = corr;
+            let _ = tx.try_send(response);
+        }
+        Pending::Local(tx) => {
+            let _ = tx.send(response);
+        }
+    }
+}
+
+fn own_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}

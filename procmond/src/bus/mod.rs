@@ -1,0 +1,7 @@
+//! The local event bus between collectors and the agent (SPEC §4):
+//! `protocol` (frames, envelopes, topics), `broker` (the server, in the
+//! agent or embedded in `watch`) and `client` (collectors, `ctl`, tests).
+
+pub mod broker;
+pub mod client;
+pub mod protocol;

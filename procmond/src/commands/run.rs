@@ -1,0 +1,50 @@
+//! `procmond run`: the collector in service mode, spawned by the agent.
+//!
+//! Connects to the broker named by `DAEMONEYE_BROKER_SOCKET` (3 attempts,
+//! then exit non-zero), keeps its WAL in `wal_dir`, and publishes
+//! `events.process.*` until SIGTERM/SIGINT, then drains and exits 0.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use procmond::collector::{self, CollectorOptions};
+use procmond::config::ProcmondConfig;
+use procmond::metrics::Metrics;
+use procmond::pipeline::connector::connect_at_startup;
+use tokio_util::sync::CancellationToken;
+
+/// The environment variable naming the broker socket.
+pub use procmond::agent::supervisor::BROKER_SOCKET_ENV;
+
+pub fn run(config_path: Option<&Path>) -> Result<()> {
+    let config = match config_path {
+        Some(path) => ProcmondConfig::load(path)?,
+        None => ProcmondConfig::default(),
+    };
+    let socket = std::env::var_os(BROKER_SOCKET_ENV)
+        .map(PathBuf::from)
+        .with_context(|| {
+            format!("{BROKER_SOCKET_ENV} is not set: `procmond run` is spawned by the agent")
+        })?;
+    super::restrict_umask();
+    super::runtime()?.block_on(serve(config, socket))
+}
+
+async fn serve(config: ProcmondConfig, socket: PathBuf) -> Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let shutdown = CancellationToken::new();
+    super::spawn_stop_triggers(shutdown.clone(), None)?;
+    let connection = connect_at_startup(&socket, 3).await?;
+    tracing::info!(collector_id = %config.collector_id, socket = %socket.display(), "connected to the broker");
+    let options = CollectorOptions {
+        wal_dir: config.wal_dir.clone(),
+        config,
+        socket,
+        drain_timeout: Duration::from_secs(10),
+    };
+    let active = collector::run(options, connection, None, metrics.clone(), shutdown).await?;
+    tracing::info!(stats = %metrics.to_json(), source = active.source.as_str(), "collector stopped");
+    Ok(())
+}

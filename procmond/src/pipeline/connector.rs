@@ -1,0 +1,376 @@
+//! EventBusConnector: moves encoded events from the pipeline into the WAL
+//! and from the WAL to the broker, surviving broker outages.
+//!
+//! * Every event is appended to the WAL (durably, in batches) before it is
+//!   published; it leaves the WAL when the broker acknowledges it.
+//! * The WAL is the queue: a publish cursor walks it, and after a reconnect
+//!   the cursor goes back to the oldest unacknowledged event, so everything
+//!   not acknowledged is sent again (at-least-once; consumers dedupe on
+//!   `(collector_id, seq)`).
+//! * At most `buffer_bytes` (10 MiB) are in flight unacknowledged; the
+//!   backlog beyond that waits in the WAL. The fill of that budget drives
+//!   backpressure: on at 70 %, off at 50 %, published on a watch channel.
+//! * Start-up: `connect_at_startup` tries 3 times with backoff. At run time
+//!   a lost connection is retried forever, backing off 1, 2, 4 … 30 s, while
+//!   new events keep going to the WAL.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Encoded;
+use super::codec;
+use super::wal::{Wal, WalError};
+use crate::bus::client::{self, BusReader, BusWriter};
+use crate::bus::protocol::{Envelope, FrameKind, event_topic};
+use crate::metrics::Metrics;
+
+const BACKPRESSURE_ON: f64 = 0.70;
+const BACKPRESSURE_OFF: f64 = 0.50;
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const READ_BATCH: usize = 256;
+const APPEND_BATCH: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct ConnectorConfig {
+    pub socket: PathBuf,
+    /// Unacknowledged bytes in flight before publishing pauses (10 MiB).
+    pub buffer_bytes: u64,
+    /// How long to wait for the last acknowledgements at shutdown.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error("cannot reach the broker at {path} after {attempts} attempts: {last}")]
+    Unreachable {
+        path: String,
+        attempts: u32,
+        last: std::io::Error,
+    },
+    #[error(transparent)]
+    Wal(#[from] WalError),
+}
+
+/// Connects with `attempts` tries, backing off 1 s, 2 s, … between them.
+pub async fn connect_at_startup(
+    path: &Path,
+    attempts: u32,
+) -> Result<(BusWriter, BusReader), ConnectorError> {
+    let mut delay = Duration::from_secs(1);
+    let mut attempt = 1;
+    loop {
+        match client::connect(path).await {
+            Ok(c) => return Ok(c),
+            Err(e) if attempt >= attempts => {
+                return Err(ConnectorError::Unreachable {
+                    path: path.display().to_string(),
+                    attempts,
+                    last: e,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, socket = %path.display(), "broker not reachable yet; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// One live connection: a writer task, a reader task, and what is in flight.
+struct Conn {
+    frames: mpsc::UnboundedSender<Envelope>,
+    acks: mpsc::UnboundedReceiver<u64>,
+    cancel: CancellationToken,
+    cursor: u64,
+    inflight: BTreeMap<u64, u64>,
+    inflight_bytes: u64,
+}
+
+impl Conn {
+    fn start(
+        writer: BusWriter,
+        reader: BusReader,
+        from: u64,
+        control: Option<mpsc::Sender<Envelope>>,
+    ) -> Self {
+        let cancel = CancellationToken::new();
+        let (frames, frames_rx) = mpsc::unbounded_channel();
+        let (acks_tx, acks) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(writer, frames_rx, cancel.clone()));
+        tokio::spawn(read_loop(reader, acks_tx, control, cancel.clone()));
+        Self {
+            frames,
+            acks,
+            cancel,
+            cursor: from,
+            inflight: BTreeMap::new(),
+            inflight_bytes: 0,
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn write_loop(
+    mut writer: BusWriter,
+    mut rx: mpsc::UnboundedReceiver<Envelope>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let env = tokio::select! {
+            _ = cancel.cancelled() => return,
+            env = rx.recv() => match env { Some(e) => e, None => return },
+        };
+        let mut result = writer.feed(&env).await;
+        while result.is_ok() {
+            match rx.try_recv() {
+                Ok(env) => result = writer.feed(&env).await,
+                Err(_) => break,
+            }
+        }
+        if result.is_ok() {
+            result = writer.flush().await;
+        }
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "writing to the broker failed");
+            cancel.cancel();
+            return;
+        }
+    }
+}
+
+async fn read_loop(
+    mut reader: BusReader,
+    acks: mpsc::UnboundedSender<u64>,
+    control: Option<mpsc::Sender<Envelope>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let frame = tokio::select! {
+            _ = cancel.cancelled() => return,
+            f = reader.next() => f,
+        };
+        match frame {
+            None => {
+                tracing::warn!("broker closed the connection");
+                break;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "invalid frame from the broker; reconnecting");
+                break;
+            }
+            Some(Ok(env)) => match env.kind {
+                FrameKind::Ack => {
+                    let _ = acks.send(env.correlation_id);
+                }
+                FrameKind::Error => {
+                    tracing::error!(correlation_id = env.correlation_id, reason = %String::from_utf8_lossy(&env.payload), "broker refused a frame");
+                }
+                _ => {
+                    if let Some(control) = &control
+                        && control.send(env).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            },
+        }
+    }
+    cancel.cancel();
+}
+
+/// The connector task.
+#[derive(Debug)]
+pub struct Connector {
+    pub wal: Arc<Wal>,
+    pub config: ConnectorConfig,
+    pub metrics: Arc<Metrics>,
+    pub backpressure: watch::Sender<bool>,
+    /// Where requests and deliveries for this collector go (service mode).
+    pub control: Option<mpsc::Sender<Envelope>>,
+}
+
+impl Connector {
+    /// Runs until `input` closes and everything is acknowledged (or
+    /// `drain_timeout` passes; what is left stays in the WAL for next time).
+    pub async fn run(
+        self,
+        mut input: mpsc::Receiver<Encoded>,
+        initial: Option<(BusWriter, BusReader)>,
+    ) -> Result<(), ConnectorError> {
+        let start_cursor = |wal: &Wal| wal.first_seq().map(|s| s.unwrap_or_else(|| wal.next_seq()));
+        let mut conn = match initial {
+            Some((w, r)) => Some(Conn::start(
+                w,
+                r,
+                start_cursor(&self.wal)?,
+                self.control.clone(),
+            )),
+            None => None,
+        };
+        self.metrics
+            .connected
+            .store(u64::from(conn.is_some()), Relaxed);
+        let mut backoff = Duration::from_secs(1);
+        let mut retry_at = Instant::now() + backoff;
+        let mut input_open = true;
+        let mut drain_deadline = None;
+        let mut batch: Vec<Encoded> = Vec::with_capacity(APPEND_BATCH);
+        loop {
+            if let Some(c) = conn.as_mut() {
+                self.pump(c)?;
+            }
+            self.update_backpressure();
+            if !input_open && self.wal.pending_count() == 0 {
+                return Ok(());
+            }
+            let lost = tokio::select! {
+                received = input.recv(), if input_open => {
+                    match received {
+                        Some(first) => {
+                            batch.push(first);
+                            while batch.len() < APPEND_BATCH {
+                                match input.try_recv() {
+                                    Ok(e) => batch.push(e),
+                                    Err(_) => break,
+                                }
+                            }
+                            self.wal.append_batch(batch.iter().map(|e| (e.seq, e.bytes.as_slice())))?;
+                            batch.clear();
+                        }
+                        None => {
+                            input_open = false;
+                            drain_deadline = Some(Instant::now() + self.config.drain_timeout);
+                        }
+                    }
+                    false
+                }
+                ack = next_ack(&mut conn) => match ack {
+                    Some(seq) => {
+                        self.acked(conn.as_mut(), seq)?;
+                        while let Some(seq) = conn.as_mut().and_then(|c| c.acks.try_recv().ok()) {
+                            self.acked(conn.as_mut(), seq)?;
+                        }
+                        false
+                    }
+                    None => true,
+                },
+                _ = tokio::time::sleep_until(retry_at), if conn.is_none() => {
+                    match client::connect(&self.config.socket).await {
+                        Ok((w, r)) => {
+                            tracing::info!(pending = self.wal.pending_count(), "reconnected to the broker; replaying unacknowledged events");
+                            conn = Some(Conn::start(w, r, start_cursor(&self.wal)?, self.control.clone()));
+                            self.metrics.connected.store(1, Relaxed);
+                            backoff = Duration::from_secs(1);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, retry_in = ?backoff, pending = self.wal.pending_count(), "broker unreachable; events kept in the WAL");
+                            retry_at = Instant::now() + backoff;
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                        }
+                    }
+                    false
+                }
+                _ = sleep_opt(drain_deadline) => {
+                    tracing::warn!(pending = self.wal.pending_count(), "stopping with unacknowledged events; they stay in the WAL and replay on the next start");
+                    self.wal.flush()?;
+                    return Ok(());
+                }
+            };
+            if lost {
+                Metrics::incr(&self.metrics.broker_disconnects);
+                self.metrics.connected.store(0, Relaxed);
+                conn = None;
+                tracing::warn!(retry_in = ?backoff, "lost the broker connection; buffering in the WAL");
+                retry_at = Instant::now() + backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    /// Sends WAL events past the cursor while the in-flight budget allows.
+    fn pump(&self, conn: &mut Conn) -> Result<(), ConnectorError> {
+        while conn.inflight_bytes < self.config.buffer_bytes {
+            let events = self.wal.read_from(conn.cursor, READ_BATCH)?;
+            if events.is_empty() {
+                break;
+            }
+            for (seq, bytes) in events {
+                let topic = match codec::access(&bytes) {
+                    Ok(e) => event_topic(
+                        rkyv::deserialize::<_, rkyv::rancor::Error>(&e.kind)
+                            .unwrap_or(crate::model::EventKind::Exec),
+                    ),
+                    Err(_) => continue, // read_from already validated
+                };
+                conn.cursor = seq + 1;
+                conn.inflight.insert(seq, bytes.len() as u64);
+                conn.inflight_bytes += bytes.len() as u64;
+                let env = Envelope::new(FrameKind::Publish, topic, seq, bytes.into_vec());
+                if conn.frames.send(env).is_err() {
+                    return Ok(()); // the connection is going away; reconnect replays
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn acked(&self, conn: Option<&mut Conn>, seq: u64) -> Result<(), ConnectorError> {
+        if let Some(c) = conn
+            && let Some(len) = c.inflight.remove(&seq)
+        {
+            c.inflight_bytes -= len;
+        }
+        self.wal.ack(seq)?;
+        Metrics::incr(&self.metrics.events_published);
+        Ok(())
+    }
+
+    fn update_backpressure(&self) {
+        let fill = self.wal.pending_bytes() as f64 / self.config.buffer_bytes.max(1) as f64;
+        self.metrics
+            .buffer_percent
+            .store((fill * 100.0) as u64, Relaxed);
+        let on = *self.backpressure.borrow();
+        if !on && fill >= BACKPRESSURE_ON {
+            tracing::info!(
+                buffer_percent = (fill * 100.0) as u64,
+                "backpressure on: buffer above 70 %"
+            );
+            self.backpressure.send_replace(true);
+        } else if on && fill <= BACKPRESSURE_OFF {
+            tracing::info!(
+                buffer_percent = (fill * 100.0) as u64,
+                "backpressure off: buffer below 50 %"
+            );
+            self.backpressure.send_replace(false);
+        }
+    }
+}
+
+async fn next_ack(conn: &mut Option<Conn>) -> Option<u64> {
+    match conn {
+        Some(c) => c.acks.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
