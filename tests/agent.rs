@@ -1,0 +1,466 @@
+//! End-to-end: the agent, its broker and sink, and a real collector, through
+//! outages, crashes, restarts, slow consumers and hostile peers.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::agent::{Agent, AgentDir, collector_pids};
+use common::{kill, marker, run_shell};
+use procmond::bus::broker::Broker;
+use procmond::bus::protocol::{self, Envelope, FrameKind};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+fn marker_execs<'a>(events: &'a [Value], m: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "exec" && e["argv"][3].as_str().is_some_and(|a| a.starts_with(m)))
+        .collect()
+}
+
+fn assert_unique_seq(events: &[Value]) {
+    let mut seen = HashSet::new();
+    for e in events {
+        let key = (
+            e["collector_id"].as_str().unwrap_or("").to_string(),
+            e["seq"].as_u64().unwrap_or(0),
+        );
+        assert!(seen.insert(key.clone()), "duplicate {key:?} in the sink");
+    }
+}
+
+#[test]
+fn agent_sink_gets_every_marker_exec_and_exit_once() {
+    let dir = AgentDir::new("agent300");
+    let config = dir.write_config("", "", true);
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("monitoring started", Duration::from_secs(60));
+    let m = marker("a300");
+    run_shell(&format!(
+        "i=0; while [ $i -lt 300 ]; do /bin/sh -c 'exit 3' {m}-$i; i=$((i+1)); done"
+    ));
+    let events = dir.wait_for_sink(Duration::from_secs(30), "300 exec and 300 exit", |ev| {
+        let execs = marker_execs(ev, &m);
+        let pids: HashSet<_> = execs.iter().map(|e| e["pid"].clone()).collect();
+        execs.len() >= 300
+            && ev
+                .iter()
+                .filter(|e| e["kind"] == "exit" && pids.contains(&e["pid"]))
+                .count()
+                >= 300
+    });
+    let execs = marker_execs(&events, &m);
+    assert_eq!(execs.len(), 300);
+    let pids: HashSet<_> = execs.iter().map(|e| e["pid"].clone()).collect();
+    let exits: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "exit" && pids.contains(&e["pid"]))
+        .collect();
+    assert_eq!(exits.len(), 300);
+    assert!(exits.iter().all(|e| e["exit_code"] == 3));
+    assert_unique_seq(&events);
+    let (ok, log) = agent.stop();
+    assert!(ok, "agent exit status; log:\n{log}");
+    assert!(log.contains("collector stopped"), "{log}");
+}
+
+#[test]
+fn outage_and_collector_crash_lose_nothing() {
+    let dir = AgentDir::new("crash");
+    let config = dir.write_config("", "", true);
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("monitoring started", Duration::from_secs(60));
+    let before = collector_pids(agent.pid());
+    assert_eq!(before.len(), 1, "one collector under the agent");
+
+    agent.signal("STOP");
+    let m = marker("crash");
+    run_shell(&format!(
+        "i=0; while [ $i -lt 200 ]; do /bin/sh -c 'exit 0' {m}-$i; i=$((i+1)); done"
+    ));
+    std::thread::sleep(Duration::from_millis(1500)); // captured into the WAL
+    kill("KILL", before[0]);
+    agent.signal("CONT");
+
+    let events = dir.wait_for_sink(Duration::from_secs(60), "the 200 exec events", |ev| {
+        marker_execs(ev, &m).len() >= 200
+    });
+    let execs = marker_execs(&events, &m);
+    let args: HashSet<&str> = execs.iter().filter_map(|e| e["argv"][3].as_str()).collect();
+    assert_eq!(args.len(), 200, "every marker");
+    assert_eq!(execs.len(), 200, "each once");
+    assert_unique_seq(&events);
+    let after = collector_pids(agent.pid());
+    assert_eq!(after.len(), 1);
+    assert_ne!(after, before, "the agent restarted the collector");
+    let log = agent.log();
+    assert!(log.contains("restarting collector"), "{log}");
+    assert!(
+        log.contains("replaying unacknowledged events from the WAL"),
+        "{log}"
+    );
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// `procmond run` against a broker this test controls.
+fn spawn_collector(
+    dir: &AgentDir,
+    extra: &str,
+) -> (
+    std::process::Child,
+    std::sync::Arc<std::sync::Mutex<String>>,
+) {
+    let cfg = dir.dir.join("procmond.yaml");
+    let interval = if extra.contains("collection_interval_secs") {
+        ""
+    } else {
+        "collection_interval_secs: 30\n"
+    };
+    std::fs::write(
+        &cfg,
+        format!("wal_dir: {}\n{interval}{extra}", dir.wal().display()),
+    )
+    .expect("cfg");
+    let mut child = common::procmond()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("DAEMONEYE_BROKER_SOCKET", dir.socket())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = log.clone();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let mut s = sink.lock().expect("lock");
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    (child, log)
+}
+
+fn wait_log(log: &std::sync::Mutex<String>, needle: &str, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !log.lock().expect("lock").contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {needle:?}:\n{}",
+            log.lock().expect("lock")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn serve(
+    broker: &Broker,
+    socket: &std::path::Path,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let listener = Broker::bind(socket).expect("bind");
+    let stop = CancellationToken::new();
+    let b = broker.clone();
+    let s = stop.clone();
+    (
+        stop,
+        tokio::spawn(async move { b.serve(listener, s).await }),
+    )
+}
+
+#[test]
+fn broker_restart_loses_nothing() {
+    let rt = runtime();
+    let dir = AgentDir::new("restart");
+    let broker = Broker::new(vec![0]);
+    let mut rx = broker
+        .subscribe_local("events.process.exec", 1 << 16)
+        .expect("subscribe");
+    let (stop, serving) = rt.block_on(async { serve(&broker, &dir.socket()) });
+    let (mut collector, log) = spawn_collector(&dir, "");
+    wait_log(&log, "monitoring started", Duration::from_secs(60));
+
+    let m = marker("restart");
+    run_shell(&format!(
+        "i=0; while [ $i -lt 50 ]; do /bin/sh -c 'exit 0' {m}-a$i; i=$((i+1)); done"
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    rt.block_on(async {
+        stop.cancel();
+        let _ = serving.await;
+    });
+    let _ = std::fs::remove_file(dir.socket());
+    wait_log(&log, "lost the broker connection", Duration::from_secs(10));
+    run_shell(&format!(
+        "i=0; while [ $i -lt 50 ]; do /bin/sh -c 'exit 0' {m}-b$i; i=$((i+1)); done"
+    ));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (stop, _serving) = rt.block_on(async { serve(&broker, &dir.socket()) });
+    wait_log(&log, "reconnected to the broker", Duration::from_secs(40));
+
+    let mut seen = HashSet::new();
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while seen.len() < 100 {
+            let env = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of 100 markers arrived", seen.len()))
+                .expect("subscription open");
+            let event = procmond::pipeline::codec::decode(
+                &procmond::pipeline::codec::aligned_copy(&env.payload),
+            )
+            .expect("valid event");
+            if event.argv.get(3).is_some_and(|a| a.starts_with(&m)) {
+                seen.insert(event.argv[3].clone());
+            }
+        }
+    });
+    assert_eq!(
+        seen.len(),
+        100,
+        "all markers from before, during and after the outage"
+    );
+    kill("TERM", collector.id());
+    let status = collector.wait().expect("wait");
+    assert!(
+        status.success(),
+        "collector exit:\n{}",
+        log.lock().expect("lock")
+    );
+    stop.cancel();
+}
+
+fn log_time(line: &str) -> std::time::SystemTime {
+    let ts = line.split_whitespace().next().unwrap_or("");
+    humantime::parse_rfc3339(ts).unwrap_or_else(|e| panic!("no timestamp in {line:?}: {e}"))
+}
+
+fn line_with<'a>(log: &'a str, needle: &str) -> &'a str {
+    log.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no {needle:?} in:\n{log}"))
+}
+
+#[test]
+fn slow_subscriber_triggers_backpressure_and_release() {
+    let rt = runtime();
+    let dir = AgentDir::new("backpressure");
+    let broker = Broker::new(vec![0]);
+    // A tiny queue nobody reads yet: delivery blocks, acks stop.
+    let mut rx = broker
+        .subscribe_local("events.process.#", 8)
+        .expect("subscribe");
+    let (_stop, _serving) = rt.block_on(async { serve(&broker, &dir.socket()) });
+    let (mut collector, log) =
+        spawn_collector(&dir, "buffer_bytes: 65536\ncollection_interval_secs: 2\n");
+    wait_log(&log, "monitoring started", Duration::from_secs(60));
+    // The inventory alone may not fill 70 % of 64 KiB: add process events.
+    for _ in 0..20 {
+        if log.lock().expect("lock").contains("backpressure on") {
+            break;
+        }
+        run_shell("i=0; while [ $i -lt 50 ]; do /bin/true; i=$((i+1)); done");
+    }
+    wait_log(
+        &log,
+        "collection interval stretched",
+        Duration::from_secs(10),
+    );
+    // Now drain: acks flow, the buffer empties.
+    rt.spawn(async move { while rx.recv().await.is_some() {} });
+    wait_log(
+        &log,
+        "collection interval restored",
+        Duration::from_secs(20),
+    );
+    kill("TERM", collector.id());
+    let _ = collector.wait();
+    let log = log.lock().expect("lock").clone();
+    let on = log_time(line_with(&log, "backpressure on"));
+    let stretched_line = line_with(&log, "collection interval stretched");
+    assert!(
+        stretched_line.contains("interval_ms=3000"),
+        "2 s x 1.5: {stretched_line}"
+    );
+    let stretched = log_time(stretched_line);
+    let off = log_time(line_with(&log, "backpressure off"));
+    let restored_line = line_with(&log, "collection interval restored");
+    assert!(
+        restored_line.contains("interval_ms=2000"),
+        "{restored_line}"
+    );
+    let restored = log_time(restored_line);
+    let within = |a: std::time::SystemTime, b: std::time::SystemTime| {
+        b.duration_since(a)
+            .is_ok_and(|d| d < Duration::from_secs(1))
+    };
+    assert!(within(on, stretched), "stretch took too long:\n{log}");
+    assert!(within(off, restored), "restore took too long:\n{log}");
+    assert!(off > on);
+}
+
+#[test]
+fn hostile_bytes_drop_only_the_offending_connection() {
+    let rt = runtime();
+    let dir = AgentDir::new("hostile");
+    let config = dir.write_config("", "", false);
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("broker listening", Duration::from_secs(10));
+    let socket = dir.socket();
+    let send_raw = |bytes: &[u8], close_write: bool| {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let _ = s.write_all(bytes);
+        if close_write {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
+        let mut buf = [0u8; 64];
+        // The broker closes the connection: read sees EOF (or a reset).
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "connection should be closed");
+    };
+    let frame = |body: &[u8]| {
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    };
+    let not_an_event = Envelope::new(
+        FrameKind::Publish,
+        "events.process.exec",
+        1,
+        b"not an event".to_vec(),
+    );
+    let mut oversized = (2u32 * 1024 * 1024).to_be_bytes().to_vec();
+    oversized.extend_from_slice(&[0u8; 64]);
+    send_raw(&oversized, false);
+    send_raw(&frame(&[7u8; 100])[..40], true);
+    send_raw(&frame(b"garbage!"), false);
+    send_raw(
+        &frame(&protocol::encode(&not_an_event).expect("encode")),
+        false,
+    );
+
+    // The broker and its other clients keep working.
+    rt.block_on(async {
+        let (mut sub_w, mut sub_r) = procmond::bus::client::connect(&socket)
+            .await
+            .expect("subscriber");
+        sub_w
+            .subscribe("events.process.#", 1)
+            .await
+            .expect("subscribe");
+        assert_eq!(
+            sub_r.next().await.expect("frame").expect("valid").kind,
+            FrameKind::Ack
+        );
+        let (mut pub_w, mut pub_r) = procmond::bus::client::connect(&socket)
+            .await
+            .expect("publisher");
+        let mut event = procmond::model::ProcessEvent::new(
+            procmond::model::EventKind::Exec,
+            procmond::model::EventSource::Ebpf,
+            1,
+            4242,
+        );
+        event.collector_id = "hostile-test".into();
+        event.seq = 9;
+        let payload = procmond::pipeline::codec::encode(&event)
+            .expect("encode")
+            .into_vec();
+        pub_w
+            .send(&Envelope::new(
+                FrameKind::Publish,
+                "events.process.exec",
+                9,
+                payload,
+            ))
+            .await
+            .expect("publish");
+        let ack = pub_r.next().await.expect("frame").expect("valid");
+        assert_eq!((ack.kind, ack.correlation_id), (FrameKind::Ack, 9));
+        let delivered = sub_r.next().await.expect("frame").expect("valid");
+        assert_eq!(delivered.kind, FrameKind::Deliver);
+    });
+    dir.wait_for_sink(Duration::from_secs(10), "the good event", |ev| {
+        ev.iter().any(|e| e["collector_id"] == "hostile-test")
+    });
+    let (ok, log) = agent.stop();
+    assert!(ok);
+    let dropped: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("connection dropped"))
+        .collect();
+    assert_eq!(dropped.len(), 4, "one per hostile connection:\n{log}");
+    assert!(dropped[0].contains("frame size too big"), "{}", dropped[0]);
+    assert!(dropped[1].contains("bytes remaining"), "{}", dropped[1]);
+    assert!(dropped[2].contains("invalid envelope"), "{}", dropped[2]);
+    assert!(
+        dropped[3].contains("invalid event payload"),
+        "{}",
+        dropped[3]
+    );
+}
+
+#[test]
+fn a_uid_outside_allowed_uids_cannot_publish() {
+    let dir = AgentDir::new("uid");
+    let config = dir.write_config("", "", false);
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("broker listening", Duration::from_secs(10));
+    // Open the file system path so only the broker's own check stands.
+    use std::os::unix::fs::PermissionsExt;
+    for p in [dir.dir.clone(), dir.dir.join("run"), dir.socket()] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    let wal = dir.dir.join("wal-nobody");
+    std::fs::create_dir_all(&wal).expect("wal dir");
+    std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let cfg = dir.dir.join("intruder.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "collector_id: intruder\nsource: poll\nwal_dir: {}\n",
+            wal.display()
+        ),
+    )
+    .expect("cfg");
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut intruder = common::procmond()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("DAEMONEYE_BROKER_SOCKET", dir.socket())
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn intruder");
+    agent.wait_for_log("uid not in broker.allowed_uids", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = intruder.kill();
+    let _ = intruder.wait();
+    assert!(agent.log().contains("uid=65534"), "{}", agent.log());
+    assert!(
+        dir.sink_events()
+            .iter()
+            .all(|e| e["collector_id"] != "intruder"),
+        "an event from a refused uid reached the sink"
+    );
+}

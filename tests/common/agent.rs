@@ -1,0 +1,241 @@
+//! Helpers for agent tests: a private directory with agent.yaml, the broker
+//! socket, the WAL and the sink; the real `procmond agent` process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub struct AgentDir {
+    pub dir: PathBuf,
+}
+
+impl AgentDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(super::marker(tag));
+        std::fs::create_dir_all(&dir).expect("agent dir");
+        Self { dir }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("run/broker.sock")
+    }
+
+    pub fn sink(&self) -> PathBuf {
+        self.dir.join("events.jsonl")
+    }
+
+    pub fn wal(&self) -> PathBuf {
+        self.dir.join("wal")
+    }
+
+    /// Writes agent.yaml: one collector (this build) unless `collectors` is
+    /// given; `extra` is appended to the collector's `config:` block.
+    pub fn write_config(&self, top: &str, collector_extra: &str, with_collector: bool) -> PathBuf {
+        let collectors = if with_collector {
+            format!(
+                "collectors:
+  - id: procmond
+    type: process-monitor
+    binary_path: {bin}
+    args: [run]
+    enabled: true
+    auto_restart: true
+    config:
+      collection_interval_secs: 30
+      wal_dir: {wal}
+{collector_extra}",
+                bin = env!("CARGO_BIN_EXE_procmond"),
+                wal = self.wal().display(),
+            )
+        } else {
+            "collectors: []\n".to_string()
+        };
+        let text = format!(
+            "broker:
+  socket: {socket}
+  allowed_uids: [0]
+sinks:
+  - type: jsonl
+    path: {sink}
+{top}
+{collectors}",
+            socket = self.socket().display(),
+            sink = self.sink().display(),
+        );
+        let path = self.dir.join("agent.yaml");
+        std::fs::write(&path, text).expect("write agent.yaml");
+        path
+    }
+
+    /// Every JSON line the sink holds.
+    pub fn sink_events(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.sink()).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("sink line is not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    /// Waits until `pred` holds for the sink's events.
+    pub fn wait_for_sink(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let events = self.sink_events();
+            if pred(&events) {
+                return events;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; sink has {} events",
+                    events.len()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for AgentDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running `procmond agent`.
+pub struct Agent {
+    pub child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Agent {
+    pub fn start(config: &Path) -> Agent {
+        Self::start_with(super::procmond(), config)
+    }
+
+    pub fn start_with(mut cmd: Command, config: &Path) -> Agent {
+        let mut child = cmd
+            .arg("agent")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn agent");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut s = sink.lock().expect("lock");
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Agent { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().expect("lock").clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(200));
+                panic!("agent exited ({status}) before {needle:?}:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {needle:?} in the agent log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Count of `needle` in the log.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        super::kill(sig, self.pid());
+    }
+
+    /// SIGTERM and wait (60 s at most); returns whether it exited 0.
+    pub fn stop(mut self) -> (bool, String) {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                std::thread::sleep(Duration::from_millis(100));
+                return (status.success(), self.log());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("agent did not stop within 60 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Pids of live `procmond run` processes whose parent is `agent`.
+pub fn collector_pids(agent: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let ppid: u32 = rest
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == agent && cmdline.windows(4).any(|w| w == b"run\0") {
+            pids.push(pid);
+        }
+    }
+    pids
+}
