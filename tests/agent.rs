@@ -114,14 +114,29 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// Kills the child when the test ends, pass or fail.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What the agent does once a collector is ready; tests that play the
+/// broker's side do it themselves.
+fn begin_monitoring(rt: &tokio::runtime::Runtime, broker: &Broker) {
+    let payload = procmond::bus::rpc::to_payload(&procmond::bus::rpc::Lifecycle::BeginMonitoring);
+    rt.block_on(broker.publish_local(protocol::TOPIC_LIFECYCLE, payload))
+        .expect("broadcast");
+}
+
 /// `procmond run` against a broker this test controls.
 fn spawn_collector(
     dir: &AgentDir,
     extra: &str,
-) -> (
-    std::process::Child,
-    std::sync::Arc<std::sync::Mutex<String>>,
-) {
+) -> (Reaped, std::sync::Arc<std::sync::Mutex<String>>) {
     let cfg = dir.dir.join("procmond.yaml");
     let interval = if extra.contains("collection_interval_secs") {
         ""
@@ -138,6 +153,7 @@ fn spawn_collector(
         .arg(&cfg)
         .env("DAEMONEYE_BROKER_SOCKET", dir.socket())
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn run");
@@ -150,12 +166,12 @@ fn spawn_collector(
             .lines()
             .map_while(Result::ok)
         {
-            let mut s = sink.lock().expect("lock");
+            let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
             s.push_str(&line);
             s.push('\n');
         }
     });
-    (child, log)
+    (Reaped(child), log)
 }
 
 fn wait_log(log: &std::sync::Mutex<String>, needle: &str, timeout: Duration) {
@@ -194,7 +210,14 @@ fn broker_restart_loses_nothing() {
         .expect("subscribe");
     let (stop, serving) = rt.block_on(async { serve(&broker, &dir.socket()) });
     let (mut collector, log) = spawn_collector(&dir, "");
-    wait_log(&log, "monitoring started", Duration::from_secs(60));
+    wait_log(&log, "source attached", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    begin_monitoring(&rt, &broker);
+    wait_log(
+        &log,
+        "begin_monitoring: publishing events",
+        Duration::from_secs(10),
+    );
 
     let m = marker("restart");
     run_shell(&format!(
@@ -236,8 +259,8 @@ fn broker_restart_loses_nothing() {
         100,
         "all markers from before, during and after the outage"
     );
-    kill("TERM", collector.id());
-    let status = collector.wait().expect("wait");
+    kill("TERM", collector.0.id());
+    let status = collector.0.wait().expect("wait");
     assert!(
         status.success(),
         "collector exit:\n{}",
@@ -267,8 +290,11 @@ fn slow_subscriber_triggers_backpressure_and_release() {
         .subscribe_local("events.process.#", 8)
         .expect("subscribe");
     let (_stop, _serving) = rt.block_on(async { serve(&broker, &dir.socket()) });
-    let (mut collector, log) =
+    let (collector, log) =
         spawn_collector(&dir, "buffer_bytes: 65536\ncollection_interval_secs: 2\n");
+    wait_log(&log, "source attached", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    begin_monitoring(&rt, &broker);
     wait_log(&log, "monitoring started", Duration::from_secs(60));
     // The inventory alone may not fill 70 % of 64 KiB: add process events.
     for _ in 0..20 {
@@ -289,8 +315,7 @@ fn slow_subscriber_triggers_backpressure_and_release() {
         "collection interval restored",
         Duration::from_secs(20),
     );
-    kill("TERM", collector.id());
-    let _ = collector.wait();
+    drop(collector);
     let log = log.lock().expect("lock").clone();
     let on = log_time(line_with(&log, "backpressure on"));
     let stretched_line = line_with(&log, "collection interval stretched");

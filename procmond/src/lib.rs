@@ -19,3 +19,4 @@ pub mod privileges;
 pub mod reconcile;
 pub mod sensor;
 pub mod sources;
+pub mod telemetry;

@@ -54,17 +54,60 @@ enum Command {
         #[arg(long, default_value = "/etc/procmond/agent.yaml")]
         config: PathBuf,
     },
+    /// The agent's privileged launcher (started by `procmond agent`).
+    #[command(hide = true)]
+    AgentHelper {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Collector service mode (spawned by the agent; needs DAEMONEYE_BROKER_SOCKET).
     Run {
         /// procmond.yaml
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Operator RPCs to a collector through the agent's broker (prints JSON).
+    Ctl {
+        /// Broker socket (default: $DAEMONEYE_BROKER_SOCKET, then /etc/procmond/agent.yaml).
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+        /// Collector id.
+        #[arg(long, global = true, default_value = "procmond")]
+        collector: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, global = true, default_value_t = 10)]
+        timeout: u64,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
     /// Configuration files.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Status, source, buffer fill, connection and loss counters.
+    Health {
+        /// Add recent errors and cycle statistics.
+        #[arg(long)]
+        detailed: bool,
+    },
+    /// Change hot-reloadable settings; applied at the next cycle boundary.
+    Config {
+        #[arg(long = "set", value_name = "KEY=VALUE", required = true)]
+        set: Vec<String>,
+    },
+    /// Finish the cycle, flush, deregister and exit 0.
+    Shutdown,
+    /// Resume collection after `stop`.
+    Start,
+    /// Pause collection (the source is detached).
+    Stop,
+    /// Re-attach the source and take a fresh inventory.
+    Restart,
 }
 
 #[derive(Subcommand)]
@@ -75,14 +118,7 @@ enum ConfigCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    procmond::telemetry::init();
     let result = match cli.command {
         Command::Watch {
             source,
@@ -100,10 +136,37 @@ fn main() -> std::process::ExitCode {
         Command::Snapshot { format } => commands::snapshot::run(format),
         Command::Capabilities => commands::capabilities::run(),
         Command::Agent { config } => commands::agent::run(&config),
+        Command::AgentHelper { config } => commands::agent::helper(&config),
         Command::Run { config } => commands::run::run(config.as_deref()),
         Command::Config {
             command: ConfigCommand::Validate { file },
         } => commands::config::validate(&file),
+        Command::Ctl {
+            socket,
+            collector,
+            timeout,
+            command,
+        } => {
+            use procmond::bus::rpc::Request;
+            let request = match command {
+                CtlCommand::Health { detailed } => Ok(Request::HealthCheck { detailed }),
+                CtlCommand::Config { set } => {
+                    commands::ctl::parse_sets(&set).map(|set| Request::UpdateConfig { set })
+                }
+                CtlCommand::Shutdown => Ok(Request::GracefulShutdown),
+                CtlCommand::Start => Ok(Request::Start),
+                CtlCommand::Stop => Ok(Request::Stop),
+                CtlCommand::Restart => Ok(Request::Restart),
+            };
+            request.and_then(|r| {
+                commands::ctl::run(
+                    socket,
+                    &collector,
+                    std::time::Duration::from_secs(timeout),
+                    r,
+                )
+            })
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -53,6 +53,21 @@ impl EventKind {
     }
 }
 
+impl ArchivedEventKind {
+    /// The native kind of an archived (in-place) event.
+    pub fn to_native(&self) -> EventKind {
+        match self {
+            Self::Exec => EventKind::Exec,
+            Self::Exit => EventKind::Exit,
+            Self::Fork => EventKind::Fork,
+            Self::Snapshot => EventKind::Snapshot,
+            Self::Start => EventKind::Start,
+            Self::Stop => EventKind::Stop,
+            Self::Modify => EventKind::Modify,
+        }
+    }
+}
+
 /// Which mechanism observed the event.
 #[derive(
     Debug,

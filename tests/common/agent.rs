@@ -210,9 +210,9 @@ impl Drop for Agent {
     }
 }
 
-/// Pids of live `procmond run` processes whose parent is `agent`.
-pub fn collector_pids(agent: u32) -> Vec<u32> {
-    let mut pids = Vec::new();
+/// `(pid, ppid, cmdline)` of every process.
+fn processes() -> Vec<(u32, u32, Vec<u8>)> {
+    let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
         let Some(pid) = entry
             .file_name()
@@ -233,9 +233,39 @@ pub fn collector_pids(agent: u32) -> Vec<u32> {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if ppid == agent && cmdline.windows(4).any(|w| w == b"run\0") {
-            pids.push(pid);
-        }
+        out.push((pid, ppid, cmdline));
     }
-    pids
+    out
+}
+
+/// Pids of live `procmond run` collectors under `agent` (through its launcher).
+pub fn collector_pids(agent: u32) -> Vec<u32> {
+    let all = processes();
+    let launchers: Vec<u32> = all
+        .iter()
+        .filter(|(_, ppid, cmd)| *ppid == agent && cmd.windows(13).any(|w| w == b"agent-helper\0"))
+        .map(|(pid, _, _)| *pid)
+        .collect();
+    all.iter()
+        .filter(|(_, ppid, cmd)| launchers.contains(ppid) && cmd.windows(4).any(|w| w == b"run\0"))
+        .map(|(pid, _, _)| *pid)
+        .collect()
+}
+
+/// `Uid:` and `Gid:` lines of /proc/PID/status: real, effective, saved, fs.
+pub fn ids(pid: u32) -> (Vec<u32>, Vec<u32>) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = |key: &str| -> Vec<u32> {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .filter_map(|s| s.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    (line("Uid:"), line("Gid:"))
 }

@@ -1,21 +1,35 @@
-//! The agent: runs the broker, supervises collectors, feeds sinks.
+//! The agent: broker, sinks, and the collectors' lifecycle.
 //!
-//! Start-up order: broker socket and sinks first (so the first event has
-//! somewhere to go), then the enabled collectors in the order agent.yaml
-//! lists them. Shutdown is the reverse: collectors stop (drain, publish,
-//! exit), then the broker closes and the sinks flush.
+//! Loading → Ready → SteadyState:
+//! * Loading: the launcher (`helper`) starts, the broker listens, sinks
+//!   subscribe, collectors are spawned in agent.yaml order and must register
+//!   and report ready within their startup timeout — otherwise the agent
+//!   stops them and exits non-zero naming the laggards.
+//! * Ready: privileges are dropped to `run_as` (groups, gid, uid; checked
+//!   irreversible). Sinks, socket and launcher were set up before.
+//! * SteadyState: `begin_monitoring` is broadcast (and re-sent to any
+//!   collector that reports ready later, e.g. after a restart), heartbeats
+//!   are supervised (`supervisor`).
 
+pub mod helper;
+pub mod privdrop;
 pub mod sink;
 pub mod supervisor;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::broker::Broker;
-use crate::bus::protocol::TOPIC_EVENTS;
+use crate::bus::protocol::{self, Envelope, Status, TOPIC_EVENTS};
+use crate::bus::rpc::{Heartbeat, Lifecycle, Registration, Request, to_payload};
 use crate::config::AgentConfig;
 use crate::config::agent::SinkConfig;
+use helper::{Helper, Order, Report, Sig};
+use supervisor::{Escalation, Tracked};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -27,31 +41,45 @@ pub enum AgentError {
     },
     #[error("bus: {0}")]
     Bus(#[from] crate::bus::protocol::ProtocolError),
+    #[error("starting the launcher: {0}")]
+    Launcher(#[source] std::io::Error),
+    #[error("collectors not ready within their startup timeout: {0}")]
+    StartupTimeout(String),
+    #[error(transparent)]
+    PrivDrop(#[from] privdrop::PrivDropError),
 }
 
-/// Runs the agent until `shutdown`.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Loading,
+    SteadyState,
+}
+
+/// An escalation step's outcome, sent back to the agent loop.
+#[derive(Debug)]
+struct Answer {
+    id: String,
+    step: Request,
+    status: Status,
+}
+
+/// Runs the agent until `shutdown`. `config_path` is handed to the launcher.
+pub async fn run(
+    config: AgentConfig,
+    config_path: &Path,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
     let socket = config.broker.socket.clone();
+    let (mut launcher, mut reports) = Helper::start(config_path).map_err(AgentError::Launcher)?;
     let broker = Broker::new(config.broker.allowed_uids.clone());
     let listener = Broker::bind(&socket).map_err(|source| AgentError::Bind {
         path: socket.display().to_string(),
         source,
     })?;
     tracing::info!(socket = %socket.display(), allowed_uids = ?config.broker.allowed_uids, "broker listening");
-
-    let mut sinks = Vec::new();
-    for sink in &config.sinks {
-        let SinkConfig::Jsonl { path } = sink;
-        let rx = broker.subscribe_local(TOPIC_EVENTS, 4096)?;
-        let path = path.clone();
-        sinks.push(tokio::spawn(async move {
-            match sink::run_jsonl(&path, rx).await {
-                Ok(stats) => tracing::info!(path = %path.display(), written = stats.written, duplicates = stats.duplicates, invalid = stats.invalid, "sink closed"),
-                Err(e) => tracing::error!(path = %path.display(), error = %e, "sink failed: events to it are lost from here on"),
-            }
-        }));
-    }
-
+    let sinks = start_sinks(&config, &broker)?;
+    let mut registrations = broker.subscribe_local(protocol::TOPIC_REGISTRATION, 256)?;
+    let mut heartbeats = broker.subscribe_local("control.health.heartbeat.+", 1024)?;
     let broker_stop = CancellationToken::new();
     let serving = tokio::spawn({
         let broker = broker.clone();
@@ -59,25 +87,88 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         async move { broker.serve(listener, stop).await }
     });
 
-    let runtime_dir = socket
-        .parent()
-        .map_or_else(|| PathBuf::from("/run/procmond"), |p| p.to_path_buf());
-    let grace = std::time::Duration::from_secs(config.heartbeat.graceful_shutdown_timeout_secs);
-    let mut supervisors = Vec::new();
-    for collector in config.collectors.iter().filter(|c| c.enabled) {
-        supervisors.push(tokio::spawn(supervisor::supervise(
-            collector.clone(),
-            socket.clone(),
-            runtime_dir.clone(),
-            grace,
-            shutdown.clone(),
-        )));
+    let mut tracked: Vec<Tracked> = config
+        .collectors
+        .iter()
+        .filter(|c| c.enabled)
+        .cloned()
+        .map(Tracked::new)
+        .collect();
+    for t in &tracked {
+        let _ = launcher
+            .order(&Order::Spawn {
+                id: t.config.id.clone(),
+            })
+            .await;
     }
+    tracing::info!(
+        collectors = tracked.len(),
+        "loading: waiting for collectors to register and report ready"
+    );
+    let started = Instant::now();
+    let hb = &config.heartbeat;
+    let interval = Duration::from_secs(hb.interval_secs);
+    let mut phase = Phase::Loading;
+    let (answers_tx, mut answers) = mpsc::channel::<Answer>(64);
+    let mut check = tokio::time::interval(Duration::from_millis(250).min(interval / 2));
 
-    shutdown.cancelled().await;
-    for s in supervisors {
-        let _ = s.await;
+    let outcome = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            Some(report) = reports.recv() => on_report(&mut tracked, report),
+            Some(env) = registrations.recv() => {
+                if let Some(id) = on_registration(&mut tracked, &env)
+                    && phase == Phase::SteadyState
+                {
+                    tracing::info!(collector = %id, "late ready: sending begin_monitoring");
+                    begin_monitoring(&broker).await;
+                }
+            }
+            Some(env) = heartbeats.recv() => on_heartbeat(&mut tracked, &env),
+            Some(answer) = answers.recv() => on_answer(&mut tracked, answer, &broker, hb.graceful_shutdown_timeout_secs, &answers_tx),
+            _ = check.tick() => {
+                let now = Instant::now();
+                if phase == Phase::Loading {
+                    if tracked.iter().all(|t| t.ready) {
+                        phase = Phase::SteadyState;
+                        if let Err(e) = become_steady(&config, &broker, &tracked).await {
+                            break Err(e);
+                        }
+                    } else if let Some(laggards) = laggards(&tracked, &config, started, now) {
+                        tracing::error!(laggards = %laggards, "collectors did not report ready in time: stopping");
+                        break Err(AgentError::StartupTimeout(laggards));
+                    }
+                } else {
+                    supervise(&mut tracked, &mut launcher, &broker, &config, now, &answers_tx).await;
+                }
+                for t in tracked.iter_mut().filter(|t| t.restart_at.is_some_and(|at| at <= now)) {
+                    t.restart_at = None;
+                    tracing::warn!(collector = %t.id(), "restarting collector");
+                    let _ = launcher.order(&Order::Spawn { id: t.config.id.clone() }).await;
+                }
+            }
+        }
+    };
+
+    // Collectors first (they drain into the broker), then broker and sinks.
+    let grace = Duration::from_secs(hb.graceful_shutdown_timeout_secs);
+    for t in tracked.iter_mut().filter(|t| t.pid.is_some()) {
+        t.deregistered = true;
+        let _ = launcher
+            .order(&Order::Signal {
+                id: t.config.id.clone(),
+                signal: Sig::TERM,
+            })
+            .await;
     }
+    let deadline = Instant::now() + grace;
+    while tracked.iter().any(|t| t.pid.is_some()) {
+        match tokio::time::timeout_at(deadline, reports.recv()).await {
+            Ok(Some(report)) => on_report(&mut tracked, report),
+            _ => break,
+        }
+    }
+    launcher.finish(grace).await;
     broker_stop.cancel();
     let _ = serving.await;
     broker.close_local();
@@ -85,5 +176,274 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         let _ = s.await;
     }
     let _ = std::fs::remove_file(&socket);
+    outcome
+}
+
+fn start_sinks(
+    config: &AgentConfig,
+    broker: &Broker,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, AgentError> {
+    let mut sinks = Vec::new();
+    for sink in &config.sinks {
+        let SinkConfig::Jsonl { path } = sink;
+        let rx = broker.subscribe_local(TOPIC_EVENTS, 4096)?;
+        let path: PathBuf = path.clone();
+        sinks.push(tokio::spawn(async move {
+            match sink::run_jsonl(&path, rx).await {
+                Ok(stats) => tracing::info!(path = %path.display(), written = stats.written, duplicates = stats.duplicates, invalid = stats.invalid, "sink closed"),
+                Err(e) => tracing::error!(path = %path.display(), error = %e, "sink failed: events to it are lost from here on"),
+            }
+        }));
+    }
+    Ok(sinks)
+}
+
+fn find<'a>(tracked: &'a mut [Tracked], id: &str) -> Option<&'a mut Tracked> {
+    tracked.iter_mut().find(|t| t.config.id == id)
+}
+
+fn on_report(tracked: &mut [Tracked], report: Report) {
+    match report {
+        Report::Started { id, pid } => {
+            tracing::info!(collector = %id, pid, "collector started");
+            if let Some(t) = find(tracked, &id) {
+                t.started(pid);
+            }
+        }
+        Report::Exited {
+            id,
+            pid,
+            status,
+            success,
+        } => {
+            let Some(t) = find(tracked, &id) else { return };
+            if t.deregistered {
+                tracing::info!(collector = %id, pid, %status, "collector exited after deregistering");
+            } else if success {
+                tracing::warn!(collector = %id, pid, %status, "collector exited");
+            } else {
+                tracing::error!(collector = %id, pid, %status, "collector exited");
+            }
+            if !t.exited(Instant::now()) && !t.deregistered {
+                tracing::warn!(collector = %id, "auto_restart is off: not restarting");
+            }
+        }
+        Report::Failed { id, message } => {
+            tracing::error!(collector = %id, %message, "launcher could not start collector");
+            if let Some(t) = find(tracked, &id)
+                && t.config.auto_restart
+            {
+                t.restart_at = Some(Instant::now() + supervisor::RESTART_DELAY * 5);
+            }
+        }
+    }
+}
+
+/// Returns the id of a collector that just reported ready.
+fn on_registration(tracked: &mut [Tracked], env: &Envelope) -> Option<String> {
+    let msg: Registration = match serde_json::from_slice(&env.payload) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "invalid registration message ignored");
+            return None;
+        }
+    };
+    match msg {
+        Registration::Register {
+            collector_id,
+            pid,
+            source,
+            degraded_reason,
+            version,
+            ..
+        } => {
+            tracing::info!(collector = %collector_id, pid, %source, ?degraded_reason, %version, "collector registered");
+            if let Some(t) = find(tracked, &collector_id) {
+                t.registered = true;
+            }
+            None
+        }
+        Registration::Ready { collector_id } => {
+            let t = find(tracked, &collector_id)?;
+            t.ready = true;
+            t.last_heartbeat = Instant::now();
+            tracing::info!(collector = %collector_id, "collector ready");
+            Some(collector_id)
+        }
+        Registration::Deregister { collector_id } => {
+            tracing::info!(collector = %collector_id, "collector deregistered");
+            if let Some(t) = find(tracked, &collector_id) {
+                t.deregistered = true;
+            }
+            None
+        }
+    }
+}
+
+fn on_heartbeat(tracked: &mut [Tracked], env: &Envelope) {
+    match serde_json::from_slice::<Heartbeat>(&env.payload) {
+        Ok(beat) => {
+            if let Some(t) = find(tracked, &beat.collector_id) {
+                t.heartbeat(&beat.status);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "invalid heartbeat ignored"),
+    }
+}
+
+fn laggards(
+    tracked: &[Tracked],
+    config: &AgentConfig,
+    started: Instant,
+    now: Instant,
+) -> Option<String> {
+    let late: Vec<&str> = tracked
+        .iter()
+        .filter(|t| !t.ready)
+        .filter(|t| {
+            let limit = config
+                .startup_timeout_secs
+                .min(t.config.startup_timeout_secs);
+            now.duration_since(started) >= Duration::from_secs(limit)
+        })
+        .map(|t| t.id())
+        .collect();
+    (!late.is_empty()).then(|| late.join(", "))
+}
+
+async fn become_steady(
+    config: &AgentConfig,
+    broker: &Broker,
+    tracked: &[Tracked],
+) -> Result<(), AgentError> {
+    tracing::info!(
+        collectors = tracked.len(),
+        "ready: all collectors reported ready"
+    );
+    if let Some(user) = &config.run_as {
+        let dropped = privdrop::drop_to(user)?;
+        tracing::info!(user = %user, uid = dropped.uid, gid = dropped.gid, "privileges dropped (irreversibly)");
+    }
+    tracing::info!("steady state: broadcasting begin_monitoring");
+    begin_monitoring(broker).await;
     Ok(())
+}
+
+async fn begin_monitoring(broker: &Broker) {
+    if let Err(e) = broker
+        .publish_local(
+            protocol::TOPIC_LIFECYCLE,
+            to_payload(&Lifecycle::BeginMonitoring),
+        )
+        .await
+    {
+        tracing::error!(error = %e, "could not broadcast begin_monitoring");
+    }
+}
+
+/// Heartbeat supervision, one step per check.
+async fn supervise(
+    tracked: &mut [Tracked],
+    launcher: &mut Helper,
+    broker: &Broker,
+    config: &AgentConfig,
+    now: Instant,
+    answers: &mpsc::Sender<Answer>,
+) {
+    let hb = &config.heartbeat;
+    let interval = Duration::from_secs(hb.interval_secs);
+    for t in tracked.iter_mut().filter(|t| t.pid.is_some() && t.ready) {
+        match t.escalation {
+            None => {
+                let missed = t.missed(interval, now);
+                if missed >= u64::from(hb.missed_threshold) {
+                    tracing::warn!(collector = %t.id(), missed, "missed heartbeats: sending a health check");
+                    t.escalation = Some(Escalation::HealthCheck);
+                    rpc(
+                        broker,
+                        t.id(),
+                        Request::HealthCheck { detailed: false },
+                        hb.health_check_timeout_secs,
+                        answers,
+                    );
+                }
+            }
+            Some(Escalation::GracefulShutdown { deadline }) if now >= deadline => {
+                tracing::error!(collector = %t.id(), "still alive after the graceful-shutdown timeout: killing");
+                t.escalation = Some(Escalation::Killed);
+                let _ = launcher
+                    .order(&Order::Signal {
+                        id: t.config.id.clone(),
+                        signal: Sig::KILL,
+                    })
+                    .await;
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+fn rpc(
+    broker: &Broker,
+    id: &str,
+    request: Request,
+    timeout_secs: u64,
+    answers: &mpsc::Sender<Answer>,
+) {
+    let broker = broker.clone();
+    let answers = answers.clone();
+    let id = id.to_string();
+    tokio::spawn(async move {
+        let topic = protocol::control_topic(&id);
+        let response = broker
+            .request_local(
+                &topic,
+                to_payload(&request),
+                Duration::from_secs(timeout_secs),
+            )
+            .await;
+        let _ = answers
+            .send(Answer {
+                id,
+                step: request,
+                status: response.status,
+            })
+            .await;
+    });
+}
+
+fn on_answer(
+    tracked: &mut [Tracked],
+    answer: Answer,
+    broker: &Broker,
+    graceful_secs: u64,
+    answers: &mpsc::Sender<Answer>,
+) {
+    let Some(t) = find(tracked, &answer.id) else {
+        return;
+    };
+    match (answer.step, t.escalation) {
+        (Request::HealthCheck { .. }, Some(Escalation::HealthCheck)) => {
+            if answer.status == Status::Ok {
+                tracing::warn!(collector = %answer.id, "health check answered: heartbeat count reset");
+                t.escalation = None;
+                t.last_heartbeat = Instant::now();
+            } else {
+                tracing::error!(collector = %answer.id, status = ?answer.status, "health check failed: requesting graceful shutdown");
+                let deadline = Instant::now() + Duration::from_secs(graceful_secs);
+                t.escalation = Some(Escalation::GracefulShutdown { deadline });
+                rpc(
+                    broker,
+                    &answer.id,
+                    Request::GracefulShutdown,
+                    graceful_secs,
+                    answers,
+                );
+            }
+        }
+        (Request::GracefulShutdown, Some(Escalation::GracefulShutdown { .. })) => {
+            tracing::warn!(collector = %answer.id, status = ?answer.status, "graceful shutdown request answered; waiting for exit");
+        }
+        _ => {}
+    }
 }

@@ -1,145 +1,156 @@
-//! Collector supervision: spawn each enabled collector with the broker
-//! socket in its environment and its config in a private file, restart it
-//! when it exits (if `auto_restart`), and stop it gracefully at shutdown.
+//! Supervision: what the agent knows about each collector, and what it does
+//! when one goes quiet or away.
+//!
+//! A collector is healthy while its heartbeats arrive. After
+//! `missed_threshold` missed beats the agent escalates, logging every step:
+//! HealthCheck RPC → (no answer) GracefulShutdown RPC → (still alive at the
+//! deadline) SIGKILL → restart if `auto_restart`. An answered health check
+//! resets the count. Three restarts within ten minutes raise an alert.
+//! Signals and restarts go through the launcher (`helper`), which keeps the
+//! privileges the agent gives up.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::agent::CollectorConfig;
 
-/// Environment variable that tells a collector where the broker is.
-pub const BROKER_SOCKET_ENV: &str = "DAEMONEYE_BROKER_SOCKET";
-const RESTART_DELAY: Duration = Duration::from_secs(1);
 const ALERT_RESTARTS: usize = 3;
 const ALERT_WINDOW: Duration = Duration::from_secs(600);
+/// Pause before a restart, so a crash loop does not spin.
+pub const RESTART_DELAY: Duration = Duration::from_secs(1);
 
-/// Writes the collector's config (its `config:` block, id filled in) to a
-/// 0600 file in `runtime_dir`.
-pub fn write_collector_config(
-    collector: &CollectorConfig,
-    runtime_dir: &Path,
-) -> std::io::Result<PathBuf> {
-    let mut config = collector.config.clone();
-    config.collector_id.clone_from(&collector.id);
-    let text = serde_norway::to_string(&config).map_err(std::io::Error::other)?;
-    std::fs::create_dir_all(runtime_dir)?;
-    let path = runtime_dir.join(format!("{}.yaml", collector.id));
-    std::fs::write(&path, text)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(path)
+/// Where an escalation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escalation {
+    /// A health check is out, answer awaited.
+    HealthCheck,
+    /// A graceful shutdown was requested; kill at the deadline.
+    GracefulShutdown { deadline: Instant },
+    /// SIGKILL sent; waiting for the exit report.
+    Killed,
 }
 
-fn spawn(collector: &CollectorConfig, config_file: &Path, socket: &Path) -> std::io::Result<Child> {
-    Command::new(&collector.binary_path)
-        .args(&collector.args)
-        .arg("--config")
-        .arg(config_file)
-        .env(BROKER_SOCKET_ENV, socket)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
+/// One collector as the agent tracks it.
+#[derive(Debug)]
+pub struct Tracked {
+    pub config: CollectorConfig,
+    pub pid: Option<u32>,
+    pub registered: bool,
+    pub ready: bool,
+    /// It said goodbye: its exit is intended, no restart.
+    pub deregistered: bool,
+    pub last_heartbeat: Instant,
+    pub last_status: Option<String>,
+    pub escalation: Option<Escalation>,
+    pub restart_at: Option<Instant>,
+    restarts: VecDeque<Instant>,
 }
 
-/// Keeps one collector running until `shutdown`; then SIGTERM, and SIGKILL
-/// after `grace`.
-pub async fn supervise(
-    collector: CollectorConfig,
-    socket: PathBuf,
-    runtime_dir: PathBuf,
-    grace: Duration,
-    shutdown: CancellationToken,
-) {
-    let id = collector.id.clone();
-    let mut restarts: VecDeque<Instant> = VecDeque::new();
-    loop {
-        let child = write_collector_config(&collector, &runtime_dir)
-            .and_then(|file| spawn(&collector, &file, &socket));
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(collector = %id, error = %e, binary = %collector.binary_path.display(), "cannot start collector");
-                if !collector.auto_restart || wait_or_shutdown(RESTART_DELAY * 5, &shutdown).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        let pid = child.id().unwrap_or(0);
-        tracing::info!(collector = %id, pid, "collector started");
-        let status = tokio::select! {
-            status = child.wait() => status,
-            _ = shutdown.cancelled() => {
-                stop(&mut child, &id, grace).await;
-                return;
-            }
-        };
-        log_exit(&id, pid, status);
-        if !collector.auto_restart {
-            tracing::warn!(collector = %id, "auto_restart is off: not restarting");
-            return;
+impl Tracked {
+    pub fn new(config: CollectorConfig) -> Self {
+        Self {
+            config,
+            pid: None,
+            registered: false,
+            ready: false,
+            deregistered: false,
+            last_heartbeat: Instant::now(),
+            last_status: None,
+            escalation: None,
+            restart_at: None,
+            restarts: VecDeque::new(),
         }
-        let now = Instant::now();
-        restarts.push_back(now);
-        while restarts
+    }
+
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// A new process took over: it must register and beat again.
+    pub fn started(&mut self, pid: u32) {
+        self.pid = Some(pid);
+        self.registered = false;
+        self.ready = false;
+        self.deregistered = false;
+        self.escalation = None;
+        self.restart_at = None;
+        self.last_heartbeat = Instant::now();
+    }
+
+    pub fn heartbeat(&mut self, status: &str) {
+        self.last_heartbeat = Instant::now();
+        if self.last_status.as_deref() != Some(status) {
+            tracing::info!(collector = %self.id(), status, "collector health changed");
+            self.last_status = Some(status.to_string());
+        }
+    }
+
+    /// Whole heartbeat periods since the last beat.
+    pub fn missed(&self, interval: Duration, now: Instant) -> u64 {
+        (now.duration_since(self.last_heartbeat).as_millis() / interval.as_millis().max(1)) as u64
+    }
+
+    /// The process exited; returns whether to restart it.
+    pub fn exited(&mut self, now: Instant) -> bool {
+        self.pid = None;
+        self.ready = false;
+        self.registered = false;
+        self.escalation = None;
+        if self.deregistered || !self.config.auto_restart {
+            return false;
+        }
+        self.restarts.push_back(now);
+        while self
+            .restarts
             .front()
             .is_some_and(|t| now.duration_since(*t) > ALERT_WINDOW)
         {
-            restarts.pop_front();
+            self.restarts.pop_front();
         }
-        if restarts.len() >= ALERT_RESTARTS {
-            tracing::error!(collector = %id, restarts = restarts.len(), "ALERT: collector restarted {ALERT_RESTARTS} or more times in 10 minutes");
+        if self.restarts.len() >= ALERT_RESTARTS {
+            tracing::error!(collector = %self.id(), restarts = self.restarts.len(), "ALERT: collector restarted {ALERT_RESTARTS} or more times in 10 minutes");
         }
-        if wait_or_shutdown(RESTART_DELAY, &shutdown).await {
-            return;
-        }
-        tracing::warn!(collector = %id, "restarting collector");
+        self.restart_at = Some(now + RESTART_DELAY);
+        true
     }
 }
 
-fn log_exit(id: &str, pid: u32, status: std::io::Result<ExitStatus>) {
-    match status {
-        Ok(s) if s.success() => tracing::warn!(collector = %id, pid, "collector exited cleanly"),
-        Ok(s) => tracing::error!(collector = %id, pid, status = %s, "collector exited"),
-        Err(e) => tracing::error!(collector = %id, pid, error = %e, "lost track of collector"),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// True if shutdown came first.
-async fn wait_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => false,
-        _ = shutdown.cancelled() => true,
-    }
-}
-
-/// SIGTERM, then SIGKILL if it outlives `grace`.
-pub async fn stop(child: &mut Child, id: &str, grace: Duration) {
-    if let Some(pid) = child
-        .id()
-        .and_then(|p| rustix::process::Pid::from_raw(p as i32))
-    {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-    }
-    match tokio::time::timeout(grace, child.wait()).await {
-        Ok(status) => log_stopped(id, status),
-        Err(_) => {
-            tracing::error!(collector = %id, "collector ignored SIGTERM for {grace:?}: killing");
-            let _ = child.kill().await;
+    fn collector(auto_restart: bool) -> CollectorConfig {
+        CollectorConfig {
+            id: "c".into(),
+            kind: "process-monitor".into(),
+            binary_path: "/bin/true".into(),
+            args: vec![],
+            enabled: true,
+            auto_restart,
+            startup_timeout_secs: 60,
+            config: Default::default(),
         }
     }
-}
 
-fn log_stopped(id: &str, status: std::io::Result<ExitStatus>) {
-    match status {
-        Ok(s) if s.success() => tracing::info!(collector = %id, "collector stopped"),
-        Ok(s) => tracing::warn!(collector = %id, status = %s, "collector stopped with an error"),
-        Err(e) => tracing::warn!(collector = %id, error = %e, "collector stop not observed"),
+    #[test]
+    fn counts_missed_beats_and_decides_restarts() {
+        let mut t = Tracked::new(collector(true));
+        t.started(10);
+        let now = Instant::now() + Duration::from_millis(3500);
+        assert_eq!(t.missed(Duration::from_secs(1), now), 3);
+        t.heartbeat("healthy");
+        assert_eq!(t.missed(Duration::from_secs(1), Instant::now()), 0);
+        assert!(t.exited(Instant::now()));
+        t.started(11);
+        t.deregistered = true;
+        assert!(
+            !t.exited(Instant::now()),
+            "a deregistered collector stays down"
+        );
+        let mut t = Tracked::new(collector(false));
+        t.started(12);
+        assert!(!t.exited(Instant::now()));
     }
 }

@@ -72,7 +72,6 @@ struct Routes {
 struct Inner {
     routes: Mutex<Routes>,
     allowed_uids: Vec<u32>,
-    own_uid: u32,
     next_id: AtomicU64,
     stats: BrokerStats,
 }
@@ -90,7 +89,6 @@ impl Broker {
             inner: Arc::new(Inner {
                 routes: Mutex::new(Routes::default()),
                 allowed_uids,
-                own_uid: own_uid(),
                 next_id: AtomicU64::new(1),
                 stats: BrokerStats::default(),
             }),
@@ -154,7 +152,8 @@ impl Broker {
                 return;
             }
         };
-        if uid != self.inner.own_uid && !self.inner.allowed_uids.contains(&uid) {
+        // The agent's own user changes when it drops privileges: ask each time.
+        if uid != own_uid() && !self.inner.allowed_uids.contains(&uid) {
             Metrics::incr(&self.inner.stats.connections_refused);
             tracing::warn!(uid, allowed = ?self.inner.allowed_uids, "connection refused: uid not in broker.allowed_uids");
             return;

@@ -5,3 +5,4 @@
 pub mod broker;
 pub mod client;
 pub mod protocol;
+pub mod rpc;

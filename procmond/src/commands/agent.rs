@@ -1,4 +1,4 @@
-//! `procmond agent --config agent.yaml`.
+//! `procmond agent --config agent.yaml`, and its launcher `procmond agent-helper`.
 
 use std::path::Path;
 
@@ -11,7 +11,13 @@ pub fn run(config_path: &Path) -> Result<()> {
     super::runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
         super::spawn_stop_triggers(shutdown.clone(), None)?;
-        procmond::agent::run(config, shutdown).await?;
+        procmond::agent::run(config, config_path, shutdown).await?;
         Ok(())
     })
+}
+
+/// The privileged launcher the agent starts for itself (not for operators).
+pub fn helper(config_path: &Path) -> Result<()> {
+    super::runtime()?.block_on(procmond::agent::helper::serve(config_path))?;
+    Ok(())
 }

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod capabilities;
 pub mod config;
+pub mod ctl;
 pub mod run;
 pub mod snapshot;
 pub mod watch;

@@ -16,7 +16,7 @@ use procmond::pipeline::connector::connect_at_startup;
 use tokio_util::sync::CancellationToken;
 
 /// The environment variable naming the broker socket.
-pub use procmond::agent::supervisor::BROKER_SOCKET_ENV;
+pub use procmond::agent::helper::BROKER_SOCKET_ENV;
 
 pub fn run(config_path: Option<&Path>) -> Result<()> {
     let config = match config_path {
@@ -43,8 +43,9 @@ async fn serve(config: ProcmondConfig, socket: PathBuf) -> Result<()> {
         config,
         socket,
         drain_timeout: Duration::from_secs(10),
+        service: true,
     };
-    let active = collector::run(options, connection, None, metrics.clone(), shutdown).await?;
+    let active = collector::run(options, connection, metrics.clone(), shutdown).await?;
     tracing::info!(stats = %metrics.to_json(), source = active.source.as_str(), "collector stopped");
     Ok(())
 }

@@ -92,8 +92,9 @@ async fn watch(
         wal_dir: dir.join("wal"),
         socket,
         drain_timeout: Duration::from_secs(30),
+        service: false,
     };
-    let result = collector::run(options, connection, None, metrics.clone(), shutdown).await;
+    let result = collector::run(options, connection, metrics.clone(), shutdown).await;
     // Everything acknowledged has been delivered to the local subscriber:
     // close the broker, then let the writer drain and flush.
     broker_stop.cancel();

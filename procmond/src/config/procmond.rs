@@ -21,6 +21,8 @@ pub struct ProcmondConfig {
     pub collection_interval_secs: u64,
     /// Read cwd, cgroup and container id for each process.
     pub enhanced_metadata: bool,
+    /// Heartbeat period on the bus (service mode; the agent sets it from agent.yaml).
+    pub heartbeat_interval_secs: u64,
     /// SHA-256 of each executable (not available in this build: refused).
     pub compute_hashes: bool,
     /// Write-ahead log directory (used by `procmond run`).
@@ -51,6 +53,7 @@ impl Default for ProcmondConfig {
             source: SourceChoice::Auto,
             collection_interval_secs: 30,
             enhanced_metadata: true,
+            heartbeat_interval_secs: 30,
             compute_hashes: false,
             wal_dir: PathBuf::from("/var/lib/procmond/wal"),
             ring_buffer_bytes: 16 * 1024 * 1024,
@@ -105,6 +108,15 @@ impl ProcmondConfig {
                     INTERVAL_RANGE.start(),
                     INTERVAL_RANGE.end(),
                     self.collection_interval_secs
+                ),
+            ));
+        }
+        if !INTERVAL_RANGE.contains(&self.heartbeat_interval_secs) {
+            return Err(ConfigError::invalid(
+                "heartbeat_interval_secs",
+                format!(
+                    "must be between 1 and 3600 seconds, got {}",
+                    self.heartbeat_interval_secs
                 ),
             ));
         }

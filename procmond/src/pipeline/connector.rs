@@ -29,6 +29,7 @@ use super::codec;
 use super::wal::{Wal, WalError};
 use crate::bus::client::{self, BusReader, BusWriter};
 use crate::bus::protocol::{Envelope, FrameKind, event_topic};
+use crate::bus::rpc::CONTROL_CORRELATION;
 use crate::metrics::Metrics;
 
 const BACKPRESSURE_ON: f64 = 0.70;
@@ -88,6 +89,7 @@ pub async fn connect_at_startup(
 /// One live connection: a writer task, a reader task, and what is in flight.
 struct Conn {
     frames: mpsc::UnboundedSender<Envelope>,
+    writer: Option<tokio::task::JoinHandle<()>>,
     acks: mpsc::UnboundedReceiver<u64>,
     cancel: CancellationToken,
     cursor: u64,
@@ -101,19 +103,36 @@ impl Conn {
         reader: BusReader,
         from: u64,
         control: Option<mpsc::Sender<Envelope>>,
+        greeting: &[Envelope],
     ) -> Self {
         let cancel = CancellationToken::new();
         let (frames, frames_rx) = mpsc::unbounded_channel();
         let (acks_tx, acks) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(writer, frames_rx, cancel.clone()));
+        // Subscriptions and registration go first on every connection.
+        for env in greeting {
+            let _ = frames.send(env.clone());
+        }
+        let writer = tokio::spawn(write_loop(writer, frames_rx, cancel.clone()));
         tokio::spawn(read_loop(reader, acks_tx, control, cancel.clone()));
         Self {
             frames,
+            writer: Some(writer),
             acks,
             cancel,
             cursor: from,
             inflight: BTreeMap::new(),
             inflight_bytes: 0,
+        }
+    }
+}
+
+impl Conn {
+    /// Lets the writer send what is queued, then closes the connection.
+    async fn close(mut self) {
+        let (closed, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.frames, closed));
+        if let Some(writer) = self.writer.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
         }
     }
 }
@@ -173,6 +192,7 @@ async fn read_loop(
                 break;
             }
             Some(Ok(env)) => match env.kind {
+                FrameKind::Ack if env.correlation_id & CONTROL_CORRELATION != 0 => {}
                 FrameKind::Ack => {
                     let _ = acks.send(env.correlation_id);
                 }
@@ -201,23 +221,35 @@ pub struct Connector {
     pub backpressure: watch::Sender<bool>,
     /// Where requests and deliveries for this collector go (service mode).
     pub control: Option<mpsc::Sender<Envelope>>,
+    /// Control frames to send (responses, heartbeats, registration); sent
+    /// when connected, dropped otherwise. The connector finishes only after
+    /// every sender is gone.
+    pub outbox: Option<mpsc::UnboundedReceiver<Envelope>>,
+    /// Frames sent first on every connection (subscriptions, registration).
+    pub greeting: watch::Receiver<Vec<Envelope>>,
+    /// Events are published only while this is true (`begin_monitoring`);
+    /// until then they wait in the WAL.
+    pub gate: watch::Receiver<bool>,
 }
 
 impl Connector {
     /// Runs until `input` closes and everything is acknowledged (or
     /// `drain_timeout` passes; what is left stays in the WAL for next time).
     pub async fn run(
-        self,
+        mut self,
         mut input: mpsc::Receiver<Encoded>,
         initial: Option<(BusWriter, BusReader)>,
     ) -> Result<(), ConnectorError> {
         let start_cursor = |wal: &Wal| wal.first_seq().map(|s| s.unwrap_or_else(|| wal.next_seq()));
+        let mut outbox = self.outbox.take();
+        let greeting = self.greeting.borrow_and_update().clone();
         let mut conn = match initial {
             Some((w, r)) => Some(Conn::start(
                 w,
                 r,
                 start_cursor(&self.wal)?,
                 self.control.clone(),
+                &greeting,
             )),
             None => None,
         };
@@ -230,11 +262,16 @@ impl Connector {
         let mut drain_deadline = None;
         let mut batch: Vec<Encoded> = Vec::with_capacity(APPEND_BATCH);
         loop {
-            if let Some(c) = conn.as_mut() {
+            if let Some(c) = conn.as_mut()
+                && *self.gate.borrow()
+            {
                 self.pump(c)?;
             }
             self.update_backpressure();
-            if !input_open && self.wal.pending_count() == 0 {
+            if !input_open && self.wal.pending_count() == 0 && outbox.is_none() {
+                if let Some(c) = conn.take() {
+                    c.close().await;
+                }
                 return Ok(());
             }
             let lost = tokio::select! {
@@ -258,6 +295,26 @@ impl Connector {
                     }
                     false
                 }
+                frame = next_frame(&mut outbox) => {
+                    match frame {
+                        Some(env) => {
+                            if let Some(c) = &conn {
+                                let _ = c.frames.send(env);
+                            }
+                        }
+                        None => outbox = None,
+                    }
+                    false
+                }
+                Ok(()) = self.greeting.changed() => {
+                    if let Some(c) = &conn {
+                        for env in self.greeting.borrow_and_update().iter() {
+                            let _ = c.frames.send(env.clone());
+                        }
+                    }
+                    false
+                }
+                Ok(()) = self.gate.changed() => false,
                 ack = next_ack(&mut conn) => match ack {
                     Some(seq) => {
                         self.acked(conn.as_mut(), seq)?;
@@ -272,7 +329,8 @@ impl Connector {
                     match client::connect(&self.config.socket).await {
                         Ok((w, r)) => {
                             tracing::info!(pending = self.wal.pending_count(), "reconnected to the broker; replaying unacknowledged events");
-                            conn = Some(Conn::start(w, r, start_cursor(&self.wal)?, self.control.clone()));
+                            let greeting = self.greeting.borrow_and_update().clone();
+                            conn = Some(Conn::start(w, r, start_cursor(&self.wal)?, self.control.clone(), &greeting));
                             self.metrics.connected.store(1, Relaxed);
                             backoff = Duration::from_secs(1);
                         }
@@ -364,6 +422,13 @@ impl Connector {
 async fn next_ack(conn: &mut Option<Conn>) -> Option<u64> {
     match conn {
         Some(c) => c.acks.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_frame(outbox: &mut Option<mpsc::UnboundedReceiver<Envelope>>) -> Option<Envelope> {
+    match outbox {
+        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }

@@ -48,6 +48,12 @@ impl Pipeline {
         }
     }
 
+    /// Takes new hot-reloadable settings (enrichment, redaction patterns).
+    pub fn reconfigure(&mut self, config: &ProcmondConfig) {
+        self.enricher = Enricher::new(config.enhanced_metadata);
+        self.sanitizer = Sanitizer::new(&config.sanitize.extra_flags, &config.sanitize.extra_keys);
+    }
+
     /// Runs one event through every stage; `None` if it could not be encoded
     /// (counted and logged).
     pub fn process(&mut self, mut event: ProcessEvent) -> Option<Encoded> {

@@ -1,0 +1,279 @@
+//! Privilege separation: the launcher.
+//!
+//! The agent drops to an unprivileged user once its collectors are ready,
+//! yet it must still stop and restart root collectors. So before anything
+//! else it starts `procmond agent-helper`: a small process that stays root,
+//! reads agent.yaml itself, and on the agent's word (JSON lines on its
+//! stdin) starts, signals and reaps the collectors it lists — only those,
+//! by id: a compromised agent cannot make it run anything else. When the
+//! agent goes away (stdin closes) the helper stops every collector and
+//! exits, so no collector is ever orphaned.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+use crate::config::AgentConfig;
+use crate::config::agent::CollectorConfig;
+
+/// Environment variable that tells a collector where the broker is.
+pub const BROKER_SOCKET_ENV: &str = "DAEMONEYE_BROKER_SOCKET";
+
+/// Agent → helper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Order {
+    Spawn { id: String },
+    Signal { id: String, signal: Sig },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Sig {
+    TERM,
+    KILL,
+}
+
+/// Helper → agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Report {
+    Started {
+        id: String,
+        pid: u32,
+    },
+    Exited {
+        id: String,
+        pid: u32,
+        status: String,
+        success: bool,
+    },
+    Failed {
+        id: String,
+        message: String,
+    },
+}
+
+/// The agent's side: orders go in, reports come out.
+#[derive(Debug)]
+pub struct Helper {
+    child: Child,
+    stdin: ChildStdin,
+}
+
+impl Helper {
+    /// Starts `procmond agent-helper --config CONFIG`; reports arrive on the channel.
+    pub fn start(config: &Path) -> std::io::Result<(Self, mpsc::Receiver<Report>)> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .arg("agent-helper")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| std::io::Error::other("helper stdin"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("helper stdout"))?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<Report>(&line) {
+                    Ok(report) => {
+                        if tx.send(report).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "invalid report from the launcher"),
+                }
+            }
+        });
+        Ok((Self { child, stdin }, rx))
+    }
+
+    pub async fn order(&mut self, order: &Order) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(order).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.stdin.write_all(&line).await?;
+        self.stdin.flush().await
+    }
+
+    /// Closes the helper's stdin (it stops every collector) and waits.
+    pub async fn finish(mut self, grace: Duration) {
+        drop(self.stdin);
+        if tokio::time::timeout(grace + Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// The helper process itself (`procmond agent-helper`).
+pub async fn serve(config_path: &Path) -> std::io::Result<()> {
+    let config = AgentConfig::load(config_path).map_err(std::io::Error::other)?;
+    let socket = config.broker.socket.clone();
+    let runtime_dir = socket
+        .parent()
+        .map_or_else(|| PathBuf::from("/run/procmond"), Path::to_path_buf);
+    let grace = Duration::from_secs(config.heartbeat.graceful_shutdown_timeout_secs);
+    let collectors: HashMap<String, CollectorConfig> = config
+        .collectors
+        .iter()
+        .filter(|c| c.enabled)
+        .map(|c| (c.id.clone(), c.clone()))
+        .collect();
+    let heartbeat_secs = config.heartbeat.interval_secs;
+
+    let mut running: HashMap<String, (u32, tokio::sync::oneshot::Sender<Sig>)> = HashMap::new();
+    let (exits_tx, mut exits) = mpsc::channel::<Report>(64);
+    let mut orders = BufReader::new(tokio::io::stdin()).lines();
+    let mut out = tokio::io::stdout();
+    loop {
+        tokio::select! {
+            line = orders.next_line() => {
+                let Ok(Some(line)) = line else { break };
+                let order: Order = match serde_json::from_str(&line) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::error!(error = %e, "launcher: invalid order ignored");
+                        continue;
+                    }
+                };
+                let report = match order {
+                    Order::Spawn { id } => match collectors.get(&id) {
+                        None => Some(Report::Failed { id, message: "not a collector in agent.yaml".into() }),
+                        Some(_) if running.contains_key(&id) => Some(Report::Failed { id, message: "already running".into() }),
+                        Some(c) => match launch(c, &runtime_dir, &socket, heartbeat_secs) {
+                            Ok(child) => {
+                                let pid = child.id().unwrap_or(0);
+                                let (sig_tx, sig_rx) = tokio::sync::oneshot::channel();
+                                running.insert(id.clone(), (pid, sig_tx));
+                                tokio::spawn(reap(id.clone(), child, sig_rx, exits_tx.clone()));
+                                Some(Report::Started { id, pid })
+                            }
+                            Err(e) => Some(Report::Failed { id, message: e.to_string() }),
+                        },
+                    },
+                    Order::Signal { id, signal } => {
+                        if let Some((pid, _)) = running.get(&id) {
+                            send_signal(*pid, signal);
+                        }
+                        None
+                    }
+                };
+                if let Some(r) = report {
+                    write_report(&mut out, &r).await?;
+                }
+            }
+            Some(report) = exits.recv() => {
+                if let Report::Exited { id, .. } = &report {
+                    running.remove(id);
+                }
+                write_report(&mut out, &report).await?;
+            }
+        }
+    }
+    // The agent is gone: stop everything we started.
+    for (pid, _) in running.values() {
+        send_signal(*pid, Sig::TERM);
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while !running.is_empty() {
+        match tokio::time::timeout_at(deadline, exits.recv()).await {
+            Ok(Some(Report::Exited { id, .. })) => {
+                running.remove(&id);
+            }
+            Ok(_) => {}
+            Err(_) => {
+                for (pid, _) in running.values() {
+                    send_signal(*pid, Sig::KILL);
+                }
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn write_report(out: &mut tokio::io::Stdout, report: &Report) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(report).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    out.write_all(&line).await?;
+    out.flush().await
+}
+
+fn send_signal(pid: u32, sig: Sig) {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+        return;
+    };
+    let signal = match sig {
+        Sig::TERM => rustix::process::Signal::TERM,
+        Sig::KILL => rustix::process::Signal::KILL,
+    };
+    let _ = rustix::process::kill_process(pid, signal);
+}
+
+async fn reap(
+    id: String,
+    mut child: Child,
+    _keep: tokio::sync::oneshot::Receiver<Sig>,
+    exits: mpsc::Sender<Report>,
+) {
+    let pid = child.id().unwrap_or(0);
+    let report = match child.wait().await {
+        Ok(status) => Report::Exited {
+            id,
+            pid,
+            status: status.to_string(),
+            success: status.success(),
+        },
+        Err(e) => Report::Exited {
+            id,
+            pid,
+            status: e.to_string(),
+            success: false,
+        },
+    };
+    let _ = exits.send(report).await;
+}
+
+/// Writes the collector's config (its `config:` block with the id and the
+/// heartbeat period filled in) to a 0600 file, then starts it.
+fn launch(
+    collector: &CollectorConfig,
+    runtime_dir: &Path,
+    socket: &Path,
+    heartbeat_secs: u64,
+) -> std::io::Result<Child> {
+    let mut config = collector.config.clone();
+    config.collector_id.clone_from(&collector.id);
+    config.heartbeat_interval_secs = heartbeat_secs;
+    let text = serde_norway::to_string(&config).map_err(std::io::Error::other)?;
+    std::fs::create_dir_all(runtime_dir)?;
+    let path = runtime_dir.join(format!("{}.yaml", collector.id));
+    std::fs::write(&path, text)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Command::new(&collector.binary_path)
+        .args(&collector.args)
+        .arg("--config")
+        .arg(&path)
+        .env(BROKER_SOCKET_ENV, socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+}

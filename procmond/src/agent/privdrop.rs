@@ -1,0 +1,68 @@
+//! Dropping the agent's privileges (SPEC §6): supplementary groups first,
+//! then the gid, then the uid — real, effective and saved alike — and a
+//! check that the drop cannot be undone.
+//!
+//! nix's wrappers go through libc, whose set*id calls apply to every thread
+//! of the process; a raw syscall would change only the calling thread.
+
+use nix::unistd::{Gid, Uid, User, getresgid, getresuid, setgroups, setresgid, setresuid};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrivDropError {
+    #[error("run_as: no user named {0:?}")]
+    NoSuchUser(String),
+    #[error("run_as: looking up {user:?}: {source}")]
+    Lookup {
+        user: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("run_as: {step} failed: {source}")]
+    Step {
+        step: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("run_as: privileges could be regained after dropping to uid {0}: refusing to continue")]
+    Reversible(u32),
+    #[error("run_as: after the drop the ids are {0}")]
+    Mismatch(String),
+}
+
+/// What the process runs as after the drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Drops to `user` for good.
+pub fn drop_to(user: &str) -> Result<Dropped, PrivDropError> {
+    let entry = User::from_name(user)
+        .map_err(|source| PrivDropError::Lookup {
+            user: user.to_string(),
+            source,
+        })?
+        .ok_or_else(|| PrivDropError::NoSuchUser(user.to_string()))?;
+    let (uid, gid) = (entry.uid, entry.gid);
+    let step = |step: &'static str| move |source| PrivDropError::Step { step, source };
+    setgroups(&[gid]).map_err(step("setgroups"))?;
+    setresgid(gid, gid, gid).map_err(step("setresgid"))?;
+    setresuid(uid, uid, uid).map_err(step("setresuid"))?;
+    if !uid.is_root() && setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok() {
+        return Err(PrivDropError::Reversible(uid.as_raw()));
+    }
+    let u = getresuid().map_err(step("getresuid"))?;
+    let g = getresgid().map_err(step("getresgid"))?;
+    if [u.real, u.effective, u.saved] != [uid; 3] || [g.real, g.effective, g.saved] != [gid; 3] {
+        return Err(PrivDropError::Mismatch(format!(
+            "uid {}/{}/{} gid {}/{}/{}",
+            u.real, u.effective, u.saved, g.real, g.effective, g.saved
+        )));
+    }
+    let _: Gid = gid;
+    Ok(Dropped {
+        uid: uid.as_raw(),
+        gid: gid.as_raw(),
+    })
+}

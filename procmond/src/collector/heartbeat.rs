@@ -1,0 +1,80 @@
+//! Heartbeats: every `heartbeat_interval_secs`, from a task of their own
+//! that reads shared state and counters — collection cannot block it, so a
+//! missing heartbeat means the process itself is stuck or gone.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::protocol::{Envelope, FrameKind, heartbeat_topic};
+use crate::bus::rpc::{CONTROL_CORRELATION, Heartbeat, to_payload};
+use crate::metrics::Metrics;
+use crate::sensor::actor::SensorStatus;
+
+/// Total of the counters that mean "an event was lost somewhere".
+pub fn losses(metrics: &Metrics) -> u64 {
+    [
+        &metrics.kernel_lost,
+        &metrics.records_malformed,
+        &metrics.wal_dropped_full,
+        &metrics.events_output_dropped,
+        &metrics.events_encode_failed,
+    ]
+    .iter()
+    .map(|c| c.load(Relaxed))
+    .sum()
+}
+
+pub async fn run(
+    collector_id: String,
+    status: watch::Receiver<SensorStatus>,
+    metrics: Arc<Metrics>,
+    outbox: mpsc::UnboundedSender<Envelope>,
+    cancel: CancellationToken,
+) {
+    let topic = heartbeat_topic(&collector_id);
+    let mut sequence = 0u64;
+    let mut last_losses = 0;
+    loop {
+        let period = Duration::from_secs(status.borrow().config.heartbeat_interval_secs.max(1));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        sequence += 1;
+        let lost = losses(&metrics);
+        let connected = metrics.connected.load(Relaxed) == 1;
+        let health = status.borrow().health(connected, lost - last_losses);
+        last_losses = lost;
+        let beat = Heartbeat {
+            collector_id: collector_id.clone(),
+            sequence,
+            status: health.into(),
+            timestamp: crate::model::format_rfc3339(crate::clock::now_unix_ns()),
+            metrics: json!({
+                "processes_seen": metrics.processes_seen.load(Relaxed),
+                "events_published": metrics.events_published.load(Relaxed),
+                "buffer_percent": metrics.buffer_percent.load(Relaxed),
+                "connection": if connected { "connected" } else { "disconnected" },
+                "kernel_lost": metrics.kernel_lost.load(Relaxed),
+                "records_malformed": metrics.records_malformed.load(Relaxed),
+                "wal_dropped_full": metrics.wal_dropped_full.load(Relaxed),
+                "wal_pending": metrics.wal_pending.load(Relaxed),
+                "events_output_dropped": metrics.events_output_dropped.load(Relaxed),
+            }),
+        };
+        let env = Envelope::new(
+            FrameKind::Publish,
+            topic.clone(),
+            CONTROL_CORRELATION | (1 << 32) | sequence,
+            to_payload(&beat),
+        );
+        if outbox.send(env).is_err() {
+            return;
+        }
+    }
+}

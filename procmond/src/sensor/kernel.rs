@@ -1,0 +1,148 @@
+//! The kernel-source loop (Linux): eBPF events as they happen, plus the
+//! periodic reconciliation pass against a procfs snapshot.
+//!
+//! A pass: snapshot on a blocking thread while events keep flowing; then a
+//! barrier through the eBPF reader guarantees every record written before
+//! the snapshot finished has been applied; then the diff.
+
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{ActiveSource, Flow, Sensor, SensorError};
+use crate::clock;
+use crate::metrics::Metrics;
+use crate::model::{EventKind, EventSource};
+use crate::reconcile::Reconciler;
+use crate::sources::SourceMsg;
+use crate::sources::ebpf::{self, EbpfSource};
+use crate::sources::snapshot::{self, Snapshot};
+
+impl Sensor {
+    /// Starts the kernel source and runs it until it is stopped; `Err(reason)`
+    /// if it could not start (the caller decides whether to fall back).
+    pub(super) async fn try_kernel_source(&mut self) -> Result<(Flow, ActiveSource), String> {
+        if let Some(reason) = crate::sources::kernel_source_unavailable_reason() {
+            return Err(reason);
+        }
+        let source = ebpf::attach(self.config.ring_buffer_bytes).map_err(|e| e.to_string())?;
+        let active = ActiveSource {
+            source: EventSource::Ebpf,
+            degraded_reason: None,
+        };
+        self.announce(&active);
+        match self.run_kernel(source).await {
+            Ok(flow) => Ok((flow, active)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn run_kernel(&mut self, source: EbpfSource) -> Result<Flow, SensorError> {
+        let (tx, mut rx) = mpsc::channel(8192);
+        let reader = source
+            .spawn_reader(tx, self.metrics.clone())
+            .map_err(SensorError::Reader)?;
+        let snapshot_start = |s: &Snapshot| {
+            s.taken_at_boot_ns
+                .map_or(s.taken_at, clock::boot_to_unix_ns)
+        };
+
+        // Inventory after attach: nothing falls between the two.
+        let inventory = self.snapshot().await?;
+        let mut reconciler = Reconciler::from_inventory(&inventory, snapshot_start(&inventory));
+        self.emit_inventory(&inventory, EventSource::Reconcile)
+            .await;
+        tracing::info!(
+            source = "ebpf",
+            processes = inventory.processes.len(),
+            reconcile_interval_secs = self.base_interval.as_secs(),
+            "monitoring started"
+        );
+
+        let mut tick = self.ticker();
+        let mut in_flight: Option<(Instant, JoinHandle<std::io::Result<Snapshot>>)> = None;
+        let mut awaiting: Option<(u64, Instant, Snapshot)> = None;
+        let mut barrier_id = 0u64;
+        let result = loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break Ok(Flow::Shutdown),
+                done = join_opt(&mut in_flight) => {
+                    let started = in_flight.take().map_or_else(Instant::now, |(s, _)| s);
+                    match done {
+                        Ok(Ok(snap)) => {
+                            self.metrics.processes_seen.store(snap.processes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                            barrier_id += 1;
+                            reader.barrier(barrier_id);
+                            awaiting = Some((barrier_id, started, snap));
+                        }
+                        Ok(Err(e)) => self.pass_failed(&mut reconciler, &e.to_string()),
+                        Err(e) => self.pass_failed(&mut reconciler, &e.to_string()),
+                    }
+                }
+                command = self.mailbox.recv(), if in_flight.is_none() && awaiting.is_none() => {
+                    let Some(command) = command else { continue };
+                    match self.handle(command) {
+                        Flow::Continue => {}
+                        Flow::Retick => tick = self.ticker(),
+                        other => break Ok(other),
+                    }
+                }
+                _ = tick.tick(), if in_flight.is_none() && awaiting.is_none() => {
+                    reconciler.begin_pass();
+                    let options = self.options;
+                    in_flight = Some((Instant::now(), tokio::task::spawn_blocking(move || snapshot::take(options))));
+                }
+                msg = rx.recv() => match msg {
+                    Some(SourceMsg::Event(mut event)) => {
+                        reconciler.observe(&mut event);
+                        self.emit(*event).await;
+                    }
+                    Some(SourceMsg::Barrier(id)) => {
+                        if let Some((_, started, snap)) = awaiting.take_if(|(want, _, _)| *want == id) {
+                            let missed = reconciler.reconcile(&snap, snapshot_start(&snap));
+                            for e in missed {
+                                let counter = if e.kind == EventKind::Start {
+                                    &self.metrics.reconcile_missed_starts
+                                } else {
+                                    &self.metrics.reconcile_missed_stops
+                                };
+                                Metrics::incr(counter);
+                                self.emit(e).await;
+                            }
+                            self.cycle_done(started);
+                        }
+                    }
+                    None => break Err(SensorError::ReaderGone),
+                },
+            }
+        };
+        // Detach, then drain: the reader sends what the ring still holds.
+        let stopper = tokio::task::spawn_blocking(move || reader.stop());
+        while let Some(msg) = rx.recv().await {
+            if let SourceMsg::Event(mut event) = msg {
+                reconciler.observe(&mut event);
+                self.emit(*event).await;
+            }
+        }
+        let _ = stopper.await;
+        result
+    }
+
+    fn pass_failed(&self, reconciler: &mut Reconciler, error: &str) {
+        Metrics::incr(&self.metrics.snapshot_errors);
+        tracing::warn!(error, "reconciliation pass skipped");
+        reconciler.abort_pass();
+    }
+}
+
+/// Awaits the task if there is one; pending forever otherwise.
+async fn join_opt<T>(
+    task: &mut Option<(Instant, JoinHandle<T>)>,
+) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some((_, t)) => t.await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,301 @@
+//! End-to-end: the managed system — start-up coordination, privilege drop,
+//! heartbeat supervision and escalation, and operator RPCs with `ctl`.
+
+mod common;
+
+use std::collections::HashSet;
+use std::os::unix::process::CommandExt;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::agent::{Agent, AgentDir, collector_pids, ids};
+use common::{kill, marker, procmond, run_shell};
+use serde_json::Value;
+
+fn ctl(dir: &AgentDir, args: &[&str]) -> (Output, Value) {
+    let out = procmond()
+        .arg("ctl")
+        .arg("--socket")
+        .arg(dir.socket())
+        .args(args)
+        .output()
+        .expect("run ctl");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out, json)
+}
+
+fn started_agent(tag: &str, top: &str) -> (AgentDir, Agent) {
+    let dir = AgentDir::new(tag);
+    let config = dir.write_config(top, "", true);
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("steady state", Duration::from_secs(60));
+    (dir, agent)
+}
+
+fn markers_in_sink(dir: &AgentDir, m: &str, n: usize) {
+    run_shell(&format!(
+        "i=0; while [ $i -lt {n} ]; do /bin/sh -c 'exit 0' {m}-$i; i=$((i+1)); done"
+    ));
+    dir.wait_for_sink(Duration::from_secs(30), "marker execs", |ev| {
+        ev.iter()
+            .filter(|e| {
+                e["kind"] == "exec" && e["argv"][3].as_str().is_some_and(|a| a.starts_with(m))
+            })
+            .count()
+            >= n
+    });
+}
+
+#[test]
+fn agent_drops_to_nobody_and_events_still_flow() {
+    let (dir, mut agent) = started_agent("runas", "run_as: nobody");
+    agent.wait_for_log("privileges dropped", Duration::from_secs(5));
+    let (uids, gids) = ids(agent.pid());
+    assert_eq!(uids, [65534; 4], "agent real/effective/saved/fs uid");
+    assert_eq!(gids, [65534; 4], "agent gids");
+    let collectors = collector_pids(agent.pid());
+    assert_eq!(collectors.len(), 1);
+    assert_eq!(ids(collectors[0]).0, [0; 4], "the collector keeps root");
+    markers_in_sink(&dir, &marker("runas"), 50);
+    // Still able to stop its root collector through the launcher.
+    let (ok, log) = agent.stop();
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("collector exited after deregistering") || log.contains("collector stopped"),
+        "{log}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", collectors[0])).exists(),
+        "collector stopped with the agent"
+    );
+}
+
+#[test]
+fn ctl_health_config_and_rate_limit() {
+    let (dir, agent) = started_agent("ctl", "");
+    let (out, health) = ctl(&dir, &["health"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = &health["response"];
+    assert_eq!(health["status"], "ok");
+    assert!(
+        matches!(r["status"].as_str(), Some("healthy" | "degraded")),
+        "{r}"
+    );
+    assert_eq!(r["source"], "ebpf");
+    assert_eq!(r["connection"], "connected");
+    assert!(r["buffer_percent"].is_u64());
+    assert!(r["losses"]["kernel_lost"].is_u64() && r["losses"]["wal_dropped_full"].is_u64());
+    assert!(r.get("recent_errors").is_none());
+
+    let (_, detailed) = ctl(&dir, &["health", "--detailed"]);
+    assert!(detailed["response"]["recent_errors"].is_array());
+    assert!(detailed["response"]["cycles"]["completed"].is_u64());
+
+    let (out, _) = ctl(&dir, &["config", "--set", "collection_interval_secs=7"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (_, health) = ctl(&dir, &["health"]);
+    assert_eq!(health["response"]["collection_interval_secs"], 7);
+
+    let (out, body) = ctl(&dir, &["config", "--set", "collection_interval_secs=0"]);
+    assert!(!out.status.success());
+    let err = body["response"]["error"].as_str().unwrap_or("");
+    assert!(
+        err.contains("collection_interval_secs") && err.contains("between 1 and 3600"),
+        "{body}"
+    );
+    let (_, health) = ctl(&dir, &["health"]);
+    assert_eq!(
+        health["response"]["collection_interval_secs"], 7,
+        "a refused update changes nothing"
+    );
+
+    // A flood: some requests are answered busy at once, none unanswered,
+    // and heartbeats are not delayed (no escalation in the agent log).
+    let socket = dir.socket();
+    let statuses: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..60)
+            .map(|_| {
+                let socket = socket.clone();
+                s.spawn(move || {
+                    let out = procmond()
+                        .args(["ctl", "--timeout", "10", "--socket"])
+                        .arg(&socket)
+                        .arg("health")
+                        .output()
+                        .expect("ctl");
+                    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+                    v["status"].as_str().unwrap_or("none").to_string()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    assert!(
+        statuses.iter().all(|s| s == "ok" || s == "busy"),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().any(|s| s == "busy"),
+        "60 requests at once must hit the rate limit: {statuses:?}"
+    );
+    assert!(
+        !agent.log().contains("missed heartbeats"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn frozen_collector_is_escalated_killed_and_restarted() {
+    let top = "heartbeat:
+  interval_secs: 1
+  missed_threshold: 3
+  health_check_timeout_secs: 1
+  graceful_shutdown_timeout_secs: 2";
+    let (dir, mut agent) = started_agent("escalate", top);
+    let before = collector_pids(agent.pid());
+    assert_eq!(before.len(), 1);
+    let frozen_at = Instant::now();
+    kill("STOP", before[0]);
+    agent.wait_for_log("restarting collector", Duration::from_secs(20));
+    agent.wait_for_log(
+        "late ready: sending begin_monitoring",
+        Duration::from_secs(30),
+    );
+    assert!(frozen_at.elapsed() < Duration::from_secs(40));
+    let log = agent.log();
+    let steps = [
+        "missed heartbeats: sending a health check",
+        "health check failed: requesting graceful shutdown",
+        "still alive after the graceful-shutdown timeout: killing",
+        "restarting collector",
+    ];
+    let mut at = 0;
+    for step in steps {
+        let found = log[at..]
+            .find(step)
+            .unwrap_or_else(|| panic!("{step:?} missing or out of order:\n{log}"));
+        at += found;
+    }
+    for step in &steps[..3] {
+        let line = log.lines().find(|l| l.contains(step)).expect("line");
+        assert!(line.contains("WARN") || line.contains("ERROR"), "{line}");
+    }
+    let after = collector_pids(agent.pid());
+    assert_eq!(after.len(), 1);
+    assert_ne!(after, before);
+    markers_in_sink(&dir, &marker("after-restart"), 20);
+}
+
+#[test]
+fn a_collector_that_never_registers_fails_startup_naming_it() {
+    let dir = AgentDir::new("laggard");
+    let script = dir.dir.join("sleeper.sh");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 60\n").expect("script");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let config = dir.dir.join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "broker:\n  socket: {}\nstartup_timeout_secs: 3\ncollectors:\n  - id: sleepy\n    type: process-monitor\n    binary_path: {}\n    config:\n      wal_dir: {}\n",
+            dir.socket().display(),
+            script.display(),
+            dir.wal().display()
+        ),
+    )
+    .expect("config");
+    let started = Instant::now();
+    let out = procmond()
+        .args(["agent", "--config"])
+        .arg(&config)
+        .output()
+        .expect("agent");
+    let elapsed = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    assert!(
+        err.contains("not ready within their startup timeout: sleepy"),
+        "{err}"
+    );
+    let leftovers = std::process::Command::new("pgrep")
+        .args(["-f", &script.display().to_string()])
+        .output()
+        .expect("pgrep");
+    assert!(leftovers.stdout.is_empty(), "the sleeper was left running");
+}
+
+#[test]
+fn ctl_shutdown_drains_deregisters_and_leaves_an_empty_wal() {
+    let (dir, mut agent) = started_agent("shutdown", "");
+    markers_in_sink(&dir, &marker("pre-shutdown"), 20);
+    let pid = collector_pids(agent.pid())[0];
+    let (out, body) = ctl(&dir, &["shutdown"]);
+    assert!(out.status.success(), "{body}");
+    agent.wait_for_log(
+        "collector exited after deregistering",
+        Duration::from_secs(30),
+    );
+    let log = agent.log();
+    assert!(log.contains("collector deregistered"), "{log}");
+    let exit_line = log
+        .lines()
+        .find(|l| l.contains("collector exited after deregistering"))
+        .expect("line");
+    assert!(
+        exit_line.contains(&format!("pid={pid}")) && exit_line.contains("exit status: 0"),
+        "{exit_line}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !log.contains("restarting collector"),
+        "a deregistered collector is not restarted"
+    );
+    assert!(collector_pids(agent.pid()).is_empty());
+    let metrics = std::sync::Arc::new(procmond::metrics::Metrics::default());
+    let wal = procmond::pipeline::wal::Wal::open(&dir.wal(), 1 << 30, metrics).expect("open WAL");
+    assert_eq!(wal.pending_count(), 0, "nothing unacknowledged left");
+}
+
+#[test]
+fn a_uid_outside_allowed_uids_cannot_subscribe_or_call() {
+    let (dir, mut agent) = started_agent("uid-ctl", "");
+    use std::os::unix::fs::PermissionsExt;
+    for p in [dir.dir.clone(), dir.dir.join("run"), dir.socket()] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    let out = procmond()
+        .arg("ctl")
+        .arg("--socket")
+        .arg(dir.socket())
+        .arg("health")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("ctl as nobody");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("closed the connection"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    agent.wait_for_log("uid not in broker.allowed_uids", Duration::from_secs(5));
+    let seen: HashSet<&str> = ["ok"].into_iter().collect();
+    let (_, health) = ctl(&dir, &["health"]);
+    assert!(
+        seen.contains(health["status"].as_str().unwrap_or("")),
+        "root still gets answers"
+    );
+}
