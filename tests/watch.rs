@@ -379,3 +379,64 @@ fn capabilities_and_config_validation() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn classic_tracepoints_are_the_fallback_attach_and_leave_no_mount_behind() {
+    if let Some(reason) = ebpf_unavailable() {
+        return fallback_reports_short_lived_processes(&reason);
+    }
+    let mounted_before = std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .contains(" /sys/kernel/tracing ");
+    let dir = std::env::temp_dir().join(marker("classic"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("procmond.yaml");
+    std::fs::write(&config, "ebpf_attach: tracepoint\n").expect("config");
+    let m = marker("classic");
+    let watch = Watch::start(&[
+        "--source",
+        "ebpf",
+        "--config",
+        config.to_str().expect("utf-8"),
+    ]);
+    let spawner = run_shell(&format!(
+        "i=0; while [ $i -lt 50 ]; do /bin/sh -c 'exit 5' {m}-$i; i=$((i+1)); done"
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    let out = watch.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.success, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no fork events"),
+        "the degraded reason is reported:\n{}",
+        out.stderr
+    );
+    let execs: Vec<&Value> = out
+        .of_kind("exec")
+        .filter(|e| e["argv"][3].as_str().is_some_and(|a| a.starts_with(&m)))
+        .collect();
+    assert_eq!(execs.len(), 50);
+    assert!(
+        execs
+            .iter()
+            .all(|e| e["ppid"] == spawner && e["source"] == "ebpf")
+    );
+    let pids: HashSet<u64> = execs.iter().filter_map(|e| e["pid"].as_u64()).collect();
+    let exits = out
+        .of_kind("exit")
+        .filter(|e| e["pid"].as_u64().is_some_and(|p| pids.contains(&p)) && e["exit_code"] == 5)
+        .count();
+    assert_eq!(exits, 50);
+    assert_eq!(
+        out.of_kind("fork").count(),
+        0,
+        "classic attach reports no forks"
+    );
+    let mounted_after = std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .contains(" /sys/kernel/tracing ");
+    assert_eq!(
+        mounted_before, mounted_after,
+        "tracefs left as it was found"
+    );
+}

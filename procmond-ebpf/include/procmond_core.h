@@ -75,6 +75,11 @@ struct linux_binprm {
 	const char *filename;
 };
 
+/* Classic tracepoint record of sched_process_exec (the fallback path). */
+struct trace_event_raw_sched_process_exec {
+	__u32 __data_loc_filename;
+};
+
 #pragma clang attribute pop
 
 #endif

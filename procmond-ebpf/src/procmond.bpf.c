@@ -81,9 +81,8 @@ static __always_inline struct record_header *reserve_small(void)
 	return hdr;
 }
 
-SEC("tp_btf/sched_process_exec")
-int BPF_PROG(handle_exec, struct task_struct *task, int old_pid,
-	     struct linux_binprm *bprm)
+/* exec: header, then the filename and argv, copied while they still exist. */
+static __always_inline int emit_exec(struct task_struct *task, const char *filename)
 {
 	__u32 zero = 0;
 	struct exec_record *rec = bpf_map_lookup_elem(&SCRATCH, &zero);
@@ -96,8 +95,7 @@ int BPF_PROG(handle_exec, struct task_struct *task, int old_pid,
 		return 0;
 	fill_header(&rec->hdr, RECORD_KIND_EXEC, task);
 
-	fn_len = bpf_probe_read_kernel_str(rec->data, FILENAME_MAX_LEN,
-					   BPF_CORE_READ(bprm, filename));
+	fn_len = bpf_probe_read_kernel_str(rec->data, FILENAME_MAX_LEN, filename);
 	if (fn_len <= 0) {
 		fn_len = 0;
 	} else {
@@ -136,12 +134,11 @@ int BPF_PROG(handle_exec, struct task_struct *task, int old_pid,
 	return 0;
 }
 
-SEC("tp_btf/sched_process_exit")
-int BPF_PROG(handle_exit, struct task_struct *task)
+/* exit: one record per process, only when its last thread exits. */
+static __always_inline int emit_exit(struct task_struct *task)
 {
 	struct record_header *hdr;
 
-	/* One record per process: only when its last thread exits. */
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)
 		return 0;
 	hdr = reserve_small();
@@ -151,6 +148,19 @@ int BPF_PROG(handle_exit, struct task_struct *task)
 	hdr->exit_code = BPF_CORE_READ(task, exit_code);
 	bpf_ringbuf_submit(hdr, 0);
 	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(handle_exec, struct task_struct *task, int old_pid,
+	     struct linux_binprm *bprm)
+{
+	return emit_exec(task, BPF_CORE_READ(bprm, filename));
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(handle_exit, struct task_struct *task)
+{
+	return emit_exit(task);
 }
 
 SEC("tp_btf/sched_process_fork")
@@ -168,4 +178,26 @@ int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
 	/* The child inherits its parent's credentials at this point. */
 	bpf_ringbuf_submit(hdr, 0);
 	return 0;
+}
+
+/*
+ * Classic tracepoints: the fallback where BTF tracepoints cannot attach.
+ * The task is `current` in both; the exec filename sits in the record at
+ * the offset its __data_loc field names. The classic fork record does not
+ * say whether the child is a thread, so this path reports no fork events
+ * (reconciliation covers processes that fork without exec).
+ */
+SEC("tracepoint/sched/sched_process_exec")
+int handle_exec_tp(struct trace_event_raw_sched_process_exec *ctx)
+{
+	__u32 loc = ctx->__data_loc_filename;
+
+	return emit_exec((struct task_struct *)bpf_get_current_task(),
+			 (const char *)ctx + (loc & 0xffff));
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int handle_exit_tp(void *ctx)
+{
+	return emit_exit((struct task_struct *)bpf_get_current_task());
 }

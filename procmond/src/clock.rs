@@ -6,8 +6,6 @@
 //! `start_time` from the eBPF stream and from a procfs snapshot — which is
 //! what `(pid, start_time)` identity and reconciliation rely on.
 
-use std::sync::OnceLock;
-
 /// Nanoseconds since the Unix epoch, now.
 pub fn now_unix_ns() -> i64 {
     let d = std::time::SystemTime::now()
@@ -18,7 +16,8 @@ pub fn now_unix_ns() -> i64 {
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use super::*;
+    use std::sync::OnceLock;
+
     use rustix::time::{ClockId, clock_gettime};
 
     fn ts_ns(t: rustix::time::Timespec) -> i64 {

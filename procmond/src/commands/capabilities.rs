@@ -41,8 +41,8 @@ fn kernel_source_check() -> Option<String> {
     }
     #[cfg(target_os = "linux")]
     {
-        let ring = procmond::config::ProcmondConfig::default().ring_buffer_bytes;
-        procmond::sources::ebpf::attach(ring)
+        let config = procmond::config::ProcmondConfig::default();
+        procmond::sources::ebpf::attach(config.ring_buffer_bytes, config.ebpf_attach)
             .err()
             .map(|e| e.to_string())
     }

@@ -105,7 +105,7 @@ async fn watch(
     tracing::info!(stats = %metrics.to_json(), "procmond watch finished");
     let active = result?;
     if let Some(reason) = active.degraded_reason {
-        tracing::warn!(%reason, "ran degraded on polling");
+        tracing::warn!(%reason, source = active.source.as_str(), "ran degraded");
     }
     Ok(())
 }

@@ -17,6 +17,9 @@ pub struct ProcmondConfig {
     pub collector_id: String,
     /// `auto`, `ebpf` or `poll`.
     pub source: SourceChoice,
+    /// How eBPF probes attach: `auto` (BTF tracepoints, else classic), `btf`, `tracepoint`.
+    #[cfg(target_os = "linux")]
+    pub ebpf_attach: crate::sources::ebpf::AttachMode,
     /// Reconciliation / polling interval, 1–3600 s.
     pub collection_interval_secs: u64,
     /// Read cwd, cgroup and container id for each process.
@@ -51,6 +54,8 @@ impl Default for ProcmondConfig {
         Self {
             collector_id: "procmond".into(),
             source: SourceChoice::Auto,
+            #[cfg(target_os = "linux")]
+            ebpf_attach: crate::sources::ebpf::AttachMode::Auto,
             collection_interval_secs: 30,
             enhanced_metadata: true,
             heartbeat_interval_secs: 30,

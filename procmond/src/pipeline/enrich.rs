@@ -8,6 +8,7 @@ use crate::model::{EventKind, ProcessEvent};
 
 #[derive(Debug, Clone)]
 pub struct Enricher {
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     enhanced: bool,
 }
 
@@ -19,11 +20,11 @@ impl Enricher {
     }
 
     pub fn enrich(&self, event: &mut ProcessEvent) {
-        if matches!(event.kind, EventKind::Exit | EventKind::Stop) {
-            return;
+        // A process that is gone has nothing left to read.
+        if !matches!(event.kind, EventKind::Exit | EventKind::Stop) {
+            #[cfg(target_os = "linux")]
+            self.enrich_from_procfs(event);
         }
-        #[cfg(target_os = "linux")]
-        self.enrich_from_procfs(event);
     }
 
     #[cfg(target_os = "linux")]

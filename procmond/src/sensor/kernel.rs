@@ -26,11 +26,15 @@ impl Sensor {
         if let Some(reason) = crate::sources::kernel_source_unavailable_reason() {
             return Err(reason);
         }
-        let source = ebpf::attach(self.config.ring_buffer_bytes).map_err(|e| e.to_string())?;
+        let source = ebpf::attach(self.config.ring_buffer_bytes, self.config.ebpf_attach)
+            .map_err(|e| e.to_string())?;
         let active = ActiveSource {
             source: EventSource::Ebpf,
-            degraded_reason: None,
+            degraded_reason: source.kind().degraded_reason(),
         };
+        if let Some(reason) = &active.degraded_reason {
+            tracing::warn!(%reason, "kernel source running degraded");
+        }
         self.announce(&active);
         match self.run_kernel(source).await {
             Ok(flow) => Ok((flow, active)),

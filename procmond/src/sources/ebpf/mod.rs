@@ -6,52 +6,28 @@
 //! channel is full the thread blocks, the ring fills, and the kernel counts
 //! what it cannot write: loss happens in one place and is always counted.
 
+mod attach;
 pub mod record;
+
+pub use attach::{AttachKind, AttachMode, EbpfError};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use aya::Ebpf;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use aya::programs::BtfTracePoint;
-use aya::{Btf, Ebpf, EbpfLoader};
 use tokio::sync::mpsc;
 
 use super::SourceMsg;
 use crate::metrics::Metrics;
 
-/// The compiled probes (`cargo xtask build-ebpf`), embedded at build time.
-static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../../procmond-ebpf/procmond.bpf.o");
-
-/// (program in the object, kernel tracepoint).
-const PROGRAMS: [(&str, &str); 3] = [
-    ("handle_exec", "sched_process_exec"),
-    ("handle_exit", "sched_process_exit"),
-    ("handle_fork", "sched_process_fork"),
-];
-
 /// How long the reader sleeps between checks of its stop flag.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Why the eBPF source could not start. Each names the step that failed.
-#[derive(Debug, thiserror::Error)]
-pub enum EbpfError {
-    #[error("kernel BTF is unavailable (/sys/kernel/btf/vmlinux): {0}")]
-    Btf(String),
-    #[error("loading the probe object failed: {0}")]
-    Load(String),
-    #[error("program {program} ({tracepoint}): {reason}")]
-    Program {
-        program: &'static str,
-        tracepoint: &'static str,
-        reason: String,
-    },
-    #[error("map {0} is missing or has the wrong type: {1}")]
-    Map(&'static str, String),
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
+/// An error and its causes on one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(src) = cur {
@@ -67,6 +43,7 @@ pub struct EbpfSource {
     ebpf: Ebpf,
     ring: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
+    kind: AttachKind,
 }
 
 impl std::fmt::Debug for EbpfSource {
@@ -77,29 +54,10 @@ impl std::fmt::Debug for EbpfSource {
     }
 }
 
-/// Loads and attaches the probes; `ring_buffer_bytes` sizes the ring buffer
-/// (a power of two, multiple of the page size).
-pub fn attach(ring_buffer_bytes: u32) -> Result<EbpfSource, EbpfError> {
-    let btf = Btf::from_sys_fs().map_err(|e| EbpfError::Btf(chain(&e)))?;
-    let mut ebpf = EbpfLoader::new()
-        .btf(Some(&btf))
-        .map_max_entries("EVENTS", ring_buffer_bytes)
-        .load(OBJECT)
-        .map_err(|e| EbpfError::Load(chain(&e)))?;
-    for (program, tracepoint) in PROGRAMS {
-        let fail = |reason: String| EbpfError::Program {
-            program,
-            tracepoint,
-            reason,
-        };
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut(program)
-            .ok_or_else(|| fail("not in the probe object".into()))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| fail(chain(&e)))?;
-        prog.load(tracepoint, &btf).map_err(|e| fail(chain(&e)))?;
-        prog.attach().map_err(|e| fail(chain(&e)))?;
-    }
+/// Loads and attaches the probes (see `attach`); `ring_buffer_bytes` sizes
+/// the ring buffer (a power of two, multiple of the page size).
+pub fn attach(ring_buffer_bytes: u32, mode: AttachMode) -> Result<EbpfSource, EbpfError> {
+    let (mut ebpf, kind) = attach::load_and_attach(ring_buffer_bytes, mode)?;
     let ring = ebpf
         .take_map("EVENTS")
         .ok_or_else(|| EbpfError::Map("EVENTS", "missing".into()))
@@ -108,7 +66,19 @@ pub fn attach(ring_buffer_bytes: u32) -> Result<EbpfSource, EbpfError> {
         .take_map("LOST")
         .ok_or_else(|| EbpfError::Map("LOST", "missing".into()))
         .and_then(|m| PerCpuArray::try_from(m).map_err(|e| EbpfError::Map("LOST", chain(&e))))?;
-    Ok(EbpfSource { ebpf, ring, lost })
+    Ok(EbpfSource {
+        ebpf,
+        ring,
+        lost,
+        kind,
+    })
+}
+
+impl EbpfSource {
+    /// Which kind of tracepoint the probes are attached to.
+    pub fn kind(&self) -> &AttachKind {
+        &self.kind
+    }
 }
 
 /// Controls a running reader thread.
@@ -172,6 +142,7 @@ impl EbpfSource {
             ebpf,
             mut ring,
             lost,
+            ..
         } = self;
         let timeout = rustix::time::Timespec {
             tv_sec: 0,

@@ -1,0 +1,209 @@
+//! Loading the probe object and attaching it, with one fallback step.
+//!
+//! First choice: BTF tracepoints (`tp_btf`), which need no tracefs and see
+//! the fork's child task. If they cannot attach, classic tracepoints: they
+//! need tracefs to look up the tracepoint ids, so when it is not mounted
+//! procmond mounts it for the moment of attaching and unmounts it again
+//! (an attached tracepoint no longer needs it). Classic attach reports no
+//! fork events; the source says so as its degraded reason. If both fail the
+//! caller falls back to polling. Each failure is reported with its cause.
+
+use std::path::Path;
+
+use aya::programs::{BtfTracePoint, ProgramError, TracePoint};
+use aya::{Btf, Ebpf, EbpfLoader};
+
+use super::chain;
+
+/// The compiled probes (`cargo xtask build-ebpf`), embedded at build time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../../procmond-ebpf/procmond.bpf.o");
+
+/// (program, tracepoint) for BTF tracepoints.
+const BTF_PROGRAMS: [(&str, &str); 3] = [
+    ("handle_exec", "sched_process_exec"),
+    ("handle_exit", "sched_process_exit"),
+    ("handle_fork", "sched_process_fork"),
+];
+/// (program, tracepoint) for classic tracepoints (category `sched`).
+const CLASSIC_PROGRAMS: [(&str, &str); 2] = [
+    ("handle_exec_tp", "sched_process_exec"),
+    ("handle_exit_tp", "sched_process_exit"),
+];
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Which attach method the operator allows (`ebpf_attach` in procmond.yaml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachMode {
+    /// BTF tracepoints, else classic tracepoints.
+    Auto,
+    /// BTF tracepoints only.
+    Btf,
+    /// Classic tracepoints only.
+    Tracepoint,
+}
+
+/// How the probes ended up attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachKind {
+    Btf,
+    /// Classic tracepoints; `btf_error` says why BTF ones were not used.
+    Classic {
+        btf_error: Option<String>,
+    },
+}
+
+impl AttachKind {
+    /// The degraded reason this attach implies, if any.
+    pub fn degraded_reason(&self) -> Option<String> {
+        match self {
+            Self::Btf => None,
+            Self::Classic { btf_error } => Some(format!(
+                "eBPF on classic tracepoints: no fork events{}",
+                btf_error
+                    .as_deref()
+                    .map(|e| format!(" (BTF tracepoints failed: {e})"))
+                    .unwrap_or_default()
+            )),
+        }
+    }
+}
+
+/// Why the eBPF source could not start. Each names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error("kernel BTF is unavailable (/sys/kernel/btf/vmlinux): {0}")]
+    Btf(String),
+    #[error("loading the probe object failed: {0}")]
+    Load(String),
+    #[error("program {program} ({tracepoint}): {reason}")]
+    Program {
+        program: &'static str,
+        tracepoint: &'static str,
+        reason: String,
+    },
+    #[error("map {0} is missing or has the wrong type: {1}")]
+    Map(&'static str, String),
+    #[error("tracefs: {0}")]
+    Tracefs(String),
+    #[error("BTF tracepoints failed ({btf}); classic tracepoints failed too ({classic})")]
+    Both { btf: String, classic: String },
+}
+
+fn load(btf: &Btf, ring_buffer_bytes: u32) -> Result<Ebpf, EbpfError> {
+    EbpfLoader::new()
+        .btf(Some(btf))
+        .map_max_entries("EVENTS", ring_buffer_bytes)
+        .load(OBJECT)
+        .map_err(|e| EbpfError::Load(chain(&e)))
+}
+
+fn program_error(program: &'static str, tracepoint: &'static str) -> impl Fn(String) -> EbpfError {
+    move |reason| EbpfError::Program {
+        program,
+        tracepoint,
+        reason,
+    }
+}
+
+fn attach_btf(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), EbpfError> {
+    for (program, tracepoint) in BTF_PROGRAMS {
+        let fail = program_error(program, tracepoint);
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| fail("not in the probe object".into()))?
+            .try_into()
+            .map_err(|e: ProgramError| fail(chain(&e)))?;
+        prog.load(tracepoint, btf).map_err(|e| fail(chain(&e)))?;
+        prog.attach().map_err(|e| fail(chain(&e)))?;
+    }
+    Ok(())
+}
+
+fn attach_classic(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+    let mounted = ensure_tracefs()?;
+    let result = (|| {
+        for (program, tracepoint) in CLASSIC_PROGRAMS {
+            let fail = program_error(program, tracepoint);
+            let prog: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or_else(|| fail("not in the probe object".into()))?
+                .try_into()
+                .map_err(|e: ProgramError| fail(chain(&e)))?;
+            prog.load().map_err(|e| fail(chain(&e)))?;
+            prog.attach("sched", tracepoint)
+                .map_err(|e| fail(chain(&e)))?;
+        }
+        Ok(())
+    })();
+    if mounted {
+        match rustix::mount::unmount(TRACEFS, rustix::mount::UnmountFlags::DETACH) {
+            Ok(()) => tracing::info!(path = TRACEFS, "tracefs unmounted again after attaching"),
+            Err(e) => {
+                tracing::warn!(path = TRACEFS, error = %e, "could not unmount the tracefs procmond mounted")
+            }
+        }
+    }
+    result
+}
+
+/// Mounts tracefs at `TRACEFS` if nothing is there; true if this call mounted it.
+fn ensure_tracefs() -> Result<bool, EbpfError> {
+    if Path::new(TRACEFS).join("events").exists() {
+        return Ok(false);
+    }
+    let flags = rustix::mount::MountFlags::NOSUID
+        | rustix::mount::MountFlags::NODEV
+        | rustix::mount::MountFlags::NOEXEC;
+    rustix::mount::mount(
+        "tracefs",
+        TRACEFS,
+        "tracefs",
+        flags,
+        None::<&std::ffi::CStr>,
+    )
+    .map_err(|e| {
+        EbpfError::Tracefs(format!(
+            "not mounted, and mounting it at {TRACEFS} failed: {e}"
+        ))
+    })?;
+    tracing::info!(
+        path = TRACEFS,
+        "tracefs was not mounted: mounted it to attach classic tracepoints"
+    );
+    Ok(true)
+}
+
+/// Loads the object and attaches it as `mode` allows.
+pub fn load_and_attach(
+    ring_buffer_bytes: u32,
+    mode: AttachMode,
+) -> Result<(Ebpf, AttachKind), EbpfError> {
+    let btf = Btf::from_sys_fs().map_err(|e| EbpfError::Btf(chain(&e)))?;
+    let btf_error = if mode == AttachMode::Tracepoint {
+        None
+    } else {
+        let mut ebpf = load(&btf, ring_buffer_bytes)?;
+        match attach_btf(&mut ebpf, &btf) {
+            Ok(()) => return Ok((ebpf, AttachKind::Btf)),
+            Err(e) if mode == AttachMode::Btf => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "BTF tracepoints unavailable: trying classic tracepoints");
+                Some(e.to_string())
+            }
+        }
+        // `ebpf` dropped here: whatever did attach is detached.
+    };
+    let mut ebpf = load(&btf, ring_buffer_bytes)?;
+    match attach_classic(&mut ebpf) {
+        Ok(()) => Ok((ebpf, AttachKind::Classic { btf_error })),
+        Err(e) => match btf_error {
+            Some(btf) => Err(EbpfError::Both {
+                btf,
+                classic: e.to_string(),
+            }),
+            None => Err(e),
+        },
+    }
+}
