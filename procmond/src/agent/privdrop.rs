@@ -5,7 +5,7 @@
 //! nix's wrappers go through libc, whose set*id calls apply to every thread
 //! of the process; a raw syscall would change only the calling thread.
 
-use nix::unistd::{Gid, Uid, User, getresgid, getresuid, setgroups, setresgid, setresuid};
+use nix::unistd::{Uid, User};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrivDropError {
@@ -45,7 +45,20 @@ pub fn drop_to(user: &str) -> Result<Dropped, PrivDropError> {
         })?
         .ok_or_else(|| PrivDropError::NoSuchUser(user.to_string()))?;
     let (uid, gid) = (entry.uid, entry.gid);
-    let step = |step: &'static str| move |source| PrivDropError::Step { step, source };
+    set_ids(uid, gid)?;
+    Ok(Dropped {
+        uid: uid.as_raw(),
+        gid: gid.as_raw(),
+    })
+}
+
+fn step(step: &'static str) -> impl Fn(nix::Error) -> PrivDropError {
+    move |source| PrivDropError::Step { step, source }
+}
+
+#[cfg(not(target_vendor = "apple"))]
+fn set_ids(uid: Uid, gid: nix::unistd::Gid) -> Result<(), PrivDropError> {
+    use nix::unistd::{getresgid, getresuid, setgroups, setresgid, setresuid};
     setgroups(&[gid]).map_err(step("setgroups"))?;
     setresgid(gid, gid, gid).map_err(step("setresgid"))?;
     setresuid(uid, uid, uid).map_err(step("setresuid"))?;
@@ -60,9 +73,27 @@ pub fn drop_to(user: &str) -> Result<Dropped, PrivDropError> {
             u.real, u.effective, u.saved, g.real, g.effective, g.saved
         )));
     }
-    let _: Gid = gid;
-    Ok(Dropped {
-        uid: uid.as_raw(),
-        gid: gid.as_raw(),
-    })
+    Ok(())
+}
+
+/// macOS has no setres*id: setuid as root sets real, effective and saved.
+/// Supplementary groups are not reset there (docs/platforms.md).
+#[cfg(target_vendor = "apple")]
+fn set_ids(uid: Uid, gid: nix::unistd::Gid) -> Result<(), PrivDropError> {
+    use nix::unistd::{getegid, geteuid, getgid, getuid, setgid, setuid};
+    setgid(gid).map_err(step("setgid"))?;
+    setuid(uid).map_err(step("setuid"))?;
+    if !uid.is_root() && setuid(Uid::from_raw(0)).is_ok() {
+        return Err(PrivDropError::Reversible(uid.as_raw()));
+    }
+    if [getuid(), geteuid()] != [uid; 2] || [getgid(), getegid()] != [gid; 2] {
+        return Err(PrivDropError::Mismatch(format!(
+            "uid {}/{} gid {}/{}",
+            getuid(),
+            geteuid(),
+            getgid(),
+            getegid()
+        )));
+    }
+    Ok(())
 }
