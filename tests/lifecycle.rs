@@ -90,6 +90,15 @@ fn ctl_health_config_and_rate_limit() {
     assert!(r["buffer_percent"].is_u64());
     assert!(r["losses"]["kernel_lost"].is_u64() && r["losses"]["wal_dropped_full"].is_u64());
     assert!(r.get("recent_errors").is_none());
+    // The agent's side: broker and sink counters, collector supervision.
+    let a = &health["agent"];
+    assert_eq!(a["phase"], "steady_state");
+    assert_eq!(a["collectors"][0]["ready"], true);
+    assert!(a["broker"]["subscribers_dropped"].is_u64() && a["broker"]["frames_rejected"].is_u64());
+    assert!(
+        a["sinks"][0]["counters"]["written"].as_u64().unwrap_or(0) > 0,
+        "{a}"
+    );
 
     let (_, detailed) = ctl(&dir, &["health", "--detailed"]);
     assert!(detailed["response"]["recent_errors"].is_array());

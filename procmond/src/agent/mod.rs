@@ -17,6 +17,7 @@ pub mod sink;
 pub mod supervisor;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -80,6 +81,7 @@ pub async fn run(
     let sinks = start_sinks(&config, &broker)?;
     let mut registrations = broker.subscribe_local(protocol::TOPIC_REGISTRATION, 256)?;
     let mut heartbeats = broker.subscribe_local("control.health.heartbeat.+", 1024)?;
+    let mut agent_requests = broker.subscribe_local(protocol::TOPIC_AGENT, 16)?;
     let broker_stop = CancellationToken::new();
     let serving = tokio::spawn({
         let broker = broker.clone();
@@ -125,6 +127,10 @@ pub async fn run(
                 }
             }
             Some(env) = heartbeats.recv() => on_heartbeat(&mut tracked, &env),
+            Some(env) = agent_requests.recv() => {
+                let body = agent_health(phase, &tracked, &broker, &sinks);
+                broker.respond(&env, Status::Ok, to_payload(&body));
+            }
             Some(answer) = answers.recv() => on_answer(&mut tracked, answer, &broker, hb.graceful_shutdown_timeout_secs, &answers_tx),
             _ = check.tick() => {
                 let now = Instant::now();
@@ -172,30 +178,69 @@ pub async fn run(
     broker_stop.cancel();
     let _ = serving.await;
     broker.close_local();
-    for s in sinks {
-        let _ = s.await;
+    for (_, _, task) in sinks {
+        let _ = task.await;
     }
     let _ = std::fs::remove_file(&socket);
     outcome
 }
 
-fn start_sinks(
-    config: &AgentConfig,
-    broker: &Broker,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, AgentError> {
+type Sinks = Vec<(PathBuf, Arc<sink::SinkStats>, tokio::task::JoinHandle<()>)>;
+
+fn start_sinks(config: &AgentConfig, broker: &Broker) -> Result<Sinks, AgentError> {
     let mut sinks = Vec::new();
     for sink in &config.sinks {
         let SinkConfig::Jsonl { path } = sink;
         let rx = broker.subscribe_local(TOPIC_EVENTS, 4096)?;
-        let path: PathBuf = path.clone();
-        sinks.push(tokio::spawn(async move {
-            match sink::run_jsonl(&path, rx).await {
-                Ok(stats) => tracing::info!(path = %path.display(), written = stats.written, duplicates = stats.duplicates, invalid = stats.invalid, "sink closed"),
-                Err(e) => tracing::error!(path = %path.display(), error = %e, "sink failed: events to it are lost from here on"),
+        let stats = Arc::new(sink::SinkStats::default());
+        let (p, s) = (path.clone(), stats.clone());
+        let task = tokio::spawn(async move {
+            match sink::run_jsonl(&p, rx, &s).await {
+                Ok(()) => tracing::info!(path = %p.display(), stats = %s.to_json(), "sink closed"),
+                Err(e) => {
+                    tracing::error!(path = %p.display(), error = %e, "sink failed: events to it are lost from here on")
+                }
             }
-        }));
+        });
+        sinks.push((path.clone(), stats, task));
     }
     Ok(sinks)
+}
+
+/// The agent's own health: phase, collectors, broker and sink counters.
+fn agent_health(
+    phase: Phase,
+    tracked: &[Tracked],
+    broker: &Broker,
+    sinks: &Sinks,
+) -> serde_json::Value {
+    let now = Instant::now();
+    let collectors: Vec<_> = tracked
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "id": t.id(),
+                "pid": t.pid,
+                "registered": t.registered,
+                "ready": t.ready,
+                "deregistered": t.deregistered,
+                "status": t.last_status,
+                "last_heartbeat_ms_ago": now.duration_since(t.last_heartbeat).as_millis() as u64,
+                "escalation": t.escalation.map(|e| format!("{e:?}")),
+            })
+        })
+        .collect();
+    let sinks: Vec<_> = sinks
+        .iter()
+        .map(|(path, stats, _)| serde_json::json!({ "path": path, "counters": stats.to_json() }))
+        .collect();
+    serde_json::json!({
+        "phase": if phase == Phase::Loading { "loading" } else { "steady_state" },
+        "uid": nix::unistd::geteuid().as_raw(),
+        "collectors": collectors,
+        "broker": broker.stats().to_json(),
+        "sinks": sinks,
+    })
 }
 
 fn find<'a>(tracked: &'a mut [Tracked], id: &str) -> Option<&'a mut Tracked> {

@@ -11,6 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -49,19 +50,31 @@ impl Dedupe {
     }
 }
 
-/// Counters of one sink.
-#[derive(Debug, Default, Clone, Copy)]
+/// Counters of one sink, shared with the agent's health answer.
+#[derive(Debug, Default)]
 pub struct SinkStats {
-    pub written: u64,
-    pub duplicates: u64,
-    pub invalid: u64,
+    pub written: AtomicU64,
+    pub duplicates: AtomicU64,
+    /// Deliveries that were not valid events (dropped, logged).
+    pub invalid: AtomicU64,
+}
+
+impl SinkStats {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "written": self.written.load(Relaxed),
+            "duplicates": self.duplicates.load(Relaxed),
+            "invalid": self.invalid.load(Relaxed),
+        })
+    }
 }
 
 /// Writes deliveries from `rx` to `path` until `rx` closes.
 pub async fn run_jsonl(
     path: &Path,
     mut rx: mpsc::Receiver<Envelope>,
-) -> std::io::Result<SinkStats> {
+    stats: &SinkStats,
+) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent).await?;
     }
@@ -73,7 +86,6 @@ pub async fn run_jsonl(
         .open(path)
         .await?;
     let mut out = tokio::io::BufWriter::new(file);
-    let mut stats = SinkStats::default();
     let mut line = Vec::with_capacity(1024);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
@@ -83,11 +95,13 @@ pub async fn run_jsonl(
                     line.clear();
                     render(&event, Format::Json, &mut line);
                     out.write_all(&line).await?;
-                    stats.written += 1;
+                    stats.written.fetch_add(1, Relaxed);
                 }
-                Ok(_) => stats.duplicates += 1,
+                Ok(_) => {
+                    stats.duplicates.fetch_add(1, Relaxed);
+                }
                 Err(e) => {
-                    stats.invalid += 1;
+                    stats.invalid.fetch_add(1, Relaxed);
                     tracing::error!(error = %e, topic = %env.topic, "sink dropped an invalid event");
                 }
             }
@@ -96,7 +110,7 @@ pub async fn run_jsonl(
         out.flush().await?;
     }
     out.flush().await?;
-    Ok(stats)
+    Ok(())
 }
 
 /// Feeds the last lines already in the file to the deduplicator.

@@ -40,8 +40,23 @@ pub struct BrokerStats {
     pub connections: AtomicU64,
     pub connections_refused: AtomicU64,
     pub frames_rejected: AtomicU64,
+    /// Remote subscribers disconnected for blocking delivery (what they
+    /// would have received is lost to them).
     pub subscribers_dropped: AtomicU64,
     pub published: AtomicU64,
+}
+
+impl BrokerStats {
+    pub fn to_json(&self) -> serde_json::Value {
+        let get = |c: &AtomicU64| c.load(Relaxed);
+        serde_json::json!({
+            "connections": get(&self.connections),
+            "connections_refused": get(&self.connections_refused),
+            "frames_rejected": get(&self.frames_rejected),
+            "subscribers_dropped": get(&self.subscribers_dropped),
+            "published": get(&self.published),
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -380,6 +395,14 @@ impl Broker {
             tx,
         });
         Ok(rx)
+    }
+
+    /// Answers a request that an in-process subscriber received.
+    pub fn respond(&self, request: &Envelope, status: Status, payload: Vec<u8>) {
+        self.finish(
+            request.correlation_id,
+            Envelope::response(0, status, payload),
+        );
     }
 
     /// Drops every in-process subscription: their receivers drain and end.

@@ -224,6 +224,8 @@ pub fn event_topic(kind: EventKind) -> String {
 pub const TOPIC_EVENTS: &str = "events.process.#";
 pub const TOPIC_LIFECYCLE: &str = "control.collector.lifecycle";
 pub const TOPIC_REGISTRATION: &str = "control.collector.registration";
+/// RPC topic the agent itself answers (its own health).
+pub const TOPIC_AGENT: &str = "control.agent";
 
 /// RPC topic of one collector.
 pub fn control_topic(collector_id: &str) -> String {

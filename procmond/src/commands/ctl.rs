@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use procmond::bus::client;
-use procmond::bus::protocol::{Envelope, FrameKind, Status, control_topic};
+use procmond::bus::protocol::{Envelope, FrameKind, Status, TOPIC_AGENT, control_topic};
 use procmond::bus::rpc::{Request, to_payload};
 use procmond::config::AgentConfig;
 
@@ -56,19 +56,33 @@ pub fn run(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let response = runtime.block_on(async {
-        tokio::time::timeout(
-            timeout + Duration::from_secs(1),
-            call(&socket, collector, timeout, &request),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))?
+    let with_agent = matches!(request, Request::HealthCheck { .. });
+    let (response, agent) = runtime.block_on(async {
+        let within = timeout + Duration::from_secs(1);
+        let topic = control_topic(collector);
+        let response = tokio::time::timeout(within, call(&socket, &topic, timeout, &request))
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))??;
+        // Health includes the agent's side: broker and sink counters.
+        let agent = if with_agent {
+            tokio::time::timeout(within, call(&socket, TOPIC_AGENT, timeout, &request))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).ok())
+        } else {
+            None
+        };
+        anyhow::Ok((response, agent))
     })?;
     let body: serde_json::Value = serde_json::from_slice(&response.payload).unwrap_or_else(|_| {
         serde_json::Value::String(String::from_utf8_lossy(&response.payload).into_owned())
     });
     let status = serde_json::to_value(response.status)?;
-    let out = serde_json::json!({ "status": status, "collector": collector, "response": body });
+    let mut out = serde_json::json!({ "status": status, "collector": collector, "response": body });
+    if let Some(agent) = agent {
+        out["agent"] = agent;
+    }
     println!("{}", serde_json::to_string_pretty(&out)?);
     if response.status != Status::Ok {
         bail!(
@@ -81,19 +95,14 @@ pub fn run(
 
 async fn call(
     socket: &Path,
-    collector: &str,
+    topic: &str,
     timeout: Duration,
     request: &Request,
 ) -> Result<Envelope> {
     let (mut writer, mut reader) = client::connect(socket)
         .await
         .with_context(|| format!("connecting to the broker at {}", socket.display()))?;
-    let mut env = Envelope::new(
-        FrameKind::Request,
-        control_topic(collector),
-        1,
-        to_payload(request),
-    );
+    let mut env = Envelope::new(FrameKind::Request, topic, 1, to_payload(request));
     let now_ms = (procmond::clock::now_unix_ns() / 1_000_000).max(0) as u64;
     env.deadline_unix_ms = now_ms + timeout.as_millis() as u64;
     let refused = "the broker closed the connection (is this uid in broker.allowed_uids?)";

@@ -104,6 +104,7 @@ impl Conn {
         from: u64,
         control: Option<mpsc::Sender<Envelope>>,
         greeting: &[Envelope],
+        metrics: Arc<Metrics>,
     ) -> Self {
         let cancel = CancellationToken::new();
         let (frames, frames_rx) = mpsc::unbounded_channel();
@@ -113,7 +114,7 @@ impl Conn {
             let _ = frames.send(env.clone());
         }
         let writer = tokio::spawn(write_loop(writer, frames_rx, cancel.clone()));
-        tokio::spawn(read_loop(reader, acks_tx, control, cancel.clone()));
+        tokio::spawn(read_loop(reader, acks_tx, control, metrics, cancel.clone()));
         Self {
             frames,
             writer: Some(writer),
@@ -175,6 +176,7 @@ async fn read_loop(
     mut reader: BusReader,
     acks: mpsc::UnboundedSender<u64>,
     control: Option<mpsc::Sender<Envelope>>,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -197,6 +199,7 @@ async fn read_loop(
                     let _ = acks.send(env.correlation_id);
                 }
                 FrameKind::Error => {
+                    Metrics::incr(&metrics.publish_failed);
                     tracing::error!(correlation_id = env.correlation_id, reason = %String::from_utf8_lossy(&env.payload), "broker refused a frame");
                 }
                 _ => {
@@ -250,6 +253,7 @@ impl Connector {
                 start_cursor(&self.wal)?,
                 self.control.clone(),
                 &greeting,
+                self.metrics.clone(),
             )),
             None => None,
         };
@@ -330,7 +334,7 @@ impl Connector {
                         Ok((w, r)) => {
                             tracing::info!(pending = self.wal.pending_count(), "reconnected to the broker; replaying unacknowledged events");
                             let greeting = self.greeting.borrow_and_update().clone();
-                            conn = Some(Conn::start(w, r, start_cursor(&self.wal)?, self.control.clone(), &greeting));
+                            conn = Some(Conn::start(w, r, start_cursor(&self.wal)?, self.control.clone(), &greeting, self.metrics.clone()));
                             self.metrics.connected.store(1, Relaxed);
                             backoff = Duration::from_secs(1);
                         }
