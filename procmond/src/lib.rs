@@ -2,8 +2,10 @@
 //! stop, from the kernel as it happens, without losing events silently.
 //!
 //! Follow one event: `sources::ebpf` (kernel record) → `sources::ebpf::record`
-//! (decode) → `sensor` (reconcile bookkeeping) → `pipeline` (enrich,
-//! sanitize, encode) → `output` (JSON on stdout) — see docs/architecture.md.
+//! (decode) → `sensor` (the actor; reconcile bookkeeping) → `pipeline`
+//! (enrich, sanitize, encode) → `pipeline::wal` → `pipeline::connector` →
+//! `bus::broker` → `agent::sink` (or `output` in `watch`) — see
+//! docs/architecture.md.
 
 pub mod agent;
 pub mod bus;

@@ -43,14 +43,15 @@ pub struct Metrics {
     pub wal_pending_bytes: AtomicU64,
     /// Events published to the broker and acknowledged.
     pub events_published: AtomicU64,
-    /// Events that could not be published (e.g. refused by the broker).
-    pub publish_failed: AtomicU64,
     /// Connections to the broker that were lost.
     pub broker_disconnects: AtomicU64,
     /// Unacknowledged bytes held for publishing, percent of the buffer (gauge).
     pub buffer_percent: AtomicU64,
     /// 1 while connected to the broker (gauge).
     pub connected: AtomicU64,
+    /// `losses()` when the last heartbeat was sent: health is judged on the
+    /// losses since then, the same way by heartbeats and health checks.
+    pub losses_at_last_beat: AtomicU64,
 }
 
 impl Metrics {
@@ -60,6 +61,26 @@ impl Metrics {
 
     pub fn incr(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// Every counter that means "an event was lost somewhere", summed.
+    pub fn losses(&self) -> u64 {
+        [
+            &self.kernel_lost,
+            &self.records_malformed,
+            &self.wal_dropped_full,
+            &self.events_output_dropped,
+            &self.events_encode_failed,
+        ]
+        .iter()
+        .map(|c| c.load(Relaxed))
+        .sum()
+    }
+
+    /// Losses since the last heartbeat (all of them when none was sent).
+    pub fn recent_losses(&self) -> u64 {
+        self.losses()
+            .saturating_sub(self.losses_at_last_beat.load(Relaxed))
     }
 
     /// All counters as one JSON object.
@@ -83,7 +104,6 @@ impl Metrics {
             "wal_pending": get(&self.wal_pending),
             "wal_pending_bytes": get(&self.wal_pending_bytes),
             "events_published": get(&self.events_published),
-            "publish_failed": get(&self.publish_failed),
             "broker_disconnects": get(&self.broker_disconnects),
             "buffer_percent": get(&self.buffer_percent),
             "connected": get(&self.connected) == 1,

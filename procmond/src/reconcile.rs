@@ -65,7 +65,7 @@ impl Reconciler {
         self.live.is_empty()
     }
 
-    /// Applies one kernel event; fills in what an `exit` lacks (exe, argv) from
+    /// Applies one kernel event; fills in what an `exit` lacks (the exe) from
     /// what the stream saw earlier.
     pub fn observe(&mut self, event: &mut ProcessEvent) {
         match event.kind {

@@ -316,8 +316,13 @@ fn on_registration(tracked: &mut [Tracked], env: &Envelope) -> Option<String> {
             Some(collector_id)
         }
         Registration::Deregister { collector_id } => {
-            tracing::info!(collector = %collector_id, "collector deregistered");
-            if let Some(t) = find(tracked, &collector_id) {
+            let t = find(tracked, &collector_id)?;
+            if t.escalation.is_some() {
+                // It is leaving because we asked during an escalation: it
+                // still comes back if auto_restart says so.
+                tracing::warn!(collector = %collector_id, "collector deregistered during an escalation");
+            } else {
+                tracing::info!(collector = %collector_id, "collector deregistered");
                 t.deregistered = true;
             }
             None

@@ -83,6 +83,7 @@ pub async fn run_jsonl(
     let file = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
         .await?;
     let mut out = tokio::io::BufWriter::new(file);

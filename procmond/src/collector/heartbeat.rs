@@ -15,20 +15,6 @@ use crate::bus::rpc::{CONTROL_CORRELATION, Heartbeat, to_payload};
 use crate::metrics::Metrics;
 use crate::sensor::actor::SensorStatus;
 
-/// Total of the counters that mean "an event was lost somewhere".
-pub fn losses(metrics: &Metrics) -> u64 {
-    [
-        &metrics.kernel_lost,
-        &metrics.records_malformed,
-        &metrics.wal_dropped_full,
-        &metrics.events_output_dropped,
-        &metrics.events_encode_failed,
-    ]
-    .iter()
-    .map(|c| c.load(Relaxed))
-    .sum()
-}
-
 pub async fn run(
     collector_id: String,
     status: watch::Receiver<SensorStatus>,
@@ -38,7 +24,6 @@ pub async fn run(
 ) {
     let topic = heartbeat_topic(&collector_id);
     let mut sequence = 0u64;
-    let mut last_losses = 0;
     loop {
         let period = Duration::from_secs(status.borrow().config.heartbeat_interval_secs.max(1));
         tokio::select! {
@@ -46,10 +31,10 @@ pub async fn run(
             _ = tokio::time::sleep(period) => {}
         }
         sequence += 1;
-        let lost = losses(&metrics);
+        let recent = metrics.recent_losses();
+        metrics.losses_at_last_beat.store(metrics.losses(), Relaxed);
         let connected = metrics.connected.load(Relaxed) == 1;
-        let health = status.borrow().health(connected, lost - last_losses);
-        last_losses = lost;
+        let health = status.borrow().health(connected, recent);
         let beat = Heartbeat {
             collector_id: collector_id.clone(),
             sequence,

@@ -8,6 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 pub fn run(config_path: &Path) -> Result<()> {
     let config = AgentConfig::load(config_path)?;
+    super::restrict_umask();
+    super::log_privileges();
     super::runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
         super::spawn_stop_triggers(shutdown.clone(), None)?;

@@ -27,6 +27,12 @@ pub fn restrict_umask() {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
 
+/// Logs what this process may do (SPEC §6: detected and logged at start).
+pub fn log_privileges() {
+    let p = procmond::privileges::detect();
+    tracing::info!(euid = ?p.euid, capabilities = %p.effective_summary(), can_load_bpf = p.can_load_bpf(), can_read_all_processes = p.can_read_all_processes(), "privileges");
+}
+
 /// Cancels `shutdown` on SIGINT, SIGTERM or after `duration` seconds.
 pub fn spawn_stop_triggers(shutdown: CancellationToken, duration: Option<u64>) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};

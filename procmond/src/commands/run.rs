@@ -29,6 +29,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
             format!("{BROKER_SOCKET_ENV} is not set: `procmond run` is spawned by the agent")
         })?;
     super::restrict_umask();
+    super::log_privileges();
     super::runtime()?.block_on(serve(config, socket))
 }
 

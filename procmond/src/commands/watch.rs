@@ -43,6 +43,7 @@ pub fn run(args: WatchArgs) -> Result<()> {
     }
     config.validate().context("invalid --interval")?;
     super::restrict_umask();
+    super::log_privileges();
     let runtime = super::runtime()?;
     let dir = private_temp_dir()?;
     let result = runtime.block_on(watch(config, args.format, args.duration, &dir));

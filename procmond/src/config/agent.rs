@@ -141,6 +141,21 @@ impl AgentConfig {
         let mut ids = std::collections::HashSet::new();
         for (i, c) in self.collectors.iter().enumerate() {
             let key = |field: &str| format!("collectors[{i}].{field}");
+            if c.id.is_empty()
+                || c.id.len() > 64
+                || !c
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+            {
+                return Err(ConfigError::invalid(
+                    key("id"),
+                    format!(
+                        "must be 1-64 characters of [A-Za-z0-9_-] (it is a bus topic segment), got {:?}",
+                        c.id
+                    ),
+                ));
+            }
             if !ids.insert(c.id.as_str()) {
                 return Err(ConfigError::invalid(
                     key("id"),

@@ -34,7 +34,8 @@ pub struct ProcmondConfig {
     pub ring_buffer_bytes: u32,
     /// WAL cap on unacknowledged event bytes (new events dropped and counted beyond).
     pub wal_max_bytes: u64,
-    /// Unacknowledged bytes in flight to the broker; backpressure at 70 % / 50 %.
+    /// Most unacknowledged bytes in flight to the broker; backpressure when all
+    /// unacknowledged bytes (in flight + waiting in the WAL) reach 70 % of it, off at 50 %.
     pub buffer_bytes: u64,
     /// Redaction patterns added to the built-in ones.
     pub sanitize: SanitizeConfig,
@@ -95,12 +96,12 @@ impl ProcmondConfig {
             || !self
                 .collector_id
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
         {
             return Err(ConfigError::invalid(
                 "collector_id",
                 format!(
-                    "must be 1-64 characters of [A-Za-z0-9._-], got {:?}",
+                    "must be 1-64 characters of [A-Za-z0-9_-] (it is a bus topic segment), got {:?}",
                     self.collector_id
                 ),
             ));

@@ -8,8 +8,9 @@
 //!   not acknowledged is sent again (at-least-once; consumers dedupe on
 //!   `(collector_id, seq)`).
 //! * At most `buffer_bytes` (10 MiB) are in flight unacknowledged; the
-//!   backlog beyond that waits in the WAL. The fill of that budget drives
-//!   backpressure: on at 70 %, off at 50 %, published on a watch channel.
+//!   backlog beyond that waits in the WAL. Backpressure follows all
+//!   unacknowledged bytes (in flight plus waiting) against `buffer_bytes`:
+//!   on at 70 %, off at 50 %, published on a watch channel.
 //! * Start-up: `connect_at_startup` tries 3 times with backoff. At run time
 //!   a lost connection is retried forever, backing off 1, 2, 4 … 30 s, while
 //!   new events keep going to the WAL.
@@ -104,7 +105,6 @@ impl Conn {
         from: u64,
         control: Option<mpsc::Sender<Envelope>>,
         greeting: &[Envelope],
-        metrics: Arc<Metrics>,
     ) -> Self {
         let cancel = CancellationToken::new();
         let (frames, frames_rx) = mpsc::unbounded_channel();
@@ -114,7 +114,7 @@ impl Conn {
             let _ = frames.send(env.clone());
         }
         let writer = tokio::spawn(write_loop(writer, frames_rx, cancel.clone()));
-        tokio::spawn(read_loop(reader, acks_tx, control, metrics, cancel.clone()));
+        tokio::spawn(read_loop(reader, acks_tx, control, cancel.clone()));
         Self {
             frames,
             writer: Some(writer),
@@ -176,7 +176,6 @@ async fn read_loop(
     mut reader: BusReader,
     acks: mpsc::UnboundedSender<u64>,
     control: Option<mpsc::Sender<Envelope>>,
-    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -199,7 +198,6 @@ async fn read_loop(
                     let _ = acks.send(env.correlation_id);
                 }
                 FrameKind::Error => {
-                    Metrics::incr(&metrics.publish_failed);
                     tracing::error!(correlation_id = env.correlation_id, reason = %String::from_utf8_lossy(&env.payload), "broker refused a frame");
                 }
                 _ => {
@@ -253,7 +251,6 @@ impl Connector {
                 start_cursor(&self.wal)?,
                 self.control.clone(),
                 &greeting,
-                self.metrics.clone(),
             )),
             None => None,
         };
@@ -334,7 +331,7 @@ impl Connector {
                         Ok((w, r)) => {
                             tracing::info!(pending = self.wal.pending_count(), "reconnected to the broker; replaying unacknowledged events");
                             let greeting = self.greeting.borrow_and_update().clone();
-                            conn = Some(Conn::start(w, r, start_cursor(&self.wal)?, self.control.clone(), &greeting, self.metrics.clone()));
+                            conn = Some(Conn::start(w, r, start_cursor(&self.wal)?, self.control.clone(), &greeting));
                             self.metrics.connected.store(1, Relaxed);
                             backoff = Duration::from_secs(1);
                         }

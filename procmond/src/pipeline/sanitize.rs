@@ -87,7 +87,12 @@ impl Sanitizer {
         let mut count = 0;
         for arg in argv.iter_mut() {
             let has_space = arg.contains(char::is_whitespace);
-            let rewritten = if has_space {
+            let rewritten = if has_space && state.expects_value() {
+                // The value of a secret flag, spaces and all.
+                state = WordState::Plain;
+                count += 1;
+                Some(REDACTED.to_string())
+            } else if has_space {
                 // A shell snippet (`sh -c "…"`): apply the same rules per word.
                 let mut inner = WordState::default();
                 let mut out = String::with_capacity(arg.len());
@@ -159,7 +164,7 @@ impl Sanitizer {
         }
         if let Some((key, _)) = word.split_once('=')
             && is_key(key)
-            && self.is_secret_key(key)
+            && (self.is_secret_key(key) || self.flags.iter().any(|f| f.eq_ignore_ascii_case(key)))
         {
             return Some(format!("{key}={REDACTED}"));
         }
@@ -196,6 +201,12 @@ enum WordState {
     AfterScheme,
     /// The previous word was `Authorization:`.
     AfterHeader,
+}
+
+impl WordState {
+    fn expects_value(&self) -> bool {
+        !matches!(self, Self::Plain)
+    }
 }
 
 /// A TCP/UDP port as in `ssh -p 22`: one to five digits.
@@ -317,6 +328,19 @@ mod tests {
             out[2],
             "mysql --password [REDACTED] && TOKEN=[REDACTED]  run"
         );
+    }
+
+    #[test]
+    fn values_with_spaces_and_equals_forms_of_any_flag() {
+        assert_eq!(
+            run(&["app", "--password", "correct horse", "next"]),
+            ["app", "--password", REDACTED, "next"]
+        );
+        assert_eq!(run(&["app", "-p=hunter2"]), ["app", "-p=[REDACTED]"]);
+        let s = Sanitizer::new(&["--db-pass".into()], &[]);
+        let mut argv = vec!["a".to_string(), "--db-pass=x".to_string()];
+        s.sanitize_argv(&mut argv);
+        assert_eq!(argv, ["a", "--db-pass=[REDACTED]"]);
     }
 
     #[test]

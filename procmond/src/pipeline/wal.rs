@@ -6,7 +6,7 @@
 //! number, written in the same atomic batch as the events so `seq` stays
 //! monotonic across crashes.
 //!
-//! Durability policy (docs/decisions.md, ADR 4): group commit. A batch of
+//! Durability policy (docs/decisions.md): group commit. A batch of
 //! events is applied and then `flush`ed (written and fsynced) before any of
 //! it is published, so a collector killed at any instant loses nothing that
 //! a subscriber may have seen, and a power cut loses at most the batch being

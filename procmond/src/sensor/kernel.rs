@@ -85,8 +85,11 @@ impl Sensor {
                         Err(e) => self.pass_failed(&mut reconciler, &e.to_string()),
                     }
                 }
-                command = self.mailbox.recv(), if in_flight.is_none() && awaiting.is_none() => {
-                    let Some(command) = command else { continue };
+                command = self.mailbox.recv(), if self.mailbox_open && in_flight.is_none() && awaiting.is_none() => {
+                    let Some(command) = command else {
+                        self.mailbox_open = false;
+                        continue;
+                    };
                     match self.handle(command) {
                         Flow::Continue => {}
                         Flow::Retick => tick = self.ticker(),

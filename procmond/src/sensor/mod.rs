@@ -84,6 +84,7 @@ pub async fn run(
         base_interval: base,
         stretched: false,
         mailbox: io.mailbox,
+        mailbox_open: true,
         status: io.status,
         out: io.out,
         metrics,
@@ -115,6 +116,8 @@ struct Sensor {
     base_interval: Duration,
     stretched: bool,
     mailbox: mpsc::Receiver<Command>,
+    /// False once every sender is gone (then the branch is not polled).
+    mailbox_open: bool,
     status: watch::Sender<SensorStatus>,
     out: mpsc::Sender<Encoded>,
     metrics: Arc<Metrics>,
@@ -319,18 +322,10 @@ impl Sensor {
         let m = &self.metrics;
         let connected = m.connected.load(std::sync::atomic::Ordering::Relaxed) == 1;
         let counters = m.to_json();
-        let losses = [
-            "kernel_lost",
-            "wal_dropped_full",
-            "events_output_dropped",
-            "records_malformed",
-        ]
-        .iter()
-        .filter_map(|k| counters[*k].as_u64())
-        .sum();
         let mut body = serde_json::json!({
             "collector_id": self.config.collector_id,
-            "status": status.health(connected, losses),
+            // Judged like heartbeats: losses since the last beat.
+            "status": status.health(connected, m.recent_losses()),
             "lifecycle": status.lifecycle,
             "source": status.source,
             "degraded_reason": status.degraded_reason,
@@ -381,8 +376,11 @@ impl Sensor {
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(Flow::Shutdown),
-                command = self.mailbox.recv() => {
-                    let Some(command) = command else { continue };
+                command = self.mailbox.recv(), if self.mailbox_open => {
+                    let Some(command) = command else {
+                        self.mailbox_open = false;
+                        continue;
+                    };
                     match self.handle(command) {
                         Flow::Continue => {}
                         Flow::Retick => tick = self.ticker(),

@@ -1,10 +1,12 @@
 //! The Linux kernel event source: loads the CO-RE probes with aya, attaches
-//! them as BTF tracepoints, and reads their ring buffer on a dedicated thread.
+//! them (`attach`: BTF tracepoints, else classic ones), and reads their ring
+//! buffer on a dedicated thread.
 //!
 //! The reader thread waits on the ring buffer's fd with poll(2), decodes each
 //! record (see `record`), and sends events down a bounded channel. When the
 //! channel is full the thread blocks, the ring fills, and the kernel counts
-//! what it cannot write: loss happens in one place and is always counted.
+//! what it cannot write: on the kernel side, loss happens in one place and is
+//! always counted (`kernel_lost`).
 
 mod attach;
 pub mod record;
