@@ -489,3 +489,56 @@ fn a_uid_outside_allowed_uids_cannot_publish() {
         "an event from a refused uid reached the sink"
     );
 }
+
+#[test]
+fn publishes_are_acknowledged_only_after_a_durable_sink_stores_them() {
+    let rt = runtime();
+    let dir = AgentDir::new("durable");
+    let broker = Broker::new(vec![0]);
+    let mut sink = broker
+        .subscribe_durable("events.process.#", 8)
+        .expect("subscribe");
+    let (_stop, _serving) = rt.block_on(async { serve(&broker, &dir.socket()) });
+    rt.block_on(async {
+        let (mut w, mut r) = procmond::bus::client::connect(&dir.socket())
+            .await
+            .expect("connect");
+        let event = procmond::model::ProcessEvent::new(
+            procmond::model::EventKind::Exec,
+            procmond::model::EventSource::Ebpf,
+            1,
+            7,
+        );
+        let payload = procmond::pipeline::codec::encode(&event)
+            .expect("encode")
+            .into_vec();
+        let publish = |corr| {
+            Envelope::new(
+                FrameKind::Publish,
+                "events.process.exec",
+                corr,
+                payload.clone(),
+            )
+        };
+        let quiet = Duration::from_millis(300);
+
+        w.send(&publish(5)).await.expect("publish");
+        let delivery = sink.recv().await.expect("delivered");
+        assert!(
+            tokio::time::timeout(quiet, r.next()).await.is_err(),
+            "acked before the sink stored it"
+        );
+        delivery.done.send(()).expect("confirm");
+        let ack = r.next().await.expect("frame").expect("valid");
+        assert_eq!((ack.kind, ack.correlation_id), (FrameKind::Ack, 5));
+
+        // A sink that fails to store (drops the delivery): never acknowledged,
+        // so the collector keeps the event in its WAL.
+        w.send(&publish(6)).await.expect("publish");
+        drop(sink.recv().await.expect("delivered"));
+        assert!(
+            tokio::time::timeout(quiet, r.next()).await.is_err(),
+            "acked an event no sink stored"
+        );
+    });
+}

@@ -79,6 +79,9 @@ pub async fn run(
     })?;
     tracing::info!(socket = %socket.display(), allowed_uids = ?config.broker.allowed_uids, "broker listening");
     let sinks = start_sinks(&config, &broker)?;
+    if sinks.is_empty() {
+        tracing::warn!("no sinks configured: published events are acknowledged and not kept");
+    }
     let mut registrations = broker.subscribe_local(protocol::TOPIC_REGISTRATION, 256)?;
     let mut heartbeats = broker.subscribe_local("control.health.heartbeat.+", 1024)?;
     let mut agent_requests = broker.subscribe_local(protocol::TOPIC_AGENT, 16)?;
@@ -191,7 +194,7 @@ fn start_sinks(config: &AgentConfig, broker: &Broker) -> Result<Sinks, AgentErro
     let mut sinks = Vec::new();
     for sink in &config.sinks {
         let SinkConfig::Jsonl { path } = sink;
-        let rx = broker.subscribe_local(TOPIC_EVENTS, 4096)?;
+        let rx = broker.subscribe_durable(TOPIC_EVENTS, 4096)?;
         let stats = Arc::new(sink::SinkStats::default());
         let (p, s) = (path.clone(), stats.clone());
         let task = tokio::spawn(async move {

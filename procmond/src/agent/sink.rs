@@ -7,6 +7,11 @@
 //! window is taken as new (a collector whose WAL was wiped starts over at 1,
 //! and its events must not vanish). The window is seeded from the file's
 //! tail at start, so an agent restart does not duplicate either.
+//!
+//! The sink is a durable subscriber: each batch is written, flushed and
+//! `fdatasync`ed before it confirms, and only then does the broker
+//! acknowledge the publishes — so a collector forgets an event only once it
+//! is on disk here.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Seek, SeekFrom};
@@ -16,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::bus::protocol::Envelope;
+use crate::bus::broker::Durable;
 use crate::output::{Format, render};
 use crate::pipeline::codec;
 
@@ -72,7 +77,7 @@ impl SinkStats {
 /// Writes deliveries from `rx` to `path` until `rx` closes.
 pub async fn run_jsonl(
     path: &Path,
-    mut rx: mpsc::Receiver<Envelope>,
+    mut rx: mpsc::Receiver<Durable>,
     stats: &SinkStats,
 ) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
@@ -88,10 +93,11 @@ pub async fn run_jsonl(
         .await?;
     let mut out = tokio::io::BufWriter::new(file);
     let mut line = Vec::with_capacity(1024);
+    let mut stored = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
-        while let Some(env) = next {
-            match codec::decode(&codec::aligned_copy(&env.payload)) {
+        while let Some(Durable { envelope, done }) = next {
+            match codec::decode(&codec::aligned_copy(&envelope.payload)) {
                 Ok(event) if dedupe.is_new(&event.collector_id, event.seq) => {
                     line.clear();
                     render(&event, Format::Json, &mut line);
@@ -103,12 +109,18 @@ pub async fn run_jsonl(
                 }
                 Err(e) => {
                     stats.invalid.fetch_add(1, Relaxed);
-                    tracing::error!(error = %e, topic = %env.topic, "sink dropped an invalid event");
+                    tracing::error!(error = %e, topic = %envelope.topic, "sink dropped an invalid event");
                 }
             }
+            stored.push(done);
             next = rx.try_recv().ok();
         }
+        // On disk before the collectors may forget the batch.
         out.flush().await?;
+        out.get_ref().sync_data().await?;
+        for done in stored.drain(..) {
+            let _ = done.send(());
+        }
     }
     out.flush().await?;
     Ok(())

@@ -59,13 +59,43 @@ impl BrokerStats {
     }
 }
 
+/// A delivery to a durable in-process subscriber (a sink): the publisher
+/// is acknowledged only once `done` is sent, i.e. once the event is stored.
+#[derive(Debug)]
+pub struct Durable {
+    pub envelope: Envelope,
+    pub done: oneshot::Sender<()>,
+}
+
+#[derive(Debug, Clone)]
+enum SubTx {
+    /// A client connection; dropped if it blocks delivery too long.
+    Remote(mpsc::Sender<Envelope>),
+    /// In-process, never dropped, acknowledged on queueing.
+    Local(mpsc::Sender<Envelope>),
+    /// In-process, never dropped, acknowledged when it confirms.
+    Durable(mpsc::Sender<Durable>),
+}
+
+impl SubTx {
+    /// Where requests can go (durable subscribers take only publishes).
+    fn requests(&self) -> Option<mpsc::Sender<Envelope>> {
+        match self {
+            Self::Remote(tx) | Self::Local(tx) => Some(tx.clone()),
+            Self::Durable(_) => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Sub {
     conn: u64,
     pattern: String,
-    local: bool,
-    tx: mpsc::Sender<Envelope>,
+    tx: SubTx,
 }
+
+/// Acks waiting for durable subscribers, in publish order.
+type PendingAcks = mpsc::UnboundedSender<(u64, Vec<oneshot::Receiver<()>>)>;
 
 #[derive(Debug)]
 enum Pending {
@@ -223,6 +253,7 @@ impl Broker {
                 }
             }
         });
+        let acks = spawn_acker(tx.clone());
         loop {
             let frame = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
@@ -230,7 +261,7 @@ impl Broker {
             };
             let Some(frame) = frame else { return Ok(()) };
             let envelope = protocol::decode(&frame?)?;
-            self.handle(envelope, conn, &tx).await?;
+            self.handle(envelope, conn, &tx, &acks).await?;
         }
     }
 
@@ -239,21 +270,21 @@ impl Broker {
         env: Envelope,
         conn: u64,
         tx: &mpsc::Sender<Envelope>,
+        acks: &PendingAcks,
     ) -> Result<(), ProtocolError> {
         match env.kind {
             FrameKind::Publish => {
                 protocol::validate_publish(&env)?;
                 let corr = env.correlation_id;
-                self.route(env).await;
-                let _ = tx.send(Envelope::ack(corr)).await;
+                let confirmations = self.route(env).await;
+                let _ = acks.send((corr, confirmations));
             }
             FrameKind::Subscribe => {
                 protocol::validate_topic(&env.topic, true)?;
                 self.routes().subs.push(Sub {
                     conn,
                     pattern: env.topic,
-                    local: false,
-                    tx: tx.clone(),
+                    tx: SubTx::Remote(tx.clone()),
                 });
                 let _ = tx.send(Envelope::ack(env.correlation_id)).await;
             }
@@ -279,28 +310,39 @@ impl Broker {
         Ok(())
     }
 
-    /// Delivers `env` (a publish) to every matching subscriber.
-    async fn route(&self, env: Envelope) {
-        let targets: Vec<(u64, bool, mpsc::Sender<Envelope>)> = self
+    /// Delivers `env` (a publish) to every matching subscriber; returns the
+    /// confirmations of durable subscribers, which gate the publisher's ack.
+    async fn route(&self, env: Envelope) -> Vec<oneshot::Receiver<()>> {
+        let targets: Vec<(u64, SubTx)> = self
             .routes()
             .subs
             .iter()
             .filter(|s| protocol::topic_matches(&s.pattern, &env.topic))
-            .map(|s| (s.conn, s.local, s.tx.clone()))
+            .map(|s| (s.conn, s.tx.clone()))
             .collect();
         Metrics::incr(&self.inner.stats.published);
         let mut deliver = env;
         deliver.kind = FrameKind::Deliver;
-        for (conn, local, tx) in targets {
-            let sent = if local {
-                tx.send(deliver.clone()).await.map_err(|_| "closed")
-            } else {
-                tx.send_timeout(deliver.clone(), SLOW_SUBSCRIBER)
+        let mut confirmations = Vec::new();
+        for (conn, tx) in targets {
+            let sent = match tx {
+                SubTx::Local(tx) => tx.send(deliver.clone()).await.map_err(|_| "closed"),
+                SubTx::Durable(tx) => {
+                    let (done, confirmed) = oneshot::channel();
+                    confirmations.push(confirmed);
+                    let durable = Durable {
+                        envelope: deliver.clone(),
+                        done,
+                    };
+                    tx.send(durable).await.map_err(|_| "closed")
+                }
+                SubTx::Remote(tx) => tx
+                    .send_timeout(deliver.clone(), SLOW_SUBSCRIBER)
                     .await
                     .map_err(|e| match e {
                         mpsc::error::SendTimeoutError::Timeout(_) => "too slow",
                         mpsc::error::SendTimeoutError::Closed(_) => "closed",
-                    })
+                    }),
             };
             if let Err(why) = sent {
                 let mut routes = self.routes();
@@ -318,6 +360,7 @@ impl Broker {
                 }
             }
         }
+        confirmations
     }
 
     fn dispatch_request(&self, mut env: Envelope, reply: Pending) {
@@ -327,8 +370,8 @@ impl Broker {
             let found = routes
                 .subs
                 .iter()
-                .find(|s| protocol::topic_matches(&s.pattern, &env.topic))
-                .map(|s| s.tx.clone());
+                .filter(|s| protocol::topic_matches(&s.pattern, &env.topic))
+                .find_map(|s| s.tx.requests());
             match found {
                 Some(tx) => {
                     routes.pending.insert(id, reply);
@@ -391,8 +434,25 @@ impl Broker {
         self.routes().subs.push(Sub {
             conn,
             pattern: pattern.to_string(),
-            local: true,
-            tx,
+            tx: SubTx::Local(tx),
+        });
+        Ok(rx)
+    }
+
+    /// Subscribes an in-process consumer that stores what it gets (a sink):
+    /// publishers are acknowledged only after it confirms each delivery.
+    pub fn subscribe_durable(
+        &self,
+        pattern: &str,
+        capacity: usize,
+    ) -> Result<mpsc::Receiver<Durable>, ProtocolError> {
+        protocol::validate_topic(pattern, true)?;
+        let (tx, rx) = mpsc::channel(capacity);
+        let conn = self.next_id();
+        self.routes().subs.push(Sub {
+            conn,
+            pattern: pattern.to_string(),
+            tx: SubTx::Durable(tx),
         });
         Ok(rx)
     }
@@ -407,14 +467,16 @@ impl Broker {
 
     /// Drops every in-process subscription: their receivers drain and end.
     pub fn close_local(&self) {
-        self.routes().subs.retain(|s| !s.local);
+        self.routes()
+            .subs
+            .retain(|s| matches!(s.tx, SubTx::Remote(_)));
     }
 
     /// Publishes from inside the broker's process (agent broadcasts).
     pub async fn publish_local(&self, topic: &str, payload: Vec<u8>) -> Result<(), ProtocolError> {
         let env = Envelope::new(FrameKind::Publish, topic, 0, payload);
         protocol::validate_publish(&env)?;
-        self.route(env).await;
+        let _ = self.route(env).await;
         Ok(())
     }
 
@@ -436,6 +498,32 @@ impl Broker {
             _ => Envelope::response(0, Status::Timeout, b"deadline passed".to_vec()),
         }
     }
+}
+
+/// Acknowledges publishes in order, each once its durable subscribers have
+/// stored it. A subscriber that fails leaves the publish unacknowledged:
+/// the collector keeps it in its WAL and sends it again after reconnecting.
+fn spawn_acker(tx: mpsc::Sender<Envelope>) -> PendingAcks {
+    let (acks, mut pending) = mpsc::unbounded_channel::<(u64, Vec<oneshot::Receiver<()>>)>();
+    tokio::spawn(async move {
+        while let Some((corr, confirmations)) = pending.recv().await {
+            let mut stored = true;
+            for c in confirmations {
+                stored &= c.await.is_ok();
+            }
+            if !stored {
+                tracing::error!(
+                    correlation_id = corr,
+                    "a sink did not store the event: not acknowledging it"
+                );
+                continue;
+            }
+            if tx.send(Envelope::ack(corr)).await.is_err() {
+                break;
+            }
+        }
+    });
+    acks
 }
 
 fn answer(pending: Pending, mut response: Envelope) {
