@@ -157,20 +157,7 @@ fn spawn_collector(
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn run");
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = log.clone();
-    let stderr = child.stderr.take().expect("stderr");
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
-            s.push_str(&line);
-            s.push('\n');
-        }
-    });
+    let (log, _) = common::collect_lines(child.stderr.take().expect("stderr"));
     (Reaped(child), log)
 }
 

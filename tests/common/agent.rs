@@ -132,20 +132,7 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn agent");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        let stderr = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let mut s = sink.lock().expect("lock");
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
+        let (log, _) = super::collect_lines(child.stderr.take().expect("stderr"));
         Agent { child, log }
     }
 

@@ -141,16 +141,7 @@ impl Watch {
                 .map_while(Result::ok)
                 .collect::<Vec<_>>()
         });
-        let stderr_buf = Arc::new(Mutex::new(String::new()));
-        let sink = stderr_buf.clone();
-        let stderr = child.stderr.take().expect("stderr");
-        let stderr_thread = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut s = sink.lock().expect("lock");
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
+        let (stderr_buf, stderr_thread) = collect_lines(child.stderr.take().expect("stderr"));
         let mut watch = Watch {
             child,
             stdout: Some(stdout),
@@ -250,6 +241,22 @@ impl Drop for Watch {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Reads `stream` line by line on a thread into a shared string.
+pub fn collect_lines(
+    stream: impl std::io::Read + Send + 'static,
+) -> (Arc<Mutex<String>>, JoinHandle<()>) {
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = log.clone();
+    let thread = std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    (log, thread)
 }
 
 /// Sends `-SIG` to `pid` with kill(1).

@@ -422,20 +422,15 @@ impl Broker {
         }
     }
 
-    /// Subscribes an in-process consumer (a sink); never dropped for slowness.
+    /// Subscribes an in-process consumer; never dropped for slowness, and
+    /// publishers are acknowledged once a delivery is queued to it.
     pub fn subscribe_local(
         &self,
         pattern: &str,
         capacity: usize,
     ) -> Result<mpsc::Receiver<Envelope>, ProtocolError> {
-        protocol::validate_topic(pattern, true)?;
         let (tx, rx) = mpsc::channel(capacity);
-        let conn = self.next_id();
-        self.routes().subs.push(Sub {
-            conn,
-            pattern: pattern.to_string(),
-            tx: SubTx::Local(tx),
-        });
+        self.add_local(pattern, SubTx::Local(tx))?;
         Ok(rx)
     }
 
@@ -446,15 +441,20 @@ impl Broker {
         pattern: &str,
         capacity: usize,
     ) -> Result<mpsc::Receiver<Durable>, ProtocolError> {
-        protocol::validate_topic(pattern, true)?;
         let (tx, rx) = mpsc::channel(capacity);
+        self.add_local(pattern, SubTx::Durable(tx))?;
+        Ok(rx)
+    }
+
+    fn add_local(&self, pattern: &str, tx: SubTx) -> Result<(), ProtocolError> {
+        protocol::validate_topic(pattern, true)?;
         let conn = self.next_id();
         self.routes().subs.push(Sub {
             conn,
             pattern: pattern.to_string(),
-            tx: SubTx::Durable(tx),
+            tx,
         });
-        Ok(rx)
+        Ok(())
     }
 
     /// Answers a request that an in-process subscriber received.

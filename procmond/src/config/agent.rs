@@ -141,13 +141,7 @@ impl AgentConfig {
         let mut ids = std::collections::HashSet::new();
         for (i, c) in self.collectors.iter().enumerate() {
             let key = |field: &str| format!("collectors[{i}].{field}");
-            if c.id.is_empty()
-                || c.id.len() > 64
-                || !c
-                    .id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
-            {
+            if !super::is_topic_segment(&c.id) {
                 return Err(ConfigError::invalid(
                     key("id"),
                     format!(

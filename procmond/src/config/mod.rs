@@ -39,6 +39,14 @@ impl ConfigError {
     }
 }
 
+/// An id that is also a bus topic segment: 1–64 of `[A-Za-z0-9_-]`.
+pub fn is_topic_segment(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
 /// Reads a config file after checking who may write it.
 pub fn read_config_file(path: &Path) -> Result<String, ConfigError> {
     let io = |source| ConfigError::Io {

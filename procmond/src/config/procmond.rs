@@ -91,13 +91,7 @@ impl ProcmondConfig {
 
     /// Checks ranges and relations serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.collector_id.is_empty()
-            || self.collector_id.len() > 64
-            || !self
-                .collector_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
-        {
+        if !super::is_topic_segment(&self.collector_id) {
             return Err(ConfigError::invalid(
                 "collector_id",
                 format!(

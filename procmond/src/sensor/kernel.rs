@@ -86,14 +86,8 @@ impl Sensor {
                     }
                 }
                 command = self.mailbox.recv(), if self.mailbox_open && in_flight.is_none() && awaiting.is_none() => {
-                    let Some(command) = command else {
-                        self.mailbox_open = false;
-                        continue;
-                    };
-                    match self.handle(command) {
-                        Flow::Continue => {}
-                        Flow::Retick => tick = self.ticker(),
-                        other => break Ok(other),
+                    if let Some(flow) = self.on_command(command, &mut tick) {
+                        break Ok(flow);
                     }
                 }
                 _ = tick.tick(), if in_flight.is_none() && awaiting.is_none() => {

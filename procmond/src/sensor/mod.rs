@@ -292,6 +292,26 @@ impl Sensor {
         }
     }
 
+    /// A command taken in a collection loop: `Some(flow)` ends the loop.
+    fn on_command(
+        &mut self,
+        command: Option<Command>,
+        tick: &mut tokio::time::Interval,
+    ) -> Option<Flow> {
+        let Some(command) = command else {
+            self.mailbox_open = false;
+            return None;
+        };
+        match self.handle(command) {
+            Flow::Continue => None,
+            Flow::Retick => {
+                *tick = self.ticker();
+                None
+            }
+            other => Some(other),
+        }
+    }
+
     /// While stopped: everything but collection still answers.
     async fn wait_for_start(&mut self) -> Flow {
         loop {
@@ -377,14 +397,8 @@ impl Sensor {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(Flow::Shutdown),
                 command = self.mailbox.recv(), if self.mailbox_open => {
-                    let Some(command) = command else {
-                        self.mailbox_open = false;
-                        continue;
-                    };
-                    match self.handle(command) {
-                        Flow::Continue => {}
-                        Flow::Retick => tick = self.ticker(),
-                        other => return Ok(other),
+                    if let Some(flow) = self.on_command(command, &mut tick) {
+                        return Ok(flow);
                     }
                 }
                 _ = tick.tick() => {
