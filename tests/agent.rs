@@ -527,5 +527,17 @@ fn publishes_are_acknowledged_only_after_a_durable_sink_stores_them() {
             tokio::time::timeout(quiet, r.next()).await.is_err(),
             "acked an event no sink stored"
         );
+        // A sink that is gone altogether keeps its place: still no ack.
+        drop(sink);
+        w.send(&publish(7)).await.expect("publish");
+        assert!(
+            tokio::time::timeout(quiet, r.next()).await.is_err(),
+            "acked with the sink gone"
+        );
     });
+    let unstored = broker
+        .stats()
+        .unstored
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(unstored, 2, "both unstored publishes counted");
 }

@@ -44,6 +44,8 @@ pub struct BrokerStats {
     /// would have received is lost to them).
     pub subscribers_dropped: AtomicU64,
     pub published: AtomicU64,
+    /// Publishes left unacknowledged because a sink did not store them.
+    pub unstored: AtomicU64,
 }
 
 impl BrokerStats {
@@ -55,6 +57,7 @@ impl BrokerStats {
             "frames_rejected": get(&self.frames_rejected),
             "subscribers_dropped": get(&self.subscribers_dropped),
             "published": get(&self.published),
+            "unstored": get(&self.unstored),
         })
     }
 }
@@ -157,8 +160,14 @@ impl Broker {
     /// Binds the socket: removes a stale file, creates the parent directory,
     /// and restricts the socket to mode 0660.
     pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-        if let Some(parent) = path.parent() {
+        if let Some(parent) = path.parent()
+            && !parent.exists()
+        {
+            // Reachable by the allowed users; the socket's own 0660 and the
+            // peer-credential check decide who may talk.
             std::fs::create_dir_all(parent)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))?;
         }
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -253,7 +262,7 @@ impl Broker {
                 }
             }
         });
-        let acks = spawn_acker(tx.clone());
+        let acks = spawn_acker(tx.clone(), self.inner.clone());
         loop {
             let frame = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
@@ -334,7 +343,11 @@ impl Broker {
                         envelope: deliver.clone(),
                         done,
                     };
-                    tx.send(durable).await.map_err(|_| "closed")
+                    // A failed sink keeps its place: if it is gone, `done`
+                    // drops with the message and the publish stays
+                    // unacknowledged (kept in the collector's WAL).
+                    let _ = tx.send(durable).await;
+                    Ok(())
                 }
                 SubTx::Remote(tx) => tx
                     .send_timeout(deliver.clone(), SLOW_SUBSCRIBER)
@@ -503,7 +516,7 @@ impl Broker {
 /// Acknowledges publishes in order, each once its durable subscribers have
 /// stored it. A subscriber that fails leaves the publish unacknowledged:
 /// the collector keeps it in its WAL and sends it again after reconnecting.
-fn spawn_acker(tx: mpsc::Sender<Envelope>) -> PendingAcks {
+fn spawn_acker(tx: mpsc::Sender<Envelope>, inner: Arc<Inner>) -> PendingAcks {
     let (acks, mut pending) = mpsc::unbounded_channel::<(u64, Vec<oneshot::Receiver<()>>)>();
     tokio::spawn(async move {
         while let Some((corr, confirmations)) = pending.recv().await {
@@ -512,10 +525,14 @@ fn spawn_acker(tx: mpsc::Sender<Envelope>) -> PendingAcks {
                 stored &= c.await.is_ok();
             }
             if !stored {
-                tracing::error!(
-                    correlation_id = corr,
-                    "a sink did not store the event: not acknowledging it"
-                );
+                let n = inner.stats.unstored.fetch_add(1, Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::error!(
+                        correlation_id = corr,
+                        unstored = n,
+                        "a sink did not store the event: not acknowledging it (it stays in the collector's WAL)"
+                    );
+                }
                 continue;
             }
             if tx.send(Envelope::ack(corr)).await.is_err() {
