@@ -7,10 +7,11 @@
 //! monotonic across crashes.
 //!
 //! Durability policy (docs/decisions.md): group commit. A batch of
-//! events is applied and then `flush`ed (written and fsynced) before any of
-//! it is published, so a collector killed at any instant loses nothing that
-//! a subscriber may have seen, and a power cut loses at most the batch being
-//! written, which was never published.
+//! events is applied and then `flush`ed (sled writes it and syncs the file
+//! range) before any of it is published, so a collector or kernel crash at
+//! any instant loses nothing a subscriber may have seen. sled's flush is not
+//! an fdatasync: with a volatile disk cache a power cut can lose the newest
+//! batches (those already stored by a sink are safe: sinks fdatasync).
 //!
 //! Bounded: pending bytes are capped (`max_bytes`); at 80 % a warning is
 //! logged, and when full the oldest unacknowledged events are kept and new
