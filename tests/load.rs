@@ -101,8 +101,14 @@ fn ring_buffer_overflow_is_counted_and_reconciliation_finds_what_was_lost() {
     std::thread::sleep(Duration::from_millis(200));
     watch.signal("CONT");
     watch.wait_for_stderr("records lost", Duration::from_secs(10));
-    // Let at least one reconciliation pass (every second) run after the thaw.
-    std::thread::sleep(Duration::from_millis(3000));
+    // A reconciliation pass (every second) after the thaw finds the survivor.
+    let pid = u64::from(survivor.id());
+    let needle = format!("\"pid\":{pid},");
+    watch.wait_for_stdout(
+        "the reconcile start of the survivor",
+        Duration::from_secs(60),
+        |l| l.contains("\"kind\":\"start\"") && l.contains(&needle),
+    );
     let _ = survivor.kill();
     let _ = survivor.wait();
     std::thread::sleep(Duration::from_millis(500));
@@ -115,7 +121,6 @@ fn ring_buffer_overflow_is_counted_and_reconciliation_finds_what_was_lost() {
         stats["kernel_lost"].as_u64().unwrap_or(0) > 0,
         "overflow must be counted: {stats}"
     );
-    let pid = u64::from(survivor.id());
     let exec_seen = out.of_kind("exec").any(|e| e["pid"] == pid);
     assert!(
         !exec_seen,

@@ -81,7 +81,10 @@ fn poll_sees_three_second_process() -> String {
     let m = marker("poll");
     let watch = Watch::start(&["--source", "poll", "--interval", "1"]);
     run_shell(&format!("/bin/sh -c 'sleep 3' {m}"));
-    std::thread::sleep(Duration::from_millis(2500));
+    // A poll sees the exit within an interval or two; a loaded host is slower.
+    watch.wait_for_stdout("the marker's stop", Duration::from_secs(30), |l| {
+        l.contains("\"kind\":\"stop\"") && l.contains(&m)
+    });
     let out = watch.stop();
     assert!(out.success, "watch failed:\n{}", out.stderr);
     let starts: Vec<&Value> = out

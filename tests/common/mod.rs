@@ -79,7 +79,8 @@ pub fn marker(tag: &str) -> String {
 /// A running `procmond watch`.
 pub struct Watch {
     child: Child,
-    stdout: Option<JoinHandle<Vec<String>>>,
+    stdout: Arc<Mutex<String>>,
+    stdout_thread: Option<JoinHandle<()>>,
     stderr: Arc<Mutex<String>>,
     stderr_thread: Option<JoinHandle<()>>,
 }
@@ -134,17 +135,12 @@ impl Watch {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn procmond watch");
-        let stdout = child.stdout.take().expect("stdout");
-        let stdout = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .collect::<Vec<_>>()
-        });
+        let (stdout, stdout_thread) = collect_lines(child.stdout.take().expect("stdout"));
         let (stderr_buf, stderr_thread) = collect_lines(child.stderr.take().expect("stderr"));
         let mut watch = Watch {
             child,
-            stdout: Some(stdout),
+            stdout,
+            stdout_thread: Some(stdout_thread),
             stderr: stderr_buf,
             stderr_thread: Some(stderr_thread),
         };
@@ -154,6 +150,27 @@ impl Watch {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits until a stdout line satisfies `pred` (the sensor's output as it
+    /// comes, not only at the end); panics with stderr on timeout.
+    pub fn wait_for_stdout(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !self
+            .stdout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lines()
+            .any(&pred)
+        {
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn stderr(&self) -> String {
@@ -210,15 +227,18 @@ impl Watch {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let lines = self
-            .stdout
-            .take()
-            .expect("stdout thread")
-            .join()
-            .expect("stdout reader");
-        if let Some(t) = self.stderr_thread.take() {
+        for t in [self.stdout_thread.take(), self.stderr_thread.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = t.join();
         }
+        let stdout = self
+            .stdout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let lines: Vec<&str> = stdout.lines().collect();
         let stderr = self.stderr();
         let events = lines
             .iter()
