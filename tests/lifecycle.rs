@@ -128,41 +128,58 @@ fn ctl_health_config_and_rate_limit() {
 
     // A flood: some requests are answered busy at once, none unanswered,
     // and heartbeats are not delayed (no escalation in the agent log).
-    let socket = dir.socket();
-    let statuses: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..60)
-            .map(|_| {
-                let socket = socket.clone();
-                s.spawn(move || {
-                    let out = procmond()
-                        .args(["ctl", "--timeout", "10", "--socket"])
-                        .arg(&socket)
-                        .arg("health")
-                        .output()
-                        .expect("ctl");
-                    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-                    v["status"].as_str().unwrap_or("none").to_string()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("thread"))
-            .collect()
-    });
+    let statuses = flood(&dir.socket(), 100);
     assert!(
         statuses.iter().all(|s| s == "ok" || s == "busy"),
         "{statuses:?}"
     );
     assert!(
         statuses.iter().any(|s| s == "busy"),
-        "60 requests at once must hit the rate limit: {statuses:?}"
+        "100 requests at once must hit the rate limit: {statuses:?}"
     );
     assert!(
         !agent.log().contains("missed heartbeats"),
         "{}",
         agent.log()
     );
+}
+
+/// `n` health checks pipelined on one connection; the status of each answer.
+fn flood(socket: &std::path::Path, n: u64) -> Vec<String> {
+    use procmond::bus::protocol::{Envelope, FrameKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (mut w, mut r) = procmond::bus::client::connect(socket)
+            .await
+            .expect("connect");
+        let body = serde_json::to_vec(&serde_json::json!({"op": "health_check"})).expect("json");
+        for id in 1..=n {
+            let req = Envelope::new(
+                FrameKind::Request,
+                "control.collector.procmond",
+                id,
+                body.clone(),
+            );
+            w.feed(&req).await.expect("queue request");
+        }
+        w.flush().await.expect("send");
+        let mut statuses = Vec::new();
+        while statuses.len() < n as usize {
+            let frame = tokio::time::timeout(Duration::from_secs(20), r.next())
+                .await
+                .expect("every request is answered")
+                .expect("open")
+                .expect("valid");
+            if frame.kind == FrameKind::Response {
+                let status = serde_json::to_value(frame.status).expect("status");
+                statuses.push(status.as_str().unwrap_or("?").to_string());
+            }
+        }
+        statuses
+    })
 }
 
 #[test]
