@@ -147,6 +147,51 @@ fn verdict(rate: f64) -> &'static str {
 
 // ---------------------------------------------------------------- WAL group
 
+/// One criterion group: each routine timed with `iter_custom`, `elements`
+/// events per run.
+fn bench_group<R: Copy>(
+    c: &mut Criterion,
+    name: &str,
+    elements: u64,
+    routines: &[R],
+    label: fn(R) -> &'static str,
+    mut run: impl FnMut(R) -> Duration,
+) {
+    let mut group = c.benchmark_group(name);
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .throughput(Throughput::Elements(elements));
+    for &routine in routines {
+        group.bench_function(label(routine), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += black_box(run(routine));
+                }
+                total
+            });
+        });
+    }
+    group.finish();
+}
+
+/// `rounds` runs of every routine, interleaved with a rotating start so
+/// host noise falls on all of them alike; samples per routine, in order.
+fn interleaved<R: Copy>(
+    rounds: usize,
+    routines: &[R],
+    mut run: impl FnMut(R) -> Duration,
+) -> Vec<Vec<Duration>> {
+    let mut samples = vec![Vec::new(); routines.len()];
+    for i in 0..rounds {
+        for k in 0..routines.len() {
+            let idx = (i + k) % routines.len();
+            samples[idx].push(run(routines[idx]));
+        }
+    }
+    samples
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum WalRoutine {
     /// procmond's WAL: `append_batch` (sled batch + flush).
@@ -311,36 +356,20 @@ fn bench_wal(c: &mut Criterion, batch: usize, full: bool) {
         bytes / batch
     );
     let name = format!("wal_append/{batch}");
-    {
-        let mut group = c.benchmark_group(&name);
-        group
-            .sampling_mode(SamplingMode::Flat)
-            .throughput(Throughput::Elements(batch as u64));
-        for routine in WAL_ROUTINES {
-            group.bench_function(routine.name(), |b| {
-                b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        total += black_box(rig.run(routine));
-                    }
-                    total
-                });
-            });
-        }
-        group.finish();
-    }
+    bench_group(
+        c,
+        &name,
+        batch as u64,
+        &WAL_ROUTINES,
+        WalRoutine::name,
+        |r| rig.run(r),
+    );
     if !full {
         return;
     }
-    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); WAL_ROUTINES.len()];
     // Small batches are cheap: more rounds give a steadier median.
     let rounds = RATIO_ROUNDS * (512 / batch).clamp(4, 20);
-    for i in 0..rounds {
-        for k in 0..WAL_ROUTINES.len() {
-            let idx = (i + k) % WAL_ROUTINES.len();
-            samples[idx].push(rig.run(WAL_ROUTINES[idx]));
-        }
-    }
+    let mut samples = interleaved(rounds, &WAL_ROUTINES, |r| rig.run(r));
     let medians: Vec<Duration> = samples.iter_mut().map(|s| median(s)).collect();
     let rates: Vec<f64> = medians.iter().map(|m| per_sec(batch, *m)).collect();
     for (idx, routine) in WAL_ROUTINES.iter().enumerate() {
@@ -573,37 +602,21 @@ fn bench_publish(c: &mut Criterion, n: usize, full: bool) {
         rig.frames[0].len(),
         rig.envelopes[0].payload.len()
     );
-    {
-        let mut group = c.benchmark_group("publish");
-        group
-            .sampling_mode(SamplingMode::Flat)
-            .throughput(Throughput::Elements(n as u64));
-        for routine in PUBLISH_ROUTINES {
-            group.bench_function(routine.name(), |b| {
-                b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        total += black_box(rig.run(routine));
-                    }
-                    total
-                });
-            });
-        }
-        group.finish();
-    }
+    bench_group(
+        c,
+        "publish",
+        n as u64,
+        &PUBLISH_ROUTINES,
+        PublishRoutine::name,
+        |r| rig.run(r),
+    );
     // Deliveries may trail the last ack by one channel hop.
     std::thread::sleep(Duration::from_millis(100));
     rig.check_delivered();
     if !full {
         return;
     }
-    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); PUBLISH_ROUTINES.len()];
-    for i in 0..RATIO_ROUNDS {
-        for k in 0..PUBLISH_ROUTINES.len() {
-            let idx = (i + k) % PUBLISH_ROUTINES.len();
-            samples[idx].push(rig.run(PUBLISH_ROUTINES[idx]));
-        }
-    }
+    let mut samples = interleaved(RATIO_ROUNDS, &PUBLISH_ROUTINES, |r| rig.run(r));
     std::thread::sleep(Duration::from_millis(100));
     rig.check_delivered();
     let medians: Vec<Duration> = samples.iter_mut().map(|s| median(s)).collect();

@@ -296,6 +296,13 @@ mod tests {
         codec::encode(&e).expect("encodes")
     }
 
+    /// Appends one event per seq as a single batch; returns how many were stored.
+    fn append(wal: &Wal, seqs: impl IntoIterator<Item = u64>) -> usize {
+        let events: Vec<_> = seqs.into_iter().map(|s| (s, event(s))).collect();
+        wal.append_batch(events.iter().map(|(s, b)| (*s, b.as_slice())))
+            .expect("append")
+    }
+
     fn temp_dir(tag: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("procmond-wal-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -309,12 +316,7 @@ mod tests {
         {
             let wal = Wal::open(&dir, 1 << 20, metrics.clone()).expect("open");
             assert_eq!(wal.next_seq(), 1);
-            let events: Vec<_> = (1..=5).map(|s| (s, event(s))).collect();
-            assert_eq!(
-                wal.append_batch(events.iter().map(|(s, b)| (*s, b.as_slice())))
-                    .expect("append"),
-                5
-            );
+            assert_eq!(append(&wal, 1..=5), 5);
             wal.ack(2).expect("ack");
         }
         let wal = Wal::open(&dir, 1 << 20, metrics).expect("reopen");
@@ -349,12 +351,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let one = event(1).len() as u64;
         let wal = Wal::open(&dir, one * 3, metrics.clone()).expect("open");
-        let events: Vec<_> = (1..=5).map(|s| (s, event(s))).collect();
-        assert_eq!(
-            wal.append_batch(events.iter().map(|(s, b)| (*s, b.as_slice())))
-                .expect("append"),
-            3
-        );
+        assert_eq!(append(&wal, 1..=5), 3);
         assert_eq!(metrics.wal_dropped_full.load(Relaxed), 2);
         let seqs: Vec<u64> = wal
             .read_from(0, 100)
@@ -372,9 +369,7 @@ mod tests {
         let dir = temp_dir("corrupt");
         let metrics = Arc::new(Metrics::default());
         let wal = Wal::open(&dir, 1 << 20, metrics.clone()).expect("open");
-        let events: Vec<_> = [1u64, 3].iter().map(|s| (*s, event(*s))).collect();
-        wal.append_batch(events.iter().map(|(s, b)| (*s, b.as_slice())))
-            .expect("append");
+        append(&wal, [1, 3]);
         wal.insert_raw_for_test(2, b"\xff\x00garbage")
             .expect("plant");
         let seqs: Vec<u64> = wal
