@@ -232,10 +232,9 @@ fn broker_restart_loses_nothing() {
                 .await
                 .unwrap_or_else(|_| panic!("only {} of 100 markers arrived", seen.len()))
                 .expect("subscription open");
-            let event = procmond::pipeline::codec::decode(
-                &procmond::pipeline::codec::aligned_copy(&env.payload),
-            )
-            .expect("valid event");
+            let event =
+                procmond::model::codec::decode(&procmond::model::codec::aligned_copy(&env.payload))
+                    .expect("valid event");
             if event.argv.get(3).is_some_and(|a| a.starts_with(&m)) {
                 seen.insert(event.argv[3].clone());
             }
@@ -393,7 +392,7 @@ fn hostile_bytes_drop_only_the_offending_connection() {
         );
         event.collector_id = "hostile-test".into();
         event.seq = 9;
-        let payload = procmond::pipeline::codec::encode(&event)
+        let payload = procmond::model::codec::encode(&event)
             .expect("encode")
             .into_vec();
         pub_w
@@ -496,7 +495,7 @@ fn publishes_are_acknowledged_only_after_a_durable_sink_stores_them() {
             1,
             7,
         );
-        let payload = procmond::pipeline::codec::encode(&event)
+        let payload = procmond::model::codec::encode(&event)
             .expect("encode")
             .into_vec();
         let publish = |corr| {

@@ -291,7 +291,7 @@ fn ctl_shutdown_drains_deregisters_and_leaves_an_empty_wal() {
     );
     assert!(collector_pids(agent.pid()).is_empty());
     let metrics = std::sync::Arc::new(procmond::metrics::Metrics::default());
-    let wal = procmond::pipeline::wal::Wal::open(&dir.wal(), 1 << 30, metrics).expect("open WAL");
+    let wal = procmond::delivery::wal::Wal::open(&dir.wal(), 1 << 30, metrics).expect("open WAL");
     assert_eq!(wal.pending_count(), 0, "nothing unacknowledged left");
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Follow one event: `sources::ebpf` (kernel record) → `sources::ebpf::record`
 //! (decode) → `sensor` (the actor; reconcile bookkeeping) → `pipeline`
-//! (enrich, sanitize, encode) → `pipeline::wal` → `pipeline::connector` →
+//! (enrich, sanitize, encode) → `delivery::wal` → `delivery::connector` →
 //! `bus::broker` → `agent::sink` (or `output` in `watch`) — see
 //! docs/architecture.md.
 
@@ -12,6 +12,7 @@ pub mod bus;
 pub mod clock;
 pub mod collector;
 pub mod config;
+pub mod delivery;
 pub mod metrics;
 pub mod model;
 pub mod output;

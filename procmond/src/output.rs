@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 
 use crate::bus::protocol::Envelope;
 use crate::metrics::Metrics;
+use crate::model::codec;
 use crate::model::{ProcessEvent, format_rfc3339};
-use crate::pipeline::codec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

@@ -13,6 +13,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod overhead;
+
 /// Debian packages that provide what `build-ebpf` runs and includes.
 const NEEDED_PACKAGES: &str = "clang llvm libbpf-dev";
 const SOURCE: &str = "src/procmond.bpf.c";
@@ -39,6 +41,19 @@ enum Task {
     /// probe check needs (when root), checks the probe object, formatting and
     /// lints, then runs every test (the end-to-end ones need root).
     Test,
+    /// CPU, slowdown and RSS of procmond under a fork storm, against
+    /// execsnoop in the same run (as root; builds the release binary).
+    BenchOverhead {
+        /// Concurrent spawner loops.
+        #[arg(long, default_value_t = 2)]
+        spawners: usize,
+        /// `/bin/true` spawns per spawner.
+        #[arg(long, default_value_t = 10_000)]
+        spawns: usize,
+        /// Interleaved rounds (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -46,6 +61,23 @@ fn main() -> Result<()> {
         Task::BuildEbpf { check } => build_ebpf(check),
         Task::Test => test(),
         Task::CheckTargets => check_targets(),
+        Task::BenchOverhead {
+            spawners,
+            spawns,
+            rounds,
+        } => {
+            let root = ebpf_dir()?
+                .parent()
+                .context("no workspace root")?
+                .to_path_buf();
+            cargo(&["build", "--release", "--quiet", "-p", "procmond"])?;
+            overhead::run(&overhead::Options {
+                spawners,
+                spawns,
+                rounds,
+                procmond: root.join("target/release/procmond"),
+            })
+        }
     }
 }
 

@@ -22,8 +22,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::bus::broker::Durable;
+use crate::model::codec;
 use crate::output::{Format, render};
-use crate::pipeline::codec;
 
 const WINDOW: u64 = 1 << 20;
 const SEED_BYTES: u64 = 4 * 1024 * 1024;

@@ -12,7 +12,7 @@ use rkyv::rancor;
 use tokio_util::codec::LengthDelimitedCodec;
 
 use crate::model::EventKind;
-use crate::pipeline::codec;
+use crate::model::codec;
 
 /// Largest frame accepted or sent (SPEC §4 default).
 pub const MAX_FRAME_BYTES: usize = 1024 * 1024;

@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::client::{BusReader, BusWriter};
 use crate::config::ProcmondConfig;
+use crate::delivery::connector::{Connector, ConnectorConfig, ConnectorError};
+use crate::delivery::wal::{Wal, WalError};
 use crate::metrics::Metrics;
-use crate::pipeline::connector::{Connector, ConnectorConfig, ConnectorError};
-use crate::pipeline::wal::{Wal, WalError};
 use crate::sensor::actor::{Command, MAILBOX_CAPACITY, SensorStatus};
 use crate::sensor::{self, ActiveSource, SensorError, SensorIo};
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use procmond::collector::{self, CollectorOptions};
 use procmond::config::ProcmondConfig;
+use procmond::delivery::connector::connect_at_startup;
 use procmond::metrics::Metrics;
-use procmond::pipeline::connector::connect_at_startup;
 use tokio_util::sync::CancellationToken;
 
 /// The environment variable naming the broker socket.

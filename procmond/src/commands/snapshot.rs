@@ -6,9 +6,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use procmond::config::ProcmondConfig;
 use procmond::metrics::Metrics;
+use procmond::model::codec;
 use procmond::model::{EventKind, EventSource};
 use procmond::output::{Format, render};
-use procmond::pipeline::{Pipeline, codec};
+use procmond::pipeline::Pipeline;
 use procmond::sources::snapshot::{self, SnapshotOptions};
 
 pub fn run(format: Format) -> Result<()> {

@@ -16,9 +16,9 @@ use procmond::bus::broker::Broker;
 use procmond::bus::protocol::TOPIC_EVENTS;
 use procmond::collector::{self, CollectorOptions};
 use procmond::config::ProcmondConfig;
+use procmond::delivery::connector::connect_at_startup;
 use procmond::metrics::Metrics;
 use procmond::output::{self, Format};
-use procmond::pipeline::connector::connect_at_startup;
 use procmond::sources::SourceChoice;
 use tokio_util::sync::CancellationToken;
 

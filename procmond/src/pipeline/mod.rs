@@ -4,18 +4,15 @@
 //! What comes out (`Encoded`) is what the WAL stores, the bus carries and
 //! subscribers read; JSON is rendered from it only at the edges.
 
-pub mod codec;
-pub mod connector;
 pub mod enrich;
 pub mod sanitize;
-pub mod wal;
 
 use std::sync::Arc;
 
 use crate::config::ProcmondConfig;
 use crate::metrics::Metrics;
+use crate::model::codec::{self, EventBytes};
 use crate::model::{EventKind, ProcessEvent};
-use codec::EventBytes;
 use enrich::Enricher;
 use sanitize::Sanitizer;
 

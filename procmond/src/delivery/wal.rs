@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use crate::metrics::Metrics;
-use crate::pipeline::codec::{self, EventBytes};
+use crate::model::codec::{self, EventBytes};
 
 const EVENT_PREFIX: u8 = b'e';
 const NEXT_SEQ_KEY: &[u8] = b"m:next_seq";

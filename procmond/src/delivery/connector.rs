@@ -25,13 +25,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::Encoded;
-use super::codec;
 use super::wal::{Wal, WalError};
 use crate::bus::client::{self, BusReader, BusWriter};
 use crate::bus::protocol::{Envelope, FrameKind, event_topic};
 use crate::bus::rpc::CONTROL_CORRELATION;
 use crate::metrics::Metrics;
+use crate::model::codec;
+use crate::pipeline::Encoded;
 
 const BACKPRESSURE_ON: f64 = 0.70;
 const BACKPRESSURE_OFF: f64 = 0.50;

@@ -4,6 +4,9 @@
 //! place) and rendered as JSON for humans and sinks. Unknown values are `None`
 //! and omitted from JSON: procmond never invents a value it did not observe.
 
+pub mod batch;
+pub mod codec;
+
 use serde::{Serialize, Serializer};
 
 /// What happened to the process.

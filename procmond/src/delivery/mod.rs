@@ -1,0 +1,7 @@
+//! Delivery: getting encoded batches from the collector to the broker
+//! without losing them. `wal` keeps every batch on disk until the broker
+//! acknowledges it; `connector` publishes from the WAL, replays after a
+//! reconnect and applies backpressure. Neither looks inside an event.
+
+pub mod connector;
+pub mod wal;
