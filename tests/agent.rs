@@ -232,11 +232,18 @@ fn broker_restart_loses_nothing() {
                 .await
                 .unwrap_or_else(|_| panic!("only {} of 100 markers arrived", seen.len()))
                 .expect("subscription open");
-            let event =
-                procmond::model::codec::decode(&procmond::model::codec::aligned_copy(&env.payload))
-                    .expect("valid event");
-            if event.argv.get(3).is_some_and(|a| a.starts_with(&m)) {
-                seen.insert(event.argv[3].clone());
+            let batch = procmond::model::batch::Batch::parse_slice(&env.payload)
+                .expect("deliveries are batches");
+            for entry in batch.iter() {
+                assert_eq!(
+                    entry.kind,
+                    procmond::model::EventKind::Exec,
+                    "only what the pattern matches"
+                );
+                let event = entry.decode().expect("valid event");
+                if event.argv.get(3).is_some_and(|a| a.starts_with(&m)) {
+                    seen.insert(event.argv[3].clone());
+                }
             }
         }
     });

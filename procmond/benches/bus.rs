@@ -40,9 +40,10 @@ use criterion::{Criterion, SamplingMode, Throughput};
 use futures_util::{SinkExt, StreamExt};
 use procmond::bus::broker::Broker;
 use procmond::bus::client::{self, BusReader, BusWriter};
-use procmond::bus::protocol::{self, Envelope, FrameKind, TOPIC_EVENTS, event_topic};
+use procmond::bus::protocol::{self, Envelope, FrameKind, TOPIC_EVENT_BATCH, TOPIC_EVENTS};
 use procmond::delivery::wal::Wal;
 use procmond::metrics::Metrics;
+use procmond::model::batch::{Batch, BatchBuilder};
 use procmond::model::codec::{self, EventBytes};
 use procmond::model::{EventKind, EventSource, ProcessEvent};
 use tokio::net::UnixStream;
@@ -58,6 +59,8 @@ const SMOKE_WAL_BATCHES: [usize; 2] = [1, 8];
 /// Events published per measured round.
 const PUBLISH_EVENTS: usize = 10_000;
 const SMOKE_PUBLISH_EVENTS: usize = 100;
+/// Events per published frame (what the connector sends under load).
+const PUBLISH_BATCH: usize = 64;
 /// Interleaved rounds per routine for the ratio lines.
 const RATIO_ROUNDS: usize = 15;
 /// The SPEC §8 goal for both groups.
@@ -97,6 +100,17 @@ fn sample_event(i: u32) -> ProcessEvent {
     e.cgroup = Some("/system.slice/app-deploy.service".into());
     e.platform.cgroup_id = Some(7_123);
     e
+}
+
+/// `n` sample events as one batch, the unit the WAL and the bus carry.
+fn sample_batch(first_seq: u64, n: usize) -> Batch {
+    let mut b = BatchBuilder::new();
+    for i in 0..n {
+        let mut e = sample_event(u32::try_from(i).expect("event index fits u32"));
+        e.seq = first_seq + i as u64;
+        b.push(&e).expect("sample event encodes");
+    }
+    b.finish()
 }
 
 fn encoded_events(n: usize) -> Vec<EventBytes> {
@@ -311,22 +325,14 @@ impl WalRig {
         self.next_seq += self.events.len() as u64;
         match routine {
             WalRoutine::Sled => {
+                let batch = sample_batch(first, self.events.len());
                 let start = Instant::now();
-                let stored = self
-                    .wal
-                    .append_batch(
-                        (first..)
-                            .zip(&self.events)
-                            .map(|(seq, bytes)| (seq, bytes.as_slice())),
-                    )
-                    .expect("WAL append");
+                let stored = self.wal.append(&[batch]).expect("WAL append");
                 let elapsed = start.elapsed();
-                assert_eq!(stored, self.events.len(), "WAL dropped events");
+                assert_eq!(stored as usize, self.events.len(), "WAL dropped events");
                 // Untimed here (reported separately): forget what was appended.
                 let ack_start = Instant::now();
-                for seq in first..self.next_seq {
-                    self.wal.ack(seq).expect("WAL ack");
-                }
+                self.wal.ack(first).expect("WAL ack");
                 self.ack_time += ack_start.elapsed();
                 self.acked += self.events.len() as u64;
                 elapsed
@@ -452,15 +458,15 @@ impl PublishRig {
         let socket = dir.join("broker.sock");
         let stop = CancellationToken::new();
         let delivered = Arc::new(AtomicU64::new(0));
-        let envelopes: Vec<Envelope> = encoded_events(n)
-            .into_iter()
-            .enumerate()
-            .map(|(i, bytes)| {
+        let envelopes: Vec<Envelope> = (0..n.div_ceil(PUBLISH_BATCH))
+            .map(|i| {
+                let first = (i * PUBLISH_BATCH) as u64 + 1;
+                let batch = sample_batch(first, PUBLISH_BATCH.min(n - i * PUBLISH_BATCH));
                 Envelope::new(
                     FrameKind::Publish,
-                    event_topic(EventKind::Exec),
-                    i as u64 + 1,
-                    bytes.into_vec(),
+                    TOPIC_EVENT_BATCH,
+                    first,
+                    batch.into_bytes().into_vec(),
                 )
             })
             .collect();

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::bus::protocol::Envelope;
 use crate::metrics::Metrics;
-use crate::model::codec;
+use crate::model::batch::Batch;
 use crate::model::{ProcessEvent, format_rfc3339};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -77,8 +77,9 @@ pub fn escape(s: &str) -> String {
         .collect()
 }
 
-/// Writes every delivered event from `rx` until it closes, flushing whenever
-/// it is idle. Each payload is validated before it is rendered.
+/// Writes every event of the delivered batches from `rx` until it closes,
+/// flushing whenever it is idle. Each event is validated before it is
+/// rendered.
 pub async fn write_events<W: AsyncWrite + Unpin>(
     mut rx: mpsc::Receiver<Envelope>,
     writer: W,
@@ -90,11 +91,22 @@ pub async fn write_events<W: AsyncWrite + Unpin>(
     let mut broken = false;
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
-        while let Some(encoded) = next {
-            if broken {
-                Metrics::incr(&metrics.events_output_dropped);
-            } else {
-                match codec::decode(&codec::aligned_copy(&encoded.payload)) {
+        while let Some(delivery) = next {
+            let batch = match Batch::parse_slice(&delivery.payload) {
+                Ok(b) => b,
+                Err(e) => {
+                    Metrics::incr(&metrics.events_output_dropped);
+                    tracing::error!(error = %e, topic = %delivery.topic, "delivery dropped: not a batch");
+                    next = rx.try_recv().ok();
+                    continue;
+                }
+            };
+            for entry in batch.iter() {
+                if broken {
+                    Metrics::incr(&metrics.events_output_dropped);
+                    continue;
+                }
+                match entry.decode() {
                     Ok(event) => {
                         line.clear();
                         render(&event, format, &mut line);
@@ -108,7 +120,7 @@ pub async fn write_events<W: AsyncWrite + Unpin>(
                     }
                     Err(e) => {
                         Metrics::incr(&metrics.events_output_dropped);
-                        tracing::error!(error = %e, topic = %encoded.topic, "event dropped: invalid encoding");
+                        tracing::error!(error = %e, seq = entry.seq, "event dropped: invalid encoding");
                     }
                 }
             }

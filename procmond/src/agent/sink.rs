@@ -8,8 +8,8 @@
 //! and its events must not vanish). The window is seeded from the file's
 //! tail at start, so an agent restart does not duplicate either.
 //!
-//! The sink is a durable subscriber: each batch is written, flushed and
-//! `fdatasync`ed before it confirms, and only then does the broker
+//! The sink is a durable subscriber: the batches waiting for it are
+//! written, flushed and `fdatasync`ed together (one sync) before they confirm, and only then does the broker
 //! acknowledge the publishes — so a collector forgets an event only once it
 //! is on disk here.
 
@@ -22,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::bus::broker::Durable;
-use crate::model::codec;
+use crate::model::batch::Batch;
 use crate::output::{Format, render};
 
 const WINDOW: u64 = 1 << 20;
@@ -97,19 +97,31 @@ pub async fn run_jsonl(
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(Durable { envelope, done }) = next {
-            match codec::decode(&codec::aligned_copy(&envelope.payload)) {
-                Ok(event) if dedupe.is_new(&event.collector_id, event.seq) => {
-                    line.clear();
-                    render(&event, Format::Json, &mut line);
-                    out.write_all(&line).await?;
-                    stats.written.fetch_add(1, Relaxed);
-                }
-                Ok(_) => {
-                    stats.duplicates.fetch_add(1, Relaxed);
-                }
+            let batch = match Batch::parse_slice(&envelope.payload) {
+                Ok(b) => b,
                 Err(e) => {
                     stats.invalid.fetch_add(1, Relaxed);
-                    tracing::error!(error = %e, topic = %envelope.topic, "sink dropped an invalid event");
+                    tracing::error!(error = %e, topic = %envelope.topic, "sink dropped a delivery that is not a batch");
+                    stored.push(done);
+                    next = rx.try_recv().ok();
+                    continue;
+                }
+            };
+            for entry in batch.iter() {
+                match entry.decode() {
+                    Ok(event) if dedupe.is_new(&event.collector_id, event.seq) => {
+                        line.clear();
+                        render(&event, Format::Json, &mut line);
+                        out.write_all(&line).await?;
+                        stats.written.fetch_add(1, Relaxed);
+                    }
+                    Ok(_) => {
+                        stats.duplicates.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => {
+                        stats.invalid.fetch_add(1, Relaxed);
+                        tracing::error!(error = %e, seq = entry.seq, "sink dropped an invalid event");
+                    }
                 }
             }
             stored.push(done);

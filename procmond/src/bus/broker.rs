@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, Envelope, FrameKind, ProtocolError, Status};
 use crate::metrics::Metrics;
+use crate::model::EventKind;
+use crate::model::batch::Batch;
 
 /// How long a remote subscriber may block delivery before it is dropped.
 const SLOW_SUBSCRIBER: Duration = Duration::from_secs(5);
@@ -283,9 +285,9 @@ impl Broker {
     ) -> Result<(), ProtocolError> {
         match env.kind {
             FrameKind::Publish => {
-                protocol::validate_publish(&env)?;
+                let batch = protocol::validate_publish(&env)?;
                 let corr = env.correlation_id;
-                let confirmations = self.route(env).await;
+                let confirmations = self.route(env, batch).await;
                 let _ = acks.send((corr, confirmations));
             }
             FrameKind::Subscribe => {
@@ -321,26 +323,62 @@ impl Broker {
 
     /// Delivers `env` (a publish) to every matching subscriber; returns the
     /// confirmations of durable subscribers, which gate the publisher's ack.
-    async fn route(&self, env: Envelope) -> Vec<oneshot::Receiver<()>> {
-        let targets: Vec<(u64, SubTx)> = self
-            .routes()
-            .subs
-            .iter()
-            .filter(|s| protocol::topic_matches(&s.pattern, &env.topic))
-            .map(|s| (s.conn, s.tx.clone()))
-            .collect();
-        Metrics::incr(&self.inner.stats.published);
-        let mut deliver = env;
-        deliver.kind = FrameKind::Deliver;
+    /// Process events (`batch`) go to subscribers whose pattern matches the
+    /// topic of at least one kind in it, each getting the kinds it matches.
+    async fn route(&self, env: Envelope, batch: Option<Batch>) -> Vec<oneshot::Receiver<()>> {
+        let mut deliveries: Vec<(u64, SubTx, Envelope)> = Vec::new();
+        match batch {
+            Some(batch) => {
+                let present = batch.kinds();
+                let subs: Vec<(u64, SubTx, u8)> = self
+                    .routes()
+                    .subs
+                    .iter()
+                    .map(|s| (s.conn, s.tx.clone(), kinds_matching(&s.pattern) & present))
+                    .filter(|(_, _, m)| *m != 0)
+                    .collect();
+                Metrics::add(&self.inner.stats.published, batch.len() as u64);
+                for (conn, tx, mask) in subs {
+                    let part = if mask == present {
+                        Some(batch.clone())
+                    } else {
+                        batch.filter(|e| mask & (1 << e.kind.as_u8()) != 0)
+                    };
+                    if let Some(part) = part {
+                        let payload = part.into_bytes().into_vec();
+                        let deliver = Envelope::new(
+                            FrameKind::Deliver,
+                            protocol::TOPIC_EVENT_BATCH,
+                            env.correlation_id,
+                            payload,
+                        );
+                        deliveries.push((conn, tx, deliver));
+                    }
+                }
+            }
+            None => {
+                Metrics::incr(&self.inner.stats.published);
+                let mut deliver = env;
+                deliver.kind = FrameKind::Deliver;
+                let subs: Vec<(u64, SubTx)> = self
+                    .routes()
+                    .subs
+                    .iter()
+                    .filter(|s| protocol::topic_matches(&s.pattern, &deliver.topic))
+                    .map(|s| (s.conn, s.tx.clone()))
+                    .collect();
+                deliveries.extend(subs.into_iter().map(|(c, t)| (c, t, deliver.clone())));
+            }
+        }
         let mut confirmations = Vec::new();
-        for (conn, tx) in targets {
+        for (conn, tx, deliver) in deliveries {
             let sent = match tx {
-                SubTx::Local(tx) => tx.send(deliver.clone()).await.map_err(|_| "closed"),
+                SubTx::Local(tx) => tx.send(deliver).await.map_err(|_| "closed"),
                 SubTx::Durable(tx) => {
                     let (done, confirmed) = oneshot::channel();
                     confirmations.push(confirmed);
                     let durable = Durable {
-                        envelope: deliver.clone(),
+                        envelope: deliver,
                         done,
                     };
                     // A failed sink keeps its place: if it is gone, `done`
@@ -350,7 +388,7 @@ impl Broker {
                     Ok(())
                 }
                 SubTx::Remote(tx) => tx
-                    .send_timeout(deliver.clone(), SLOW_SUBSCRIBER)
+                    .send_timeout(deliver, SLOW_SUBSCRIBER)
                     .await
                     .map_err(|e| match e {
                         mpsc::error::SendTimeoutError::Timeout(_) => "too slow",
@@ -488,8 +526,8 @@ impl Broker {
     /// Publishes from inside the broker's process (agent broadcasts).
     pub async fn publish_local(&self, topic: &str, payload: Vec<u8>) -> Result<(), ProtocolError> {
         let env = Envelope::new(FrameKind::Publish, topic, 0, payload);
-        protocol::validate_publish(&env)?;
-        let _ = self.route(env).await;
+        let batch = protocol::validate_publish(&env)?;
+        let _ = self.route(env, batch).await;
         Ok(())
     }
 
@@ -554,6 +592,14 @@ fn answer(pending: Pending, mut response: Envelope) {
             let _ = tx.send(response);
         }
     }
+}
+
+/// A bit per `EventKind` whose topic `pattern` matches.
+fn kinds_matching(pattern: &str) -> u8 {
+    EventKind::ALL
+        .iter()
+        .filter(|k| protocol::topic_matches(pattern, &protocol::event_topic(**k)))
+        .fold(0, |m, k| m | (1 << k.as_u8()))
 }
 
 fn own_uid() -> u32 {

@@ -12,6 +12,7 @@ use rkyv::rancor;
 use tokio_util::codec::LengthDelimitedCodec;
 
 use crate::model::EventKind;
+use crate::model::batch::{Batch, BatchBuilder};
 use crate::model::codec;
 
 /// Largest frame accepted or sent (SPEC §4 default).
@@ -154,18 +155,41 @@ pub fn decode(frame: &[u8]) -> Result<Envelope, ProtocolError> {
     })
 }
 
-/// Checks a publish: a concrete topic, and for process events a payload that
-/// is a valid encoded event.
-pub fn validate_publish(envelope: &Envelope) -> Result<(), ProtocolError> {
+/// Checks a publish: a concrete topic, and for process events a payload
+/// whose every event is valid. Process events come back as a batch: a batch
+/// published on `events.process` as it is, a single event published on
+/// `events.process.<kind>` wrapped in a batch of one.
+pub fn validate_publish(envelope: &Envelope) -> Result<Option<Batch>, ProtocolError> {
     validate_topic(&envelope.topic, false)?;
-    if envelope.topic.starts_with("events.process.") {
-        let bytes = codec::aligned_copy(&envelope.payload);
-        codec::access(&bytes).map_err(|e| ProtocolError::Payload {
-            topic: envelope.topic.clone(),
-            reason: e.to_string(),
-        })?;
+    let fail = |reason: String| ProtocolError::Payload {
+        topic: envelope.topic.clone(),
+        reason,
+    };
+    if envelope.topic == TOPIC_EVENT_BATCH {
+        let batch = Batch::parse_slice(&envelope.payload).map_err(|e| fail(e.to_string()))?;
+        let (valid, invalid) = batch.validated();
+        if invalid > 0 || valid.is_none() {
+            return Err(fail(format!(
+                "{invalid} of {} events in the batch are invalid",
+                batch.len()
+            )));
+        }
+        return Ok(valid);
     }
-    Ok(())
+    if let Some(kind) = envelope.topic.strip_prefix("events.process.") {
+        let event = codec::decode(&codec::aligned_copy(&envelope.payload))
+            .map_err(|e| fail(e.to_string()))?;
+        if event.kind.as_str() != kind {
+            return Err(fail(format!(
+                "a {} event published on the {kind} topic",
+                event.kind.as_str()
+            )));
+        }
+        let mut one = BatchBuilder::new();
+        one.push(&event).map_err(|e| fail(e.to_string()))?;
+        return Ok(Some(one.finish()));
+    }
+    Ok(None)
 }
 
 /// A topic is dot-separated non-empty segments of `[A-Za-z0-9_-]`; a
@@ -222,6 +246,10 @@ pub fn event_topic(kind: EventKind) -> String {
 }
 
 pub const TOPIC_EVENTS: &str = "events.process.#";
+/// Where collectors publish batches, and the topic of every delivery of
+/// process events: a subscriber to `events.process.<kind>` patterns gets
+/// batches holding only the kinds its pattern matches.
+pub const TOPIC_EVENT_BATCH: &str = "events.process";
 pub const TOPIC_LIFECYCLE: &str = "control.collector.lifecycle";
 pub const TOPIC_REGISTRATION: &str = "control.collector.registration";
 /// RPC topic the agent itself answers (its own health).

@@ -110,7 +110,7 @@ pub async fn run(
     }
     drop(mailbox_tx);
 
-    let (tx, rx) = mpsc::channel(4096);
+    let (tx, rx) = mpsc::channel(16);
     let connector = Connector {
         wal: wal.clone(),
         config: ConnectorConfig {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use procmond::config::ProcmondConfig;
 use procmond::metrics::Metrics;
-use procmond::model::codec;
 use procmond::model::{EventKind, EventSource};
 use procmond::output::{Format, render};
 use procmond::pipeline::Pipeline;
@@ -20,15 +19,22 @@ pub fn run(format: Format) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut line = Vec::with_capacity(1024);
-    for p in &snap.processes {
-        let event = p.to_event(EventKind::Snapshot, EventSource::Poll, snap.taken_at);
-        let Some(encoded) = pipeline.process(event) else {
+    let mut processes = snap.processes.iter().peekable();
+    while processes.peek().is_some() {
+        for p in processes.by_ref() {
+            let event = p.to_event(EventKind::Snapshot, EventSource::Poll, snap.taken_at);
+            if pipeline.push(event) {
+                break;
+            }
+        }
+        let Some(batch) = pipeline.take() else {
             continue;
         };
-        let event = codec::decode(&encoded.bytes)?;
-        line.clear();
-        render(&event, format, &mut line);
-        out.write_all(&line)?;
+        for entry in batch.iter() {
+            line.clear();
+            render(&entry.decode()?, format, &mut line);
+            out.write_all(&line)?;
+        }
     }
     out.flush()?;
     Ok(())

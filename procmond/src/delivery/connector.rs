@@ -1,8 +1,9 @@
-//! EventBusConnector: moves encoded events from the pipeline into the WAL
+//! EventBusConnector: moves encoded batches from the pipeline into the WAL
 //! and from the WAL to the broker, surviving broker outages.
 //!
-//! * Every event is appended to the WAL (durably, in batches) before it is
-//!   published; it leaves the WAL when the broker acknowledges it.
+//! * Every batch is appended to the WAL (durably; batches that arrive
+//!   together share one write) before it is published, as one frame; it
+//!   leaves the WAL when the broker acknowledges that frame.
 //! * The WAL is the queue: a publish cursor walks it, and after a reconnect
 //!   the cursor goes back to the oldest unacknowledged event, so everything
 //!   not acknowledged is sent again (at-least-once; consumers dedupe on
@@ -27,17 +28,18 @@ use tokio_util::sync::CancellationToken;
 
 use super::wal::{Wal, WalError};
 use crate::bus::client::{self, BusReader, BusWriter};
-use crate::bus::protocol::{Envelope, FrameKind, event_topic};
+use crate::bus::protocol::{Envelope, FrameKind, TOPIC_EVENT_BATCH};
 use crate::bus::rpc::CONTROL_CORRELATION;
 use crate::metrics::Metrics;
-use crate::model::codec;
-use crate::pipeline::Encoded;
+use crate::model::batch::Batch;
 
 const BACKPRESSURE_ON: f64 = 0.70;
 const BACKPRESSURE_OFF: f64 = 0.50;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-const READ_BATCH: usize = 256;
-const APPEND_BATCH: usize = 1024;
+/// Batches read from the WAL at a time.
+const READ_BATCHES: usize = 16;
+/// Most bytes of batches gathered into one WAL write.
+const APPEND_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct ConnectorConfig {
@@ -94,6 +96,7 @@ struct Conn {
     acks: mpsc::UnboundedReceiver<u64>,
     cancel: CancellationToken,
     cursor: u64,
+    /// WAL key → bytes of the batch in flight.
     inflight: BTreeMap<u64, u64>,
     inflight_bytes: u64,
 }
@@ -238,7 +241,7 @@ impl Connector {
     /// `drain_timeout` passes; what is left stays in the WAL for next time).
     pub async fn run(
         mut self,
-        mut input: mpsc::Receiver<Encoded>,
+        mut input: mpsc::Receiver<Batch>,
         initial: Option<(BusWriter, BusReader)>,
     ) -> Result<(), ConnectorError> {
         let start_cursor = |wal: &Wal| wal.first_seq().map(|s| s.unwrap_or_else(|| wal.next_seq()));
@@ -261,7 +264,7 @@ impl Connector {
         let mut retry_at = Instant::now() + backoff;
         let mut input_open = true;
         let mut drain_deadline = None;
-        let mut batch: Vec<Encoded> = Vec::with_capacity(APPEND_BATCH);
+        let mut batches: Vec<Batch> = Vec::new();
         loop {
             if let Some(c) = conn.as_mut()
                 && *self.gate.borrow()
@@ -279,15 +282,19 @@ impl Connector {
                 received = input.recv(), if input_open => {
                     match received {
                         Some(first) => {
-                            batch.push(first);
-                            while batch.len() < APPEND_BATCH {
+                            let mut bytes = first.as_bytes().len();
+                            batches.push(first);
+                            while bytes < APPEND_BYTES {
                                 match input.try_recv() {
-                                    Ok(e) => batch.push(e),
+                                    Ok(b) => {
+                                        bytes += b.as_bytes().len();
+                                        batches.push(b);
+                                    }
                                     Err(_) => break,
                                 }
                             }
-                            self.wal.append_batch(batch.iter().map(|e| (e.seq, e.bytes.as_slice())))?;
-                            batch.clear();
+                            self.wal.append(&batches)?;
+                            batches.clear();
                         }
                         None => {
                             input_open = false;
@@ -360,25 +367,20 @@ impl Connector {
         }
     }
 
-    /// Sends WAL events past the cursor while the in-flight budget allows.
+    /// Sends WAL batches past the cursor while the in-flight budget allows.
     fn pump(&self, conn: &mut Conn) -> Result<(), ConnectorError> {
         while conn.inflight_bytes < self.config.buffer_bytes {
-            let events = self.wal.read_from(conn.cursor, READ_BATCH)?;
-            if events.is_empty() {
+            let batches = self.wal.read_from(conn.cursor, READ_BATCHES)?;
+            if batches.is_empty() {
                 break;
             }
-            for (seq, bytes) in events {
-                let topic = match codec::access(&bytes) {
-                    Ok(e) => event_topic(
-                        rkyv::deserialize::<_, rkyv::rancor::Error>(&e.kind)
-                            .unwrap_or(crate::model::EventKind::Exec),
-                    ),
-                    Err(_) => continue, // read_from already validated
-                };
-                conn.cursor = seq + 1;
-                conn.inflight.insert(seq, bytes.len() as u64);
-                conn.inflight_bytes += bytes.len() as u64;
-                let env = Envelope::new(FrameKind::Publish, topic, seq, bytes.into_vec());
+            for (key, batch) in batches {
+                let len = batch.as_bytes().len() as u64;
+                conn.cursor = key + 1;
+                conn.inflight.insert(key, len);
+                conn.inflight_bytes += len;
+                let payload = batch.into_bytes().into_vec();
+                let env = Envelope::new(FrameKind::Publish, TOPIC_EVENT_BATCH, key, payload);
                 if conn.frames.send(env).is_err() {
                     return Ok(()); // the connection is going away; reconnect replays
                 }
@@ -387,14 +389,15 @@ impl Connector {
         Ok(())
     }
 
-    fn acked(&self, conn: Option<&mut Conn>, seq: u64) -> Result<(), ConnectorError> {
+    /// The broker acknowledged the batch stored under `key`.
+    fn acked(&self, conn: Option<&mut Conn>, key: u64) -> Result<(), ConnectorError> {
         if let Some(c) = conn
-            && let Some(len) = c.inflight.remove(&seq)
+            && let Some(len) = c.inflight.remove(&key)
         {
             c.inflight_bytes -= len;
         }
-        self.wal.ack(seq)?;
-        Metrics::incr(&self.metrics.events_published);
+        let events = self.wal.ack(key)?;
+        Metrics::add(&self.metrics.events_published, events);
         Ok(())
     }
 

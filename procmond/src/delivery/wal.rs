@@ -1,34 +1,39 @@
-//! The write-ahead log: every event is on disk before it is published, and
+//! The write-ahead log: every batch is on disk before it is published, and
 //! leaves only when the broker acknowledges it.
 //!
-//! Storage is sled, one tree: `e` + big-endian seq → the event's rkyv bytes
+//! Storage is sled, one tree: `e` + big-endian first seq → the batch's bytes
 //! (sequence order is key order), and `m:next_seq` → the next sequence
-//! number, written in the same atomic batch as the events so `seq` stays
-//! monotonic across crashes.
+//! number, written in the same atomic write as the batches so `seq` stays
+//! monotonic across crashes. One key per batch: one insert, one flush and
+//! one remove for what used to cost that per event.
 //!
-//! Durability policy (docs/decisions.md): group commit. A batch of
-//! events is applied and then `flush`ed (sled writes it and syncs the file
-//! range) before any of it is published, so a collector or kernel crash at
-//! any instant loses nothing a subscriber may have seen. sled's flush is not
-//! an fdatasync: with a volatile disk cache a power cut can lose the newest
-//! batches (those already stored by a sink are safe: sinks fdatasync).
+//! Durability policy (docs/decisions.md): group commit. The batches that
+//! arrived together are applied and then `flush`ed (sled writes them and
+//! syncs the file range) before any of them is published, so a collector or
+//! kernel crash at any instant loses nothing a subscriber may have seen.
+//! sled's flush is not an fdatasync: with a volatile disk cache a power cut
+//! can lose the newest batches (those already stored by a sink are safe:
+//! sinks fdatasync).
 //!
 //! Bounded: pending bytes are capped (`max_bytes`); at 80 % a warning is
-//! logged, and when full the oldest unacknowledged events are kept and new
-//! ones are counted as dropped. Records that fail validation on replay are
-//! skipped with a warning, counted and removed; the rest replays.
+//! logged, and when full the oldest unacknowledged batches are kept and new
+//! ones are counted as dropped, event by event. On replay a record that is
+//! not a batch is counted and removed; in a batch, events that fail
+//! validation are counted and skipped, and the rest replays.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use crate::metrics::Metrics;
-use crate::model::codec::{self, EventBytes};
+use crate::model::batch::Batch;
+use crate::model::codec;
 
 const EVENT_PREFIX: u8 = b'e';
 const NEXT_SEQ_KEY: &[u8] = b"m:next_seq";
-/// sled's own page cache: small, so the WAL stays within the RSS budget.
-const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+/// sled's own page cache: small, so the WAL stays within the RSS budget
+/// (batches are written once and read back at most once).
+const CACHE_BYTES: u64 = 2 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -54,6 +59,14 @@ fn key_seq(key: &[u8]) -> Option<u64> {
         [EVENT_PREFIX, rest @ ..] => rest.try_into().ok().map(u64::from_be_bytes),
         _ => None,
     }
+}
+
+/// Events in a stored batch, from its header (0 if it has none).
+fn stored_count(value: &[u8]) -> u64 {
+    value
+        .get(4..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, |b| u64::from(u32::from_le_bytes(b)))
 }
 
 /// The collector's write-ahead log.
@@ -91,9 +104,10 @@ impl Wal {
         for item in db.scan_prefix([EVENT_PREFIX]) {
             let (k, v) = item?;
             if let Some(seq) = key_seq(&k) {
+                let n = stored_count(&v);
                 bytes += v.len() as u64;
-                count += 1;
-                last = last.max(seq);
+                count += n;
+                last = last.max(seq + n.saturating_sub(1));
             }
         }
         let wal = Self {
@@ -114,6 +128,7 @@ impl Wal {
         self.next_seq.load(Relaxed)
     }
 
+    /// Events awaiting acknowledgement.
     pub fn pending_count(&self) -> u64 {
         self.pending_count.load(Relaxed)
     }
@@ -122,36 +137,33 @@ impl Wal {
         self.pending_bytes.load(Relaxed)
     }
 
-    /// Appends a batch of `(seq, bytes)` and makes it durable. Returns how
-    /// many were stored; the rest did not fit and were counted as dropped.
-    pub fn append_batch<'a>(
-        &self,
-        events: impl IntoIterator<Item = (u64, &'a [u8])>,
-    ) -> Result<usize, WalError> {
-        let mut batch = sled::Batch::default();
-        let mut stored = 0usize;
-        let mut added = 0u64;
-        let mut max_seq = None;
-        let mut dropped = 0u64;
+    /// Stores `batches` with one write and one flush. Returns how many
+    /// events were stored; batches that did not fit were counted as dropped.
+    pub fn append(&self, batches: &[Batch]) -> Result<u64, WalError> {
+        let mut write = sled::Batch::default();
+        let (mut stored, mut added, mut dropped) = (0u64, 0u64, 0u64);
+        let mut next = None;
         let base = self.pending_bytes();
-        for (seq, bytes) in events {
-            max_seq = Some(max_seq.map_or(seq, |m: u64| m.max(seq)));
-            if base + added + bytes.len() as u64 > self.max_bytes {
-                dropped += 1;
+        for batch in batches.iter().filter(|b| !b.is_empty()) {
+            let end = batch.first_seq() + batch.len() as u64;
+            next = Some(next.map_or(end, |n: u64| n.max(end)));
+            let len = batch.as_bytes().len() as u64;
+            if base + added + len > self.max_bytes {
+                dropped += batch.len() as u64;
                 continue;
             }
-            batch.insert(&event_key(seq), bytes);
-            added += bytes.len() as u64;
-            stored += 1;
+            write.insert(&event_key(batch.first_seq()), batch.as_bytes());
+            added += len;
+            stored += batch.len() as u64;
         }
-        let Some(max_seq) = max_seq else { return Ok(0) };
-        let next = (max_seq + 1).max(self.next_seq());
-        batch.insert(NEXT_SEQ_KEY, &next.to_be_bytes());
-        self.db.apply_batch(batch)?;
+        let Some(next) = next else { return Ok(0) };
+        let next = next.max(self.next_seq());
+        write.insert(NEXT_SEQ_KEY, &next.to_be_bytes());
+        self.db.apply_batch(write)?;
         self.db.flush()?;
         self.next_seq.store(next, Relaxed);
         self.pending_bytes.fetch_add(added, Relaxed);
-        self.pending_count.fetch_add(stored as u64, Relaxed);
+        self.pending_count.fetch_add(stored, Relaxed);
         if dropped > 0 {
             Metrics::add(&self.metrics.wal_dropped_full, dropped);
             tracing::error!(
@@ -165,42 +177,56 @@ impl Wal {
         Ok(stored)
     }
 
-    /// The broker acknowledged `seq`: forget it.
-    pub fn ack(&self, seq: u64) -> Result<(), WalError> {
-        if let Some(old) = self.db.remove(event_key(seq))? {
-            self.pending_bytes.fetch_sub(old.len() as u64, Relaxed);
-            self.pending_count.fetch_sub(1, Relaxed);
-            self.publish_gauges();
-            self.check_fill();
-        }
-        Ok(())
+    /// The broker acknowledged the batch stored under `key`: forget it.
+    /// Returns how many events it held.
+    pub fn ack(&self, key: u64) -> Result<u64, WalError> {
+        let Some(old) = self.db.remove(event_key(key))? else {
+            return Ok(0);
+        };
+        let n = stored_count(&old);
+        self.pending_bytes.fetch_sub(old.len() as u64, Relaxed);
+        self.pending_count.fetch_sub(n, Relaxed);
+        self.publish_gauges();
+        self.check_fill();
+        Ok(n)
     }
 
-    /// Up to `limit` stored events with `seq >= from`, in sequence order.
-    /// Records that fail validation are skipped, counted and removed.
-    pub fn read_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, EventBytes)>, WalError> {
+    /// Up to `limit` stored batches with key `>= from`, in sequence order,
+    /// each with its key. A record that is not a batch is counted and
+    /// removed; events that fail validation are counted and left out.
+    pub fn read_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, Batch)>, WalError> {
         let mut out = Vec::new();
-        let start = event_key(from);
-        let end = event_key(u64::MAX);
-        for item in self.db.range(start..=end) {
+        for item in self.db.range(event_key(from)..=event_key(u64::MAX)) {
             if out.len() >= limit {
                 break;
             }
             let (k, v) = item?;
-            let Some(seq) = key_seq(&k) else { continue };
-            let bytes = codec::aligned_copy(&v);
-            if let Err(e) = codec::access(&bytes) {
-                Metrics::incr(&self.metrics.wal_corrupt);
-                tracing::warn!(seq, error = %e, "corrupt WAL record skipped");
-                self.ack(seq)?;
-                continue;
+            let Some(key) = key_seq(&k) else { continue };
+            let batch = match Batch::parse(codec::aligned_copy(&v)) {
+                Ok(b) => b,
+                Err(e) => {
+                    Metrics::incr(&self.metrics.wal_corrupt);
+                    tracing::warn!(key, error = %e, "corrupt WAL record skipped");
+                    self.ack(key)?;
+                    continue;
+                }
+            };
+            let (valid, invalid) = batch.validated();
+            if invalid > 0 {
+                Metrics::add(&self.metrics.wal_corrupt, invalid as u64);
+                tracing::warn!(key, invalid, "corrupt events in a WAL batch skipped");
             }
-            out.push((seq, bytes));
+            match valid {
+                Some(b) => out.push((key, b)),
+                None => {
+                    self.ack(key)?;
+                }
+            }
         }
         Ok(out)
     }
 
-    /// The lowest stored sequence number, if any.
+    /// The lowest stored key, if any.
     pub fn first_seq(&self) -> Result<Option<u64>, WalError> {
         Ok(self
             .db
@@ -210,7 +236,7 @@ impl Wal {
             .and_then(|(k, _)| key_seq(&k)))
     }
 
-    /// Writes everything to disk (also done by every `append_batch`).
+    /// Writes everything to disk (also done by every `append`).
     pub fn flush(&self) -> Result<(), WalError> {
         self.db.flush()?;
         Ok(())
@@ -218,11 +244,11 @@ impl Wal {
 
     /// Raw access for tests that must plant a corrupt record.
     #[doc(hidden)]
-    pub fn insert_raw_for_test(&self, seq: u64, bytes: &[u8]) -> Result<(), WalError> {
-        self.db.insert(event_key(seq), bytes)?;
+    pub fn insert_raw_for_test(&self, key: u64, bytes: &[u8]) -> Result<(), WalError> {
+        self.db.insert(event_key(key), bytes)?;
         self.db.flush()?;
         self.pending_bytes.fetch_add(bytes.len() as u64, Relaxed);
-        self.pending_count.fetch_add(1, Relaxed);
+        self.pending_count.fetch_add(stored_count(bytes), Relaxed);
         Ok(())
     }
 
@@ -288,19 +314,26 @@ fn restrict_files(dir: &Path) -> Result<(), WalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::batch::BatchBuilder;
     use crate::model::{EventKind, EventSource, ProcessEvent};
 
-    fn event(seq: u64) -> EventBytes {
-        let mut e = ProcessEvent::new(EventKind::Exec, EventSource::Ebpf, 1, 42);
-        e.seq = seq;
-        codec::encode(&e).expect("encodes")
+    /// One batch of one event per seq.
+    fn batch(seqs: impl IntoIterator<Item = u64>) -> Batch {
+        let mut b = BatchBuilder::new();
+        for seq in seqs {
+            let mut e = ProcessEvent::new(EventKind::Exec, EventSource::Ebpf, 1, 42);
+            e.seq = seq;
+            b.push(&e).expect("encodes");
+        }
+        b.finish()
     }
 
-    /// Appends one event per seq as a single batch; returns how many were stored.
-    fn append(wal: &Wal, seqs: impl IntoIterator<Item = u64>) -> usize {
-        let events: Vec<_> = seqs.into_iter().map(|s| (s, event(s))).collect();
-        wal.append_batch(events.iter().map(|(s, b)| (*s, b.as_slice())))
-            .expect("append")
+    fn keys(wal: &Wal) -> Vec<u64> {
+        wal.read_from(0, 100)
+            .expect("read")
+            .iter()
+            .map(|(k, _)| *k)
+            .collect()
     }
 
     fn temp_dir(tag: &str) -> std::path::PathBuf {
@@ -316,18 +349,22 @@ mod tests {
         {
             let wal = Wal::open(&dir, 1 << 20, metrics.clone()).expect("open");
             assert_eq!(wal.next_seq(), 1);
-            assert_eq!(append(&wal, 1..=5), 5);
-            wal.ack(2).expect("ack");
+            assert_eq!(
+                wal.append(&[batch(1..=2), batch(3..=3)]).expect("append"),
+                3
+            );
+            assert_eq!(wal.append(&[batch(4..=5)]).expect("append"), 2);
+            assert_eq!(wal.ack(3).expect("ack"), 1);
         }
         let wal = Wal::open(&dir, 1 << 20, metrics).expect("reopen");
         assert_eq!(wal.next_seq(), 6);
-        let seqs: Vec<u64> = wal
-            .read_from(0, 100)
-            .expect("read")
+        assert_eq!(keys(&wal), [1, 4]);
+        let seqs: Vec<u64> = wal.read_from(0, 100).expect("read")[1]
+            .1
             .iter()
-            .map(|(s, _)| *s)
+            .map(|e| e.seq)
             .collect();
-        assert_eq!(seqs, [1, 3, 4, 5]);
+        assert_eq!(seqs, [4, 5]);
         assert_eq!(wal.pending_count(), 4);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&dir).expect("meta").permissions().mode() & 0o777;
@@ -349,38 +386,38 @@ mod tests {
     fn full_wal_keeps_oldest_and_counts_drops() {
         let dir = temp_dir("full");
         let metrics = Arc::new(Metrics::default());
-        let one = event(1).len() as u64;
-        let wal = Wal::open(&dir, one * 3, metrics.clone()).expect("open");
-        assert_eq!(append(&wal, 1..=5), 3);
+        let one = batch(1..=2).as_bytes().len() as u64;
+        let wal = Wal::open(&dir, one * 2, metrics.clone()).expect("open");
+        let batches = [batch(1..=2), batch(3..=4), batch(5..=6)];
+        assert_eq!(wal.append(&batches).expect("append"), 4);
         assert_eq!(metrics.wal_dropped_full.load(Relaxed), 2);
-        let seqs: Vec<u64> = wal
-            .read_from(0, 100)
-            .expect("read")
-            .iter()
-            .map(|(s, _)| *s)
-            .collect();
-        assert_eq!(seqs, [1, 2, 3]);
-        assert_eq!(wal.next_seq(), 6, "dropped events still consume their seq");
+        assert_eq!(keys(&wal), [1, 3]);
+        assert_eq!(wal.next_seq(), 7, "dropped events still consume their seq");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
-    fn corrupt_record_is_skipped_counted_and_the_rest_replays() {
+    fn corrupt_records_are_skipped_counted_and_the_rest_replays() {
         let dir = temp_dir("corrupt");
         let metrics = Arc::new(Metrics::default());
         let wal = Wal::open(&dir, 1 << 20, metrics.clone()).expect("open");
-        append(&wal, [1, 3]);
+        wal.append(&[batch([1]), batch([4, 5])]).expect("append");
         wal.insert_raw_for_test(2, b"\xff\x00garbage")
             .expect("plant");
-        let seqs: Vec<u64> = wal
-            .read_from(0, 100)
-            .expect("read")
+        // A batch whose structure holds but whose first event is garbled.
+        let mut bytes = batch([3, 9]).as_bytes().to_vec();
+        for b in &mut bytes[32..56] {
+            *b = 0xff;
+        }
+        wal.insert_raw_for_test(3, &bytes).expect("plant");
+        let read = wal.read_from(0, 100).expect("read");
+        let seqs: Vec<Vec<u64>> = read
             .iter()
-            .map(|(s, _)| *s)
+            .map(|(_, b)| b.iter().map(|e| e.seq).collect())
             .collect();
-        assert_eq!(seqs, [1, 3]);
-        assert_eq!(metrics.wal_corrupt.load(Relaxed), 1);
-        assert_eq!(wal.pending_count(), 2);
+        assert_eq!(seqs, [vec![1], vec![9], vec![4, 5]]);
+        assert_eq!(metrics.wal_corrupt.load(Relaxed), 2);
+        assert_eq!(keys(&wal), [1, 3, 4], "the garbage record is gone");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

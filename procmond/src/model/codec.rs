@@ -25,6 +25,12 @@ pub struct DecodeError {
 #[error("could not encode event: {0}")]
 pub struct EncodeError(String);
 
+impl EncodeError {
+    pub(crate) fn new(reason: String) -> Self {
+        Self(reason)
+    }
+}
+
 pub fn encode(event: &ProcessEvent) -> Result<EventBytes, EncodeError> {
     rkyv::to_bytes::<rancor::Error>(event).map_err(|e| EncodeError(e.to_string()))
 }

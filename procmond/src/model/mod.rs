@@ -54,6 +54,26 @@ impl EventKind {
             Self::Modify => "modify",
         }
     }
+
+    /// Every kind, in `as_u8` order.
+    pub const ALL: [EventKind; 7] = [
+        Self::Exec,
+        Self::Exit,
+        Self::Fork,
+        Self::Snapshot,
+        Self::Start,
+        Self::Stop,
+        Self::Modify,
+    ];
+
+    /// A small stable number (batch entries carry it).
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_u8(n: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(n)).copied()
+    }
 }
 
 impl ArchivedEventKind {

@@ -1,8 +1,12 @@
 //! The pipeline every event goes through, whatever its source:
-//! enrich → sanitize → stamp (collector id, seq) → encode once with rkyv.
+//! enrich → sanitize → stamp (collector id, seq) → encode once with rkyv,
+//! straight into the open batch.
 //!
-//! What comes out (`Encoded`) is what the WAL stores, the bus carries and
-//! subscribers read; JSON is rendered from it only at the edges.
+//! What comes out is a `Batch`: what the WAL stores under one key, the bus
+//! carries in one frame and a sink stores with one fsync; JSON is rendered
+//! from it only at the edges. Sources push events one by one and close the
+//! batch at their natural boundary (one drain of the kernel ring, one
+//! snapshot), or when it is full.
 
 pub mod enrich;
 pub mod sanitize;
@@ -11,18 +15,10 @@ use std::sync::Arc;
 
 use crate::config::ProcmondConfig;
 use crate::metrics::Metrics;
-use crate::model::codec::{self, EventBytes};
-use crate::model::{EventKind, ProcessEvent};
+use crate::model::ProcessEvent;
+use crate::model::batch::{Batch, BatchBuilder};
 use enrich::Enricher;
 use sanitize::Sanitizer;
-
-/// One event, encoded, with what routing needs without decoding it.
-#[derive(Debug)]
-pub struct Encoded {
-    pub seq: u64,
-    pub kind: EventKind,
-    pub bytes: EventBytes,
-}
 
 #[derive(Debug)]
 pub struct Pipeline {
@@ -30,6 +26,7 @@ pub struct Pipeline {
     next_seq: u64,
     enricher: Enricher,
     sanitizer: Sanitizer,
+    batch: BatchBuilder,
     metrics: Arc<Metrics>,
 }
 
@@ -41,6 +38,7 @@ impl Pipeline {
             next_seq,
             enricher: Enricher::new(config.enhanced_metadata),
             sanitizer: Sanitizer::new(&config.sanitize.extra_flags, &config.sanitize.extra_keys),
+            batch: BatchBuilder::new(),
             metrics,
         }
     }
@@ -51,29 +49,34 @@ impl Pipeline {
         self.sanitizer = Sanitizer::new(&config.sanitize.extra_flags, &config.sanitize.extra_keys);
     }
 
-    /// Runs one event through every stage; `None` if it could not be encoded
-    /// (counted and logged).
-    pub fn process(&mut self, mut event: ProcessEvent) -> Option<Encoded> {
+    /// Runs one event through every stage into the open batch. Returns true
+    /// when the batch is full and should be taken. An event that cannot be
+    /// encoded is counted and logged.
+    pub fn push(&mut self, mut event: ProcessEvent) -> bool {
         self.enricher.enrich(&mut event);
         let redacted = self.sanitizer.sanitize_argv(&mut event.argv);
-        Metrics::add(&self.metrics.redactions, redacted as u64);
+        if redacted > 0 {
+            Metrics::add(&self.metrics.redactions, redacted as u64);
+        }
         event.collector_id.clone_from(&self.collector_id);
         event.seq = self.next_seq;
-        match codec::encode(&event) {
-            Ok(bytes) => {
-                self.next_seq += 1;
-                Metrics::incr(&self.metrics.events_encoded);
-                Some(Encoded {
-                    seq: event.seq,
-                    kind: event.kind,
-                    bytes,
-                })
-            }
+        match self.batch.push(&event) {
+            Ok(()) => self.next_seq += 1,
             Err(e) => {
                 Metrics::incr(&self.metrics.events_encode_failed);
                 tracing::error!(error = %e, pid = event.pid, "event dropped: encoding failed");
-                None
             }
         }
+        self.batch.is_full()
+    }
+
+    /// Closes the open batch, if it holds anything.
+    pub fn take(&mut self) -> Option<Batch> {
+        if self.batch.is_empty() {
+            return None;
+        }
+        let batch = self.batch.finish();
+        Metrics::add(&self.metrics.events_encoded, batch.len() as u64);
+        Some(batch)
     }
 }

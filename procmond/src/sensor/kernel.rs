@@ -43,7 +43,7 @@ impl Sensor {
     }
 
     async fn run_kernel(&mut self, source: EbpfSource) -> Result<Flow, SensorError> {
-        let (tx, mut rx) = mpsc::channel(8192);
+        let (tx, mut rx) = mpsc::channel(16);
         let reader = source
             .spawn_reader(tx, self.metrics.clone())
             .map_err(SensorError::Reader)?;
@@ -96,9 +96,12 @@ impl Sensor {
                     in_flight = Some((Instant::now(), tokio::task::spawn_blocking(move || snapshot::take(options))));
                 }
                 msg = rx.recv() => match msg {
-                    Some(SourceMsg::Event(mut event)) => {
-                        reconciler.observe(&mut event);
-                        self.emit(*event).await;
+                    Some(SourceMsg::Events(events)) => {
+                        for mut event in events {
+                            reconciler.observe(&mut event);
+                            self.emit(event).await;
+                        }
+                        self.flush().await;
                     }
                     Some(SourceMsg::Barrier(id)) => {
                         if let Some((_, started, snap)) = awaiting.take_if(|(want, _, _)| *want == id) {
@@ -112,6 +115,7 @@ impl Sensor {
                                 Metrics::incr(counter);
                                 self.emit(e).await;
                             }
+                            self.flush().await;
                             self.cycle_done(started);
                         }
                     }
@@ -122,9 +126,12 @@ impl Sensor {
         // Detach, then drain: the reader sends what the ring still holds.
         let stopper = tokio::task::spawn_blocking(move || reader.stop());
         while let Some(msg) = rx.recv().await {
-            if let SourceMsg::Event(mut event) = msg {
-                reconciler.observe(&mut event);
-                self.emit(*event).await;
+            if let SourceMsg::Events(events) = msg {
+                for mut event in events {
+                    reconciler.observe(&mut event);
+                    self.emit(event).await;
+                }
+                self.flush().await;
             }
         }
         let _ = stopper.await;

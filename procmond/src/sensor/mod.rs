@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ProcmondConfig;
 use crate::metrics::Metrics;
+use crate::model::batch::Batch;
 use crate::model::{EventKind, EventSource, ProcessEvent};
-use crate::pipeline::{Encoded, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::sources::SourceChoice;
 use crate::sources::poll::FallbackProcessCollector;
 use crate::sources::snapshot::{self, Snapshot, SnapshotOptions};
@@ -47,8 +48,8 @@ pub struct ActiveSource {
 /// How the sensor is wired to the rest of the process.
 #[derive(Debug)]
 pub struct SensorIo {
-    /// Encoded events go here (the connector).
-    pub out: mpsc::Sender<Encoded>,
+    /// Encoded batches go here (the connector).
+    pub out: mpsc::Sender<Batch>,
     /// The first sequence number to use (the WAL's next).
     pub first_seq: u64,
     /// Commands (RPCs, lifecycle, backpressure).
@@ -119,7 +120,7 @@ struct Sensor {
     /// False once every sender is gone (then the branch is not polled).
     mailbox_open: bool,
     status: watch::Sender<SensorStatus>,
-    out: mpsc::Sender<Encoded>,
+    out: mpsc::Sender<Batch>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
@@ -169,11 +170,21 @@ impl Sensor {
         });
     }
 
+    /// Puts one event into the open batch; sends the batch if it is full.
     async fn emit(&mut self, event: ProcessEvent) {
-        if let Some(encoded) = self.pipeline.process(event)
-            && self.out.send(encoded).await.is_err()
-        {
-            Metrics::incr(&self.metrics.events_output_dropped);
+        if self.pipeline.push(event) {
+            self.flush().await;
+        }
+    }
+
+    /// Sends the open batch (sources call this at their natural boundary:
+    /// one drain of the kernel ring, one snapshot).
+    async fn flush(&mut self) {
+        if let Some(batch) = self.pipeline.take() {
+            let n = batch.len() as u64;
+            if self.out.send(batch).await.is_err() {
+                Metrics::add(&self.metrics.events_output_dropped, n);
+            }
         }
     }
 
@@ -195,6 +206,7 @@ impl Sensor {
             let event = p.to_event(EventKind::Snapshot, source, inventory.taken_at);
             self.emit(event).await;
         }
+        self.flush().await;
     }
 
     fn ticker(&self) -> tokio::time::Interval {
@@ -416,6 +428,7 @@ impl Sensor {
                     for e in events {
                         self.emit(e).await;
                     }
+                    self.flush().await;
                     self.cycle_done(started);
                 }
             }

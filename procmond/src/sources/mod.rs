@@ -21,7 +21,8 @@ use crate::model::ProcessEvent;
 /// What a kernel source sends to the sensor.
 #[derive(Debug)]
 pub enum SourceMsg {
-    Event(Box<ProcessEvent>),
+    /// Events in the order the kernel wrote them (one drain of the ring).
+    Events(Vec<ProcessEvent>),
     /// Every record written before the barrier was requested has been sent.
     Barrier(u64),
 }
