@@ -13,10 +13,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
-/// A small runtime: procmond's work is I/O-bound and the host has few cores.
+/// One thread runs every task of a procmond process (docs/architecture.md):
+/// the work per batch is small, and a second worker would only add thread
+/// hand-offs (futex wake-ups were the largest cost per event). Blocking
+/// work has its own threads: the kernel reader, snapshots (spawn_blocking)
+/// and sled's I/O.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")

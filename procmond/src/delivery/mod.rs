@@ -4,4 +4,5 @@
 //! reconnect and applies backpressure. Neither looks inside an event.
 
 pub mod connector;
+pub mod pacer;
 pub mod wal;

@@ -1,0 +1,128 @@
+//! Group commit pacing for the WAL: how long the connector lets batches
+//! gather before it writes and flushes them.
+//!
+//! A WAL flush has a fixed cost (sled wakes its I/O threads and syncs the
+//! file range) whatever it carries. Under light load every batch is
+//! committed at once, so an event's latency is the flush itself; as the
+//! event rate climbs the connector waits up to `MAX_DELAY` after the last
+//! commit, so a fork storm costs ~100 flushes a second instead of one per
+//! drain of the kernel ring. Pure bookkeeping over the times it is given,
+//! so it is tested without a clock.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Below this rate (events/s) nothing waits.
+const LIGHT_LOAD: f64 = 1_000.0;
+/// At or above this rate commits are `MAX_DELAY` apart.
+const HEAVY_LOAD: f64 = 4_000.0;
+/// The longest a batch waits for company before its commit.
+pub const MAX_DELAY: Duration = Duration::from_millis(10);
+/// The rate is measured over windows this long.
+const RATE_WINDOW: Duration = Duration::from_millis(250);
+
+#[derive(Debug)]
+pub struct CommitPacer {
+    window_start: Instant,
+    events_in_window: u64,
+    rate: f64,
+    last_commit: Instant,
+}
+
+impl CommitPacer {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            window_start: now,
+            events_in_window: 0,
+            rate: 0.0,
+            last_commit: now,
+        }
+    }
+
+    /// Events per second over the last complete window.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// How far apart commits are at the current rate.
+    pub fn delay(&self) -> Duration {
+        let load = ((self.rate - LIGHT_LOAD) / (HEAVY_LOAD - LIGHT_LOAD)).clamp(0.0, 1.0);
+        MAX_DELAY.mul_f64(load)
+    }
+
+    /// When the next commit may happen (now or in the past: at once).
+    pub fn next_commit_at(&self, now: Instant) -> Instant {
+        // A rate measured before a quiet spell no longer holds.
+        if now.duration_since(self.window_start) > RATE_WINDOW * 4 {
+            return now;
+        }
+        self.last_commit + self.delay()
+    }
+
+    /// A commit of `events` happened at `now`.
+    pub fn committed(&mut self, now: Instant, events: u64) {
+        self.last_commit = now;
+        self.events_in_window += events;
+        let elapsed = now.duration_since(self.window_start);
+        if elapsed >= RATE_WINDOW {
+            self.rate = self.events_in_window as f64 / elapsed.as_secs_f64();
+            self.window_start = now;
+            self.events_in_window = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn light_load_commits_at_once_and_a_storm_waits_up_to_the_cap() {
+        let t0 = Instant::now();
+        let mut p = CommitPacer::new(t0);
+        // 400 events/s (one every 2.5 ms): never waits.
+        let mut t = t0;
+        for _ in 0..200 {
+            t += Duration::from_micros(2_500);
+            p.committed(t, 1);
+            assert_eq!(p.next_commit_at(t), t);
+        }
+        assert!((p.rate() - 400.0).abs() < 20.0, "{}", p.rate());
+        // 10 000 events/s in 2 ms drains: commits become MAX_DELAY apart.
+        for _ in 0..200 {
+            t += ms(2);
+            p.committed(t, 20);
+        }
+        assert!(p.rate() > HEAVY_LOAD);
+        assert_eq!(p.delay(), MAX_DELAY);
+        assert_eq!(p.next_commit_at(t), t + MAX_DELAY);
+        // Half-way between the thresholds: half the cap.
+        p.rate = (LIGHT_LOAD + HEAVY_LOAD) / 2.0;
+        assert_eq!(p.delay(), MAX_DELAY / 2);
+    }
+
+    #[test]
+    fn a_quiet_spell_forgets_the_storm() {
+        let t0 = Instant::now();
+        let mut p = CommitPacer::new(t0);
+        let mut t = t0;
+        for _ in 0..200 {
+            t += ms(2);
+            p.committed(t, 50);
+        }
+        assert_eq!(p.delay(), MAX_DELAY);
+        let later = t + Duration::from_secs(5);
+        assert_eq!(
+            p.next_commit_at(later),
+            later,
+            "the first event after a pause waits for nothing"
+        );
+        p.committed(later, 1);
+        assert!(p.rate() < LIGHT_LOAD, "{}", p.rate());
+    }
+}
