@@ -78,6 +78,9 @@ pub struct Wal {
     pending_count: AtomicU64,
     next_seq: AtomicU64,
     warned_high: AtomicBool,
+    /// Keys from here on were written by this process from batches it built
+    /// itself; older ones come from disk and are validated event by event.
+    written_here_from: u64,
     metrics: Arc<Metrics>,
 }
 
@@ -110,13 +113,15 @@ impl Wal {
                 last = last.max(seq + n.saturating_sub(1));
             }
         }
+        let next_seq = stored_next.max(last + 1);
         let wal = Self {
             db,
             max_bytes,
             pending_bytes: AtomicU64::new(bytes),
             pending_count: AtomicU64::new(count),
-            next_seq: AtomicU64::new(stored_next.max(last + 1)),
+            next_seq: AtomicU64::new(next_seq),
             warned_high: AtomicBool::new(false),
+            written_here_from: next_seq,
             metrics,
         };
         wal.publish_gauges();
@@ -211,6 +216,12 @@ impl Wal {
                     continue;
                 }
             };
+            if key >= self.written_here_from {
+                // Built and encoded by this process; sled checksums what it
+                // stores. Replayed records get the full check below.
+                out.push((key, batch));
+                continue;
+            }
             let (valid, invalid) = batch.validated();
             if invalid > 0 {
                 Metrics::add(&self.metrics.wal_corrupt, invalid as u64);
@@ -242,9 +253,16 @@ impl Wal {
         Ok(())
     }
 
-    /// Raw access for tests that must plant a corrupt record.
+    /// Raw access for tests that must plant a corrupt record (as one from
+    /// an earlier run: it gets the replay checks).
     #[doc(hidden)]
     pub fn insert_raw_for_test(&self, key: u64, bytes: &[u8]) -> Result<(), WalError> {
+        if key >= self.written_here_from {
+            return Err(WalError::Sled(sled::Error::Unsupported(format!(
+                "plant test records below {} (earlier runs' keys)",
+                self.written_here_from
+            ))));
+        }
         self.db.insert(event_key(key), bytes)?;
         self.db.flush()?;
         self.pending_bytes.fetch_add(bytes.len() as u64, Relaxed);
@@ -400,24 +418,33 @@ mod tests {
     fn corrupt_records_are_skipped_counted_and_the_rest_replays() {
         let dir = temp_dir("corrupt");
         let metrics = Arc::new(Metrics::default());
-        let wal = Wal::open(&dir, 1 << 20, metrics.clone()).expect("open");
-        wal.append(&[batch([1]), batch([4, 5])]).expect("append");
-        wal.insert_raw_for_test(2, b"\xff\x00garbage")
+        drop(
+            Wal::open(&dir, 1 << 20, metrics.clone())
+                .and_then(|w| w.append(&[batch([10]), batch([14, 15])]))
+                .expect("append"),
+        );
+        // Reopened: what is on disk now comes from an earlier run.
+        let wal = Wal::open(&dir, 1 << 20, metrics.clone()).expect("reopen");
+        wal.insert_raw_for_test(11, b"\xff\x00garbage")
             .expect("plant");
         // A batch whose structure holds but whose first event is garbled.
-        let mut bytes = batch([3, 9]).as_bytes().to_vec();
+        let mut bytes = batch([12, 13]).as_bytes().to_vec();
         for b in &mut bytes[32..56] {
             *b = 0xff;
         }
-        wal.insert_raw_for_test(3, &bytes).expect("plant");
+        wal.insert_raw_for_test(12, &bytes).expect("plant");
+        assert!(
+            wal.insert_raw_for_test(wal.next_seq(), b"x").is_err(),
+            "keys of this run are not planted"
+        );
         let read = wal.read_from(0, 100).expect("read");
         let seqs: Vec<Vec<u64>> = read
             .iter()
             .map(|(_, b)| b.iter().map(|e| e.seq).collect())
             .collect();
-        assert_eq!(seqs, [vec![1], vec![9], vec![4, 5]]);
+        assert_eq!(seqs, [vec![10], vec![13], vec![14, 15]]);
         assert_eq!(metrics.wal_corrupt.load(Relaxed), 2);
-        assert_eq!(keys(&wal), [1, 3, 4], "the garbage record is gone");
+        assert_eq!(keys(&wal), [10, 12, 14], "the garbage record is gone");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

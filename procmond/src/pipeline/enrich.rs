@@ -1,25 +1,51 @@
-//! Enrichment: what the kernel record does not carry, read from procfs while
-//! the process is (probably) still alive — the resolved executable when
-//! execve got a relative path, the working directory, the cgroup and the
-//! container it implies. Best effort: a process that is already gone keeps
-//! what the kernel captured, and nothing is invented.
+//! Enrichment: what the kernel record does not carry. The probes capture
+//! what they can at the event (pid, parent, credentials, start time, comm,
+//! argv, the exec path, the cgroup id); what is left comes from procfs, but
+//! never more than it must on the hot path:
+//!
+//! * the cgroup path is resolved once per cgroup id and cached (a fork storm
+//!   runs in one cgroup: one read for all of it);
+//! * `exe` is read (`/proc/PID/exe`) only when execve got a relative path;
+//! * `cwd` is read on `exec` only, and only with `enhanced_metadata`;
+//! * `fork` events need nothing: the child is its parent's copy, and its
+//!   exec (if any) carries the rest.
+//!
+//! Events without a kernel cgroup id (inventory, polling) read their cgroup
+//! from procfs. Best effort: a process that is already gone keeps what the
+//! kernel captured, and nothing is invented.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::model::{EventKind, ProcessEvent};
+
+/// Most cgroup ids remembered; the cache starts over when it is full.
+const CGROUP_CACHE: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct Enricher {
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     enhanced: bool,
+    /// cgroup id → (path, container id); `None` for a cgroup that could not
+    /// be resolved (its process was gone), retried after the next reset.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    cgroups: HashMap<u64, Option<(Arc<str>, Option<Arc<str>>)>>,
 }
 
 impl Enricher {
     pub fn new(enhanced_metadata: bool) -> Self {
         Self {
             enhanced: enhanced_metadata,
+            cgroups: HashMap::new(),
         }
     }
 
-    pub fn enrich(&self, event: &mut ProcessEvent) {
+    /// Takes a new `enhanced_metadata` setting, keeping the cache.
+    pub fn set_enhanced(&mut self, enhanced: bool) {
+        self.enhanced = enhanced;
+    }
+
+    pub fn enrich(&mut self, event: &mut ProcessEvent) {
         // A process that is gone has nothing left to read.
         if !matches!(event.kind, EventKind::Exit | EventKind::Stop) {
             #[cfg(target_os = "linux")]
@@ -28,30 +54,62 @@ impl Enricher {
     }
 
     #[cfg(target_os = "linux")]
-    fn enrich_from_procfs(&self, event: &mut ProcessEvent) {
-        let dir = format!("/proc/{}", event.pid);
+    fn enrich_from_procfs(&mut self, event: &mut ProcessEvent) {
         let link = |name: &str| {
-            std::fs::read_link(format!("{dir}/{name}"))
+            std::fs::read_link(format!("/proc/{}/{name}", event.pid))
                 .ok()
                 .map(|p| p.to_string_lossy().into_owned())
         };
-        if event.exe.is_none() && event.platform.exec_filename.is_some() {
+        if event.kind == EventKind::Exec
+            && event.exe.is_none()
+            && event.platform.exec_filename.is_some()
+        {
             event.exe = link("exe");
         }
-        if !self.enhanced {
+        if !self.enhanced || event.kind == EventKind::Fork && event.platform.cgroup_id.is_none() {
             return;
         }
-        if event.cwd.is_none() {
+        if event.kind == EventKind::Exec && event.cwd.is_none() {
             event.cwd = link("cwd");
         }
-        if event.cgroup.is_none()
-            && let Ok(text) = std::fs::read_to_string(format!("{dir}/cgroup"))
-            && let Some(path) = unified_cgroup(&text)
-        {
-            event.container_id = container_id(path).map(str::to_owned);
-            event.cgroup = Some(path.to_owned());
+        if event.cgroup.is_some() {
+            return;
+        }
+        let resolved = match event.platform.cgroup_id {
+            Some(id) => self.cgroup_by_id(id, event.pid),
+            None => read_cgroup(event.pid),
+        };
+        if let Some((path, container)) = resolved {
+            event.cgroup = Some(path.to_string());
+            event.container_id = container.map(|c| c.to_string());
         }
     }
+
+    /// The cgroup of kernel id `id`, read from `pid` the first time.
+    #[cfg(target_os = "linux")]
+    fn cgroup_by_id(&mut self, id: u64, pid: u32) -> Option<(Arc<str>, Option<Arc<str>>)> {
+        if let Some(Some(hit)) = self.cgroups.get(&id) {
+            return Some(hit.clone());
+        }
+        if self.cgroups.len() >= CGROUP_CACHE {
+            self.cgroups.clear();
+        }
+        let found = read_cgroup(pid);
+        // Only a live answer is cached: the process may have moved since
+        // the event, but a cgroup's id never names another path.
+        if found.is_some() {
+            self.cgroups.insert(id, found.clone());
+        }
+        found
+    }
+}
+
+/// `(cgroup path, container id)` of a live process, from procfs.
+#[cfg(target_os = "linux")]
+fn read_cgroup(pid: u32) -> Option<(Arc<str>, Option<Arc<str>>)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = unified_cgroup(&text)?;
+    Some((Arc::from(path), container_id(path).map(Arc::from)))
 }
 
 /// The cgroup v2 path (`0::/path`) from `/proc/PID/cgroup`.

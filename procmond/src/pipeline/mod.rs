@@ -45,7 +45,7 @@ impl Pipeline {
 
     /// Takes new hot-reloadable settings (enrichment, redaction patterns).
     pub fn reconfigure(&mut self, config: &ProcmondConfig) {
-        self.enricher = Enricher::new(config.enhanced_metadata);
+        self.enricher.set_enhanced(config.enhanced_metadata);
         self.sanitizer = Sanitizer::new(&config.sanitize.extra_flags, &config.sanitize.extra_keys);
     }
 
