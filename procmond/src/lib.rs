@@ -22,4 +22,5 @@ pub mod privileges;
 pub mod reconcile;
 pub mod sensor;
 pub mod sources;
+pub mod sys;
 pub mod telemetry;

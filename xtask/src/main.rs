@@ -6,6 +6,8 @@
 //! that building procmond needs nothing but Rust; this task is the only place
 //! that needs clang.
 
+#![forbid(unsafe_code)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -9,8 +9,9 @@
 //! started and waited on until it is attached; then the workload runs. The
 //! sensor's CPU is the user+sys time of its whole process tree (every thread,
 //! from /proc) between the workload's start and the moment its output holds
-//! every exec and exit (or stops growing); the collector's peak RSS is its
-//! VmHWM. Variants are interleaved round by round and medians reported, as
+//! every exec and exit (or stops growing); the sensor's peak RSS in the
+//! storm is the largest VmHWM in its tree after resetting it (clear_refs)
+//! when the workload starts, and its start-up peak is the VmHWM before. Variants are interleaved round by round and medians reported, as
 //! ratios against execsnoop and against the workload alone.
 
 use std::collections::HashMap;
@@ -45,6 +46,7 @@ struct Sample {
     cpu_s: f64,
     wall_s: f64,
     rss_mib: f64,
+    startup_rss_mib: f64,
     execs: usize,
     exits: usize,
     lost: Option<u64>,
@@ -106,9 +108,9 @@ fn print_table(opts: &Options, variants: &[Variant], r: &HashMap<&'static str, V
         opts.spawners, opts.spawns, opts.rounds
     );
     println!(
-        "| path | sensor CPU (s) | vs execsnoop | workload wall (s) | slowdown | sensor peak RSS (MiB) | execs seen | exits seen | kernel_lost |"
+        "| path | sensor CPU (s) | vs execsnoop | workload wall (s) | slowdown | peak RSS in the storm (MiB) | peak RSS at start-up (MiB) | execs seen | exits seen | kernel_lost |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for v in variants {
         let samples = &r[v.label()];
         let cpu = med(*v, |s| s.cpu_s);
@@ -131,7 +133,7 @@ fn print_table(opts: &Options, variants: &[Variant], r: &HashMap<&'static str, V
             seen_exit
         };
         println!(
-            "| {} | {:.2} | {ratio} | {wall:.2} | {:+.0} % | {} | {seen_exec} | {seen_exit} | {} |",
+            "| {} | {:.2} | {ratio} | {wall:.2} | {:+.0} % | {} | {} | {seen_exec} | {seen_exit} | {} |",
             v.label(),
             cpu,
             (wall / base_wall - 1.0) * 100.0,
@@ -139,6 +141,11 @@ fn print_table(opts: &Options, variants: &[Variant], r: &HashMap<&'static str, V
                 "—".to_string()
             } else {
                 format!("{:.1}", med(*v, |s| s.rss_mib))
+            },
+            if *v == Variant::Baseline {
+                "—".to_string()
+            } else {
+                format!("{:.1}", med(*v, |s| s.startup_rss_mib))
             },
             lost.map_or("—".into(), |l| l.to_string()),
         );
@@ -211,6 +218,12 @@ fn measure(v: Variant, opts: &Options, dir: &Path) -> Result<Sample> {
         std::thread::sleep(Duration::from_millis(500)); // inventory settles
     }
     let root = child.as_ref().map(Child::id);
+    // The peak so far is start-up's (procmond: parsing the kernel BTF);
+    // then the peak is reset so the storm's own peak is measured.
+    let startup_rss_mib = root.map_or(0.0, |r| tree_max_hwm_kib(r) as f64 / 1024.0);
+    if let Some(r) = root {
+        reset_hwm(r);
+    }
     let cpu_before = root.map_or(0.0, tree_cpu_s);
     let started = Instant::now();
     let spawners: Vec<Child> = (0..opts.spawners)
@@ -230,6 +243,7 @@ fn measure(v: Variant, opts: &Options, dir: &Path) -> Result<Sample> {
     let wall_s = started.elapsed().as_secs_f64();
     let mut sample = Sample {
         wall_s,
+        startup_rss_mib,
         ..Sample::default()
     };
     let Some(mut child) = child else {
@@ -422,6 +436,13 @@ fn tree_cpu_s(root: u32) -> f64 {
         .map(|p| p.2)
         .sum();
     ticks as f64 / 100.0
+}
+
+/// Resets the peak RSS (VmHWM) of every process in the tree.
+fn reset_hwm(root: u32) {
+    for pid in descendants(root, &processes()) {
+        let _ = fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    }
 }
 
 /// The largest VmHWM (peak RSS) in the tree: the collector's, for procmond.

@@ -62,7 +62,7 @@ impl Default for ProcmondConfig {
             heartbeat_interval_secs: 30,
             compute_hashes: false,
             wal_dir: PathBuf::from("/var/lib/procmond/wal"),
-            ring_buffer_bytes: 16 * 1024 * 1024,
+            ring_buffer_bytes: 4 * 1024 * 1024,
             wal_max_bytes: 100 * 1024 * 1024,
             buffer_bytes: 10 * 1024 * 1024,
             sanitize: SanitizeConfig::default(),

@@ -418,11 +418,9 @@ mod tests {
     fn corrupt_records_are_skipped_counted_and_the_rest_replays() {
         let dir = temp_dir("corrupt");
         let metrics = Arc::new(Metrics::default());
-        drop(
-            Wal::open(&dir, 1 << 20, metrics.clone())
-                .and_then(|w| w.append(&[batch([10]), batch([14, 15])]))
-                .expect("append"),
-        );
+        Wal::open(&dir, 1 << 20, metrics.clone())
+            .and_then(|w| w.append(&[batch([10]), batch([14, 15])]))
+            .expect("append");
         // Reopened: what is on disk now comes from an earlier run.
         let wal = Wal::open(&dir, 1 << 20, metrics.clone()).expect("reopen");
         wal.insert_raw_for_test(11, b"\xff\x00garbage")

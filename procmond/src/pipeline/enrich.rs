@@ -22,6 +22,9 @@ use crate::model::{EventKind, ProcessEvent};
 /// Most cgroup ids remembered; the cache starts over when it is full.
 const CGROUP_CACHE: usize = 4096;
 
+/// A cgroup's path and the container id it implies.
+type CgroupInfo = (Arc<str>, Option<Arc<str>>);
+
 #[derive(Debug, Clone)]
 pub struct Enricher {
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
@@ -29,7 +32,7 @@ pub struct Enricher {
     /// cgroup id → (path, container id); `None` for a cgroup that could not
     /// be resolved (its process was gone), retried after the next reset.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    cgroups: HashMap<u64, Option<(Arc<str>, Option<Arc<str>>)>>,
+    cgroups: HashMap<u64, Option<CgroupInfo>>,
 }
 
 impl Enricher {
@@ -87,7 +90,7 @@ impl Enricher {
 
     /// The cgroup of kernel id `id`, read from `pid` the first time.
     #[cfg(target_os = "linux")]
-    fn cgroup_by_id(&mut self, id: u64, pid: u32) -> Option<(Arc<str>, Option<Arc<str>>)> {
+    fn cgroup_by_id(&mut self, id: u64, pid: u32) -> Option<CgroupInfo> {
         if let Some(Some(hit)) = self.cgroups.get(&id) {
             return Some(hit.clone());
         }
@@ -106,7 +109,7 @@ impl Enricher {
 
 /// `(cgroup path, container id)` of a live process, from procfs.
 #[cfg(target_os = "linux")]
-fn read_cgroup(pid: u32) -> Option<(Arc<str>, Option<Arc<str>>)> {
+fn read_cgroup(pid: u32) -> Option<CgroupInfo> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let path = unified_cgroup(&text)?;
     Some((Arc::from(path), container_id(path).map(Arc::from)))

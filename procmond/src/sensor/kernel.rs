@@ -28,6 +28,9 @@ impl Sensor {
         }
         let source = ebpf::attach(self.config.ring_buffer_bytes, self.config.ebpf_attach)
             .map_err(|e| e.to_string())?;
+        // The BTF parsed for CO-RE is gone: hand its pages back (sys::trim).
+        #[cfg(target_env = "gnu")]
+        crate::sys::trim::release_free_heap();
         let active = ActiveSource {
             source: EventSource::Ebpf,
             degraded_reason: source.kind().degraded_reason(),

@@ -1,0 +1,5 @@
+//! The few calls into the C library that no safe crate offers. Each lives in
+//! its own small module, the only places where `unsafe` is allowed.
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub mod trim;
