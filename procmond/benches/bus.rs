@@ -1,4 +1,4 @@
-//! Event-path throughput benchmarks (SPEC §8: "WAL writes > 100 000 events/s
+//! Event-path throughput benchmarks (docs/reference.md §8: "WAL writes > 100 000 events/s
 //! with durability"; "event publish throughput > 100 000 events/s over the
 //! socket").
 //!
@@ -63,9 +63,9 @@ const SMOKE_PUBLISH_EVENTS: usize = 100;
 const PUBLISH_BATCH: usize = 64;
 /// Interleaved rounds per routine for the ratio lines.
 const RATIO_ROUNDS: usize = 15;
-/// The SPEC §8 goal for both groups.
+/// The docs/reference.md §8 goal for both groups.
 const GOAL_EVENTS_PER_SEC: f64 = 100_000.0;
-/// WAL size cap, as configured by default (SPEC §5).
+/// WAL size cap, as configured by default (docs/reference.md §5).
 const WAL_MAX_BYTES: u64 = 100 * 1024 * 1024;
 /// The peer's log file is truncated (untimed) when it passes this size.
 const PEER_FILE_ROTATE: u64 = 64 * 1024 * 1024;

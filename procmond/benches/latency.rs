@@ -1,4 +1,4 @@
-//! exec → subscriber latency on the real kernel (SPEC §8: "exec → subscriber
+//! exec → subscriber latency on the real kernel (docs/reference.md §8: "exec → subscriber
 //! latency p99 < 10 ms").
 //!
 //! It runs the real binary, `procmond watch --source ebpf --format json`, which
@@ -35,7 +35,7 @@ const DEFAULT_EXECS: usize = 2000;
 const DEFAULT_RATE: u64 = 400;
 const SMOKE_EXECS: usize = 20;
 const SMOKE_RATE: u64 = 200;
-/// SPEC §8 goal for p99, in ms.
+/// docs/reference.md §8 goal for p99, in ms.
 const GOAL_P99_MS: f64 = 10.0;
 
 fn procmond() -> Command {

@@ -1,4 +1,4 @@
-//! Process-table snapshot benchmark (SPEC §8: "enumerate 1 000 processes:
+//! Process-table snapshot benchmark (docs/reference.md §8: "enumerate 1 000 processes:
 //! < 10 ms, and faster than the `sysinfo` crate on the same host"; "10 000
 //! processes: linear, < 100 ms per snapshot").
 //!

@@ -1,4 +1,4 @@
-//! Privilege detection (SPEC §6): what this process may do, logged at start
+//! Privilege detection (docs/reference.md §6): what this process may do, logged at start
 //! and shown by `capabilities`. Missing privilege means degraded mode with a
 //! reason, never a crash.
 

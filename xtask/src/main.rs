@@ -145,7 +145,7 @@ fn cargo(args: &[&str]) -> Result<()> {
     run(Command::new(cargo).args(args))
 }
 
-/// Targets whose procmond code is type-checked here (SPEC §7). Windows is
+/// Targets whose procmond code is type-checked here (docs/reference.md §7). Windows is
 /// not among them yet: the event bus needs a named-pipe transport first.
 const OTHER_TARGETS: [&str; 2] = ["x86_64-unknown-freebsd", "aarch64-apple-darwin"];
 

@@ -1,4 +1,4 @@
-//! Dropping the agent's privileges (SPEC §6): supplementary groups first,
+//! Dropping the agent's privileges (docs/reference.md §6): supplementary groups first,
 //! then the gid, then the uid — real, effective and saved alike — and a
 //! check that the drop cannot be undone.
 //!

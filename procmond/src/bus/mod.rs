@@ -1,4 +1,4 @@
-//! The local event bus between collectors and the agent (SPEC §4):
+//! The local event bus between collectors and the agent (docs/reference.md §4):
 //! `protocol` (frames, envelopes, topics), `broker` (the server, in the
 //! agent or embedded in `watch`) and `client` (collectors, `ctl`, tests).
 

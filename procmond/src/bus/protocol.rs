@@ -15,7 +15,7 @@ use crate::model::EventKind;
 use crate::model::batch::{Batch, BatchBuilder};
 use crate::model::codec;
 
-/// Largest frame accepted or sent (SPEC §4 default).
+/// Largest frame accepted or sent (docs/reference.md §4 default).
 pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 
 /// What a frame is.
@@ -38,7 +38,7 @@ pub enum FrameKind {
     Error,
 }
 
-/// RPC status codes (SPEC §4).
+/// RPC status codes (docs/reference.md §4).
 #[derive(
     Debug,
     Clone,

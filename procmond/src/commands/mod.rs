@@ -30,7 +30,7 @@ pub fn restrict_umask() {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
 
-/// Logs what this process may do (SPEC §6: detected and logged at start).
+/// Logs what this process may do (docs/reference.md §6: detected and logged at start).
 pub fn log_privileges() {
     let p = procmond::privileges::detect();
     tracing::info!(euid = ?p.euid, capabilities = %p.effective_summary(), can_load_bpf = p.can_load_bpf(), can_read_all_processes = p.can_read_all_processes(), "privileges");

@@ -1,4 +1,4 @@
-//! `agent.yaml` (SPEC §3.1): the agent's broker, supervision and sinks, and
+//! `agent.yaml` (docs/reference.md §3.1): the agent's broker, supervision and sinks, and
 //! the collectors it spawns.
 
 use std::path::{Path, PathBuf};
@@ -214,7 +214,7 @@ fn check_executable(path: &Path) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    const SPEC_EXAMPLE: &str = "
+    const REFERENCE_EXAMPLE: &str = "
 broker:
   socket: /run/procmond/broker.sock
   allowed_uids: [0]
@@ -249,29 +249,29 @@ collectors:
 
     #[test]
     fn spec_example_parses() {
-        let c = parse(SPEC_EXAMPLE).expect("valid");
+        let c = parse(REFERENCE_EXAMPLE).expect("valid");
         assert_eq!(c.collectors[0].config.collection_interval_secs, 30);
         assert_eq!(c.run_as.as_deref(), Some("nobody"));
     }
 
     #[test]
     fn errors_name_the_key() {
-        let e = parse(&SPEC_EXAMPLE.replace("/bin/sh", "/nonexistent/procmond"))
+        let e = parse(&REFERENCE_EXAMPLE.replace("/bin/sh", "/nonexistent/procmond"))
             .expect_err("must be refused");
         assert!(e.contains("collectors[0].binary_path"), "{e}");
         let plain = std::env::temp_dir().join(format!("procmond-not-exec-{}", std::process::id()));
         std::fs::write(&plain, "x").expect("temp file");
-        let e = parse(&SPEC_EXAMPLE.replace("/bin/sh", &plain.display().to_string()))
+        let e = parse(&REFERENCE_EXAMPLE.replace("/bin/sh", &plain.display().to_string()))
             .expect_err("must be refused");
         let _ = std::fs::remove_file(&plain);
         assert!(
             e.contains("collectors[0].binary_path") && e.contains("not executable"),
             "{e}"
         );
-        let e = parse(&SPEC_EXAMPLE.replace("missed_threshold", "missed_treshold"))
+        let e = parse(&REFERENCE_EXAMPLE.replace("missed_threshold", "missed_treshold"))
             .expect_err("must be refused");
         assert!(e.contains("missed_treshold"), "{e}");
-        let e = parse(&SPEC_EXAMPLE.replace(
+        let e = parse(&REFERENCE_EXAMPLE.replace(
             "collection_interval_secs: 30",
             "collection_interval_secs: 0",
         ))

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{ConfigError, parse_yaml, read_config_file};
 use crate::sources::SourceChoice;
 
-/// The collector's configuration, with SPEC §5 defaults.
+/// The collector's configuration, with docs/reference.md §5 defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcmondConfig {

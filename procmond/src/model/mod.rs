@@ -1,4 +1,4 @@
-//! The event model of SPEC §2: one `ProcessEvent` per observed process change.
+//! The event model of docs/reference.md §2: one `ProcessEvent` per observed process change.
 //!
 //! The same struct is encoded once with rkyv (WAL, bus, subscribers read it in
 //! place) and rendered as JSON for humans and sinks. Unknown values are `None`

@@ -1,4 +1,4 @@
-//! Secret redaction (SPEC §6), applied before an event leaves the process.
+//! Secret redaction (docs/reference.md §6), applied before an event leaves the process.
 //!
 //! Command lines are where secrets leak: `--password x`, `API_KEY=…`,
 //! `https://user:pass@host`, `Authorization: Bearer …`. The sanitizer rewrites

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::config::ProcmondConfig;
 
-/// SPEC §5: bounded, 100.
+/// docs/reference.md §5: bounded, 100.
 pub const MAILBOX_CAPACITY: usize = 100;
 
 /// Keys `UpdateConfig` may change while running; others need a restart.

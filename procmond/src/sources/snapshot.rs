@@ -7,7 +7,7 @@
 
 use crate::model::{EventKind, EventSource, ProcessEvent};
 
-/// Most argv bytes kept per process, in every source (SPEC §2 "bounded").
+/// Most argv bytes kept per process, in every source (docs/reference.md §2 "bounded").
 pub const ARGV_MAX_BYTES: usize = 4096;
 /// Most argv entries kept per process.
 pub const ARGV_MAX_ARGS: usize = 256;
