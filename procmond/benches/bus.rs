@@ -470,6 +470,7 @@ impl PublishRig {
                 )
             })
             .collect();
+        let frames_per_round = envelopes.len() as u64;
         let frames: Vec<Bytes> = envelopes
             .iter()
             .map(|e| protocol::encode(e).expect("envelope encodes"))
@@ -511,7 +512,7 @@ impl PublishRig {
                         Some(Ok(f)) => {
                             black_box(&f);
                             seen += 1;
-                            if seen.is_multiple_of(n as u64) && count_tx.send(seen).is_err() {
+                            if seen.is_multiple_of(frames_per_round) && count_tx.send(seen).is_err() {
                                 break;
                             }
                         }
