@@ -512,7 +512,8 @@ impl PublishRig {
                         Some(Ok(f)) => {
                             black_box(&f);
                             seen += 1;
-                            if seen.is_multiple_of(frames_per_round) && count_tx.send(seen).is_err() {
+                            if seen.is_multiple_of(frames_per_round) && count_tx.send(seen).is_err()
+                            {
                                 break;
                             }
                         }

@@ -77,8 +77,13 @@ impl CommitPacer {
 mod tests {
     use super::*;
 
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
+    /// 200 commits of `events`, 2 ms apart, from `t`; returns the last time.
+    fn storm(p: &mut CommitPacer, mut t: Instant, events: u64) -> Instant {
+        for _ in 0..200 {
+            t += Duration::from_millis(2);
+            p.committed(t, events);
+        }
+        t
     }
 
     #[test]
@@ -94,10 +99,7 @@ mod tests {
         }
         assert!((p.rate() - 400.0).abs() < 20.0, "{}", p.rate());
         // 10 000 events/s in 2 ms drains: commits become MAX_DELAY apart.
-        for _ in 0..200 {
-            t += ms(2);
-            p.committed(t, 20);
-        }
+        let t = storm(&mut p, t, 20);
         assert!(p.rate() > HEAVY_LOAD);
         assert_eq!(p.delay(), MAX_DELAY);
         assert_eq!(p.next_commit_at(t), t + MAX_DELAY);
@@ -110,11 +112,7 @@ mod tests {
     fn a_quiet_spell_forgets_the_storm() {
         let t0 = Instant::now();
         let mut p = CommitPacer::new(t0);
-        let mut t = t0;
-        for _ in 0..200 {
-            t += ms(2);
-            p.committed(t, 50);
-        }
+        let t = storm(&mut p, t0, 50);
         assert_eq!(p.delay(), MAX_DELAY);
         let later = t + Duration::from_secs(5);
         assert_eq!(

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use crate::model::{EventKind, ProcessEvent};
 
 /// Most cgroup ids remembered; the cache starts over when it is full.
+#[cfg(target_os = "linux")]
 const CGROUP_CACHE: usize = 4096;
 
 /// A cgroup's path and the container id it implies.
