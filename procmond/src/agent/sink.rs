@@ -14,11 +14,10 @@
 //! is on disk here.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::bus::broker::Durable;
@@ -90,8 +89,13 @@ pub async fn run_jsonl(
         .append(true)
         .mode(0o600)
         .open(path)
-        .await?;
-    let mut out = tokio::io::BufWriter::new(file);
+        .await?
+        .into_std()
+        .await;
+    let mut file = Some(file);
+    // Every line of the deliveries waiting at once, written and synced by one
+    // blocking call: one thread hand-off per group, not one per buffer.
+    let mut out: Vec<u8> = Vec::with_capacity(256 * 1024);
     let mut line = Vec::with_capacity(1024);
     let mut stored = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -112,7 +116,7 @@ pub async fn run_jsonl(
                     Ok(event) if dedupe.is_new(&event.collector_id, event.seq) => {
                         line.clear();
                         render(&event, Format::Json, &mut line);
-                        out.write_all(&line).await?;
+                        out.extend_from_slice(&line);
                         stats.written.fetch_add(1, Relaxed);
                     }
                     Ok(_) => {
@@ -128,13 +132,23 @@ pub async fn run_jsonl(
             next = rx.try_recv().ok();
         }
         // On disk before the collectors may forget the batch.
-        out.flush().await?;
-        out.get_ref().sync_data().await?;
+        let f = file.take().ok_or_else(|| std::io::Error::other("sink file lost"))?;
+        let bytes = std::mem::take(&mut out);
+        let (f, bytes) = tokio::task::spawn_blocking(move || {
+            let mut w = &f;
+            w.write_all(&bytes)?;
+            f.sync_data()?;
+            Ok::<_, std::io::Error>((f, bytes))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        file = Some(f);
+        out = bytes;
+        out.clear();
         for done in stored.drain(..) {
             let _ = done.send(());
         }
     }
-    out.flush().await?;
     Ok(())
 }
 
