@@ -54,7 +54,54 @@ pub struct Metrics {
     pub losses_at_last_beat: AtomicU64,
 }
 
+/// What a counter means for health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterKind {
+    /// Events lost or refused somewhere: any increase degrades health.
+    Loss,
+    /// A running count.
+    Count,
+    /// A level that goes up and down.
+    Gauge,
+}
+
 impl Metrics {
+    /// Every counter with its name and kind: the one list that health
+    /// checks, heartbeats, `watch`'s closing line and the loss total read.
+    pub fn counters(&self) -> [(&'static str, &AtomicU64, CounterKind); 20] {
+        use CounterKind::{Count, Gauge, Loss};
+        [
+            ("kernel_lost", &self.kernel_lost, Loss),
+            ("records_malformed", &self.records_malformed, Loss),
+            ("wal_dropped_full", &self.wal_dropped_full, Loss),
+            ("wal_corrupt", &self.wal_corrupt, Loss),
+            ("events_output_dropped", &self.events_output_dropped, Loss),
+            ("events_encode_failed", &self.events_encode_failed, Loss),
+            ("events_observed", &self.events_observed, Count),
+            ("events_encoded", &self.events_encoded, Count),
+            ("events_emitted", &self.events_emitted, Count),
+            ("events_published", &self.events_published, Count),
+            (
+                "reconcile_missed_starts",
+                &self.reconcile_missed_starts,
+                Count,
+            ),
+            (
+                "reconcile_missed_stops",
+                &self.reconcile_missed_stops,
+                Count,
+            ),
+            ("snapshot_errors", &self.snapshot_errors, Count),
+            ("redactions", &self.redactions, Count),
+            ("broker_disconnects", &self.broker_disconnects, Count),
+            ("processes_seen", &self.processes_seen, Gauge),
+            ("wal_pending", &self.wal_pending, Gauge),
+            ("wal_pending_bytes", &self.wal_pending_bytes, Gauge),
+            ("buffer_percent", &self.buffer_percent, Gauge),
+            ("connected", &self.connected, Gauge),
+        ]
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }
@@ -65,16 +112,11 @@ impl Metrics {
 
     /// Every counter that means "an event was lost somewhere", summed.
     pub fn losses(&self) -> u64 {
-        [
-            &self.kernel_lost,
-            &self.records_malformed,
-            &self.wal_dropped_full,
-            &self.events_output_dropped,
-            &self.events_encode_failed,
-        ]
-        .iter()
-        .map(|c| c.load(Relaxed))
-        .sum()
+        self.counters()
+            .iter()
+            .filter(|(_, _, kind)| *kind == CounterKind::Loss)
+            .map(|(_, c, _)| c.load(Relaxed))
+            .sum()
     }
 
     /// Losses since the last heartbeat (all of them when none was sent).
@@ -83,30 +125,84 @@ impl Metrics {
             .saturating_sub(self.losses_at_last_beat.load(Relaxed))
     }
 
+    /// The counters of `kind` (or all) as one JSON object.
+    fn json_of(&self, kind: Option<CounterKind>) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for (name, counter, k) in self.counters() {
+            if kind.is_none_or(|want| want == k) {
+                let v = counter.load(Relaxed);
+                let value = if name == "connected" {
+                    (v == 1).into()
+                } else {
+                    v.into()
+                };
+                map.insert(name.into(), value);
+            }
+        }
+        map.into()
+    }
+
     /// All counters as one JSON object.
     pub fn to_json(&self) -> serde_json::Value {
-        let get = |c: &AtomicU64| c.load(Relaxed);
+        self.json_of(None)
+    }
+
+    /// The loss counters, by name.
+    pub fn losses_json(&self) -> serde_json::Value {
+        self.json_of(Some(CounterKind::Loss))
+    }
+
+    /// What a heartbeat and a health answer carry besides the status: the
+    /// gauges, the published count and every loss counter.
+    pub fn summary_json(&self) -> serde_json::Value {
+        let connected = self.connected.load(Relaxed) == 1;
         serde_json::json!({
-            "kernel_lost": get(&self.kernel_lost),
-            "records_malformed": get(&self.records_malformed),
-            "events_observed": get(&self.events_observed),
-            "events_encoded": get(&self.events_encoded),
-            "events_encode_failed": get(&self.events_encode_failed),
-            "events_emitted": get(&self.events_emitted),
-            "events_output_dropped": get(&self.events_output_dropped),
-            "reconcile_missed_starts": get(&self.reconcile_missed_starts),
-            "reconcile_missed_stops": get(&self.reconcile_missed_stops),
-            "snapshot_errors": get(&self.snapshot_errors),
-            "redactions": get(&self.redactions),
-            "processes_seen": get(&self.processes_seen),
-            "wal_dropped_full": get(&self.wal_dropped_full),
-            "wal_corrupt": get(&self.wal_corrupt),
-            "wal_pending": get(&self.wal_pending),
-            "wal_pending_bytes": get(&self.wal_pending_bytes),
-            "events_published": get(&self.events_published),
-            "broker_disconnects": get(&self.broker_disconnects),
-            "buffer_percent": get(&self.buffer_percent),
-            "connected": get(&self.connected) == 1,
+            "processes_seen": self.processes_seen.load(Relaxed),
+            "events_published": self.events_published.load(Relaxed),
+            "buffer_percent": self.buffer_percent.load(Relaxed),
+            "wal_pending": self.wal_pending.load(Relaxed),
+            "connection": if connected { "connected" } else { "disconnected" },
+            "losses": self.losses_json(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_loss_counter_counts_and_reaches_every_summary() {
+        let m = Metrics::default();
+        let losses: Vec<&str> = m
+            .counters()
+            .iter()
+            .filter(|(_, _, k)| *k == CounterKind::Loss)
+            .map(|(n, _, _)| *n)
+            .collect();
+        for (i, (_, counter, kind)) in m.counters().iter().enumerate() {
+            if *kind == CounterKind::Loss {
+                Metrics::add(counter, i as u64 + 1);
+            }
+        }
+        let want: u64 = m
+            .counters()
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, _, k))| *k == CounterKind::Loss)
+            .map(|(i, _)| i as u64 + 1)
+            .sum();
+        assert_eq!(m.losses(), want);
+        let summary = m.summary_json();
+        let all = m.to_json();
+        for name in &losses {
+            assert!(
+                summary["losses"][name].as_u64().is_some_and(|v| v > 0),
+                "{name}"
+            );
+            assert_eq!(all[name], summary["losses"][name], "{name}");
+        }
+        assert_eq!(all.as_object().map(|o| o.len()), Some(m.counters().len()));
+        assert_eq!(all["connected"], false);
     }
 }

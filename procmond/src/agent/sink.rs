@@ -132,7 +132,9 @@ pub async fn run_jsonl(
             next = rx.try_recv().ok();
         }
         // On disk before the collectors may forget the batch.
-        let f = file.take().ok_or_else(|| std::io::Error::other("sink file lost"))?;
+        let f = file
+            .take()
+            .ok_or_else(|| std::io::Error::other("sink file lost"))?;
         let bytes = std::mem::take(&mut out);
         let (f, bytes) = tokio::task::spawn_blocking(move || {
             let mut w = &f;

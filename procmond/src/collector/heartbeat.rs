@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -40,17 +39,7 @@ pub async fn run(
             sequence,
             status: health.into(),
             timestamp: crate::model::format_rfc3339(crate::clock::now_unix_ns()),
-            metrics: json!({
-                "processes_seen": metrics.processes_seen.load(Relaxed),
-                "events_published": metrics.events_published.load(Relaxed),
-                "buffer_percent": metrics.buffer_percent.load(Relaxed),
-                "connection": if connected { "connected" } else { "disconnected" },
-                "kernel_lost": metrics.kernel_lost.load(Relaxed),
-                "records_malformed": metrics.records_malformed.load(Relaxed),
-                "wal_dropped_full": metrics.wal_dropped_full.load(Relaxed),
-                "wal_pending": metrics.wal_pending.load(Relaxed),
-                "events_output_dropped": metrics.events_output_dropped.load(Relaxed),
-            }),
+            metrics: metrics.summary_json(),
         };
         let env = Envelope::new(
             FrameKind::Publish,

@@ -365,20 +365,12 @@ impl Sensor {
             "collection_interval_secs": self.config.collection_interval_secs,
             "effective_interval_ms": status.interval_ms,
             "backpressure": status.backpressure,
-            "buffer_percent": counters["buffer_percent"],
-            "connection": if connected { "connected" } else { "disconnected" },
-            "losses": {
-                "kernel_lost": counters["kernel_lost"],
-                "records_malformed": counters["records_malformed"],
-                "wal_dropped_full": counters["wal_dropped_full"],
-                "wal_corrupt": counters["wal_corrupt"],
-                "events_output_dropped": counters["events_output_dropped"],
-                "events_encode_failed": counters["events_encode_failed"],
-            },
-            "wal_pending": counters["wal_pending"],
-            "processes_seen": counters["processes_seen"],
-            "events_published": counters["events_published"],
         });
+        if let (Some(body), serde_json::Value::Object(summary)) =
+            (body.as_object_mut(), m.summary_json())
+        {
+            body.extend(summary);
+        }
         if detailed {
             body["recent_errors"] = crate::telemetry::recent_errors().into();
             body["cycles"] = serde_json::json!({
