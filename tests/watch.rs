@@ -443,3 +443,40 @@ fn classic_tracepoints_are_the_fallback_attach_and_leave_no_mount_behind() {
         "tracefs left as it was found"
     );
 }
+
+#[test]
+fn exec_cwd_comes_from_the_kernel_across_mounts_and_deep_paths_fall_back() {
+    if let Some(reason) = ebpf_unavailable() {
+        eprintln!("SKIPPED: eBPF unavailable: {reason}");
+        return;
+    }
+    let m = marker("cwd");
+    // A tmpfs mount (crossed by the probe's walk), a name with a space and
+    // a control character, and a path deeper than the probe walks (32).
+    let shm = std::path::PathBuf::from("/dev/shm").join(format!("{m} a\u{1}b"));
+    let deep = (0..40).fold(std::env::temp_dir().join(&m), |p, i| {
+        p.join(format!("d{i}"))
+    });
+    std::fs::create_dir_all(&shm).expect("shm dir");
+    std::fs::create_dir_all(&deep).expect("deep dir");
+    let watch = Watch::start(&["--source", "ebpf"]);
+    for (dir, tag) in [(&shm, "shm"), (&deep, "deep")] {
+        let status = Command::new("/bin/sh")
+            .args(["-c", "exit 0", &format!("{m}-{tag}")])
+            .current_dir(dir)
+            .status()
+            .expect("spawn");
+        assert!(status.success());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let out = watch.stop();
+    for (dir, tag) in [(&shm, "shm"), (&deep, "deep")] {
+        let e = out
+            .of_kind("exec")
+            .find(|e| e["argv"][3] == format!("{m}-{tag}").as_str())
+            .unwrap_or_else(|| panic!("no exec for {tag}"));
+        assert_eq!(e["cwd"], dir.display().to_string(), "{tag}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&shm);
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&m));
+}

@@ -59,6 +59,36 @@ struct signal_struct {
 	atomic_t live;
 };
 
+struct qstr {
+	__u32 len;
+	const unsigned char *name;
+};
+
+struct dentry {
+	struct dentry *d_parent;
+	struct qstr d_name;
+};
+
+struct vfsmount {
+	struct dentry *mnt_root;
+};
+
+/* fs/mount.h: the vfsmount is embedded; its offset is relocated too. */
+struct mount {
+	struct mount *mnt_parent;
+	struct dentry *mnt_mountpoint;
+	struct vfsmount mnt;
+};
+
+struct path {
+	struct vfsmount *mnt;
+	struct dentry *dentry;
+};
+
+struct fs_struct {
+	struct path pwd;
+};
+
 struct task_struct {
 	int pid;
 	int tgid;
@@ -68,6 +98,7 @@ struct task_struct {
 	const struct cred *real_cred;
 	struct mm_struct *mm;
 	struct signal_struct *signal;
+	struct fs_struct *fs;
 	char comm[16];
 };
 

@@ -3,14 +3,16 @@
  * This is the contract between the probes and procmond's decoder
  * (procmond/src/sources/ebpf/record.rs). Every field is little-endian and
  * naturally aligned; a header is followed by `filename_len` bytes of the exec
- * filename and `args_len` bytes of NUL-separated argv (exec records only).
+ * filename, `args_len` bytes of NUL-separated argv and `cwd_len` bytes of the
+ * working directory, its components leaf first, each NUL-terminated (exec
+ * records only).
  * Bump RECORD_VERSION whenever the layout changes: the decoder refuses other
  * versions instead of misreading them.
  */
 #ifndef PROCMOND_RECORD_H
 #define PROCMOND_RECORD_H
 
-#define RECORD_VERSION 1
+#define RECORD_VERSION 2
 
 #define RECORD_KIND_EXEC 1
 #define RECORD_KIND_EXIT 2
@@ -18,11 +20,17 @@
 
 #define RECORD_FLAG_ARGS_TRUNCATED (1u << 0)
 #define RECORD_FLAG_FILENAME_TRUNCATED (1u << 1)
+/* The working directory was deeper or longer than the probe walks. */
+#define RECORD_FLAG_CWD_TRUNCATED (1u << 2)
 
 /* Powers of two: the probes mask lengths with (N - 1) to prove bounds. */
 #define FILENAME_MAX_LEN 512
 #define ARGS_MAX_LEN 4096
 #define COMM_LEN 16
+/* The cwd: path components leaf first, each NUL-terminated. */
+#define CWD_MAX_LEN 1024
+#define CWD_MAX_DEPTH 32
+#define NAME_MAX_LEN 256
 
 struct record_header {
 	__u16 version;
@@ -41,13 +49,17 @@ struct record_header {
 	__u16 filename_len;
 	__u16 args_len;
 	char comm[COMM_LEN];
+	__u16 cwd_len;           /* exec only: bytes of cwd after argv */
+	__u16 _pad[3];
 };
 
-_Static_assert(sizeof(struct record_header) == 80, "record header layout");
+_Static_assert(sizeof(struct record_header) == 88, "record header layout");
 
 struct exec_record {
 	struct record_header hdr;
-	char data[FILENAME_MAX_LEN + ARGS_MAX_LEN];
+	/* filename, argv, cwd; the last NAME_MAX_LEN bytes are slack for
+	 * the verifier's bounds on the cwd copy. */
+	char data[FILENAME_MAX_LEN + ARGS_MAX_LEN + CWD_MAX_LEN + NAME_MAX_LEN];
 };
 
 #endif

@@ -30,6 +30,18 @@ struct {
 	__type(value, __u64);
 } LOST SEC(".maps");
 
+/* The cwd as the walk finds it (leaf first), before it joins the record. */
+struct cwd_scratch {
+	char buf[CWD_MAX_LEN + NAME_MAX_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cwd_scratch);
+} CWD SEC(".maps");
+
 /* Scratch space: an exec record is too large for the 512-byte BPF stack. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -67,6 +79,7 @@ static __always_inline void fill_header(struct record_header *hdr, __u16 kind,
 	hdr->exit_code = 0;
 	hdr->filename_len = 0;
 	hdr->args_len = 0;
+	hdr->cwd_len = 0;
 	BPF_CORE_READ_STR_INTO(&hdr->comm, task, comm);
 }
 
@@ -79,6 +92,89 @@ static __always_inline struct record_header *reserve_small(void)
 	if (!hdr)
 		count_lost();
 	return hdr;
+}
+
+/*
+ * The working directory, walked up from task->fs->pwd to the global root
+ * (crossing mount points), so userspace needs no /proc/PID/cwd read per
+ * exec. Components are written leaf first, each NUL-terminated; userspace
+ * reverses them; the root itself is one empty component. Returns the bytes
+ * written to `out`, 0 with the truncation flag if the path is deeper or
+ * longer than the walk allows.
+ */
+struct cwd_walk {
+	struct dentry *d;
+	struct mount *mnt;
+	struct vfsmount *vmnt;
+	char *out;
+	__u32 off;
+	int done; /* 1: reached a root; 0 when the loop ran out: truncated */
+};
+
+/* One step of the walk (a bpf_loop callback: verified once, not per step). */
+static long cwd_step(__u32 index, struct cwd_walk *w)
+{
+	/* Plain locals: CO-RE reads must not relocate this struct's fields. */
+	struct dentry *d = w->d;
+	struct mount *mnt = w->mnt;
+	struct vfsmount *vmnt = w->vmnt;
+	struct dentry *root = BPF_CORE_READ(vmnt, mnt_root);
+	struct dentry *parent = BPF_CORE_READ(d, d_parent);
+	const unsigned char *name;
+	__u32 off = w->off;
+	long n;
+
+	if (d == root) {
+		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+
+		if (up == mnt || !up) {
+			w->done = 1; /* the global root */
+			return 1;
+		}
+		w->d = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->mnt = up;
+		w->vmnt = (void *)up + bpf_core_field_offset(struct mount, mnt);
+		return 0;
+	}
+	if (d == parent || !parent) {
+		w->done = 1; /* the root of a detached tree */
+		return 1;
+	}
+	if (off >= CWD_MAX_LEN)
+		return 1;
+	name = BPF_CORE_READ(d, d_name.name);
+	n = bpf_probe_read_kernel_str(&w->out[off & (CWD_MAX_LEN - 1)],
+				      NAME_MAX_LEN, name);
+	if (n <= 0)
+		return 1;
+	w->off = off + n;
+	w->d = parent;
+	return 0;
+}
+
+static __always_inline __u32 read_cwd(struct task_struct *task, char *out, __u32 *flags)
+{
+	struct fs_struct *fs = BPF_CORE_READ(task, fs);
+	struct cwd_walk w = {};
+
+	if (!fs)
+		return 0;
+	w.d = BPF_CORE_READ(fs, pwd.dentry);
+	w.vmnt = BPF_CORE_READ(fs, pwd.mnt);
+	if (!w.d || !w.vmnt)
+		return 0;
+	w.mnt = (void *)w.vmnt - bpf_core_field_offset(struct mount, mnt);
+	w.out = out;
+	bpf_loop(CWD_MAX_DEPTH, cwd_step, &w, 0);
+	if (!w.done || w.off > CWD_MAX_LEN) {
+		*flags |= RECORD_FLAG_CWD_TRUNCATED;
+		return 0;
+	}
+	if (w.off == 0) {
+		out[0] = 0; /* the root: one empty component */
+		return 1;
+	}
+	return w.off;
 }
 
 /* exec: header, then the filename and argv, copied while they still exist. */
@@ -124,7 +220,25 @@ static __always_inline int emit_exec(struct task_struct *task, const char *filen
 	rec->hdr.args_len = args_len;
 
 	{
-		__u64 size = sizeof(struct record_header) + fn_len + args_len;
+		struct cwd_scratch *cwd = bpf_map_lookup_elem(&CWD, &zero);
+		__u32 cwd_len = 0, at;
+
+		if (cwd)
+			cwd_len = read_cwd(task, cwd->buf, &rec->hdr.flags);
+		if (cwd_len > CWD_MAX_LEN) {
+			cwd_len = 0;
+			rec->hdr.flags |= RECORD_FLAG_CWD_TRUNCATED;
+		}
+		cwd_len &= CWD_MAX_LEN - 1;
+		at = fn_len + args_len;
+		if (cwd && cwd_len > 0 && at < FILENAME_MAX_LEN + ARGS_MAX_LEN &&
+		    bpf_probe_read_kernel(&rec->data[at], cwd_len, cwd->buf) == 0)
+			rec->hdr.cwd_len = cwd_len;
+	}
+
+	{
+		__u64 size = sizeof(struct record_header) + fn_len + args_len +
+			     rec->hdr.cwd_len;
 
 		if (size > sizeof(*rec))
 			size = sizeof(*rec);

@@ -6,7 +6,9 @@
 //! * the cgroup path is resolved once per cgroup id and cached (a fork storm
 //!   runs in one cgroup: one read for all of it);
 //! * `exe` is read (`/proc/PID/exe`) only when execve got a relative path;
-//! * `cwd` is read on `exec` only, and only with `enhanced_metadata`;
+//! * `cwd` comes from the probe (a walk of the dentries); procfs is read
+//!   only when the probe could not walk it, on `exec`, with
+//!   `enhanced_metadata`;
 //! * `fork` events need nothing: the child is its parent's copy, and its
 //!   exec (if any) carries the rest.
 //!
@@ -70,7 +72,11 @@ impl Enricher {
         {
             event.exe = link("exe");
         }
-        if !self.enhanced || event.kind == EventKind::Fork && event.platform.cgroup_id.is_none() {
+        if !self.enhanced {
+            event.cwd = None; // the probe captures it; the setting decides
+            return;
+        }
+        if event.kind == EventKind::Fork && event.platform.cgroup_id.is_none() {
             return;
         }
         if event.kind == EventKind::Exec && event.cwd.is_none() {

@@ -9,13 +9,14 @@ use crate::clock;
 use crate::model::{EventKind, EventSource, ProcessEvent};
 use crate::sources::snapshot::split_argv;
 
-pub const RECORD_VERSION: u16 = 1;
-pub const HEADER_LEN: usize = 80;
+pub const RECORD_VERSION: u16 = 2;
+pub const HEADER_LEN: usize = 88;
 const KIND_EXEC: u16 = 1;
 const KIND_EXIT: u16 = 2;
 const KIND_FORK: u16 = 3;
 const FLAG_ARGS_TRUNCATED: u32 = 1 << 0;
 const FLAG_FILENAME_TRUNCATED: u32 = 1 << 1;
+const FLAG_CWD_TRUNCATED: u32 = 1 << 2;
 
 /// Why a kernel record was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +49,8 @@ pub struct KernelRecord<'a> {
     pub comm: &'a [u8],
     pub filename: &'a [u8],
     pub args: &'a [u8],
+    /// The working directory's components, leaf first, NUL-terminated.
+    pub cwd: &'a [u8],
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -78,8 +81,9 @@ pub fn parse(b: &[u8]) -> Result<KernelRecord<'_>, RecordError> {
     };
     let filename_len = usize::from(u16_at(b, 60));
     let args_len = usize::from(u16_at(b, 62));
+    let cwd_len = usize::from(u16_at(b, 80));
     let payload = &b[HEADER_LEN..];
-    let claimed = filename_len + args_len;
+    let claimed = filename_len + args_len + cwd_len;
     if claimed > payload.len() {
         return Err(RecordError::Length {
             claimed,
@@ -103,7 +107,8 @@ pub fn parse(b: &[u8]) -> Result<KernelRecord<'_>, RecordError> {
         exit_status: u32_at(b, 56),
         comm,
         filename: &payload[..filename_len],
-        args: &payload[filename_len..claimed],
+        args: &payload[filename_len..filename_len + args_len],
+        cwd: &payload[filename_len + args_len..claimed],
     })
 }
 
@@ -136,6 +141,9 @@ impl KernelRecord<'_> {
                     split_argv(self.args, self.flags & FLAG_ARGS_TRUNCATED != 0);
                 e.argv = argv;
                 e.argv_truncated = truncated;
+                if self.flags & FLAG_CWD_TRUNCATED == 0 {
+                    e.cwd = cwd_from_components(self.cwd);
+                }
             }
             EventKind::Exit => {
                 // A wait status: (code << 8) | signal, 0x80 when core dumped.
@@ -153,11 +161,34 @@ impl KernelRecord<'_> {
     }
 }
 
+/// `/a/b/c` from the probe's leaf-first `c\0b\0a\0`; `/` for the root
+/// (one empty component). `None` when the probe sent none (older kernels'
+/// failures) or bytes that are not components.
+fn cwd_from_components(raw: &[u8]) -> Option<String> {
+    if raw == [0] {
+        return Some("/".into());
+    }
+    let body = raw.strip_suffix(&[0])?;
+    let mut path = String::with_capacity(raw.len() + 1);
+    for part in body.rsplit(|b| *b == 0) {
+        if part.is_empty() || part.contains(&b'/') {
+            return None;
+        }
+        path.push('/');
+        path.push_str(&String::from_utf8_lossy(part));
+    }
+    Some(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn record(kind: u16, filename: &[u8], args: &[u8]) -> Vec<u8> {
+        record_with_cwd(kind, filename, args, b"")
+    }
+
+    fn record_with_cwd(kind: u16, filename: &[u8], args: &[u8], cwd: &[u8]) -> Vec<u8> {
         let mut b = vec![0u8; HEADER_LEN];
         b[0..2].copy_from_slice(&RECORD_VERSION.to_le_bytes());
         b[2..4].copy_from_slice(&kind.to_le_bytes());
@@ -167,9 +198,39 @@ mod tests {
         b[60..62].copy_from_slice(&(filename.len() as u16).to_le_bytes());
         b[62..64].copy_from_slice(&(args.len() as u16).to_le_bytes());
         b[64..70].copy_from_slice(b"sh\n\x1b\xff\0");
+        b[80..82].copy_from_slice(&(cwd.len() as u16).to_le_bytes());
         b.extend_from_slice(filename);
         b.extend_from_slice(args);
+        b.extend_from_slice(cwd);
         b
+    }
+
+    #[test]
+    fn cwd_comes_from_the_probe_leaf_first() {
+        let b = record_with_cwd(KIND_EXEC, b"/bin/ls", b"ls\0", b"c\0b b\0a\0");
+        let e = parse(&b).expect("valid").to_event();
+        assert_eq!(e.cwd.as_deref(), Some("/a/b b/c"));
+        assert_eq!(e.argv, ["ls"]);
+        let root = record_with_cwd(KIND_EXEC, b"/bin/ls", b"", b"\0");
+        assert_eq!(
+            parse(&root).expect("valid").to_event().cwd.as_deref(),
+            Some("/")
+        );
+        let none = record_with_cwd(KIND_EXEC, b"/bin/ls", b"", b"");
+        assert_eq!(parse(&none).expect("valid").to_event().cwd, None);
+        // Truncated by the probe: no cwd rather than a wrong one.
+        let mut deep = record_with_cwd(KIND_EXEC, b"/bin/ls", b"", b"");
+        deep[4..8].copy_from_slice(&FLAG_CWD_TRUNCATED.to_le_bytes());
+        assert_eq!(parse(&deep).expect("valid").to_event().cwd, None);
+        // Hostile bytes: not components, so no cwd; never a panic.
+        for raw in [&b"a"[..], b"\0\0", b"a\0\0", b"x/y\0"] {
+            let rec = record_with_cwd(KIND_EXEC, b"/x", b"", raw);
+            assert_eq!(parse(&rec).expect("valid").to_event().cwd, None, "{raw:?}");
+        }
+        assert_eq!(
+            cwd_from_components(b"\xff\0tmp\0"),
+            Some("/tmp/\u{fffd}".into())
+        );
     }
 
     #[test]
