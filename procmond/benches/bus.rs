@@ -4,7 +4,7 @@
 //!
 //! Two groups, each against a peer measured in the same run:
 //!
-//! * `wal_append/<batch>`: `Wal::append_batch` (sled batch + `flush`, the
+//! * `wal_append/<batch>`: `Wal::append` of one batch (sled write + `flush`, the
 //!   group-commit policy of ADR 3 in docs/decisions.md; on Linux sled's
 //!   flush is `pwrite` + `sync_file_range`, not fsync) for batches of 1, 64
 //!   and 512 realistic events, vs. the same bytes appended to a plain file
@@ -52,7 +52,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
-/// WAL batch sizes in benchmark mode (events per `append_batch`).
+/// WAL batch sizes in benchmark mode (events per appended batch).
 const WAL_BATCHES: [usize; 3] = [1, 64, 512];
 /// Batch sizes of the smoke pass.
 const SMOKE_WAL_BATCHES: [usize; 2] = [1, 8];
@@ -208,7 +208,7 @@ fn interleaved<R: Copy>(
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum WalRoutine {
-    /// procmond's WAL: `append_batch` (sled batch + flush).
+    /// procmond's WAL: `append` of one batch (sled write + flush).
     Sled,
     /// Peer: `write_all` of the framed batch + `sync_data()` (fdatasync).
     FileFdatasync,
