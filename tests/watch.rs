@@ -480,3 +480,81 @@ fn exec_cwd_comes_from_the_kernel_across_mounts_and_deep_paths_fall_back() {
     let _ = std::fs::remove_dir_all(&shm);
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&m));
 }
+
+#[test]
+fn task_iterator_reads_what_procfs_reads() {
+    if let Some(reason) = ebpf_unavailable() {
+        eprintln!("SKIPPED: eBPF unavailable: {reason}");
+        return;
+    }
+    use procmond::sources::snapshot::SnapshotOptions;
+    let m = marker("iter");
+    // A process with argv, a cwd with a space, on a tmpfs mount.
+    let dir = std::path::PathBuf::from("/dev/shm").join(format!("{m} dir"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "sleep 30", &m])
+        .current_dir(&dir)
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(200));
+    let options = SnapshotOptions { cwd: true };
+    let mut iter =
+        procmond::sources::ebpf::iter::TaskIter::load_standalone().expect("iterator loads");
+    let from_kernel = iter.snapshot(options).expect("iterator snapshot");
+    let from_procfs = procmond::sources::procfs::snapshot(std::path::Path::new("/proc"), options)
+        .expect("procfs snapshot");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let mine = from_kernel
+        .processes
+        .iter()
+        .find(|p| p.pid == child.id())
+        .expect("the marker process");
+    assert_eq!(mine.argv, ["/bin/sh", "-c", "sleep 30", m.as_str()]);
+    assert_eq!(mine.cwd.as_deref(), Some(dir.to_str().expect("utf-8")));
+    let exe = std::fs::canonicalize("/bin/sh").expect("sh");
+    assert_eq!(mine.exe.as_deref(), exe.to_str());
+    assert!(
+        from_kernel.processes.iter().any(|p| p.pid == 1),
+        "PID 1 is always there"
+    );
+    // Every process both saw agrees on identity and facts (procfs-only
+    // ones may have started or ended between the two reads).
+    let mut compared = 0;
+    for p in &from_procfs.processes {
+        let Some(k) = from_kernel.processes.iter().find(|k| k.pid == p.pid) else {
+            continue;
+        };
+        if k.start_time != p.start_time {
+            continue; // the pid was reused between the reads
+        }
+        assert_eq!(
+            (k.ppid, k.uid, k.gid, k.euid),
+            (p.ppid, p.uid, p.gid, p.euid),
+            "pid {}",
+            p.pid
+        );
+        // procfs shows kernel threads' full names; the kernel's comm is 15 bytes.
+        assert!(
+            p.name.starts_with(&k.name),
+            "pid {}: {} vs {}",
+            p.pid,
+            k.name,
+            p.name
+        );
+        assert_eq!(k.argv, p.argv, "pid {}", p.pid);
+        if p.exe.as_deref().is_some_and(|e| !e.ends_with(" (deleted)")) {
+            assert_eq!(k.exe, p.exe, "pid {}", p.pid);
+        }
+        assert_eq!(k.cwd, p.cwd, "pid {}", p.pid);
+        compared += 1;
+    }
+    assert!(
+        compared * 10 >= from_procfs.processes.len() * 9,
+        "{compared} of {}",
+        from_procfs.processes.len()
+    );
+}

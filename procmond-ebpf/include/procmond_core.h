@@ -50,9 +50,12 @@ struct cred {
 	kuid_t euid;
 };
 
+struct file;
+
 struct mm_struct {
 	unsigned long arg_start;
 	unsigned long arg_end;
+	struct file *exe_file;
 };
 
 struct signal_struct {
@@ -89,6 +92,22 @@ struct fs_struct {
 	struct path pwd;
 };
 
+struct kernfs_node {
+	__u64 id;
+};
+
+struct cgroup {
+	struct kernfs_node *kn;
+};
+
+struct css_set {
+	struct cgroup *dfl_cgrp;
+};
+
+struct file {
+	struct path f_path;
+};
+
 struct task_struct {
 	int pid;
 	int tgid;
@@ -99,7 +118,21 @@ struct task_struct {
 	struct mm_struct *mm;
 	struct signal_struct *signal;
 	struct fs_struct *fs;
+	struct css_set *cgroups;
+	unsigned int flags;
 	char comm[16];
+};
+
+/* BPF iterator context (include/linux/bpf.h, kernel/bpf/task_iter.c). */
+struct seq_file;
+
+struct bpf_iter_meta {
+	struct seq_file *seq;
+};
+
+struct bpf_iter__task {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
 };
 
 struct linux_binprm {

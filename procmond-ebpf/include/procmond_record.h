@@ -17,6 +17,9 @@
 #define RECORD_KIND_EXEC 1
 #define RECORD_KIND_EXIT 2
 #define RECORD_KIND_FORK 3
+/* A live process, from the task iterator (the inventory and reconciliation
+ * snapshot): the filename slot holds its exe as path components. */
+#define RECORD_KIND_TASK 4
 
 #define RECORD_FLAG_ARGS_TRUNCATED (1u << 0)
 #define RECORD_FLAG_FILENAME_TRUNCATED (1u << 1)

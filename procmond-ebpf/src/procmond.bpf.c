@@ -13,6 +13,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 #include "procmond_record.h"
+#include "procmond_path.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -94,87 +95,16 @@ static __always_inline struct record_header *reserve_small(void)
 	return hdr;
 }
 
-/*
- * The working directory, walked up from task->fs->pwd to the global root
- * (crossing mount points), so userspace needs no /proc/PID/cwd read per
- * exec. Components are written leaf first, each NUL-terminated; userspace
- * reverses them; the root itself is one empty component. Returns the bytes
- * written to `out`, 0 with the truncation flag if the path is deeper or
- * longer than the walk allows.
- */
-struct cwd_walk {
-	struct dentry *d;
-	struct mount *mnt;
-	struct vfsmount *vmnt;
-	char *out;
-	__u32 off;
-	int done; /* 1: reached a root; 0 when the loop ran out: truncated */
-};
-
-/* One step of the walk (a bpf_loop callback: verified once, not per step). */
-static long cwd_step(__u32 index, struct cwd_walk *w)
-{
-	/* Plain locals: CO-RE reads must not relocate this struct's fields. */
-	struct dentry *d = w->d;
-	struct mount *mnt = w->mnt;
-	struct vfsmount *vmnt = w->vmnt;
-	struct dentry *root = BPF_CORE_READ(vmnt, mnt_root);
-	struct dentry *parent = BPF_CORE_READ(d, d_parent);
-	const unsigned char *name;
-	__u32 off = w->off;
-	long n;
-
-	if (d == root) {
-		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
-
-		if (up == mnt || !up) {
-			w->done = 1; /* the global root */
-			return 1;
-		}
-		w->d = BPF_CORE_READ(mnt, mnt_mountpoint);
-		w->mnt = up;
-		w->vmnt = (void *)up + bpf_core_field_offset(struct mount, mnt);
-		return 0;
-	}
-	if (d == parent || !parent) {
-		w->done = 1; /* the root of a detached tree */
-		return 1;
-	}
-	if (off >= CWD_MAX_LEN)
-		return 1;
-	name = BPF_CORE_READ(d, d_name.name);
-	n = bpf_probe_read_kernel_str(&w->out[off & (CWD_MAX_LEN - 1)],
-				      NAME_MAX_LEN, name);
-	if (n <= 0)
-		return 1;
-	w->off = off + n;
-	w->d = parent;
-	return 0;
-}
-
+/* The working directory, walked in the kernel (procmond_path.h): no
+ * /proc/PID/cwd read per exec. */
 static __always_inline __u32 read_cwd(struct task_struct *task, char *out, __u32 *flags)
 {
 	struct fs_struct *fs = BPF_CORE_READ(task, fs);
-	struct cwd_walk w = {};
 
 	if (!fs)
 		return 0;
-	w.d = BPF_CORE_READ(fs, pwd.dentry);
-	w.vmnt = BPF_CORE_READ(fs, pwd.mnt);
-	if (!w.d || !w.vmnt)
-		return 0;
-	w.mnt = (void *)w.vmnt - bpf_core_field_offset(struct mount, mnt);
-	w.out = out;
-	bpf_loop(CWD_MAX_DEPTH, cwd_step, &w, 0);
-	if (!w.done || w.off > CWD_MAX_LEN) {
-		*flags |= RECORD_FLAG_CWD_TRUNCATED;
-		return 0;
-	}
-	if (w.off == 0) {
-		out[0] = 0; /* the root: one empty component */
-		return 1;
-	}
-	return w.off;
+	return read_path(BPF_CORE_READ(fs, pwd.dentry), BPF_CORE_READ(fs, pwd.mnt), out,
+			 flags, RECORD_FLAG_CWD_TRUNCATED);
 }
 
 /* exec: header, then the filename and argv, copied while they still exist. */

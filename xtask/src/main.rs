@@ -19,8 +19,11 @@ mod overhead;
 
 /// Debian packages that provide what `build-ebpf` runs and includes.
 const NEEDED_PACKAGES: &str = "clang llvm libbpf-dev";
-const SOURCE: &str = "src/procmond.bpf.c";
-const OBJECT: &str = "procmond.bpf.o";
+/// Each probe source and the object it builds to.
+const OBJECTS: [(&str, &str); 2] = [
+    ("src/procmond.bpf.c", "procmond.bpf.o"),
+    ("src/procmond_iter.bpf.c", "procmond_iter.bpf.o"),
+];
 
 #[derive(Parser)]
 #[command(about = "procmond developer tasks")]
@@ -209,6 +212,13 @@ fn test() -> Result<()> {
 }
 
 fn build_ebpf(check: bool) -> Result<()> {
+    for (source, object) in OBJECTS {
+        build_object(source, object, check)?;
+    }
+    Ok(())
+}
+
+fn build_object(source: &str, object: &str, check: bool) -> Result<()> {
     let dir = ebpf_dir()?;
     let clang = find_tool("CLANG", &["clang", "clang-14", "clang-16", "clang-22"])?;
     let strip = find_tool(
@@ -223,7 +233,7 @@ fn build_ebpf(check: bool) -> Result<()> {
         .context("no workspace root")?
         .join("target/ebpf");
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let fresh = out_dir.join(OBJECT);
+    let fresh = out_dir.join(object);
 
     // -fdebug-prefix-map plus stripping DWARF keeps the output independent of
     // the checkout path; BTF and its CO-RE relocations stay in the object.
@@ -238,11 +248,11 @@ fn build_ebpf(check: bool) -> Result<()> {
             "-Wall",
         ])
         .arg(format!("-fdebug-prefix-map={}=.", dir.display()))
-        .args(["-Iinclude", "-c", SOURCE, "-o"])
+        .args(["-Iinclude", "-c", source, "-o"])
         .arg(&fresh))?;
     run(Command::new(&strip).arg("-g").arg(&fresh))?;
 
-    let committed = dir.join(OBJECT);
+    let committed = dir.join(object);
     let fresh_bytes = fs::read(&fresh)?;
     if check {
         let old = fs::read(&committed)
@@ -250,7 +260,7 @@ fn build_ebpf(check: bool) -> Result<()> {
         if old != fresh_bytes {
             let version = Command::new(&clang).arg("--version").output()?;
             bail!(
-                "{} is not what {SOURCE} builds to ({} vs {} bytes) with {}; run `cargo xtask build-ebpf` and commit the object",
+                "{} is not what {source} builds to ({} vs {} bytes) with {}; run `cargo xtask build-ebpf` and commit the object",
                 committed.display(),
                 old.len(),
                 fresh_bytes.len(),

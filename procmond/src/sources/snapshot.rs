@@ -27,6 +27,8 @@ pub struct ProcessInfo {
     pub cwd: Option<String>,
     /// Unix-epoch ns, tick precision (see `clock`).
     pub start_time: Option<i64>,
+    /// Kernel cgroup v2 id, where the reader knows it (the task iterator).
+    pub cgroup_id: Option<u64>,
 }
 
 impl ProcessInfo {
@@ -48,6 +50,7 @@ impl ProcessInfo {
         e.argv_truncated = self.argv_truncated;
         e.cwd = self.cwd.clone();
         e.start_time = self.start_time;
+        e.platform.cgroup_id = self.cgroup_id;
         e
     }
 }

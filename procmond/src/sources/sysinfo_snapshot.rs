@@ -65,6 +65,7 @@ pub fn snapshot(options: SnapshotOptions) -> std::io::Result<Snapshot> {
                         .unwrap_or(0)
                         .saturating_mul(1_000_000_000),
                 ),
+                cgroup_id: None,
             }
         })
         .collect();

@@ -15,6 +15,7 @@
 //! in one place and is always counted (`kernel_lost`).
 
 mod attach;
+pub mod iter;
 pub mod record;
 
 pub use attach::{AttachKind, AttachMode, EbpfError};
@@ -209,6 +210,11 @@ fn drain(
     let mut batch = Vec::new();
     while let Some(item) = ring.next() {
         let event = match record::parse(&item) {
+            // Task records come from the iterator, never from the ring.
+            Ok(r) if r.kind == crate::model::EventKind::Snapshot => {
+                Metrics::incr(&metrics.records_malformed);
+                continue;
+            }
             Ok(r) => r.to_event(),
             Err(e) => {
                 let n = metrics.records_malformed.fetch_add(1, Ordering::Relaxed);

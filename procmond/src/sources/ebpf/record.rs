@@ -7,13 +7,15 @@
 
 use crate::clock;
 use crate::model::{EventKind, EventSource, ProcessEvent};
-use crate::sources::snapshot::split_argv;
+use crate::sources::snapshot::{ProcessInfo, split_argv};
 
 pub const RECORD_VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 88;
 const KIND_EXEC: u16 = 1;
 const KIND_EXIT: u16 = 2;
 const KIND_FORK: u16 = 3;
+/// A live process from the task iterator (`procmond_iter.bpf.c`).
+const KIND_TASK: u16 = 4;
 const FLAG_ARGS_TRUNCATED: u32 = 1 << 0;
 const FLAG_FILENAME_TRUNCATED: u32 = 1 << 1;
 const FLAG_CWD_TRUNCATED: u32 = 1 << 2;
@@ -63,6 +65,19 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     (u64::from(u32_at(b, at + 4)) << 32) | u64::from(u32_at(b, at))
 }
 
+/// The length of the record at the start of `b` (header plus payload), if
+/// its header is there and the payload fits.
+pub fn record_len(b: &[u8]) -> Option<usize> {
+    if b.len() < HEADER_LEN {
+        return None;
+    }
+    let len = HEADER_LEN
+        + usize::from(u16_at(b, 60))
+        + usize::from(u16_at(b, 62))
+        + usize::from(u16_at(b, 80));
+    (len <= b.len()).then_some(len)
+}
+
 /// Parses one ring-buffer record.
 pub fn parse(b: &[u8]) -> Result<KernelRecord<'_>, RecordError> {
     if b.len() < HEADER_LEN {
@@ -77,6 +92,7 @@ pub fn parse(b: &[u8]) -> Result<KernelRecord<'_>, RecordError> {
         KIND_EXEC => EventKind::Exec,
         KIND_EXIT => EventKind::Exit,
         KIND_FORK => EventKind::Fork,
+        KIND_TASK => EventKind::Snapshot,
         other => return Err(RecordError::Kind(other)),
     };
     let filename_len = usize::from(u16_at(b, 60));
@@ -113,6 +129,33 @@ pub fn parse(b: &[u8]) -> Result<KernelRecord<'_>, RecordError> {
 }
 
 impl KernelRecord<'_> {
+    /// The live process a task-iterator record describes; its filename slot
+    /// holds the exe as path components, like the cwd.
+    pub fn to_process_info(&self) -> ProcessInfo {
+        let (argv, argv_truncated) = split_argv(self.args, self.flags & FLAG_ARGS_TRUNCATED != 0);
+        let components = |raw: &[u8], cut: u32| {
+            if self.flags & cut == 0 {
+                cwd_from_components(raw)
+            } else {
+                None
+            }
+        };
+        ProcessInfo {
+            pid: self.pid,
+            ppid: Some(self.ppid),
+            uid: Some(self.uid),
+            gid: Some(self.gid),
+            euid: Some(self.euid),
+            name: String::from_utf8_lossy(self.comm).into_owned(),
+            exe: components(self.filename, FLAG_FILENAME_TRUNCATED),
+            argv,
+            argv_truncated,
+            cwd: components(self.cwd, FLAG_CWD_TRUNCATED),
+            start_time: Some(clock::start_from_boot_ns(self.start_boottime_ns)),
+            cgroup_id: Some(self.cgroup_id),
+        }
+    }
+
     /// The event this record describes (before enrichment and sanitizing).
     pub fn to_event(&self) -> ProcessEvent {
         let mut e = ProcessEvent::new(
@@ -203,6 +246,23 @@ mod tests {
         b.extend_from_slice(args);
         b.extend_from_slice(cwd);
         b
+    }
+
+    #[test]
+    fn task_records_become_process_info() {
+        let b = record_with_cwd(KIND_TASK, b"true\0bin\0usr\0", b"/bin/true\0x\0", b"tmp\0");
+        let r = parse(&b).expect("valid");
+        assert_eq!(r.kind, EventKind::Snapshot);
+        let p = r.to_process_info();
+        assert_eq!(p.exe.as_deref(), Some("/usr/bin/true"));
+        assert_eq!(p.argv, ["/bin/true", "x"]);
+        assert_eq!(p.cwd.as_deref(), Some("/tmp"));
+        assert_eq!((p.pid, p.ppid), (1234, Some(1)));
+        // A kernel thread: no exe, argv or cwd.
+        let k = parse(&record(KIND_TASK, b"", b""))
+            .expect("valid")
+            .to_process_info();
+        assert_eq!((k.exe, k.argv.len(), k.cwd), (None, 0, None));
     }
 
     #[test]
