@@ -20,6 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput};
+use procmond::sources::ebpf::iter::TaskIter;
 use procmond::sources::procfs;
 use procmond::sources::snapshot::SnapshotOptions;
 use procmond::sources::sysinfo_snapshot::refresh_kind;
@@ -85,6 +86,9 @@ impl Drop for Load {
 enum Routine {
     /// procmond: `procfs::snapshot("/proc", cwd: true)`, a fresh `Snapshot` each time.
     Procmond,
+    /// procmond with the kernel source running: the BPF task iterator (as
+    /// root, where it loads), same fields, a fresh `Snapshot` each time.
+    ProcmondBpfIter,
     /// sysinfo, persistent `System`, refreshing the same fields procmond reads.
     SysinfoSameFields,
     /// sysinfo, persistent `System`, its default `refresh_processes(All, true)`.
@@ -98,8 +102,9 @@ enum Routine {
     SysinfoSameFieldsNoTasks,
 }
 
-const ROUTINES: [Routine; 5] = [
+const ROUTINES: [Routine; 6] = [
     Routine::Procmond,
+    Routine::ProcmondBpfIter,
     Routine::SysinfoSameFields,
     Routine::SysinfoDefault,
     Routine::SysinfoCold,
@@ -110,6 +115,7 @@ impl Routine {
     fn name(self) -> &'static str {
         match self {
             Routine::Procmond => "procmond",
+            Routine::ProcmondBpfIter => "procmond_bpf_iter",
             Routine::SysinfoSameFields => "sysinfo_same_fields",
             Routine::SysinfoDefault => "sysinfo_default_refresh",
             Routine::SysinfoCold => "sysinfo_cold",
@@ -120,6 +126,7 @@ impl Routine {
 
 /// The persistent sysinfo state one group measures against.
 struct Peers {
+    iter: Option<TaskIter>,
     same_fields: System,
     default_refresh: System,
     no_tasks: System,
@@ -128,7 +135,15 @@ struct Peers {
 impl Peers {
     /// Both `System`s, already filled once so the measured refreshes are updates.
     fn new() -> Peers {
+        let iter = match TaskIter::load_standalone() {
+            Ok(i) => Some(i),
+            Err(e) => {
+                println!("procmond_bpf_iter NOT MEASURED (procfs timed in its place): {e}");
+                None
+            }
+        };
         let mut peers = Peers {
+            iter,
             same_fields: System::new().expect("sysinfo System::new"),
             default_refresh: System::new().expect("sysinfo System::new"),
             no_tasks: System::new().expect("sysinfo System::new"),
@@ -146,6 +161,17 @@ impl Peers {
                 .expect("procfs snapshot of /proc")
                 .processes
                 .len(),
+            Routine::ProcmondBpfIter => match &mut self.iter {
+                Some(iter) => iter
+                    .snapshot(OPTIONS)
+                    .expect("iterator snapshot")
+                    .processes
+                    .len(),
+                None => procfs::snapshot(Path::new("/proc"), OPTIONS)
+                    .expect("procfs snapshot of /proc")
+                    .processes
+                    .len(),
+            },
             Routine::SysinfoSameFields => self.same_fields.refresh_processes_specifics(
                 ProcessesToUpdate::All,
                 true,
@@ -308,15 +334,24 @@ fn print_ratios(group: &str, peers: &mut Peers) {
         ms(base),
         seen[0]
     );
-    for (idx, routine) in ROUTINES.iter().enumerate().skip(1) {
-        println!(
-            "ratio {group}: {} / procmond = {:.2}x (median {:.2} ms vs {:.2} ms)",
-            routine.name(),
-            medians[idx].as_secs_f64() / base.as_secs_f64(),
-            ms(medians[idx]),
-            ms(base)
-        );
+    for (b, label) in [(0, "procmond"), (1, "procmond_bpf_iter")] {
+        for (idx, routine) in ROUTINES.iter().enumerate().skip(2) {
+            println!(
+                "ratio {group}: {} / {label} = {:.2}x (median {:.2} ms vs {:.2} ms)",
+                routine.name(),
+                medians[idx].as_secs_f64() / medians[b].as_secs_f64(),
+                ms(medians[idx]),
+                ms(medians[b])
+            );
+        }
     }
+    println!(
+        "ratio {group}: procmond (procfs) / procmond_bpf_iter = {:.2}x (median {:.2} ms vs {:.2} ms, {} processes)",
+        base.as_secs_f64() / medians[1].as_secs_f64(),
+        ms(base),
+        ms(medians[1]),
+        seen[1]
+    );
 }
 
 fn bench_size(c: &mut Criterion, requested: usize, full: bool) {

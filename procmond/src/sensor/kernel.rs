@@ -17,7 +17,7 @@ use crate::model::{EventKind, EventSource};
 use crate::reconcile::Reconciler;
 use crate::sources::SourceMsg;
 use crate::sources::ebpf::{self, EbpfSource};
-use crate::sources::snapshot::{self, Snapshot};
+use crate::sources::snapshot::{Snapshot, SnapshotReader};
 
 impl Sensor {
     /// Starts the kernel source and runs it until it is stopped; `Err(reason)`
@@ -26,8 +26,12 @@ impl Sensor {
         if let Some(reason) = crate::sources::kernel_source_unavailable_reason() {
             return Err(reason);
         }
-        let source = ebpf::attach(self.config.ring_buffer_bytes, self.config.ebpf_attach)
+        let mut source = ebpf::attach(self.config.ring_buffer_bytes, self.config.ebpf_attach)
             .map_err(|e| e.to_string())?;
+        self.reader = source
+            .take_task_iter()
+            .map(SnapshotReader::with_task_iter)
+            .unwrap_or_default();
         // The BTF parsed for CO-RE is gone: hand its pages back (sys::trim).
         #[cfg(target_env = "gnu")]
         crate::sys::trim::release_free_heap();
@@ -39,7 +43,10 @@ impl Sensor {
             tracing::warn!(%reason, "kernel source running degraded");
         }
         self.announce(&active);
-        match self.run_kernel(source).await {
+        let result = self.run_kernel(source).await;
+        // Without the kernel source, snapshots read procfs again.
+        self.reader = SnapshotReader::default();
+        match result {
             Ok(flow) => Ok((flow, active)),
             Err(e) => Err(e.to_string()),
         }
@@ -63,6 +70,7 @@ impl Sensor {
         tracing::info!(
             source = "ebpf",
             processes = inventory.processes.len(),
+            snapshot_reader = self.reader.name(),
             reconcile_interval_secs = self.base_interval.as_secs(),
             "monitoring started"
         );
@@ -95,8 +103,8 @@ impl Sensor {
                 }
                 _ = tick.tick(), if in_flight.is_none() && awaiting.is_none() => {
                     reconciler.begin_pass();
-                    let options = self.options;
-                    in_flight = Some((Instant::now(), tokio::task::spawn_blocking(move || snapshot::take(options))));
+                    let (options, reader) = (self.options, self.reader.clone());
+                    in_flight = Some((Instant::now(), tokio::task::spawn_blocking(move || reader.take(options))));
                 }
                 msg = rx.recv() => match msg {
                     Some(SourceMsg::Events(events)) => {

@@ -21,7 +21,7 @@ use crate::model::{EventKind, EventSource, ProcessEvent};
 use crate::pipeline::Pipeline;
 use crate::sources::SourceChoice;
 use crate::sources::poll::FallbackProcessCollector;
-use crate::sources::snapshot::{self, Snapshot, SnapshotOptions};
+use crate::sources::snapshot::{Snapshot, SnapshotOptions, SnapshotReader};
 use actor::{Command, Lifecycle, SensorStatus, ok, updated_config};
 
 /// Why the sensor stopped with an error.
@@ -81,6 +81,7 @@ pub async fn run(
         options: SnapshotOptions {
             cwd: config.enhanced_metadata,
         },
+        reader: SnapshotReader::default(),
         config,
         base_interval: base,
         stretched: false,
@@ -114,6 +115,8 @@ struct Sensor {
     config: ProcmondConfig,
     pipeline: Pipeline,
     options: SnapshotOptions,
+    /// procfs, or the task iterator while the kernel source runs.
+    reader: SnapshotReader,
     base_interval: Duration,
     stretched: bool,
     mailbox: mpsc::Receiver<Command>,
@@ -189,8 +192,8 @@ impl Sensor {
     }
 
     async fn snapshot(&self) -> Result<Snapshot, SensorError> {
-        let options = self.options;
-        let snap = tokio::task::spawn_blocking(move || snapshot::take(options))
+        let (options, reader) = (self.options, self.reader.clone());
+        let snap = tokio::task::spawn_blocking(move || reader.take(options))
             .await
             .map_err(|e| SensorError::Snapshot(std::io::Error::other(e)))?
             .map_err(SensorError::Snapshot)?;
@@ -365,6 +368,7 @@ impl Sensor {
             "collection_interval_secs": self.config.collection_interval_secs,
             "effective_interval_ms": status.interval_ms,
             "backpressure": status.backpressure,
+            "snapshot_reader": self.reader.name(),
         });
         if let (Some(body), serde_json::Value::Object(summary)) =
             (body.as_object_mut(), m.summary_json())

@@ -72,6 +72,49 @@ pub struct SnapshotOptions {
     pub cwd: bool,
 }
 
+/// Where the sensor's snapshots come from: the BPF task iterator while the
+/// kernel source runs and it loaded, else procfs (sysinfo off Linux).
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotReader {
+    #[cfg(target_os = "linux")]
+    iter: Option<std::sync::Arc<std::sync::Mutex<super::ebpf::iter::TaskIter>>>,
+}
+
+impl SnapshotReader {
+    #[cfg(target_os = "linux")]
+    pub fn with_task_iter(iter: super::ebpf::iter::TaskIter) -> Self {
+        Self {
+            iter: Some(std::sync::Arc::new(std::sync::Mutex::new(iter))),
+        }
+    }
+
+    /// `bpf_iter` or `procfs` (`sysinfo` off Linux): what `take` reads.
+    pub fn name(&self) -> &'static str {
+        #[cfg(target_os = "linux")]
+        if self.iter.is_some() {
+            return "bpf_iter";
+        }
+        if cfg!(target_os = "linux") {
+            "procfs"
+        } else {
+            "sysinfo"
+        }
+    }
+
+    /// One snapshot; a failed iterator pass falls back to procfs (logged).
+    pub fn take(&self, options: SnapshotOptions) -> std::io::Result<Snapshot> {
+        #[cfg(target_os = "linux")]
+        if let Some(iter) = &self.iter {
+            let mut iter = iter.lock().unwrap_or_else(|p| p.into_inner());
+            match iter.snapshot(options) {
+                Ok(s) => return Ok(s),
+                Err(e) => tracing::warn!(error = %e, "task iterator pass failed: reading procfs"),
+            }
+        }
+        take(options)
+    }
+}
+
 /// Enumerates every live process with the platform's fastest reader.
 pub fn take(options: SnapshotOptions) -> std::io::Result<Snapshot> {
     #[cfg(target_os = "linux")]

@@ -13,6 +13,8 @@ use std::path::Path;
 use aya::programs::{BtfTracePoint, ProgramError, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 
+use super::iter::TaskIter;
+
 use super::chain;
 
 /// The compiled probes (`cargo xtask build-ebpf`), embedded at build time.
@@ -175,17 +177,34 @@ fn ensure_tracefs() -> Result<bool, EbpfError> {
     Ok(true)
 }
 
-/// Loads the object and attaches it as `mode` allows.
+/// Loads the object and attaches it as `mode` allows; also loads the task
+/// iterator with the same parsed BTF (`None`, logged, where it cannot).
 pub fn load_and_attach(
     ring_buffer_bytes: u32,
     mode: AttachMode,
-) -> Result<(Ebpf, AttachKind), EbpfError> {
+) -> Result<(Ebpf, AttachKind, Option<TaskIter>), EbpfError> {
     let btf = Btf::from_sys_fs().map_err(|e| EbpfError::Btf(chain(&e)))?;
+    let (ebpf, kind) = attach_probes(&btf, ring_buffer_bytes, mode)?;
+    let iter = match TaskIter::load(&btf) {
+        Ok(i) => Some(i),
+        Err(e) => {
+            tracing::warn!(error = %e, "BPF task iterator unavailable: snapshots read procfs");
+            None
+        }
+    };
+    Ok((ebpf, kind, iter))
+}
+
+fn attach_probes(
+    btf: &Btf,
+    ring_buffer_bytes: u32,
+    mode: AttachMode,
+) -> Result<(Ebpf, AttachKind), EbpfError> {
     let btf_error = if mode == AttachMode::Tracepoint {
         None
     } else {
-        let mut ebpf = load(&btf, ring_buffer_bytes)?;
-        match attach_btf(&mut ebpf, &btf) {
+        let mut ebpf = load(btf, ring_buffer_bytes)?;
+        match attach_btf(&mut ebpf, btf) {
             Ok(()) => return Ok((ebpf, AttachKind::Btf)),
             Err(e) if mode == AttachMode::Btf => return Err(e),
             Err(e) => {
@@ -195,7 +214,7 @@ pub fn load_and_attach(
         }
         // `ebpf` dropped here: whatever did attach is detached.
     };
-    let mut ebpf = load(&btf, ring_buffer_bytes)?;
+    let mut ebpf = load(btf, ring_buffer_bytes)?;
     match attach_classic(&mut ebpf) {
         Ok(()) => Ok((ebpf, AttachKind::Classic { btf_error })),
         Err(e) => match btf_error {

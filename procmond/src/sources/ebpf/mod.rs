@@ -62,6 +62,7 @@ pub struct EbpfSource {
     ring: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
     kind: AttachKind,
+    task_iter: Option<iter::TaskIter>,
 }
 
 impl std::fmt::Debug for EbpfSource {
@@ -75,7 +76,7 @@ impl std::fmt::Debug for EbpfSource {
 /// Loads and attaches the probes (see `attach`); `ring_buffer_bytes` sizes
 /// the ring buffer (a power of two, multiple of the page size).
 pub fn attach(ring_buffer_bytes: u32, mode: AttachMode) -> Result<EbpfSource, EbpfError> {
-    let (mut ebpf, kind) = attach::load_and_attach(ring_buffer_bytes, mode)?;
+    let (mut ebpf, kind, task_iter) = attach::load_and_attach(ring_buffer_bytes, mode)?;
     let ring = ebpf
         .take_map("EVENTS")
         .ok_or_else(|| EbpfError::Map("EVENTS", "missing".into()))
@@ -89,6 +90,7 @@ pub fn attach(ring_buffer_bytes: u32, mode: AttachMode) -> Result<EbpfSource, Eb
         ring,
         lost,
         kind,
+        task_iter,
     })
 }
 
@@ -96,6 +98,11 @@ impl EbpfSource {
     /// Which kind of tracepoint the probes are attached to.
     pub fn kind(&self) -> &AttachKind {
         &self.kind
+    }
+
+    /// The task iterator loaded with the probes, if it could be.
+    pub fn take_task_iter(&mut self) -> Option<iter::TaskIter> {
+        self.task_iter.take()
     }
 }
 
