@@ -28,6 +28,7 @@ fn assert_unique_seq(events: &[Value]) {
     for e in events {
         let key = (
             e["collector_id"].as_str().unwrap_or("").to_string(),
+            e["epoch"].as_u64().unwrap_or(0),
             e["seq"].as_u64().unwrap_or(0),
         );
         assert!(seen.insert(key.clone()), "duplicate {key:?} in the sink");
@@ -104,6 +105,68 @@ fn outage_and_collector_crash_lose_nothing() {
         log.contains("replaying unacknowledged events from the WAL"),
         "{log}"
     );
+}
+
+#[test]
+fn a_wiped_wal_starts_a_new_epoch_and_loses_nothing() {
+    let dir = AgentDir::new("wipe");
+    let config = dir.write_config("", "", true);
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("monitoring started", Duration::from_secs(60));
+    let m = marker("wipe");
+    let spawn = |tag: &str| {
+        run_shell(&format!(
+            "i=0; while [ $i -lt 150 ]; do /bin/sh -c 'exit 0' {m}-{tag}$i; i=$((i+1)); done"
+        ))
+    };
+    spawn("a");
+    dir.wait_for_sink(Duration::from_secs(60), "150 execs before the wipe", |ev| {
+        marker_execs(ev, &format!("{m}-a")).len() >= 150
+    });
+    // The collector dies and its WAL is wiped before the agent restarts it.
+    let before = collector_pids(agent.pid());
+    agent.signal("STOP");
+    kill("KILL", before[0]);
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::remove_dir_all(dir.wal()).expect("wipe the WAL");
+    agent.signal("CONT");
+    agent.wait_for_log(
+        "new WAL: events are numbered from 1",
+        Duration::from_secs(60),
+    );
+    std::thread::sleep(Duration::from_millis(1500)); // monitoring again
+    spawn("b");
+    let events = dir.wait_for_sink(Duration::from_secs(60), "150 execs after the wipe", |ev| {
+        marker_execs(ev, &format!("{m}-b")).len() >= 150
+    });
+    let epoch = |tag: &str| -> HashSet<u64> {
+        marker_execs(&events, &format!("{m}-{tag}"))
+            .iter()
+            .filter_map(|e| e["epoch"].as_u64())
+            .collect()
+    };
+    let (old, new) = (epoch("a"), epoch("b"));
+    assert_eq!(
+        (old.len(), new.len()),
+        (1, 1),
+        "one epoch each: {old:?} {new:?}"
+    );
+    assert_ne!(old, new, "the new WAL has a new epoch");
+    let max_old_seq = events
+        .iter()
+        .filter(|e| e["epoch"].as_u64().is_some_and(|x| old.contains(&x)))
+        .filter_map(|e| e["seq"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let reused = marker_execs(&events, &format!("{m}-b"))
+        .iter()
+        .filter(|e| e["seq"].as_u64().is_some_and(|s| s <= max_old_seq))
+        .count();
+    assert!(
+        reused > 0,
+        "the new WAL reused old seq numbers (what used to be dropped)"
+    );
+    assert_unique_seq(&events);
 }
 
 fn runtime() -> tokio::runtime::Runtime {

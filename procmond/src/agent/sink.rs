@@ -1,17 +1,18 @@
 //! The `jsonl` sink: every `events.process.*` event as one JSON line,
-//! exactly once per `(collector_id, seq)`.
+//! exactly once per `(collector_id, epoch, seq)`.
 //!
 //! Delivery is at-least-once (a collector replays whatever the broker had not
-//! acknowledged), so the sink deduplicates. Per collector it remembers the
-//! highest seq and the seqs within `WINDOW` below it; anything older than the
-//! window is taken as new (a collector whose WAL was wiped starts over at 1,
-//! and its events must not vanish). The window is seeded from the file's
-//! tail at start, so an agent restart does not duplicate either.
+//! acknowledged), so the sink deduplicates. The key includes the WAL's epoch:
+//! a collector whose WAL was wiped or damaged starts over at seq 1 in a new
+//! epoch, and its events are new, never mistaken for old ones. Per
+//! `(collector, epoch)` the sink remembers the highest seq and the seqs
+//! within `WINDOW` below it; the window is seeded from the file's tail at
+//! start, so an agent restart does not duplicate either.
 //!
 //! The sink is a durable subscriber: the batches waiting for it are
-//! written, flushed and `fdatasync`ed together (one sync) before they confirm, and only then does the broker
-//! acknowledge the publishes — so a collector forgets an event only once it
-//! is on disk here.
+//! written, flushed and `fdatasync`ed together (one sync) before they confirm,
+//! and only then does the broker acknowledge the publishes — so a collector
+//! forgets an event only once it is on disk here.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -26,28 +27,52 @@ use crate::output::{Format, render};
 
 const WINDOW: u64 = 1 << 20;
 const SEED_BYTES: u64 = 4 * 1024 * 1024;
+/// Most `(collector, epoch)` pairs remembered; the least recently used goes.
+const MAX_STREAMS: usize = 256;
 
-/// `(collector_id, seq)` deduplication.
+#[derive(Debug, Default)]
+struct Stream {
+    high: u64,
+    seen: BTreeSet<u64>,
+    last_used: u64,
+}
+
+/// `(collector_id, epoch, seq)` deduplication.
 #[derive(Debug, Default)]
 pub struct Dedupe {
-    collectors: HashMap<String, (u64, BTreeSet<u64>)>,
+    streams: HashMap<(String, u64), Stream>,
+    clock: u64,
 }
 
 impl Dedupe {
-    /// True the first time a `(collector, seq)` is offered.
-    pub fn is_new(&mut self, collector: &str, seq: u64) -> bool {
-        let (high, seen) = self.collectors.entry(collector.to_string()).or_default();
-        if seq.saturating_add(WINDOW) < *high {
+    /// True the first time a `(collector, epoch, seq)` is offered.
+    pub fn is_new(&mut self, collector: &str, epoch: u64, seq: u64) -> bool {
+        self.clock += 1;
+        let key = (collector.to_string(), epoch);
+        if !self.streams.contains_key(&key) && self.streams.len() >= MAX_STREAMS {
+            let oldest = self
+                .streams
+                .iter()
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.streams.remove(&k);
+            }
+        }
+        let stream = self.streams.entry(key).or_default();
+        stream.last_used = self.clock;
+        if seq.saturating_add(WINDOW) < stream.high {
+            // Older than anything remembered: deliver again rather than lose.
             return true;
         }
-        if !seen.insert(seq) {
+        if !stream.seen.insert(seq) {
             return false;
         }
-        if seq > *high {
-            *high = seq;
-            if *high > WINDOW {
-                let keep = seen.split_off(&(*high - WINDOW));
-                *seen = keep;
+        if seq > stream.high {
+            stream.high = seq;
+            if stream.high > WINDOW {
+                let keep = stream.seen.split_off(&(stream.high - WINDOW));
+                stream.seen = keep;
             }
         }
         true
@@ -113,7 +138,7 @@ pub async fn run_jsonl(
             };
             for entry in batch.iter() {
                 match entry.decode() {
-                    Ok(event) if dedupe.is_new(&event.collector_id, event.seq) => {
+                    Ok(event) if dedupe.is_new(&event.collector_id, event.epoch, event.seq) => {
                         line.clear();
                         render(&event, Format::Json, &mut line);
                         out.extend_from_slice(&line);
@@ -172,7 +197,7 @@ fn seed(path: &Path, dedupe: &mut Dedupe) {
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line)
             && let (Some(c), Some(s)) = (v["collector_id"].as_str(), v["seq"].as_u64())
         {
-            dedupe.is_new(c, s);
+            dedupe.is_new(c, v["epoch"].as_u64().unwrap_or(0), s);
         }
     }
 }
@@ -182,18 +207,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dedupes_within_the_window_and_accepts_a_restart() {
+    fn dedupes_per_collector_and_epoch() {
         let mut d = Dedupe::default();
-        assert!(d.is_new("a", 1));
-        assert!(d.is_new("a", 2));
-        assert!(!d.is_new("a", 1));
-        assert!(d.is_new("b", 1), "collectors are separate");
-        assert!(d.is_new("a", 3 * WINDOW));
-        assert!(!d.is_new("a", 3 * WINDOW));
+        assert!(d.is_new("a", 7, 1));
+        assert!(d.is_new("a", 7, 2));
+        assert!(!d.is_new("a", 7, 1));
+        assert!(d.is_new("b", 7, 1), "collectors are separate");
+        // A wiped WAL: a new epoch starts over at 1, and nothing is dropped.
+        for seq in 1..=2 {
+            assert!(d.is_new("a", 8, seq), "seq {seq} of the new epoch");
+        }
+        assert!(!d.is_new("a", 8, 2));
+        assert!(!d.is_new("a", 7, 2), "the old epoch is still remembered");
+        assert!(d.is_new("a", 7, 3 * WINDOW));
+        assert!(!d.is_new("a", 7, 3 * WINDOW));
         assert!(
-            d.is_new("a", 5),
-            "far below the window: a wiped WAL restarting"
+            d.is_new("a", 7, 5),
+            "far below the window: delivered again, not lost"
         );
-        assert!(d.is_new("a", 3 * WINDOW - 1));
+    }
+
+    #[test]
+    fn streams_are_bounded() {
+        let mut d = Dedupe::default();
+        for epoch in 0..(MAX_STREAMS as u64 + 10) {
+            assert!(d.is_new("a", epoch, 1));
+        }
+        assert_eq!(d.streams.len(), MAX_STREAMS);
+        assert!(
+            !d.is_new("a", MAX_STREAMS as u64 + 9, 1),
+            "recent ones are kept"
+        );
     }
 }

@@ -129,6 +129,7 @@ pub async fn run(
     let io = SensorIo {
         out: tx,
         first_seq: wal.next_seq(),
+        epoch: wal.epoch(),
         mailbox: mailbox_rx,
         status: status_tx,
     };

@@ -15,7 +15,7 @@ pub fn run(format: Format) -> Result<()> {
     let config = ProcmondConfig::default();
     let snap =
         snapshot::take(SnapshotOptions { cwd: true }).context("reading the process table")?;
-    let mut pipeline = Pipeline::new(&config, 1, Arc::new(Metrics::default()));
+    let mut pipeline = Pipeline::new(&config, 0, 1, Arc::new(Metrics::default()));
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut line = Vec::with_capacity(1024);

@@ -31,6 +31,8 @@ use crate::model::codec;
 
 const EVENT_PREFIX: u8 = b'e';
 const NEXT_SEQ_KEY: &[u8] = b"m:next_seq";
+/// The WAL's identity, written once when the tree is created.
+const EPOCH_KEY: &[u8] = b"m:epoch";
 /// sled's own page cache: small, so the WAL stays within the RSS budget
 /// (batches are written once and read back at most once).
 const CACHE_BYTES: u64 = 2 * 1024 * 1024;
@@ -77,6 +79,7 @@ pub struct Wal {
     pending_bytes: AtomicU64,
     pending_count: AtomicU64,
     next_seq: AtomicU64,
+    epoch: u64,
     warned_high: AtomicBool,
     /// Keys from here on were written by this process from batches it built
     /// itself; older ones come from disk and are validated event by event.
@@ -99,6 +102,23 @@ impl Wal {
     }
 
     fn from_db(db: sled::Db, max_bytes: u64, metrics: Arc<Metrics>) -> Result<Self, WalError> {
+        let epoch = match db
+            .get(EPOCH_KEY)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        {
+            Some(b) => u64::from_be_bytes(b),
+            None => {
+                // A new WAL: its creation time (ns) names it, so one created
+                // after a wipe never shares its numbering with the old one.
+                let epoch = u64::try_from(crate::clock::now_unix_ns())
+                    .unwrap_or(1)
+                    .max(1);
+                db.insert(EPOCH_KEY, &epoch.to_be_bytes())?;
+                db.flush()?;
+                tracing::info!(epoch, "new WAL: events are numbered from 1 in this epoch");
+                epoch
+            }
+        };
         let stored_next = db
             .get(NEXT_SEQ_KEY)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
@@ -120,12 +140,18 @@ impl Wal {
             pending_bytes: AtomicU64::new(bytes),
             pending_count: AtomicU64::new(count),
             next_seq: AtomicU64::new(next_seq),
+            epoch,
             warned_high: AtomicBool::new(false),
             written_here_from: next_seq,
             metrics,
         };
         wal.publish_gauges();
         Ok(wal)
+    }
+
+    /// The identity of this WAL (created with it, kept across reopens).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The first sequence number not yet used by any stored event.

@@ -164,8 +164,14 @@ impl Platform {
     Debug, Clone, PartialEq, Eq, Serialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct ProcessEvent {
-    /// Per collector, monotonic.
+    /// Per collector and WAL, monotonic.
     pub seq: u64,
+    /// The identity of the WAL that numbered this event (created with it):
+    /// `(collector_id, epoch, seq)` is unique, so a wiped or replaced WAL
+    /// starting over at seq 1 never collides with the old one. 0 when no
+    /// WAL numbered it (`procmond snapshot`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub epoch: u64,
     pub collector_id: String,
     pub kind: EventKind,
     pub source: EventSource,
@@ -217,6 +223,7 @@ impl ProcessEvent {
     pub fn new(kind: EventKind, source: EventSource, timestamp: i64, pid: u32) -> Self {
         Self {
             seq: 0,
+            epoch: 0,
             collector_id: String::new(),
             kind,
             source,
@@ -245,6 +252,10 @@ impl ProcessEvent {
     pub fn identity(&self) -> (u32, Option<i64>) {
         (self.pid, self.start_time)
     }
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 fn is_false(b: &bool) -> bool {

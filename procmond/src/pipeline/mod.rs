@@ -23,6 +23,7 @@ use sanitize::Sanitizer;
 #[derive(Debug)]
 pub struct Pipeline {
     collector_id: String,
+    epoch: u64,
     next_seq: u64,
     enricher: Enricher,
     sanitizer: Sanitizer,
@@ -31,10 +32,12 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// `next_seq` is the first sequence number to hand out.
-    pub fn new(config: &ProcmondConfig, next_seq: u64, metrics: Arc<Metrics>) -> Self {
+    /// `next_seq` is the first sequence number to hand out, `epoch` the
+    /// identity of the WAL they belong to.
+    pub fn new(config: &ProcmondConfig, epoch: u64, next_seq: u64, metrics: Arc<Metrics>) -> Self {
         Self {
             collector_id: config.collector_id.clone(),
+            epoch,
             next_seq,
             enricher: Enricher::new(config.enhanced_metadata),
             sanitizer: Sanitizer::new(&config.sanitize.extra_flags, &config.sanitize.extra_keys),
@@ -59,6 +62,7 @@ impl Pipeline {
             Metrics::add(&self.metrics.redactions, redacted as u64);
         }
         event.collector_id.clone_from(&self.collector_id);
+        event.epoch = self.epoch;
         event.seq = self.next_seq;
         match self.batch.push(&event) {
             Ok(()) => self.next_seq += 1,

@@ -52,6 +52,8 @@ pub struct SensorIo {
     pub out: mpsc::Sender<Batch>,
     /// The first sequence number to use (the WAL's next).
     pub first_seq: u64,
+    /// The WAL's identity, stamped on every event.
+    pub epoch: u64,
     /// Commands (RPCs, lifecycle, backpressure).
     pub mailbox: mpsc::Receiver<Command>,
     /// Published state, for heartbeats and the registration.
@@ -77,7 +79,7 @@ pub async fn run(
 ) -> Result<ActiveSource, SensorError> {
     let base = Duration::from_secs(config.collection_interval_secs);
     let mut sensor = Sensor {
-        pipeline: Pipeline::new(&config, io.first_seq, metrics.clone()),
+        pipeline: Pipeline::new(&config, io.epoch, io.first_seq, metrics.clone()),
         options: SnapshotOptions {
             cwd: config.enhanced_metadata,
         },
