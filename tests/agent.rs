@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::agent::{Agent, AgentDir, collector_pids};
+use common::agent::{Agent, AgentDir, collector_pids, ctl};
 use common::{kill, marker, run_shell};
 use procmond::bus::broker::Broker;
 use procmond::bus::protocol::{self, Envelope, FrameKind};
@@ -465,23 +465,36 @@ fn hostile_bytes_drop_only_the_offending_connection() {
         let payload = procmond::model::codec::encode(&event)
             .expect("encode")
             .into_vec();
-        pub_w
-            .send(&Envelope::new(
-                FrameKind::Publish,
-                "events.process.exec",
-                9,
-                payload,
-            ))
-            .await
-            .expect("publish");
-        let ack = pub_r.next().await.expect("frame").expect("valid");
-        assert_eq!((ack.kind, ack.correlation_id), (FrameKind::Ack, 9));
+        let publish = |topic: &str, corr: u64, payload: &[u8]| {
+            Envelope::new(FrameKind::Publish, topic, corr, payload.to_vec())
+        };
+        // Not registered as "hostile-test": refused, counted, the
+        // connection stays. Nor may a peer broadcast a shutdown or beat
+        // for someone else.
+        let register = br#"{"type":"register","collector_id":"hostile-test","collector_type":"test","version":"0","pid":1,"hostname":"h","source":"poll","capabilities":{}}"#;
+        for (topic, corr, body) in [
+            ("events.process.exec", 8, payload.as_slice()),
+            (protocol::TOPIC_LIFECYCLE, 7, br#"{"type":"shutdown"}"#.as_slice()),
+            ("control.health.heartbeat.procmond", 6, b"{}".as_slice()),
+            (protocol::TOPIC_REGISTRATION, 5, register.as_slice()),
+            ("events.process.exec", 9, payload.as_slice()),
+        ] {
+            pub_w.send(&publish(topic, corr, body)).await.expect("publish");
+            let answer = pub_r.next().await.expect("frame").expect("valid");
+            let want = if corr >= 9 || corr == 5 { FrameKind::Ack } else { FrameKind::Error };
+            assert_eq!((answer.kind, answer.correlation_id), (want, corr), "{topic}");
+        }
         let delivered = sub_r.next().await.expect("frame").expect("valid");
         assert_eq!(delivered.kind, FrameKind::Deliver);
     });
     dir.wait_for_sink(Duration::from_secs(10), "the good event", |ev| {
         ev.iter().any(|e| e["collector_id"] == "hostile-test")
     });
+    let (_, health) = ctl(&dir, &["health"]);
+    assert_eq!(
+        health["agent"]["broker"]["publishes_refused"], 3,
+        "{health}"
+    );
     let (ok, log) = agent.stop();
     assert!(ok);
     let dropped: Vec<&str> = log

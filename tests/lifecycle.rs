@@ -5,24 +5,10 @@ mod common;
 
 use std::collections::HashSet;
 use std::os::unix::process::CommandExt;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::agent::{Agent, AgentDir, collector_pids, ids};
+use common::agent::{Agent, AgentDir, collector_pids, ctl, ids};
 use common::{kill, marker, procmond, run_shell};
-use serde_json::Value;
-
-fn ctl(dir: &AgentDir, args: &[&str]) -> (Output, Value) {
-    let out = procmond()
-        .arg("ctl")
-        .arg("--socket")
-        .arg(dir.socket())
-        .args(args)
-        .output()
-        .expect("run ctl");
-    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out, json)
-}
 
 fn started_agent(tag: &str, top: &str) -> (AgentDir, Agent) {
     let dir = AgentDir::new(tag);

@@ -256,3 +256,16 @@ pub fn ids(pid: u32) -> (Vec<u32>, Vec<u32>) {
     };
     (line("Uid:"), line("Gid:"))
 }
+
+/// `procmond ctl --socket <dir's socket> ARGS`: the output and its JSON.
+pub fn ctl(dir: &AgentDir, args: &[&str]) -> (std::process::Output, Value) {
+    let out = super::procmond()
+        .arg("ctl")
+        .arg("--socket")
+        .arg(dir.socket())
+        .args(args)
+        .output()
+        .expect("run ctl");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out, json)
+}

@@ -48,6 +48,8 @@ pub struct BrokerStats {
     pub published: AtomicU64,
     /// Publishes left unacknowledged because a sink did not store them.
     pub unstored: AtomicU64,
+    /// Publishes refused by the authorization rules (`bus/authz.rs`).
+    pub publishes_refused: AtomicU64,
 }
 
 impl BrokerStats {
@@ -60,6 +62,7 @@ impl BrokerStats {
             "subscribers_dropped": get(&self.subscribers_dropped),
             "published": get(&self.published),
             "unstored": get(&self.unstored),
+            "publishes_refused": get(&self.publishes_refused),
         })
     }
 }
@@ -116,12 +119,16 @@ struct Routes {
     subs: Vec<Sub>,
     pending: HashMap<u64, Pending>,
     conns: HashMap<u64, CancellationToken>,
+    /// Connection → the collector id it registered (`bus/authz.rs`).
+    owners: HashMap<u64, String>,
 }
 
 #[derive(Debug)]
 struct Inner {
     routes: Mutex<Routes>,
     allowed_uids: Vec<u32>,
+    /// Enforce `bus/authz.rs` on remote publishes (the agent's broker).
+    require_registration: bool,
     next_id: AtomicU64,
     stats: BrokerStats,
 }
@@ -133,12 +140,25 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// `allowed_uids` may connect besides the broker's own user.
+    /// `allowed_uids` may connect besides the broker's own user; every
+    /// admitted peer may publish anything (a private broker, as in `watch`).
     pub fn new(allowed_uids: Vec<u32>) -> Self {
+        Self::build(allowed_uids, false)
+    }
+
+    /// The agent's broker: peers publish only what `bus/authz.rs` allows
+    /// (events and heartbeats for the collector id they registered; control
+    /// topics are the agent's).
+    pub fn with_registration(allowed_uids: Vec<u32>) -> Self {
+        Self::build(allowed_uids, true)
+    }
+
+    fn build(allowed_uids: Vec<u32>, require_registration: bool) -> Self {
         Self {
             inner: Arc::new(Inner {
                 routes: Mutex::new(Routes::default()),
                 allowed_uids,
+                require_registration,
                 next_id: AtomicU64::new(1),
                 stats: BrokerStats::default(),
             }),
@@ -224,6 +244,7 @@ impl Broker {
             cancel.cancel();
             let mut routes = broker.routes();
             routes.conns.remove(&conn);
+            routes.owners.remove(&conn);
             routes.subs.retain(|s| s.conn != conn);
             drop(routes);
             match reason {
@@ -286,6 +307,19 @@ impl Broker {
         match env.kind {
             FrameKind::Publish => {
                 let batch = protocol::validate_publish(&env)?;
+                if let Err(why) = self.authorize(conn, &env, batch.as_ref()) {
+                    let n = self.inner.stats.publishes_refused.fetch_add(1, Relaxed) + 1;
+                    if n <= 10 || n.is_power_of_two() {
+                        tracing::warn!(conn, topic = %env.topic, reason = %why, refused_so_far = n, "publish refused");
+                    }
+                    let refusal = Envelope::error(
+                        env.correlation_id,
+                        Status::InvalidRequest,
+                        &why.to_string(),
+                    );
+                    let _ = tx.send(refusal).await;
+                    return Ok(());
+                }
                 let corr = env.correlation_id;
                 let confirmations = self.route(env, batch).await;
                 let _ = acks.send((corr, confirmations));
@@ -316,6 +350,38 @@ impl Broker {
                     len: env.payload.len(),
                     reason: format!("{:?} frames are sent by the broker, not to it", env.kind),
                 });
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `bus/authz.rs` to a remote publish, updating the connection's
+    /// binding when it registers or deregisters.
+    fn authorize(
+        &self,
+        conn: u64,
+        env: &Envelope,
+        batch: Option<&Batch>,
+    ) -> Result<(), super::authz::Refused> {
+        use super::authz::{Allowed, decide};
+        if !self.inner.require_registration {
+            return Ok(());
+        }
+        let mut routes = self.routes();
+        let held = routes.owners.get(&conn).cloned();
+        let decision = decide(&env.topic, &env.payload, batch, held.as_deref(), |id| {
+            routes
+                .owners
+                .iter()
+                .any(|(c, owned)| *c != conn && owned == id)
+        })?;
+        match decision {
+            Allowed::Publish => {}
+            Allowed::Bind(id) => {
+                routes.owners.insert(conn, id);
+            }
+            Allowed::Unbind => {
+                routes.owners.remove(&conn);
             }
         }
         Ok(())

@@ -2,6 +2,7 @@
 //! `protocol` (frames, envelopes, topics), `broker` (the server, in the
 //! agent or embedded in `watch`) and `client` (collectors, `ctl`, tests).
 
+pub mod authz;
 pub mod broker;
 pub mod client;
 pub mod protocol;

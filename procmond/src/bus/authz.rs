@@ -1,0 +1,181 @@
+//! Who may publish what on the agent's bus.
+//!
+//! Admission (the peer's uid) says who may connect; this says what an
+//! admitted peer may write. A collector identity belongs to the connection
+//! that registered it, for as long as that connection lives:
+//!
+//! * `control.collector.registration`: `register` binds the connection to a
+//!   collector id no live connection holds; `ready` and `deregister` only for
+//!   the id the connection holds; one id per connection.
+//! * `control.health.heartbeat.<id>`: only from the connection holding `<id>`.
+//! * process events: every event's `collector_id` must be the connection's.
+//! * any other `control.*` publish (the lifecycle broadcast above all) comes
+//!   from the agent itself, never from a peer.
+//!
+//! Pure decisions over the connection's binding; the broker keeps the
+//! bindings and counts and logs each refusal. Without `require_registration`
+//! (the private broker embedded in `watch`, in-process tests) everything an
+//! admitted peer sends is allowed, as before.
+
+use crate::bus::protocol::{TOPIC_REGISTRATION, heartbeat_topic};
+use crate::bus::rpc::Registration;
+use crate::model::batch::Batch;
+
+/// What a publish does to the connection's binding, when it is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allowed {
+    /// Nothing changes.
+    Publish,
+    /// The connection now holds this collector id.
+    Bind(String),
+    /// The connection gives its collector id up.
+    Unbind,
+}
+
+/// Why a publish was refused (logged and counted by the broker).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("control topic {0} is written by the agent only")]
+    ControlTopic(String),
+    #[error("not a registration message: {0}")]
+    BadRegistration(String),
+    #[error("collector id {0:?} is held by another connection")]
+    Taken(String),
+    #[error("this connection holds collector id {held:?}, not {claimed:?}")]
+    NotYours {
+        held: Option<String>,
+        claimed: String,
+    },
+}
+
+/// Decides on a publish to `topic` by a connection holding `held`;
+/// `taken(id)` tells whether another live connection holds `id`.
+pub fn decide(
+    topic: &str,
+    payload: &[u8],
+    batch: Option<&Batch>,
+    held: Option<&str>,
+    taken: impl Fn(&str) -> bool,
+) -> Result<Allowed, Refused> {
+    let not_yours = |claimed: &str| Refused::NotYours {
+        held: held.map(str::to_owned),
+        claimed: claimed.to_owned(),
+    };
+    if let Some(batch) = batch {
+        for entry in batch.iter() {
+            let event = entry
+                .event()
+                .map_err(|e| Refused::BadRegistration(e.to_string()))?;
+            let id = event.collector_id.as_str();
+            if held != Some(id) {
+                return Err(not_yours(id));
+            }
+        }
+        return Ok(Allowed::Publish);
+    }
+    if topic == TOPIC_REGISTRATION {
+        let msg: Registration =
+            serde_json::from_slice(payload).map_err(|e| Refused::BadRegistration(e.to_string()))?;
+        return match msg {
+            Registration::Register { collector_id, .. } => match held {
+                Some(h) if h == collector_id => Ok(Allowed::Publish),
+                Some(_) => Err(not_yours(&collector_id)),
+                None if taken(&collector_id) => Err(Refused::Taken(collector_id)),
+                None => Ok(Allowed::Bind(collector_id)),
+            },
+            Registration::Ready { collector_id } if held == Some(collector_id.as_str()) => {
+                Ok(Allowed::Publish)
+            }
+            Registration::Deregister { collector_id } if held == Some(collector_id.as_str()) => {
+                Ok(Allowed::Unbind)
+            }
+            Registration::Ready { collector_id } | Registration::Deregister { collector_id } => {
+                Err(not_yours(&collector_id))
+            }
+        };
+    }
+    if let Some(id) = topic.strip_prefix("control.health.heartbeat.") {
+        return if held.is_some_and(|h| heartbeat_topic(h) == topic) {
+            Ok(Allowed::Publish)
+        } else {
+            Err(not_yours(id))
+        };
+    }
+    if topic.starts_with("control.") {
+        return Err(Refused::ControlTopic(topic.to_owned()));
+    }
+    Ok(Allowed::Publish)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::protocol::TOPIC_LIFECYCLE;
+    use crate::model::batch::BatchBuilder;
+    use crate::model::{EventKind, EventSource, ProcessEvent};
+
+    fn register(id: &str) -> Vec<u8> {
+        format!(
+            r#"{{"type":"register","collector_id":"{id}","collector_type":"process-monitor","version":"1","pid":1,"hostname":"h","source":"ebpf","capabilities":{{}}}}"#
+        )
+        .into_bytes()
+    }
+
+    fn batch_of(ids: &[&str]) -> Batch {
+        let mut b = BatchBuilder::new();
+        for (i, id) in ids.iter().enumerate() {
+            let mut e = ProcessEvent::new(EventKind::Exec, EventSource::Ebpf, 1, 1);
+            e.collector_id = (*id).into();
+            e.seq = i as u64 + 1;
+            b.push(&e).expect("encodes");
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn registration_binds_once_and_only_free_ids() {
+        let free = |_: &str| false;
+        assert_eq!(
+            decide(TOPIC_REGISTRATION, &register("p"), None, None, free),
+            Ok(Allowed::Bind("p".into()))
+        );
+        assert_eq!(
+            decide(TOPIC_REGISTRATION, &register("p"), None, None, |id| id
+                == "p"),
+            Err(Refused::Taken("p".into()))
+        );
+        assert!(decide(TOPIC_REGISTRATION, &register("q"), None, Some("p"), free).is_err());
+        let ready = br#"{"type":"ready","collector_id":"p"}"#;
+        assert!(decide(TOPIC_REGISTRATION, ready, None, Some("p"), free).is_ok());
+        assert!(decide(TOPIC_REGISTRATION, ready, None, None, free).is_err());
+        let dereg = br#"{"type":"deregister","collector_id":"p"}"#;
+        assert_eq!(
+            decide(TOPIC_REGISTRATION, dereg, None, Some("p"), free),
+            Ok(Allowed::Unbind)
+        );
+        assert!(decide(TOPIC_REGISTRATION, b"junk", None, None, free).is_err());
+    }
+
+    #[test]
+    fn heartbeats_events_and_control_topics_follow_the_binding() {
+        let free = |_: &str| false;
+        let beat = heartbeat_topic("p");
+        assert!(decide(&beat, b"{}", None, Some("p"), free).is_ok());
+        assert!(
+            decide(&beat, b"{}", None, Some("q"), free).is_err(),
+            "forged heartbeat"
+        );
+        assert!(decide(&beat, b"{}", None, None, free).is_err());
+        let shutdown = br#"{"type":"shutdown"}"#;
+        assert_eq!(
+            decide(TOPIC_LIFECYCLE, shutdown, None, Some("p"), free),
+            Err(Refused::ControlTopic(TOPIC_LIFECYCLE.into()))
+        );
+        let mine = batch_of(&["p", "p"]);
+        assert!(decide("events.process", &[], Some(&mine), Some("p"), free).is_ok());
+        let forged = batch_of(&["p", "victim"]);
+        assert!(decide("events.process", &[], Some(&forged), Some("p"), free).is_err());
+        assert!(decide("events.process", &[], Some(&mine), None, free).is_err());
+        assert!(decide("app.custom", b"x", None, None, free).is_ok());
+    }
+}
