@@ -112,26 +112,43 @@ impl AgentConfig {
                 "must be an absolute path",
             ));
         }
-        let positive = [
-            ("startup_timeout_secs", self.startup_timeout_secs),
-            ("heartbeat.interval_secs", self.heartbeat.interval_secs),
+        // Every duration is bounded: later arithmetic on it (deadlines,
+        // Instant + Duration) can then never overflow.
+        let ranged = [
+            ("startup_timeout_secs", self.startup_timeout_secs, 1, 3600),
+            (
+                "heartbeat.interval_secs",
+                self.heartbeat.interval_secs,
+                1,
+                3600,
+            ),
             (
                 "heartbeat.missed_threshold",
                 u64::from(self.heartbeat.missed_threshold),
+                1,
+                100,
             ),
             (
                 "heartbeat.health_check_timeout_secs",
                 self.heartbeat.health_check_timeout_secs,
+                1,
+                300,
             ),
             (
                 "heartbeat.graceful_shutdown_timeout_secs",
                 self.heartbeat.graceful_shutdown_timeout_secs,
+                1,
+                3600,
             ),
         ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(ConfigError::invalid(key, "must be greater than 0"));
-            }
+        for (key, value, lo, hi) in ranged {
+            in_range(key, value, lo, hi)?;
+        }
+        if self.run_as.is_some() && !self.broker.allowed_uids.contains(&0) {
+            return Err(ConfigError::invalid(
+                "broker.allowed_uids",
+                "must include 0 when run_as is set: collectors run as root and must reconnect after the agent drops its privileges",
+            ));
         }
         if let Some(user) = &self.run_as
             && user.is_empty()
@@ -165,16 +182,22 @@ impl AgentConfig {
                     ),
                 ));
             }
+            if !c.binary_path.is_absolute() {
+                return Err(ConfigError::invalid(
+                    key("binary_path"),
+                    "must be an absolute path (the launcher runs it as root)",
+                ));
+            }
             if c.enabled {
                 check_executable(&c.binary_path)
                     .map_err(|reason| ConfigError::invalid(key("binary_path"), reason))?;
             }
-            if c.startup_timeout_secs == 0 {
-                return Err(ConfigError::invalid(
-                    key("startup_timeout_secs"),
-                    "must be greater than 0",
-                ));
-            }
+            in_range(
+                &key("startup_timeout_secs"),
+                c.startup_timeout_secs,
+                1,
+                3600,
+            )?;
             c.config.validate().map_err(|e| match e {
                 ConfigError::Invalid { key: k, reason } => {
                     ConfigError::invalid(key(&format!("config.{k}")), reason)
@@ -192,6 +215,17 @@ impl AgentConfig {
             }
         }
         Ok(())
+    }
+}
+
+fn in_range(key: &str, value: u64, lo: u64, hi: u64) -> Result<(), ConfigError> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("must be between {lo} and {hi}, got {value}"),
+        ))
     }
 }
 
@@ -280,5 +314,51 @@ collectors:
             e.contains("collectors[0].config.collection_interval_secs"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn values_that_would_break_later_are_refused_at_validation() {
+        let cases = [
+            (
+                "interval_secs: 30",
+                "interval_secs: 7200",
+                "heartbeat.interval_secs",
+            ),
+            (
+                "graceful_shutdown_timeout_secs: 60",
+                "graceful_shutdown_timeout_secs: 18446744073709551615",
+                "heartbeat.graceful_shutdown_timeout_secs",
+            ),
+            (
+                "health_check_timeout_secs: 5",
+                "health_check_timeout_secs: 9999999999",
+                "heartbeat.health_check_timeout_secs",
+            ),
+            (
+                "missed_threshold: 3",
+                "missed_threshold: 0",
+                "heartbeat.missed_threshold",
+            ),
+            (
+                "allowed_uids: [0]",
+                "allowed_uids: []",
+                "broker.allowed_uids",
+            ),
+            (
+                "binary_path: /bin/sh",
+                "binary_path: bin/sh",
+                "collectors[0].binary_path",
+            ),
+            (
+                "    startup_timeout_secs: 60\n    config",
+                "    startup_timeout_secs: 86400\n    config",
+                "collectors[0].startup_timeout_secs",
+            ),
+        ];
+        for (from, to, key) in cases {
+            assert!(REFERENCE_EXAMPLE.contains(from), "{from}");
+            let e = parse(&REFERENCE_EXAMPLE.replacen(from, to, 1)).expect_err(to);
+            assert!(e.contains(key), "{to}: {e}");
+        }
     }
 }
