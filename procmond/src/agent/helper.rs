@@ -122,13 +122,57 @@ impl Helper {
     }
 }
 
+/// Creates `dir` 0700, or checks that it is a real directory (not a
+/// symlink) owned by this user and closed to everyone else.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    let own = rustix::process::geteuid().as_raw();
+    if !meta.file_type().is_dir() || meta.uid() != own || meta.mode() & 0o077 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a private directory of uid {own} (a symlink, another owner, or open to others): refusing to write collector configs there",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Replaces `path` with a new 0600 file holding `bytes`, never following a
+/// symlink (unlink removes a link itself; O_EXCL|O_NOFOLLOW then create).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
 /// The helper process itself (`procmond agent-helper`).
 pub async fn serve(config_path: &Path) -> std::io::Result<()> {
     let config = AgentConfig::load(config_path).map_err(std::io::Error::other)?;
     let socket = config.broker.socket.clone();
+    // The collectors' configs live in a root-only directory of their own:
+    // the socket's directory may be reachable by the allowed users.
     let runtime_dir = socket
         .parent()
-        .map_or_else(|| PathBuf::from("/run/procmond"), Path::to_path_buf);
+        .map_or_else(|| PathBuf::from("/run/procmond"), Path::to_path_buf)
+        .join("launcher");
     let grace = Duration::from_secs(config.heartbeat.graceful_shutdown_timeout_secs);
     let collectors: HashMap<String, CollectorConfig> = config
         .collectors
@@ -252,7 +296,9 @@ async fn reap(
 }
 
 /// Writes the collector's config (its `config:` block with the id and the
-/// heartbeat period filled in) to a 0600 file, then starts it.
+/// heartbeat period filled in) to a new 0600 file in the launcher's private
+/// directory, then starts it. Never follows a symlink: the directory must be
+/// a real root-only directory, and the file is created exclusively.
 fn launch(
     collector: &CollectorConfig,
     runtime_dir: &Path,
@@ -263,11 +309,9 @@ fn launch(
     config.collector_id.clone_from(&collector.id);
     config.heartbeat_interval_secs = heartbeat_secs;
     let text = serde_norway::to_string(&config).map_err(std::io::Error::other)?;
-    std::fs::create_dir_all(runtime_dir)?;
+    private_dir(runtime_dir)?;
     let path = runtime_dir.join(format!("{}.yaml", collector.id));
-    std::fs::write(&path, text)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    write_private(&path, text.as_bytes())?;
     Command::new(&collector.binary_path)
         .args(&collector.args)
         .arg("--config")
@@ -276,4 +320,49 @@ fn launch(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("procmond-helper-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn collector_configs_never_follow_symlinks() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = temp("symlink");
+        std::fs::create_dir_all(&base).expect("base");
+        let victim = base.join("victim");
+        std::fs::write(&victim, "untouched").expect("victim");
+        // A private directory whose config name is a symlink to the victim:
+        // the link is replaced, the victim is not written through it.
+        let dir = base.join("launcher");
+        private_dir(&dir).expect("created");
+        let mode = std::fs::metadata(&dir).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        std::os::unix::fs::symlink(&victim, dir.join("c.yaml")).expect("link");
+        write_private(&dir.join("c.yaml"), b"new").expect("written");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("victim"),
+            "untouched"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("c.yaml")).expect("file"),
+            "new"
+        );
+        // The directory itself a symlink, or open to others: refused.
+        let link_dir = base.join("link-dir");
+        std::os::unix::fs::symlink(&base, &link_dir).expect("dir link");
+        assert!(private_dir(&link_dir).is_err());
+        let open = base.join("open");
+        std::fs::create_dir(&open).expect("open dir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(private_dir(&open).is_err());
+        let _ = std::fs::remove_dir_all(&base);
+    }
 }
