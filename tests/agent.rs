@@ -134,7 +134,16 @@ fn a_wiped_wal_starts_a_new_epoch_and_loses_nothing() {
         "new WAL: events are numbered from 1",
         Duration::from_secs(60),
     );
-    std::thread::sleep(Duration::from_millis(1500)); // monitoring again
+    // The restarted collector attaches its probes before the next markers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while agent.log().matches("monitoring started").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "collector did not restart"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     spawn("b");
     let events = dir.wait_for_sink(Duration::from_secs(60), "150 execs after the wipe", |ev| {
         marker_execs(ev, &format!("{m}-b")).len() >= 150
@@ -152,21 +161,110 @@ fn a_wiped_wal_starts_a_new_epoch_and_loses_nothing() {
         "one epoch each: {old:?} {new:?}"
     );
     assert_ne!(old, new, "the new WAL has a new epoch");
-    let max_old_seq = events
-        .iter()
-        .filter(|e| e["epoch"].as_u64().is_some_and(|x| old.contains(&x)))
-        .filter_map(|e| e["seq"].as_u64())
-        .max()
-        .unwrap_or(0);
-    let reused = marker_execs(&events, &format!("{m}-b"))
-        .iter()
-        .filter(|e| e["seq"].as_u64().is_some_and(|s| s <= max_old_seq))
-        .count();
+    // The new epoch numbers from 1 again: its first events (the inventory)
+    // reuse seqs the old epoch had stored, and still reach the sink.
+    let new_epoch = new.iter().next().copied();
     assert!(
-        reused > 0,
-        "the new WAL reused old seq numbers (what used to be dropped)"
+        events
+            .iter()
+            .any(|e| e["epoch"].as_u64() == new_epoch && e["seq"] == 1),
+        "seq 1 of the new epoch is in the sink"
     );
     assert_unique_seq(&events);
+}
+
+/// The next frame, or a failed test after 10 s.
+async fn next_within(
+    r: &mut procmond::bus::client::BusReader,
+) -> Option<Result<Envelope, protocol::ProtocolError>> {
+    tokio::time::timeout(Duration::from_secs(10), r.next())
+        .await
+        .expect("an answer in time")
+}
+
+#[test]
+fn a_local_peer_cannot_exhaust_the_broker() {
+    let dir = AgentDir::new("limits");
+    let config = dir.write_config("", "", true);
+    let text = std::fs::read_to_string(&config).expect("read agent.yaml");
+    let limits = "  allowed_uids: [0]\n  limits: {max_connections_per_uid: 4, max_subscriptions_per_connection: 2, max_pending_rpcs_per_connection: 1, max_rpc_deadline_secs: 2, idle_timeout_secs: 1}\n";
+    std::fs::write(&config, text.replacen("  allowed_uids: [0]\n", limits, 1)).expect("write");
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("steady state", Duration::from_secs(60));
+    let socket = dir.socket();
+    let rt = runtime();
+    rt.block_on(async {
+        use procmond::bus::client::connect;
+        // Idle: connected, never speaks, closed after the idle timeout.
+        let (_w, mut idle) = connect(&socket).await.expect("connect");
+        assert!(
+            next_within(&mut idle).await.is_none(),
+            "idle connection closed"
+        );
+
+        // Subscriptions: 2 per connection.
+        let (mut a_w, mut a_r) = connect(&socket).await.expect("connect");
+        for (i, want) in [
+            (1, FrameKind::Ack),
+            (2, FrameKind::Ack),
+            (3, FrameKind::Error),
+        ] {
+            a_w.subscribe(&format!("app.t{i}"), i)
+                .await
+                .expect("subscribe");
+            let got = next_within(&mut a_r).await.expect("frame").expect("valid");
+            assert_eq!(
+                (got.kind, got.correlation_id),
+                (want, i),
+                "subscription {i}"
+            );
+        }
+        // RPCs: one pending per connection, deadlines capped at 2 s.
+        let (mut b_w, mut b_r) = connect(&socket).await.expect("connect");
+        let call = |corr: u64| {
+            let mut env = Envelope::new(FrameKind::Request, "app.t1", corr, b"{}".to_vec());
+            env.deadline_unix_ms = u64::MAX;
+            env
+        };
+        b_w.send(&call(1)).await.expect("call");
+        b_w.send(&call(2)).await.expect("call");
+        let started = std::time::Instant::now();
+        let refused = next_within(&mut b_r).await.expect("frame").expect("valid");
+        assert_eq!(
+            (refused.correlation_id, refused.status),
+            (2, protocol::Status::Busy)
+        );
+        let timed_out = next_within(&mut b_r).await.expect("frame").expect("valid");
+        assert_eq!(
+            (timed_out.correlation_id, timed_out.status),
+            (1, protocol::Status::Timeout)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the deadline was capped"
+        );
+
+        // Connections: 4 per uid; the collector holds one, a_ and b_ two.
+        let (mut c_w, _c_r) = connect(&socket).await.expect("connect");
+        c_w.subscribe("app.c", 1).await.expect("subscribe");
+        let (_d_w, mut d_r) = connect(&socket).await.expect("connect");
+        assert!(
+            next_within(&mut d_r).await.is_none(),
+            "fifth connection of uid 0 refused"
+        );
+        drop((a_w, a_r, b_w, b_r, c_w));
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (out, health) = ctl(&dir, &["health"]);
+    assert!(out.status.success(), "ctl still answers: {health}");
+    let broker = &health["agent"]["broker"];
+    assert!(broker["idle_closed"].as_u64() >= Some(1), "{broker}");
+    assert_eq!(broker["subscriptions_refused"], 1, "{broker}");
+    assert_eq!(broker["rpcs_refused"], 1, "{broker}");
+    assert!(
+        broker["connections_refused"].as_u64() >= Some(1),
+        "{broker}"
+    );
 }
 
 fn runtime() -> tokio::runtime::Runtime {

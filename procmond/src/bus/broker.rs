@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
+use super::limits::BrokerLimits;
 use super::protocol::{self, Envelope, FrameKind, ProtocolError, Status};
 use crate::metrics::Metrics;
 use crate::model::EventKind;
@@ -50,6 +51,12 @@ pub struct BrokerStats {
     pub unstored: AtomicU64,
     /// Publishes refused by the authorization rules (`bus/authz.rs`).
     pub publishes_refused: AtomicU64,
+    /// Subscriptions refused: the connection held its cap (`bus/limits.rs`).
+    pub subscriptions_refused: AtomicU64,
+    /// RPCs refused: the connection had its cap waiting.
+    pub rpcs_refused: AtomicU64,
+    /// Connections closed for doing nothing within the idle timeout.
+    pub idle_closed: AtomicU64,
 }
 
 impl BrokerStats {
@@ -63,6 +70,9 @@ impl BrokerStats {
             "published": get(&self.published),
             "unstored": get(&self.unstored),
             "publishes_refused": get(&self.publishes_refused),
+            "subscriptions_refused": get(&self.subscriptions_refused),
+            "rpcs_refused": get(&self.rpcs_refused),
+            "idle_closed": get(&self.idle_closed),
         })
     }
 }
@@ -103,13 +113,19 @@ struct Sub {
 }
 
 /// Acks waiting for durable subscribers, in publish order.
-type PendingAcks = mpsc::UnboundedSender<(u64, Vec<oneshot::Receiver<()>>)>;
+type PendingAcks = mpsc::Sender<(u64, Vec<oneshot::Receiver<()>>)>;
+/// Publishes waiting for their ack on one connection; a full queue stops
+/// reading that peer (backpressure) instead of growing without bound.
+const ACK_QUEUE: usize = 4096;
 
 #[derive(Debug)]
 enum Pending {
     Remote {
         tx: mpsc::Sender<Envelope>,
         corr: u64,
+        /// The asking connection (its pending RPCs are capped and freed
+        /// when it goes).
+        conn: u64,
     },
     Local(oneshot::Sender<Envelope>),
 }
@@ -121,14 +137,18 @@ struct Routes {
     conns: HashMap<u64, CancellationToken>,
     /// Connection → the collector id it registered (`bus/authz.rs`).
     owners: HashMap<u64, String>,
+    /// Connection → its peer's uid (per-uid connection cap).
+    uids: HashMap<u64, u32>,
 }
 
 #[derive(Debug)]
 struct Inner {
     routes: Mutex<Routes>,
     allowed_uids: Vec<u32>,
-    /// Enforce `bus/authz.rs` on remote publishes (the agent's broker).
+    /// Enforce `bus/authz.rs` on remote publishes and close idle
+    /// connections (the agent's broker).
     require_registration: bool,
+    limits: BrokerLimits,
     next_id: AtomicU64,
     stats: BrokerStats,
 }
@@ -143,22 +163,23 @@ impl Broker {
     /// `allowed_uids` may connect besides the broker's own user; every
     /// admitted peer may publish anything (a private broker, as in `watch`).
     pub fn new(allowed_uids: Vec<u32>) -> Self {
-        Self::build(allowed_uids, false)
+        Self::build(allowed_uids, false, BrokerLimits::default())
     }
 
     /// The agent's broker: peers publish only what `bus/authz.rs` allows
     /// (events and heartbeats for the collector id they registered; control
-    /// topics are the agent's).
-    pub fn with_registration(allowed_uids: Vec<u32>) -> Self {
-        Self::build(allowed_uids, true)
+    /// topics are the agent's), within `limits`.
+    pub fn with_registration(allowed_uids: Vec<u32>, limits: BrokerLimits) -> Self {
+        Self::build(allowed_uids, true, limits)
     }
 
-    fn build(allowed_uids: Vec<u32>, require_registration: bool) -> Self {
+    fn build(allowed_uids: Vec<u32>, require_registration: bool, limits: BrokerLimits) -> Self {
         Self {
             inner: Arc::new(Inner {
                 routes: Mutex::new(Routes::default()),
                 allowed_uids,
                 require_registration,
+                limits,
                 next_id: AtomicU64::new(1),
                 stats: BrokerStats::default(),
             }),
@@ -254,10 +275,29 @@ impl Broker {
             tracing::warn!(uid, allowed = ?self.inner.allowed_uids, "connection refused: uid not in broker.allowed_uids");
             return;
         }
-        Metrics::incr(&self.inner.stats.connections);
         let conn = self.next_id();
         let cancel = shutdown.child_token();
-        self.routes().conns.insert(conn, cancel.clone());
+        {
+            let mut routes = self.routes();
+            let limits = &self.inner.limits;
+            let same_uid = routes.uids.values().filter(|u| **u == uid).count();
+            if routes.conns.len() >= limits.max_connections
+                || same_uid >= limits.max_connections_per_uid
+            {
+                drop(routes);
+                Metrics::incr(&self.inner.stats.connections_refused);
+                tracing::warn!(
+                    uid,
+                    total_cap = limits.max_connections,
+                    per_uid_cap = limits.max_connections_per_uid,
+                    "connection refused: connection limit reached"
+                );
+                return;
+            }
+            routes.conns.insert(conn, cancel.clone());
+            routes.uids.insert(conn, uid);
+        }
+        Metrics::incr(&self.inner.stats.connections);
         let broker = self.clone();
         tokio::spawn(async move {
             let reason = broker.connection(stream, conn, cancel.clone()).await;
@@ -265,6 +305,10 @@ impl Broker {
             let mut routes = broker.routes();
             routes.conns.remove(&conn);
             routes.owners.remove(&conn);
+            routes.uids.remove(&conn);
+            routes
+                .pending
+                .retain(|_, p| !matches!(p, Pending::Remote { conn: c, .. } if *c == conn));
             routes.subs.retain(|s| s.conn != conn);
             drop(routes);
             match reason {
@@ -306,13 +350,24 @@ impl Broker {
             }
         });
         let acks = spawn_acker(tx.clone(), self.inner.clone());
+        // On the agent's broker a peer must do something (register,
+        // subscribe, publish, call) before the idle timeout.
+        let mut active = !self.inner.require_registration;
+        let idle = tokio::time::sleep(self.inner.limits.idle_timeout());
+        tokio::pin!(idle);
         loop {
             let frame = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
+                () = &mut idle, if !active => {
+                    Metrics::incr(&self.inner.stats.idle_closed);
+                    tracing::warn!(conn, "connection closed: idle since it connected");
+                    return Ok(());
+                }
                 frame = reader.next() => frame,
             };
             let Some(frame) = frame else { return Ok(()) };
             let envelope = protocol::decode(&frame?)?;
+            active = true;
             self.handle(envelope, conn, &tx, &acks).await?;
         }
     }
@@ -342,10 +397,22 @@ impl Broker {
                 }
                 let corr = env.correlation_id;
                 let confirmations = self.route(env, batch).await;
-                let _ = acks.send((corr, confirmations));
+                let _ = acks.send((corr, confirmations)).await;
             }
             FrameKind::Subscribe => {
                 protocol::validate_topic(&env.topic, true)?;
+                let held = self.routes().subs.iter().filter(|s| s.conn == conn).count();
+                if held >= self.inner.limits.max_subscriptions_per_connection {
+                    Metrics::incr(&self.inner.stats.subscriptions_refused);
+                    tracing::warn!(conn, held, "subscription refused: per-connection limit");
+                    let refusal = Envelope::error(
+                        env.correlation_id,
+                        Status::Busy,
+                        "subscription limit reached",
+                    );
+                    let _ = tx.send(refusal).await;
+                    return Ok(());
+                }
                 self.routes().subs.push(Sub {
                     conn,
                     pattern: env.topic,
@@ -356,11 +423,30 @@ impl Broker {
             FrameKind::Request => {
                 protocol::validate_topic(&env.topic, false)?;
                 let corr = env.correlation_id;
+                let waiting = self
+                    .routes()
+                    .pending
+                    .values()
+                    .filter(|p| matches!(p, Pending::Remote { conn: c, .. } if *c == conn))
+                    .count();
+                if waiting >= self.inner.limits.max_pending_rpcs_per_connection {
+                    Metrics::incr(&self.inner.stats.rpcs_refused);
+                    tracing::warn!(
+                        conn,
+                        waiting,
+                        "RPC refused: per-connection limit of pending calls"
+                    );
+                    let refusal =
+                        Envelope::response(corr, Status::Busy, b"too many calls pending".to_vec());
+                    let _ = tx.send(refusal).await;
+                    return Ok(());
+                }
                 self.dispatch_request(
                     env,
                     Pending::Remote {
                         tx: tx.clone(),
                         corr,
+                        conn,
                     },
                 );
             }
@@ -524,12 +610,11 @@ impl Broker {
                 return answer(reply, Envelope::response(0, Status::Unavailable, msg));
             }
         };
-        let deadline = if env.deadline_unix_ms == 0 {
-            DEFAULT_DEADLINE
-        } else {
+        let requested = (env.deadline_unix_ms != 0).then(|| {
             let now = (crate::clock::now_unix_ns() / 1_000_000).max(0) as u64;
             Duration::from_millis(env.deadline_unix_ms.saturating_sub(now))
-        };
+        });
+        let deadline = self.inner.limits.rpc_deadline(requested, DEFAULT_DEADLINE);
         env.correlation_id = id;
         let broker = self.clone();
         tokio::spawn(async move {
@@ -641,7 +726,7 @@ impl Broker {
 /// stored it. A subscriber that fails leaves the publish unacknowledged:
 /// the collector keeps it in its WAL and sends it again after reconnecting.
 fn spawn_acker(tx: mpsc::Sender<Envelope>, inner: Arc<Inner>) -> PendingAcks {
-    let (acks, mut pending) = mpsc::unbounded_channel::<(u64, Vec<oneshot::Receiver<()>>)>();
+    let (acks, mut pending) = mpsc::channel::<(u64, Vec<oneshot::Receiver<()>>)>(ACK_QUEUE);
     tokio::spawn(async move {
         while let Some((corr, confirmations)) = pending.recv().await {
             let mut stored = true;
@@ -670,7 +755,7 @@ fn spawn_acker(tx: mpsc::Sender<Envelope>, inner: Arc<Inner>) -> PendingAcks {
 fn answer(pending: Pending, mut response: Envelope) {
     response.kind = FrameKind::Response;
     match pending {
-        Pending::Remote { tx, corr } => {
+        Pending::Remote { tx, corr, .. } => {
             response.correlation_id = corr;
             let _ = tx.try_send(response);
         }

@@ -5,5 +5,6 @@
 pub mod authz;
 pub mod broker;
 pub mod client;
+pub mod limits;
 pub mod protocol;
 pub mod rpc;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, ProcmondConfig, parse_yaml, read_config_file};
+use crate::bus::limits::BrokerLimits;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +31,8 @@ pub struct AgentConfig {
 pub struct BrokerConfig {
     pub socket: PathBuf,
     pub allowed_uids: Vec<u32>,
+    /// What one peer may hold (`bus/limits.rs`).
+    pub limits: BrokerLimits,
 }
 
 impl Default for BrokerConfig {
@@ -37,6 +40,7 @@ impl Default for BrokerConfig {
         Self {
             socket: PathBuf::from("/run/procmond/broker.sock"),
             allowed_uids: vec![0],
+            limits: BrokerLimits::default(),
         }
     }
 }
@@ -141,7 +145,7 @@ impl AgentConfig {
                 3600,
             ),
         ];
-        for (key, value, lo, hi) in ranged {
+        for (key, value, lo, hi) in ranged.into_iter().chain(self.broker.limits.ranges()) {
             in_range(key, value, lo, hi)?;
         }
         if self.run_as.is_some() && !self.broker.allowed_uids.contains(&0) {
