@@ -46,6 +46,12 @@ enum Task {
     /// probe check needs (when root), checks the probe object, formatting and
     /// lints, then runs every test (the end-to-end ones need root).
     Test,
+    /// Runs each hostile-input target (tests/fuzz.rs) for SECS seconds in a
+    /// release build and prints how many cases each survived.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+    },
     /// CPU, slowdown and RSS of procmond under a fork storm, against
     /// execsnoop in the same run (as root; builds the release binary).
     BenchOverhead {
@@ -66,6 +72,23 @@ fn main() -> Result<()> {
         Task::BuildEbpf { check } => build_ebpf(check),
         Task::Test => test(),
         Task::CheckTargets => check_targets(),
+        Task::Fuzz { secs } => {
+            println!("xtask: each fuzz target runs {secs} s (release build)");
+            run(
+                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                    .env("PROCMOND_FUZZ_SECS", secs.to_string())
+                    .args([
+                        "test",
+                        "--release",
+                        "-p",
+                        "procmond",
+                        "--test",
+                        "fuzz",
+                        "--",
+                    ])
+                    .args(["--nocapture", "--test-threads=1"]),
+            )
+        }
         Task::BenchOverhead {
             spawners,
             spawns,
