@@ -39,6 +39,18 @@ fn agent_drops_to_nobody_and_events_still_flow() {
     let (uids, gids) = ids(agent.pid());
     assert_eq!(uids, [65534; 4], "agent real/effective/saved/fs uid");
     assert_eq!(gids, [65534; 4], "agent gids");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(field("NoNewPrivs:"), "1", "no_new_privs after the drop");
+    assert_eq!(field("CapBnd:"), "0000000000000000", "empty bounding set");
+    assert_eq!(field("CapEff:"), "0000000000000000");
     let collectors = collector_pids(agent.pid());
     assert_eq!(collectors.len(), 1);
     assert_eq!(ids(collectors[0]).0, [0; 4], "the collector keeps root");

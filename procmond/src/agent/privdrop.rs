@@ -27,6 +27,8 @@ pub enum PrivDropError {
     Reversible(u32),
     #[error("run_as: after the drop the ids are {0}")]
     Mismatch(String),
+    #[error("run_as: clearing the capability bounding set or setting no_new_privs failed: {0}")]
+    Caps(String),
 }
 
 /// What the process runs as after the drop.
@@ -45,7 +47,19 @@ pub fn drop_to(user: &str) -> Result<Dropped, PrivDropError> {
         })?
         .ok_or_else(|| PrivDropError::NoSuchUser(user.to_string()))?;
     let (uid, gid) = (entry.uid, entry.gid);
+    #[cfg(target_os = "linux")]
+    if !uid.is_root() {
+        // No capability can come back through an exec or a setuid binary:
+        // the bounding set is emptied while still root (CAP_SETPCAP)...
+        caps::clear(None, caps::CapSet::Bounding)
+            .map_err(|e| PrivDropError::Caps(e.to_string()))?;
+    }
     set_ids(uid, gid)?;
+    #[cfg(target_os = "linux")]
+    if !uid.is_root() {
+        // ...and no_new_privs makes setuid/file capabilities inert for good.
+        rustix::thread::set_no_new_privs(true).map_err(|e| PrivDropError::Caps(e.to_string()))?;
+    }
     Ok(Dropped {
         uid: uid.as_raw(),
         gid: gid.as_raw(),
