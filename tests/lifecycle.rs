@@ -323,3 +323,48 @@ fn a_uid_outside_allowed_uids_cannot_subscribe_or_call() {
         "root still gets answers"
     );
 }
+
+#[test]
+fn operator_calls_are_allowed_per_uid() {
+    let dir = AgentDir::new("operators");
+    let config = dir.write_config("", "", true);
+    let text = std::fs::read_to_string(&config).expect("read agent.yaml");
+    let broker =
+        "  allowed_uids: [0, 65534]\n  operators: {read_uids: [0, 65534], admin_uids: [0]}\n";
+    std::fs::write(&config, text.replacen("  allowed_uids: [0]\n", broker, 1)).expect("write");
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("steady state", Duration::from_secs(60));
+    use std::os::unix::fs::PermissionsExt;
+    for p in [dir.dir.clone(), dir.dir.join("run"), dir.socket()] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    let as_nobody = |args: &[&str]| {
+        procmond()
+            .arg("ctl")
+            .arg("--socket")
+            .arg(dir.socket())
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("ctl as nobody")
+    };
+    let health = as_nobody(&["health"]);
+    assert!(
+        health.status.success(),
+        "a read uid may ask for health: {}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+    let stop = as_nobody(&["stop"]);
+    assert!(!stop.status.success(), "a read uid may not stop collection");
+    agent.wait_for_log("operator call refused", Duration::from_secs(5));
+    let (_, health) = ctl(&dir, &["health"]);
+    assert_eq!(
+        health["agent"]["broker"]["calls_unauthorized"], 1,
+        "{health}"
+    );
+    assert_eq!(
+        health["response"]["lifecycle"], "running",
+        "collection still runs: {health}"
+    );
+}

@@ -72,8 +72,11 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let socket = config.broker.socket.clone();
     let (mut launcher, mut reports) = Helper::start(config_path).map_err(AgentError::Launcher)?;
-    let broker =
-        Broker::with_registration(config.broker.allowed_uids.clone(), config.broker.limits);
+    let broker = Broker::with_registration(
+        config.broker.allowed_uids.clone(),
+        config.broker.limits,
+        config.broker.operators.clone(),
+    );
     let listener = Broker::bind(&socket).map_err(|source| AgentError::Bind {
         path: socket.display().to_string(),
         source,

@@ -12,13 +12,19 @@
 //! * any other `control.*` publish (the lifecycle broadcast above all) comes
 //!   from the agent itself, never from a peer.
 //!
+//! Operator calls (`ctl`) are allowed per uid (`broker.operators` in
+//! agent.yaml): health checks to `read_uids`, everything that changes
+//! something (config, shutdown, start, stop, restart) to `admin_uids`.
+//!
 //! Pure decisions over the connection's binding; the broker keeps the
 //! bindings and counts and logs each refusal. Without `require_registration`
 //! (the private broker embedded in `watch`, in-process tests) everything an
 //! admitted peer sends is allowed, as before.
 
-use crate::bus::protocol::{TOPIC_REGISTRATION, heartbeat_topic};
-use crate::bus::rpc::Registration;
+use serde::{Deserialize, Serialize};
+
+use crate::bus::protocol::{TOPIC_AGENT, TOPIC_REGISTRATION, heartbeat_topic};
+use crate::bus::rpc::{Registration, Request};
 use crate::model::batch::Batch;
 
 /// What a publish does to the connection's binding, when it is allowed.
@@ -46,6 +52,51 @@ pub enum Refused {
         held: Option<String>,
         claimed: String,
     },
+    #[error("uid {uid} may not make {what} calls (broker.operators in agent.yaml)")]
+    Operator { uid: u32, what: &'static str },
+}
+
+/// Which uids may call what (agent.yaml `broker.operators`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Operators {
+    /// May ask for health (`ctl health`).
+    pub read_uids: Vec<u32>,
+    /// May change things (`ctl config`, `shutdown`, `start`, `stop`, `restart`).
+    pub admin_uids: Vec<u32>,
+}
+
+impl Default for Operators {
+    fn default() -> Self {
+        Self {
+            read_uids: vec![0],
+            admin_uids: vec![0],
+        }
+    }
+}
+
+/// Decides on an RPC to `topic` by a peer of `uid`.
+pub fn decide_call(topic: &str, payload: &[u8], uid: u32, ops: &Operators) -> Result<(), Refused> {
+    let read_only = if topic == TOPIC_AGENT {
+        true
+    } else if topic.starts_with("control.collector.") {
+        // Unreadable requests count as changes: the strict side.
+        matches!(
+            serde_json::from_slice::<Request>(payload),
+            Ok(Request::HealthCheck { .. })
+        )
+    } else {
+        return Ok(());
+    };
+    let allowed = ops.admin_uids.contains(&uid) || read_only && ops.read_uids.contains(&uid);
+    if allowed {
+        Ok(())
+    } else {
+        Err(Refused::Operator {
+            uid,
+            what: if read_only { "read" } else { "admin" },
+        })
+    }
 }
 
 /// Decides on a publish to `topic` by a connection holding `held`;
@@ -154,6 +205,30 @@ mod tests {
             Ok(Allowed::Unbind)
         );
         assert!(decide(TOPIC_REGISTRATION, b"junk", None, None, free).is_err());
+    }
+
+    #[test]
+    fn operator_calls_follow_the_uid_lists() {
+        let ops = Operators {
+            read_uids: vec![0, 1000],
+            admin_uids: vec![0],
+        };
+        let health = br#"{"op":"health_check","detailed":true}"#;
+        let stop = br#"{"op":"graceful_shutdown"}"#;
+        let coll = "control.collector.procmond";
+        assert!(decide_call(coll, health, 1000, &ops).is_ok());
+        assert!(decide_call(TOPIC_AGENT, b"{}", 1000, &ops).is_ok());
+        assert!(decide_call(coll, stop, 1000, &ops).is_err());
+        assert!(
+            decide_call(coll, b"garbage", 1000, &ops).is_err(),
+            "unreadable = admin"
+        );
+        assert!(decide_call(coll, stop, 0, &ops).is_ok());
+        assert!(decide_call(coll, health, 2000, &ops).is_err());
+        assert!(
+            decide_call("app.echo", stop, 2000, &ops).is_ok(),
+            "not an operator topic"
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
+use super::authz::Operators;
 use super::limits::BrokerLimits;
 use super::protocol::{self, Envelope, FrameKind, ProtocolError, Status};
 use crate::metrics::Metrics;
@@ -57,6 +58,8 @@ pub struct BrokerStats {
     pub rpcs_refused: AtomicU64,
     /// Connections closed for doing nothing within the idle timeout.
     pub idle_closed: AtomicU64,
+    /// Operator calls refused by `broker.operators` (`bus/authz.rs`).
+    pub calls_unauthorized: AtomicU64,
 }
 
 impl BrokerStats {
@@ -73,6 +76,7 @@ impl BrokerStats {
             "subscriptions_refused": get(&self.subscriptions_refused),
             "rpcs_refused": get(&self.rpcs_refused),
             "idle_closed": get(&self.idle_closed),
+            "calls_unauthorized": get(&self.calls_unauthorized),
         })
     }
 }
@@ -149,6 +153,7 @@ struct Inner {
     /// connections (the agent's broker).
     require_registration: bool,
     limits: BrokerLimits,
+    operators: Operators,
     next_id: AtomicU64,
     stats: BrokerStats,
 }
@@ -163,23 +168,38 @@ impl Broker {
     /// `allowed_uids` may connect besides the broker's own user; every
     /// admitted peer may publish anything (a private broker, as in `watch`).
     pub fn new(allowed_uids: Vec<u32>) -> Self {
-        Self::build(allowed_uids, false, BrokerLimits::default())
+        Self::build(
+            allowed_uids,
+            false,
+            BrokerLimits::default(),
+            Operators::default(),
+        )
     }
 
     /// The agent's broker: peers publish only what `bus/authz.rs` allows
     /// (events and heartbeats for the collector id they registered; control
     /// topics are the agent's), within `limits`.
-    pub fn with_registration(allowed_uids: Vec<u32>, limits: BrokerLimits) -> Self {
-        Self::build(allowed_uids, true, limits)
+    pub fn with_registration(
+        allowed_uids: Vec<u32>,
+        limits: BrokerLimits,
+        operators: Operators,
+    ) -> Self {
+        Self::build(allowed_uids, true, limits, operators)
     }
 
-    fn build(allowed_uids: Vec<u32>, require_registration: bool, limits: BrokerLimits) -> Self {
+    fn build(
+        allowed_uids: Vec<u32>,
+        require_registration: bool,
+        limits: BrokerLimits,
+        operators: Operators,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 routes: Mutex::new(Routes::default()),
                 allowed_uids,
                 require_registration,
                 limits,
+                operators,
                 next_id: AtomicU64::new(1),
                 stats: BrokerStats::default(),
             }),
@@ -423,6 +443,25 @@ impl Broker {
             FrameKind::Request => {
                 protocol::validate_topic(&env.topic, false)?;
                 let corr = env.correlation_id;
+                if self.inner.require_registration {
+                    let uid = self.routes().uids.get(&conn).copied().unwrap_or(u32::MAX);
+                    if let Err(why) = super::authz::decide_call(
+                        &env.topic,
+                        &env.payload,
+                        uid,
+                        &self.inner.operators,
+                    ) {
+                        Metrics::incr(&self.inner.stats.calls_unauthorized);
+                        tracing::warn!(conn, uid, topic = %env.topic, reason = %why, "operator call refused");
+                        let refusal = Envelope::response(
+                            corr,
+                            Status::InvalidRequest,
+                            why.to_string().into_bytes(),
+                        );
+                        let _ = tx.send(refusal).await;
+                        return Ok(());
+                    }
+                }
                 let waiting = self
                     .routes()
                     .pending

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, ProcmondConfig, parse_yaml, read_config_file};
+use crate::bus::authz::Operators;
 use crate::bus::limits::BrokerLimits;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +34,8 @@ pub struct BrokerConfig {
     pub allowed_uids: Vec<u32>,
     /// What one peer may hold (`bus/limits.rs`).
     pub limits: BrokerLimits,
+    /// Which uids may make operator calls (`bus/authz.rs`).
+    pub operators: Operators,
 }
 
 impl Default for BrokerConfig {
@@ -41,6 +44,7 @@ impl Default for BrokerConfig {
             socket: PathBuf::from("/run/procmond/broker.sock"),
             allowed_uids: vec![0],
             limits: BrokerLimits::default(),
+            operators: Operators::default(),
         }
     }
 }
