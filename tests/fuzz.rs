@@ -135,28 +135,13 @@ fn sample_event(kind: EventKind, seq: u64) -> ProcessEvent {
     e
 }
 
-fn kernel_record(kind: u16, filename: &[u8], args: &[u8], cwd: &[u8]) -> Vec<u8> {
-    let mut b = vec![0u8; record::HEADER_LEN];
-    b[0..2].copy_from_slice(&record::RECORD_VERSION.to_le_bytes());
-    b[2..4].copy_from_slice(&kind.to_le_bytes());
-    b[32..36].copy_from_slice(&1234u32.to_le_bytes());
-    b[60..62].copy_from_slice(&(filename.len() as u16).to_le_bytes());
-    b[62..64].copy_from_slice(&(args.len() as u16).to_le_bytes());
-    b[64..68].copy_from_slice(b"sh\0\0");
-    b[80..82].copy_from_slice(&(cwd.len() as u16).to_le_bytes());
-    b.extend_from_slice(filename);
-    b.extend_from_slice(args);
-    b.extend_from_slice(cwd);
-    b
-}
-
 #[test]
 fn fuzz_kernel_records() {
     let seeds = vec![
-        kernel_record(1, b"/bin/sh", b"sh\0-c\0exit 3\0", b"tmp\0"),
-        kernel_record(2, b"", b"", b""),
-        kernel_record(3, b"", b"", b""),
-        kernel_record(4, b"sh\0bin\0", b"sh\0", b"\0"),
+        record::fixture(1, b"/bin/sh", b"sh\0-c\0exit 3\0", b"tmp\0"),
+        record::fixture(2, b"", b"", b""),
+        record::fixture(3, b"", b"", b""),
+        record::fixture(4, b"sh\0bin\0", b"sh\0", b"\0"),
     ];
     let joined: Vec<u8> = seeds.concat();
     run("kernel_records", &[seeds, vec![joined]].concat(), |b| {

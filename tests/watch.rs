@@ -444,25 +444,36 @@ fn classic_tracepoints_are_the_fallback_attach_and_leave_no_mount_behind() {
     );
 }
 
-#[test]
-fn exec_cwd_comes_from_the_kernel_across_mounts_and_deep_paths_fall_back() {
+/// A marker and a directory on tmpfs (a mount the kernel-side path walks
+/// must cross) named after it; `None` (test skipped) without eBPF.
+fn marker_and_shm_dir(tag: &str, suffix: &str) -> Option<(String, std::path::PathBuf)> {
     if let Some(reason) = ebpf_unavailable() {
         eprintln!("SKIPPED: eBPF unavailable: {reason}");
-        return;
+        return None;
     }
-    let m = marker("cwd");
-    // A tmpfs mount (crossed by the probe's walk), a name with a space and
-    // a control character, and a path deeper than the probe walks (32).
-    let shm = std::path::PathBuf::from("/dev/shm").join(format!("{m} a\u{1}b"));
+    let m = marker(tag);
+    let dir = std::path::PathBuf::from("/dev/shm").join(format!("{m}{suffix}"));
+    std::fs::create_dir_all(&dir).expect("shm dir");
+    Some((m, dir))
+}
+
+#[test]
+fn exec_cwd_comes_from_the_kernel_across_mounts_and_deep_paths_fall_back() {
+    // A name with a space and a control character, and a path deeper than
+    // the probe walks (32).
+    let Some((m, shm)) = marker_and_shm_dir("cwd", " a\u{1}b") else {
+        return;
+    };
     let deep = (0..40).fold(std::env::temp_dir().join(&m), |p, i| {
         p.join(format!("d{i}"))
     });
-    std::fs::create_dir_all(&shm).expect("shm dir");
     std::fs::create_dir_all(&deep).expect("deep dir");
     let watch = Watch::start(&["--source", "ebpf"]);
-    for (dir, tag) in [(&shm, "shm"), (&deep, "deep")] {
+    // The kernel path serves even a process gone at once; the procfs
+    // fallback for a too-deep path needs the process still alive.
+    for (dir, tag, script) in [(&shm, "shm", "exit 0"), (&deep, "deep", "sleep 1")] {
         let status = Command::new("/bin/sh")
-            .args(["-c", "exit 0", &format!("{m}-{tag}")])
+            .args(["-c", script, &format!("{m}-{tag}")])
             .current_dir(dir)
             .status()
             .expect("spawn");
@@ -483,15 +494,11 @@ fn exec_cwd_comes_from_the_kernel_across_mounts_and_deep_paths_fall_back() {
 
 #[test]
 fn task_iterator_reads_what_procfs_reads() {
-    if let Some(reason) = ebpf_unavailable() {
-        eprintln!("SKIPPED: eBPF unavailable: {reason}");
-        return;
-    }
     use procmond::sources::snapshot::SnapshotOptions;
-    let m = marker("iter");
     // A process with argv, a cwd with a space, on a tmpfs mount.
-    let dir = std::path::PathBuf::from("/dev/shm").join(format!("{m} dir"));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let Some((m, dir)) = marker_and_shm_dir("iter", " dir") else {
+        return;
+    };
     let mut child = Command::new("/bin/sh")
         .args(["-c", "sleep 30", &m])
         .current_dir(&dir)

@@ -14,6 +14,7 @@
 #include <bpf/bpf_tracing.h>
 #include "procmond_record.h"
 #include "procmond_path.h"
+#include "procmond_maps.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -24,32 +25,17 @@ struct {
 } EVENTS SEC(".maps");
 
 /* Records that could not be written to EVENTS. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} LOST SEC(".maps");
+PERCPU_SLOT(LOST, __u64);
 
 /* The cwd as the walk finds it (leaf first), before it joins the record. */
 struct cwd_scratch {
 	char buf[CWD_MAX_LEN + NAME_MAX_LEN];
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct cwd_scratch);
-} CWD SEC(".maps");
+PERCPU_SLOT(CWD, struct cwd_scratch);
 
 /* Scratch space: an exec record is too large for the 512-byte BPF stack. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct exec_record);
-} SCRATCH SEC(".maps");
+PERCPU_SLOT(SCRATCH, struct exec_record);
 
 static __always_inline void count_lost(void)
 {

@@ -15,6 +15,7 @@
 #include <bpf/bpf_tracing.h>
 #include "procmond_record.h"
 #include "procmond_path.h"
+#include "procmond_maps.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -26,19 +27,9 @@ struct path_scratch {
 
 /* Scratch of their own: the event probes may run on this CPU while the
  * iterator sleeps in a page fault. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct exec_record);
-} ITER_RECORD SEC(".maps");
+PERCPU_SLOT(ITER_RECORD, struct exec_record);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct path_scratch);
-} ITER_PATH SEC(".maps");
+PERCPU_SLOT(ITER_PATH, struct path_scratch);
 
 SEC("iter.s/task")
 int snapshot_task(struct bpf_iter__task *ctx)

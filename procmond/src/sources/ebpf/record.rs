@@ -223,6 +223,27 @@ fn cwd_from_components(raw: &[u8]) -> Option<String> {
     Some(path)
 }
 
+/// A record as the probes write it (pid 1234, parent 1, comm with hostile
+/// bytes, exit status 3): fixtures for tests and the fuzz seeds.
+#[doc(hidden)]
+pub fn fixture(kind: u16, filename: &[u8], args: &[u8], cwd: &[u8]) -> Vec<u8> {
+    let len16 = |b: &[u8]| u16::try_from(b.len()).unwrap_or(u16::MAX).to_le_bytes();
+    let mut b = vec![0u8; HEADER_LEN];
+    b[0..2].copy_from_slice(&RECORD_VERSION.to_le_bytes());
+    b[2..4].copy_from_slice(&kind.to_le_bytes());
+    b[32..36].copy_from_slice(&1234u32.to_le_bytes());
+    b[40..44].copy_from_slice(&1u32.to_le_bytes());
+    b[56..60].copy_from_slice(&(3u32 << 8).to_le_bytes());
+    b[60..62].copy_from_slice(&len16(filename));
+    b[62..64].copy_from_slice(&len16(args));
+    b[64..70].copy_from_slice(b"sh\n\x1b\xff\0");
+    b[80..82].copy_from_slice(&len16(cwd));
+    b.extend_from_slice(filename);
+    b.extend_from_slice(args);
+    b.extend_from_slice(cwd);
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,20 +253,7 @@ mod tests {
     }
 
     fn record_with_cwd(kind: u16, filename: &[u8], args: &[u8], cwd: &[u8]) -> Vec<u8> {
-        let mut b = vec![0u8; HEADER_LEN];
-        b[0..2].copy_from_slice(&RECORD_VERSION.to_le_bytes());
-        b[2..4].copy_from_slice(&kind.to_le_bytes());
-        b[32..36].copy_from_slice(&1234u32.to_le_bytes());
-        b[40..44].copy_from_slice(&1u32.to_le_bytes());
-        b[56..60].copy_from_slice(&(3u32 << 8).to_le_bytes());
-        b[60..62].copy_from_slice(&(filename.len() as u16).to_le_bytes());
-        b[62..64].copy_from_slice(&(args.len() as u16).to_le_bytes());
-        b[64..70].copy_from_slice(b"sh\n\x1b\xff\0");
-        b[80..82].copy_from_slice(&(cwd.len() as u16).to_le_bytes());
-        b.extend_from_slice(filename);
-        b.extend_from_slice(args);
-        b.extend_from_slice(cwd);
-        b
+        fixture(kind, filename, args, cwd)
     }
 
     #[test]
