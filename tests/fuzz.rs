@@ -198,13 +198,13 @@ fn fuzz_bus_frames() {
     .collect();
     run("bus_frames", &frames, |b| {
         if let Ok(env) = protocol::decode(b)
-            && let Ok(Some(batch)) = protocol::validate_publish(&env)
+            && let Ok(Some(published)) = protocol::validate_publish(&env)
         {
-            let _ = batch.kinds();
+            let _ = published.batch.kinds();
             let _ = procmond::bus::authz::decide(
                 &env.topic,
                 &env.payload,
-                Some(&batch),
+                Some(&published.collectors),
                 Some("procmond"),
                 |_| false,
             );
@@ -222,13 +222,13 @@ fn fuzz_batches() {
     let seeds = vec![b.finish().as_bytes().to_vec()];
     run("batches", &seeds, |bytes| {
         if let Ok(batch) = Batch::parse_slice(bytes) {
+            let _ = batch.filter(|e| e.seq % 2 == 0);
             let (valid, _) = batch.validated();
             if let Some(v) = valid {
                 for e in v.iter() {
                     let _ = e.decode();
                 }
             }
-            let _ = batch.filter(|e| e.seq % 2 == 0);
         }
     });
 }

@@ -25,7 +25,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::bus::protocol::{TOPIC_AGENT, TOPIC_REGISTRATION, heartbeat_topic};
 use crate::bus::rpc::{Registration, Request};
-use crate::model::batch::Batch;
 
 /// What a publish does to the connection's binding, when it is allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,11 +99,12 @@ pub fn decide_call(topic: &str, payload: &[u8], uid: u32, ops: &Operators) -> Re
 }
 
 /// Decides on a publish to `topic` by a connection holding `held`;
-/// `taken(id)` tells whether another live connection holds `id`.
+/// `collectors` are the ids a process-event publish names; `taken(id)`
+/// tells whether another live connection holds `id`.
 pub fn decide(
     topic: &str,
     payload: &[u8],
-    batch: Option<&Batch>,
+    collectors: Option<&[String]>,
     held: Option<&str>,
     taken: impl Fn(&str) -> bool,
 ) -> Result<Allowed, Refused> {
@@ -112,15 +112,10 @@ pub fn decide(
         held: held.map(str::to_owned),
         claimed: claimed.to_owned(),
     };
-    if let Some(batch) = batch {
-        for entry in batch.iter() {
-            let event = entry
-                .event()
-                .map_err(|e| Refused::BadRegistration(e.to_string()))?;
-            let id = event.collector_id.as_str();
-            if held != Some(id) {
-                return Err(not_yours(id));
-            }
+    if let Some(collectors) = collectors {
+        // Process events: every one must name the connection's collector.
+        if let Some(other) = collectors.iter().find(|c| held != Some(c.as_str())) {
+            return Err(not_yours(other));
         }
         return Ok(Allowed::Publish);
     }
@@ -162,8 +157,6 @@ pub fn decide(
 mod tests {
     use super::*;
     use crate::bus::protocol::TOPIC_LIFECYCLE;
-    use crate::model::batch::BatchBuilder;
-    use crate::model::{EventKind, EventSource, ProcessEvent};
 
     fn register(id: &str) -> Vec<u8> {
         format!(
@@ -172,15 +165,8 @@ mod tests {
         .into_bytes()
     }
 
-    fn batch_of(ids: &[&str]) -> Batch {
-        let mut b = BatchBuilder::new();
-        for (i, id) in ids.iter().enumerate() {
-            let mut e = ProcessEvent::new(EventKind::Exec, EventSource::Ebpf, 1, 1);
-            e.collector_id = (*id).into();
-            e.seq = i as u64 + 1;
-            b.push(&e).expect("encodes");
-        }
-        b.finish()
+    fn ids(ids: &[&str]) -> Vec<String> {
+        ids.iter().map(|s| (*s).to_string()).collect()
     }
 
     #[test]
@@ -246,9 +232,9 @@ mod tests {
             decide(TOPIC_LIFECYCLE, shutdown, None, Some("p"), free),
             Err(Refused::ControlTopic(TOPIC_LIFECYCLE.into()))
         );
-        let mine = batch_of(&["p", "p"]);
+        let mine = ids(&["p"]);
         assert!(decide("events.process", &[], Some(&mine), Some("p"), free).is_ok());
-        let forged = batch_of(&["p", "victim"]);
+        let forged = ids(&["p", "victim"]);
         assert!(decide("events.process", &[], Some(&forged), Some("p"), free).is_err());
         assert!(decide("events.process", &[], Some(&mine), None, free).is_err());
         assert!(decide("app.custom", b"x", None, None, free).is_ok());

@@ -401,8 +401,8 @@ impl Broker {
     ) -> Result<(), ProtocolError> {
         match env.kind {
             FrameKind::Publish => {
-                let batch = protocol::validate_publish(&env)?;
-                if let Err(why) = self.authorize(conn, &env, batch.as_ref()) {
+                let published = protocol::validate_publish(&env)?;
+                if let Err(why) = self.authorize(conn, &env, published.as_ref()) {
                     let n = self.inner.stats.publishes_refused.fetch_add(1, Relaxed) + 1;
                     if n <= 10 || n.is_power_of_two() {
                         tracing::warn!(conn, topic = %env.topic, reason = %why, refused_so_far = n, "publish refused");
@@ -416,7 +416,7 @@ impl Broker {
                     return Ok(());
                 }
                 let corr = env.correlation_id;
-                let confirmations = self.route(env, batch).await;
+                let confirmations = self.route(env, published.map(|p| p.batch)).await;
                 let _ = acks.send((corr, confirmations)).await;
             }
             FrameKind::Subscribe => {
@@ -506,7 +506,7 @@ impl Broker {
         &self,
         conn: u64,
         env: &Envelope,
-        batch: Option<&Batch>,
+        published: Option<&protocol::Published>,
     ) -> Result<(), super::authz::Refused> {
         use super::authz::{Allowed, decide};
         if !self.inner.require_registration {
@@ -514,12 +514,19 @@ impl Broker {
         }
         let mut routes = self.routes();
         let held = routes.owners.get(&conn).cloned();
-        let decision = decide(&env.topic, &env.payload, batch, held.as_deref(), |id| {
-            routes
-                .owners
-                .iter()
-                .any(|(c, owned)| *c != conn && owned == id)
-        })?;
+        let collectors = published.map(|p| p.collectors.as_slice());
+        let decision = decide(
+            &env.topic,
+            &env.payload,
+            collectors,
+            held.as_deref(),
+            |id| {
+                routes
+                    .owners
+                    .iter()
+                    .any(|(c, owned)| *c != conn && owned == id)
+            },
+        )?;
         match decision {
             Allowed::Publish => {}
             Allowed::Bind(id) => {
@@ -736,8 +743,8 @@ impl Broker {
     /// Publishes from inside the broker's process (agent broadcasts).
     pub async fn publish_local(&self, topic: &str, payload: Vec<u8>) -> Result<(), ProtocolError> {
         let env = Envelope::new(FrameKind::Publish, topic, 0, payload);
-        let batch = protocol::validate_publish(&env)?;
-        let _ = self.route(env, batch).await;
+        let published = protocol::validate_publish(&env)?;
+        let _ = self.route(env, published.map(|p| p.batch)).await;
         Ok(())
     }
 

@@ -155,11 +155,19 @@ pub fn decode(frame: &[u8]) -> Result<Envelope, ProtocolError> {
     })
 }
 
+/// Process events of one publish, validated, with the collector ids they
+/// name (read in the validating pass, for `bus/authz.rs`).
+#[derive(Debug)]
+pub struct Published {
+    pub batch: Batch,
+    pub collectors: Vec<String>,
+}
+
 /// Checks a publish: a concrete topic, and for process events a payload
 /// whose every event is valid. Process events come back as a batch: a batch
 /// published on `events.process` as it is, a single event published on
 /// `events.process.<kind>` wrapped in a batch of one.
-pub fn validate_publish(envelope: &Envelope) -> Result<Option<Batch>, ProtocolError> {
+pub fn validate_publish(envelope: &Envelope) -> Result<Option<Published>, ProtocolError> {
     validate_topic(&envelope.topic, false)?;
     let fail = |reason: String| ProtocolError::Payload {
         topic: envelope.topic.clone(),
@@ -167,14 +175,19 @@ pub fn validate_publish(envelope: &Envelope) -> Result<Option<Batch>, ProtocolEr
     };
     if envelope.topic == TOPIC_EVENT_BATCH {
         let batch = Batch::parse_slice(&envelope.payload).map_err(|e| fail(e.to_string()))?;
-        let (valid, invalid) = batch.validated();
-        if invalid > 0 || valid.is_none() {
-            return Err(fail(format!(
-                "{invalid} of {} events in the batch are invalid",
-                batch.len()
-            )));
-        }
-        return Ok(valid);
+        let total = batch.len();
+        let mut collectors: Vec<String> = Vec::new();
+        let (valid, invalid) = batch.validated_visit(|ev| {
+            if !collectors.iter().any(|c| c == ev.collector_id.as_str()) {
+                collectors.push(ev.collector_id.to_string());
+            }
+        });
+        return match valid {
+            Some(batch) if invalid == 0 => Ok(Some(Published { batch, collectors })),
+            _ => Err(fail(format!(
+                "{invalid} of {total} events in the batch are invalid"
+            ))),
+        };
     }
     if let Some(kind) = envelope.topic.strip_prefix("events.process.") {
         let event = codec::decode(&codec::aligned_copy(&envelope.payload))
@@ -187,7 +200,10 @@ pub fn validate_publish(envelope: &Envelope) -> Result<Option<Batch>, ProtocolEr
         }
         let mut one = BatchBuilder::new();
         one.push(&event).map_err(|e| fail(e.to_string()))?;
-        return Ok(Some(one.finish()));
+        return Ok(Some(Published {
+            batch: one.finish(),
+            collectors: vec![event.collector_id],
+        }));
     }
     Ok(None)
 }

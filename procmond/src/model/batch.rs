@@ -287,26 +287,35 @@ impl Batch {
 
     /// Validates every event; returns the batch of the valid ones (`None`
     /// if none is) and how many were not.
-    pub fn validated(&self) -> (Option<Batch>, usize) {
+    pub fn validated(self) -> (Option<Batch>, usize) {
+        self.validated_visit(|_| {})
+    }
+
+    /// Like `validated`, calling `visit` on each valid event as it is
+    /// checked, so a caller reads what it needs in the same pass.
+    pub fn validated_visit(
+        self,
+        mut visit: impl FnMut(&ArchivedProcessEvent),
+    ) -> (Option<Batch>, usize) {
         let mut invalid = 0;
-        let mut all_valid = true;
         for e in self.iter() {
-            if !entry_is_valid(&e) {
-                invalid += 1;
-                all_valid = false;
+            match checked(&e) {
+                Some(ev) => visit(ev),
+                None => invalid += 1,
             }
         }
-        if all_valid {
-            return ((!self.is_empty()).then(|| self.clone()), 0);
+        if invalid == 0 {
+            return ((!self.is_empty()).then_some(self), 0);
         }
-        (self.filter(entry_is_valid), invalid)
+        (self.filter(|e| checked(e).is_some()), invalid)
     }
 }
 
-/// The event validates and agrees with its entry header.
-fn entry_is_valid(e: &Entry<'_>) -> bool {
+/// The event, if it validates and agrees with its entry header.
+fn checked<'a>(e: &Entry<'a>) -> Option<&'a ArchivedProcessEvent> {
     e.event()
-        .is_ok_and(|ev| ev.seq.to_native() == e.seq && ev.kind.to_native() == e.kind)
+        .ok()
+        .filter(|ev| ev.seq.to_native() == e.seq && ev.kind.to_native() == e.kind)
 }
 
 /// `(len, kind)` of the entry at `at`, if its header is in bounds.
@@ -347,7 +356,7 @@ mod tests {
         for e in parsed.iter() {
             assert_eq!(e.decode().expect("valid"), event(e.seq, EventKind::Exec));
         }
-        let (valid, invalid) = parsed.validated();
+        let (valid, invalid) = parsed.clone().validated();
         assert_eq!(invalid, 0);
         assert_eq!(valid.expect("all").as_bytes(), parsed.as_bytes());
     }
@@ -409,8 +418,8 @@ mod tests {
             let mut bytes = b"PMB1".to_vec();
             bytes.extend_from_slice(&data);
             if let Ok(b) = Batch::parse_slice(&bytes) {
-                let _ = b.validated();
                 let _ = b.kinds();
+                let _ = b.validated();
             }
         }
     }
