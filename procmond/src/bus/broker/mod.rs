@@ -12,9 +12,14 @@
 //!   correlation id and answered `timeout` when the deadline passes.
 //! * A bad frame (oversized, truncated, not an envelope, an invalid event)
 //!   drops that connection with the reason logged; nothing else is affected.
+//! * On the agent's broker, `bus/authz.rs` decides what a peer may publish
+//!   and call, and `bus/limits.rs` what it may hold.
+//!
+//! Here: connections and frame handling. `route.rs` decides who gets a
+//! publish, `local.rs` is the agent's in-process side, `socket.rs` binds the
+//! socket file.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -29,8 +34,10 @@ use super::authz::Operators;
 use super::limits::BrokerLimits;
 use super::protocol::{self, Envelope, FrameKind, ProtocolError, Status};
 use crate::metrics::Metrics;
-use crate::model::EventKind;
-use crate::model::batch::Batch;
+
+mod local;
+mod route;
+mod socket;
 
 /// How long a remote subscriber may block delivery before it is dropped.
 const SLOW_SUBSCRIBER: Duration = Duration::from_secs(5);
@@ -218,48 +225,6 @@ impl Broker {
 
     fn next_id(&self) -> u64 {
         self.inner.next_id.fetch_add(1, Relaxed)
-    }
-
-    /// Binds the socket: creates the parent directory (0755) or checks that
-    /// an existing one is writable by no one but root and this user,
-    /// replaces a stale socket (never another kind of file), and restricts
-    /// the socket to mode 0660.
-    pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-        use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-        let refuse = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
-        if let Some(parent) = path.parent() {
-            if parent.exists() {
-                let meta = std::fs::metadata(parent)?;
-                let owner_ok = meta.uid() == 0 || meta.uid() == own_uid();
-                if !owner_ok || meta.mode() & 0o022 != 0 {
-                    return Err(refuse(format!(
-                        "socket directory {} is writable by other users (owner {}, mode {:o}): another user could replace the socket",
-                        parent.display(),
-                        meta.uid(),
-                        meta.mode() & 0o7777
-                    )));
-                }
-            } else {
-                // Reachable by the allowed users; the socket's own 0660 and the
-                // peer-credential check decide who may talk.
-                std::fs::create_dir_all(parent)?;
-                std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))?;
-            }
-        }
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
-            Ok(_) => {
-                return Err(refuse(format!(
-                    "{} exists and is not a socket: refusing to replace it",
-                    path.display()
-                )));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-        Ok(listener)
     }
 
     /// Accepts connections until `shutdown`.
@@ -539,99 +504,6 @@ impl Broker {
         Ok(())
     }
 
-    /// Delivers `env` (a publish) to every matching subscriber; returns the
-    /// confirmations of durable subscribers, which gate the publisher's ack.
-    /// Process events (`batch`) go to subscribers whose pattern matches the
-    /// topic of at least one kind in it, each getting the kinds it matches.
-    async fn route(&self, env: Envelope, batch: Option<Batch>) -> Vec<oneshot::Receiver<()>> {
-        let mut deliveries: Vec<(u64, SubTx, Envelope)> = Vec::new();
-        match batch {
-            Some(batch) => {
-                let present = batch.kinds();
-                let subs: Vec<(u64, SubTx, u8)> = self
-                    .routes()
-                    .subs
-                    .iter()
-                    .map(|s| (s.conn, s.tx.clone(), kinds_matching(&s.pattern) & present))
-                    .filter(|(_, _, m)| *m != 0)
-                    .collect();
-                Metrics::add(&self.inner.stats.published, batch.len() as u64);
-                for (conn, tx, mask) in subs {
-                    let part = if mask == present {
-                        Some(batch.clone())
-                    } else {
-                        batch.filter(|e| mask & (1 << e.kind.as_u8()) != 0)
-                    };
-                    if let Some(part) = part {
-                        let payload = part.into_bytes().into_vec();
-                        let deliver = Envelope::new(
-                            FrameKind::Deliver,
-                            protocol::TOPIC_EVENT_BATCH,
-                            env.correlation_id,
-                            payload,
-                        );
-                        deliveries.push((conn, tx, deliver));
-                    }
-                }
-            }
-            None => {
-                Metrics::incr(&self.inner.stats.published);
-                let mut deliver = env;
-                deliver.kind = FrameKind::Deliver;
-                let subs: Vec<(u64, SubTx)> = self
-                    .routes()
-                    .subs
-                    .iter()
-                    .filter(|s| protocol::topic_matches(&s.pattern, &deliver.topic))
-                    .map(|s| (s.conn, s.tx.clone()))
-                    .collect();
-                deliveries.extend(subs.into_iter().map(|(c, t)| (c, t, deliver.clone())));
-            }
-        }
-        let mut confirmations = Vec::new();
-        for (conn, tx, deliver) in deliveries {
-            let sent = match tx {
-                SubTx::Local(tx) => tx.send(deliver).await.map_err(|_| "closed"),
-                SubTx::Durable(tx) => {
-                    let (done, confirmed) = oneshot::channel();
-                    confirmations.push(confirmed);
-                    let durable = Durable {
-                        envelope: deliver,
-                        done,
-                    };
-                    // A failed sink keeps its place: if it is gone, `done`
-                    // drops with the message and the publish stays
-                    // unacknowledged (kept in the collector's WAL).
-                    let _ = tx.send(durable).await;
-                    Ok(())
-                }
-                SubTx::Remote(tx) => tx
-                    .send_timeout(deliver, SLOW_SUBSCRIBER)
-                    .await
-                    .map_err(|e| match e {
-                        mpsc::error::SendTimeoutError::Timeout(_) => "too slow",
-                        mpsc::error::SendTimeoutError::Closed(_) => "closed",
-                    }),
-            };
-            if let Err(why) = sent {
-                let mut routes = self.routes();
-                routes.subs.retain(|s| s.conn != conn);
-                if let Some(c) = routes.conns.get(&conn) {
-                    c.cancel();
-                }
-                drop(routes);
-                if why == "too slow" {
-                    Metrics::incr(&self.inner.stats.subscribers_dropped);
-                    tracing::warn!(
-                        conn,
-                        "subscriber disconnected: blocked delivery for {SLOW_SUBSCRIBER:?}"
-                    );
-                }
-            }
-        }
-        confirmations
-    }
-
     fn dispatch_request(&self, mut env: Envelope, reply: Pending) {
         let id = self.next_id();
         let target = {
@@ -689,83 +561,6 @@ impl Broker {
             answer(p, response);
         }
     }
-
-    /// Subscribes an in-process consumer; never dropped for slowness, and
-    /// publishers are acknowledged once a delivery is queued to it.
-    pub fn subscribe_local(
-        &self,
-        pattern: &str,
-        capacity: usize,
-    ) -> Result<mpsc::Receiver<Envelope>, ProtocolError> {
-        let (tx, rx) = mpsc::channel(capacity);
-        self.add_local(pattern, SubTx::Local(tx))?;
-        Ok(rx)
-    }
-
-    /// Subscribes an in-process consumer that stores what it gets (a sink):
-    /// publishers are acknowledged only after it confirms each delivery.
-    pub fn subscribe_durable(
-        &self,
-        pattern: &str,
-        capacity: usize,
-    ) -> Result<mpsc::Receiver<Durable>, ProtocolError> {
-        let (tx, rx) = mpsc::channel(capacity);
-        self.add_local(pattern, SubTx::Durable(tx))?;
-        Ok(rx)
-    }
-
-    fn add_local(&self, pattern: &str, tx: SubTx) -> Result<(), ProtocolError> {
-        protocol::validate_topic(pattern, true)?;
-        let conn = self.next_id();
-        self.routes().subs.push(Sub {
-            conn,
-            pattern: pattern.to_string(),
-            tx,
-        });
-        Ok(())
-    }
-
-    /// Answers a request that an in-process subscriber received.
-    pub fn respond(&self, request: &Envelope, status: Status, payload: Vec<u8>) {
-        self.finish(
-            request.correlation_id,
-            Envelope::response(0, status, payload),
-        );
-    }
-
-    /// Drops every in-process subscription: their receivers drain and end.
-    pub fn close_local(&self) {
-        self.routes()
-            .subs
-            .retain(|s| matches!(s.tx, SubTx::Remote(_)));
-    }
-
-    /// Publishes from inside the broker's process (agent broadcasts).
-    pub async fn publish_local(&self, topic: &str, payload: Vec<u8>) -> Result<(), ProtocolError> {
-        let env = Envelope::new(FrameKind::Publish, topic, 0, payload);
-        let published = protocol::validate_publish(&env)?;
-        let _ = self.route(env, published.map(|p| p.batch)).await;
-        Ok(())
-    }
-
-    /// An RPC from inside the broker's process; a `Response` envelope always
-    /// comes back (`timeout` / `unavailable` when no one answered).
-    pub async fn request_local(
-        &self,
-        topic: &str,
-        payload: Vec<u8>,
-        timeout: Duration,
-    ) -> Envelope {
-        let (tx, rx) = oneshot::channel();
-        let mut env = Envelope::new(FrameKind::Request, topic, 0, payload);
-        let deadline = crate::clock::now_unix_ns() / 1_000_000 + timeout.as_millis() as i64;
-        env.deadline_unix_ms = deadline.max(0) as u64;
-        self.dispatch_request(env, Pending::Local(tx));
-        match tokio::time::timeout(timeout + Duration::from_millis(100), rx).await {
-            Ok(Ok(resp)) => resp,
-            _ => Envelope::response(0, Status::Timeout, b"deadline passed".to_vec()),
-        }
-    }
 }
 
 /// Acknowledges publishes in order, each once its durable subscribers have
@@ -811,44 +606,6 @@ fn answer(pending: Pending, mut response: Envelope) {
     }
 }
 
-/// A bit per `EventKind` whose topic `pattern` matches.
-fn kinds_matching(pattern: &str) -> u8 {
-    EventKind::ALL
-        .iter()
-        .filter(|k| protocol::topic_matches(pattern, &protocol::event_topic(**k)))
-        .fold(0, |m, k| m | (1 << k.as_u8()))
-}
-
 fn own_uid() -> u32 {
     rustix::process::geteuid().as_raw()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn bind_refuses_open_directories_and_non_sockets() {
-        use std::os::unix::fs::PermissionsExt;
-        let base = std::env::temp_dir().join(format!("procmond-bind-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        std::fs::create_dir_all(&base).expect("base");
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-        // A regular file where the socket goes is never deleted.
-        let file = base.join("broker.sock");
-        std::fs::write(&file, "keep").expect("file");
-        assert!(Broker::bind(&file).is_err());
-        assert_eq!(std::fs::read_to_string(&file).expect("still there"), "keep");
-        std::fs::remove_file(&file).expect("rm");
-        // A stale socket is replaced.
-        drop(Broker::bind(&file).expect("binds"));
-        drop(Broker::bind(&file).expect("rebinds over the stale socket"));
-        // A directory others can write: refused.
-        let open = base.join("open");
-        std::fs::create_dir(&open).expect("dir");
-        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-        let e = Broker::bind(&open.join("s.sock")).expect_err("open directory");
-        assert!(e.to_string().contains("writable by other users"), "{e}");
-        let _ = std::fs::remove_dir_all(&base);
-    }
 }
