@@ -33,13 +33,16 @@ impl Broker {
                     .collect();
                 Metrics::add(&self.inner.stats.published, batch.len() as u64);
                 for (conn, tx, mask) in subs {
-                    let part = if mask == present {
-                        Some(batch.clone())
+                    // The whole batch is copied once into the frame, not
+                    // cloned first.
+                    let payload = if mask == present {
+                        Some(batch.as_bytes().to_vec())
                     } else {
-                        batch.filter(|e| mask & (1 << e.kind.as_u8()) != 0)
+                        batch
+                            .filter(|e| mask & (1 << e.kind.as_u8()) != 0)
+                            .map(|part| part.as_bytes().to_vec())
                     };
-                    if let Some(part) = part {
-                        let payload = part.into_bytes().into_vec();
+                    if let Some(payload) = payload {
                         let deliver = Envelope::new(
                             FrameKind::Deliver,
                             protocol::TOPIC_EVENT_BATCH,
