@@ -504,6 +504,13 @@ fn task_iterator_reads_what_procfs_reads() {
         .current_dir(&dir)
         .spawn()
         .expect("spawn");
+    // A command line longer than the argv bound: both readers must cut it at
+    // the same byte (a CI host had one that differed by a trailing space).
+    let long_tail = format!("{} tail", "x ".repeat(3000));
+    let mut long = Command::new("/bin/sh")
+        .args(["-c", "sleep 30", &m, &long_tail])
+        .spawn()
+        .expect("spawn");
     std::thread::sleep(Duration::from_millis(200));
     let options = SnapshotOptions { cwd: true };
     let mut iter =
@@ -513,7 +520,22 @@ fn task_iterator_reads_what_procfs_reads() {
         .expect("procfs snapshot");
     let _ = child.kill();
     let _ = child.wait();
+    let _ = long.kill();
+    let _ = long.wait();
     let _ = std::fs::remove_dir_all(&dir);
+    let long_of = |s: &procmond::sources::snapshot::Snapshot| {
+        s.processes
+            .iter()
+            .find(|p| p.pid == long.id())
+            .map(|p| (p.argv.clone(), p.argv_truncated))
+            .expect("the long process")
+    };
+    let (kernel_long, procfs_long) = (long_of(&from_kernel), long_of(&from_procfs));
+    assert!(kernel_long.1, "the long argv is reported truncated");
+    assert_eq!(
+        kernel_long, procfs_long,
+        "both readers cut at the same byte"
+    );
 
     let mine = from_kernel
         .processes

@@ -7,8 +7,11 @@
 
 use crate::model::{EventKind, EventSource, ProcessEvent};
 
-/// Most argv bytes kept per process, in every source (docs/reference.md §2 "bounded").
-pub const ARGV_MAX_BYTES: usize = 4096;
+/// Most argv bytes kept per process, in every source (docs/reference.md §2
+/// "bounded"): what the probes copy (`ARGS_MAX_LEN - 1` in
+/// procmond_record.h), so that procfs and the kernel cut a long command line
+/// at the same byte.
+pub const ARGV_MAX_BYTES: usize = 4095;
 /// Most argv entries kept per process.
 pub const ARGV_MAX_ARGS: usize = 256;
 
