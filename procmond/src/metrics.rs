@@ -37,6 +37,16 @@ pub struct Metrics {
     pub wal_dropped_full: AtomicU64,
     /// WAL records that failed validation on replay (skipped).
     pub wal_corrupt: AtomicU64,
+    /// Events the WAL could not store because writing failed (disk full,
+    /// I/O error) and the in-memory hold was full.
+    pub wal_write_failed: AtomicU64,
+    /// Events the WAL had stored that were gone when it was opened again
+    /// (damaged or wiped storage; found against the WAL's marks).
+    pub wal_lost: AtomicU64,
+    /// 1 while the WAL cannot be written (gauge); the reason is `wal_fault`.
+    pub wal_faulted: AtomicU64,
+    /// Why the WAL cannot be written, while it cannot.
+    pub wal_fault: std::sync::Mutex<Option<String>>,
     /// Events in the WAL awaiting acknowledgement (gauge).
     pub wal_pending: AtomicU64,
     /// Bytes in the WAL awaiting acknowledgement (gauge).
@@ -68,13 +78,15 @@ pub enum CounterKind {
 impl Metrics {
     /// Every counter with its name and kind: the one list that health
     /// checks, heartbeats, `watch`'s closing line and the loss total read.
-    pub fn counters(&self) -> [(&'static str, &AtomicU64, CounterKind); 20] {
+    pub fn counters(&self) -> [(&'static str, &AtomicU64, CounterKind); 23] {
         use CounterKind::{Count, Gauge, Loss};
         [
             ("kernel_lost", &self.kernel_lost, Loss),
             ("records_malformed", &self.records_malformed, Loss),
             ("wal_dropped_full", &self.wal_dropped_full, Loss),
             ("wal_corrupt", &self.wal_corrupt, Loss),
+            ("wal_write_failed", &self.wal_write_failed, Loss),
+            ("wal_lost", &self.wal_lost, Loss),
             ("events_output_dropped", &self.events_output_dropped, Loss),
             ("events_encode_failed", &self.events_encode_failed, Loss),
             ("events_observed", &self.events_observed, Count),
@@ -97,6 +109,7 @@ impl Metrics {
             ("processes_seen", &self.processes_seen, Gauge),
             ("wal_pending", &self.wal_pending, Gauge),
             ("wal_pending_bytes", &self.wal_pending_bytes, Gauge),
+            ("wal_faulted", &self.wal_faulted, Gauge),
             ("buffer_percent", &self.buffer_percent, Gauge),
             ("connected", &self.connected, Gauge),
         ]
@@ -153,7 +166,8 @@ impl Metrics {
     }
 
     /// What a heartbeat and a health answer carry besides the status: the
-    /// gauges, the published count and every loss counter.
+    /// gauges, the published count, every loss counter, and why the WAL
+    /// cannot be written while it cannot.
     pub fn summary_json(&self) -> serde_json::Value {
         let connected = self.connected.load(Relaxed) == 1;
         serde_json::json!({
@@ -161,9 +175,23 @@ impl Metrics {
             "events_published": self.events_published.load(Relaxed),
             "buffer_percent": self.buffer_percent.load(Relaxed),
             "wal_pending": self.wal_pending.load(Relaxed),
+            "wal_fault": self.wal_fault(),
             "connection": if connected { "connected" } else { "disconnected" },
             "losses": self.losses_json(),
         })
+    }
+
+    /// Records that the WAL cannot be written (`Some(reason)`) or can again.
+    pub fn set_wal_fault(&self, reason: Option<String>) {
+        self.wal_faulted.store(u64::from(reason.is_some()), Relaxed);
+        if let Ok(mut slot) = self.wal_fault.lock() {
+            *slot = reason;
+        }
+    }
+
+    /// Why the WAL cannot be written, while it cannot.
+    pub fn wal_fault(&self) -> Option<String> {
+        self.wal_fault.lock().ok().and_then(|s| s.clone())
     }
 }
 

@@ -135,7 +135,7 @@ pub async fn run(
             }
             Some(env) = heartbeats.recv() => on_heartbeat(&mut tracked, &env),
             Some(env) = agent_requests.recv() => {
-                let body = agent_health(phase, &tracked, &broker, &sinks);
+                let body = agent_health(phase, &mut tracked, &broker, &sinks);
                 broker.respond(&env, Status::Ok, to_payload(&body));
             }
             Some(answer) = answers.recv() => on_answer(&mut tracked, answer, &broker, hb.graceful_shutdown_timeout_secs, &answers_tx),
@@ -217,13 +217,13 @@ fn start_sinks(config: &AgentConfig, broker: &Broker) -> Result<Sinks, AgentErro
 /// The agent's own health: phase, collectors, broker and sink counters.
 fn agent_health(
     phase: Phase,
-    tracked: &[Tracked],
+    tracked: &mut [Tracked],
     broker: &Broker,
     sinks: &Sinks,
 ) -> serde_json::Value {
     let now = Instant::now();
     let collectors: Vec<_> = tracked
-        .iter()
+        .iter_mut()
         .map(|t| {
             serde_json::json!({
                 "id": t.id(),
@@ -234,6 +234,11 @@ fn agent_health(
                 "status": t.last_status,
                 "last_heartbeat_ms_ago": now.duration_since(t.last_heartbeat).as_millis() as u64,
                 "escalation": t.escalation.map(|e| format!("{e:?}")),
+                "restarts": t.restarts_total,
+                "restarts_last_10min": t.recent_restarts(now),
+                "alert": t.alerting(now).then_some("restarted 3 or more times in 10 minutes"),
+                "next_restart_in_ms": t.restart_at.map(|at| at.saturating_duration_since(now).as_millis() as u64),
+                "last_heartbeat": t.last_metrics,
             })
         })
         .collect();
@@ -282,10 +287,9 @@ fn on_report(tracked: &mut [Tracked], report: Report) {
         }
         Report::Failed { id, message } => {
             tracing::error!(collector = %id, %message, "launcher could not start collector");
-            if let Some(t) = find(tracked, &id)
-                && t.config.auto_restart
-            {
-                t.restart_at = Some(Instant::now() + supervisor::RESTART_DELAY * 5);
+            if let Some(t) = find(tracked, &id) {
+                // Retried like a crash: with backoff, and alerting.
+                t.exited(Instant::now());
             }
         }
     }
@@ -341,7 +345,7 @@ fn on_heartbeat(tracked: &mut [Tracked], env: &Envelope) {
     match serde_json::from_slice::<Heartbeat>(&env.payload) {
         Ok(beat) => {
             if let Some(t) = find(tracked, &beat.collector_id) {
-                t.heartbeat(&beat.status);
+                t.heartbeat(&beat.status, beat.metrics);
             }
         }
         Err(e) => tracing::warn!(error = %e, "invalid heartbeat ignored"),

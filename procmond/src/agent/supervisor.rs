@@ -5,7 +5,9 @@
 //! `missed_threshold` missed beats the agent escalates, logging every step:
 //! HealthCheck RPC → (no answer) GracefulShutdown RPC → (still alive at the
 //! deadline) SIGKILL → restart if `auto_restart`. An answered health check
-//! resets the count. Three restarts within ten minutes raise an alert.
+//! resets the count. Restarts back off exponentially with the restarts of
+//! the last ten minutes (1, 2, 4 … 60 s), and three of them raise an alert
+//! that health shows until the window has passed.
 //! Signals and restarts go through the launcher (`helper`), which keeps the
 //! privileges the agent gives up.
 
@@ -18,8 +20,10 @@ use crate::config::agent::CollectorConfig;
 
 const ALERT_RESTARTS: usize = 3;
 const ALERT_WINDOW: Duration = Duration::from_secs(600);
-/// Pause before a restart, so a crash loop does not spin.
+/// Pause before the first restart; doubled for each restart in the window.
 pub const RESTART_DELAY: Duration = Duration::from_secs(1);
+/// The longest pause between restarts of a crash-looping collector.
+pub const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
 
 /// Where an escalation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +50,10 @@ pub struct Tracked {
     pub escalation: Option<Escalation>,
     pub restart_at: Option<Instant>,
     restarts: VecDeque<Instant>,
+    /// Restarts since the agent started.
+    pub restarts_total: u64,
+    /// The collector's counters from its last heartbeat.
+    pub last_metrics: serde_json::Value,
 }
 
 impl Tracked {
@@ -61,6 +69,8 @@ impl Tracked {
             escalation: None,
             restart_at: None,
             restarts: VecDeque::new(),
+            restarts_total: 0,
+            last_metrics: serde_json::Value::Null,
         }
     }
 
@@ -79,12 +89,18 @@ impl Tracked {
         self.last_heartbeat = Instant::now();
     }
 
-    pub fn heartbeat(&mut self, status: &str) {
+    pub fn heartbeat(&mut self, status: &str, metrics: serde_json::Value) {
         self.last_heartbeat = Instant::now();
         if self.last_status.as_deref() != Some(status) {
-            tracing::info!(collector = %self.id(), status, "collector health changed");
+            let wal_fault = metrics["wal_fault"].as_str().unwrap_or("");
+            if status == "healthy" {
+                tracing::info!(collector = %self.id(), status, "collector health changed");
+            } else {
+                tracing::warn!(collector = %self.id(), status, wal_fault, losses = %metrics["losses"], "collector health changed");
+            }
             self.last_status = Some(status.to_string());
         }
+        self.last_metrics = metrics;
     }
 
     /// Whole heartbeat periods since the last beat.
@@ -102,6 +118,18 @@ impl Tracked {
             return false;
         }
         self.restarts.push_back(now);
+        self.restarts_total += 1;
+        let recent = self.recent_restarts(now);
+        let delay = restart_delay(recent);
+        if recent >= ALERT_RESTARTS {
+            tracing::error!(collector = %self.id(), restarts = recent, next_in = ?delay, "ALERT: collector restarted {ALERT_RESTARTS} or more times in 10 minutes; backing off");
+        }
+        self.restart_at = Some(now + delay);
+        true
+    }
+
+    /// Restarts within the alert window (older ones are forgotten).
+    pub fn recent_restarts(&mut self, now: Instant) -> usize {
         while self
             .restarts
             .front()
@@ -109,11 +137,52 @@ impl Tracked {
         {
             self.restarts.pop_front();
         }
-        if self.restarts.len() >= ALERT_RESTARTS {
-            tracing::error!(collector = %self.id(), restarts = self.restarts.len(), "ALERT: collector restarted {ALERT_RESTARTS} or more times in 10 minutes");
+        self.restarts.len()
+    }
+
+    /// Whether the crash-loop alert stands.
+    pub fn alerting(&mut self, now: Instant) -> bool {
+        self.recent_restarts(now) >= ALERT_RESTARTS
+    }
+}
+
+/// The pause before restart number `recent` of the window: 1, 2, 4 … 60 s.
+pub fn restart_delay(recent: usize) -> Duration {
+    let doublings = u32::try_from(recent.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(6);
+    (RESTART_DELAY * 2u32.pow(doublings)).min(MAX_RESTART_DELAY)
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_exponentially_and_alert() {
+        let delays: Vec<u64> = (1..=9).map(|n| restart_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        let mut t = Tracked::new(super::tests::collector(true));
+        let start = Instant::now();
+        let mut at = start;
+        for n in 1..=4u32 {
+            t.started(n);
+            assert!(t.exited(at));
+            let wait = t.restart_at.map(|r| r.duration_since(at));
+            assert_eq!(wait, Some(restart_delay(n as usize)), "restart {n}");
+            assert_eq!(t.alerting(at), n >= 3, "restart {n}");
+            at += Duration::from_secs(5);
         }
-        self.restart_at = Some(now + RESTART_DELAY);
-        true
+        assert_eq!(t.restarts_total, 4);
+        // Ten quiet minutes later the window is empty: back to 1 s, no alert.
+        let later = at + ALERT_WINDOW + Duration::from_secs(1);
+        assert!(!t.alerting(later));
+        t.started(9);
+        assert!(t.exited(later));
+        assert_eq!(
+            t.restart_at.map(|r| r.duration_since(later)),
+            Some(RESTART_DELAY)
+        );
     }
 }
 
@@ -121,7 +190,7 @@ impl Tracked {
 mod tests {
     use super::*;
 
-    fn collector(auto_restart: bool) -> CollectorConfig {
+    pub(super) fn collector(auto_restart: bool) -> CollectorConfig {
         CollectorConfig {
             id: "c".into(),
             kind: "process-monitor".into(),
@@ -140,7 +209,7 @@ mod tests {
         t.started(10);
         let now = Instant::now() + Duration::from_millis(3500);
         assert_eq!(t.missed(Duration::from_secs(1), now), 3);
-        t.heartbeat("healthy");
+        t.heartbeat("healthy", serde_json::Value::Null);
         assert_eq!(t.missed(Duration::from_secs(1), Instant::now()), 0);
         assert!(t.exited(Instant::now()));
         t.started(11);

@@ -30,10 +30,9 @@ pub async fn run(
             _ = tokio::time::sleep(period) => {}
         }
         sequence += 1;
-        let recent = metrics.recent_losses();
-        metrics.losses_at_last_beat.store(metrics.losses(), Relaxed);
         let connected = metrics.connected.load(Relaxed) == 1;
-        let health = status.borrow().health(connected, recent);
+        let health = status.borrow().health(connected, &metrics);
+        metrics.losses_at_last_beat.store(metrics.losses(), Relaxed);
         let beat = Heartbeat {
             collector_id: collector_id.clone(),
             sequence,

@@ -125,7 +125,21 @@ pub async fn run(
         greeting: greeting_rx,
         gate: gate_rx,
     };
-    let connector = tokio::spawn(connector.run(rx, Some(connection)));
+    // A connector that fails (a WAL only a restart can reopen) stops the
+    // sensor too: the process exits with the error instead of collecting
+    // into a closed channel, and the agent restarts it.
+    let shutdown = shutdown.child_token();
+    let connector = tokio::spawn({
+        let stop = shutdown.clone();
+        async move {
+            let result = connector.run(rx, Some(connection)).await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "delivery failed: stopping the collector");
+                stop.cancel();
+            }
+            result
+        }
+    });
     let io = SensorIo {
         out: tx,
         first_seq: wal.next_seq(),

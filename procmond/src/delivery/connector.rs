@@ -15,6 +15,9 @@
 //!   backlog beyond that waits in the WAL. Backpressure follows all
 //!   unacknowledged bytes (in flight plus waiting) against `buffer_bytes`:
 //!   on at 70 %, off at 50 %, published on a watch channel.
+//! * A WAL that cannot be written (disk full, storage error) does not end
+//!   the connector: `storage` holds new batches in memory, reports the fault
+//!   and retries; then publishing resumes from the WAL.
 //! * Start-up: `connect_at_startup` tries 3 times with backoff. At run time
 //!   a lost connection is retried forever, backing off 1, 2, 4 … 30 s, while
 //!   new events keep going to the WAL.
@@ -30,6 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::pacer::CommitPacer;
+use super::storage::Storage;
 use super::wal::{Wal, WalError};
 use crate::bus::client::{self, BusReader, BusWriter};
 use crate::bus::protocol::{Envelope, FrameKind, TOPIC_EVENT_BATCH};
@@ -270,14 +274,21 @@ impl Connector {
         let mut drain_deadline = None;
         let mut batches: Vec<Batch> = Vec::new();
         let mut pacer = CommitPacer::new(Instant::now());
+        let mut storage = Storage::new(self.wal.clone(), self.metrics.clone());
         loop {
             if let Some(c) = conn.as_mut()
                 && *self.gate.borrow()
+                && !storage.is_faulted()
+                && let Err(e) = self.pump(c)
             {
-                self.pump(c)?;
+                storage.failed(&e);
             }
             self.update_backpressure();
-            if !input_open && self.wal.pending_count() == 0 && outbox.is_none() {
+            if !input_open
+                && self.wal.pending_count() == 0
+                && outbox.is_none()
+                && !storage.is_faulted()
+            {
                 if let Some(c) = conn.take() {
                     c.close().await;
                 }
@@ -304,9 +315,8 @@ impl Connector {
                                 }
                             }
                             let events = batches.iter().map(|b| b.len() as u64).sum();
-                            self.wal.append(&batches)?;
+                            storage.store(&mut batches)?;
                             pacer.committed(Instant::now(), events);
-                            batches.clear();
                         }
                         None => {
                             input_open = false;
@@ -337,9 +347,12 @@ impl Connector {
                 Ok(()) = self.gate.changed() => false,
                 ack = next_ack(&mut conn) => match ack {
                     Some(seq) => {
-                        self.acked(conn.as_mut(), seq)?;
+                        let mut result = self.acked(conn.as_mut(), seq);
                         while let Some(seq) = conn.as_mut().and_then(|c| c.acks.try_recv().ok()) {
-                            self.acked(conn.as_mut(), seq)?;
+                            result = result.and(self.acked(conn.as_mut(), seq));
+                        }
+                        if let Err(e) = result {
+                            storage.failed(&e);
                         }
                         false
                     }
@@ -350,7 +363,11 @@ impl Connector {
                         Ok((w, r)) => {
                             tracing::info!(pending = self.wal.pending_count(), "reconnected to the broker; replaying unacknowledged events");
                             let greeting = self.greeting.borrow_and_update().clone();
-                            conn = Some(Conn::start(w, r, start_cursor(&self.wal)?, self.control.clone(), &greeting));
+                            let from = start_cursor(&self.wal).unwrap_or_else(|e| {
+                                storage.failed(&e);
+                                self.wal.next_seq()
+                            });
+                            conn = Some(Conn::start(w, r, from, self.control.clone(), &greeting));
                             self.metrics.connected.store(1, Relaxed);
                             backoff = Duration::from_secs(1);
                         }
@@ -362,9 +379,23 @@ impl Connector {
                     }
                     false
                 }
+                _ = sleep_opt(storage.retry_at()) => {
+                    if storage.retry()?
+                        && let Some(c) = conn.as_mut()
+                    {
+                        // Publish again from the oldest unacknowledged batch.
+                        c.cursor = start_cursor(&self.wal)?;
+                        c.inflight.clear();
+                        c.inflight_bytes = 0;
+                    }
+                    false
+                }
                 _ = sleep_opt(drain_deadline) => {
                     tracing::warn!(pending = self.wal.pending_count(), "stopping with unacknowledged events; they stay in the WAL and replay on the next start");
-                    self.wal.flush()?;
+                    storage.abandon_held();
+                    if let Err(e) = self.wal.flush() {
+                        tracing::error!(error = %e, "final WAL flush failed");
+                    }
                     return Ok(());
                 }
             };
@@ -380,7 +411,7 @@ impl Connector {
     }
 
     /// Sends WAL batches past the cursor while the in-flight budget allows.
-    fn pump(&self, conn: &mut Conn) -> Result<(), ConnectorError> {
+    fn pump(&self, conn: &mut Conn) -> Result<(), WalError> {
         while conn.inflight_bytes < self.config.buffer_bytes {
             let batches = self.wal.read_from(conn.cursor, READ_BATCHES)?;
             if batches.is_empty() {
@@ -402,7 +433,7 @@ impl Connector {
     }
 
     /// The broker acknowledged the batch stored under `key`.
-    fn acked(&self, conn: Option<&mut Conn>, key: u64) -> Result<(), ConnectorError> {
+    fn acked(&self, conn: Option<&mut Conn>, key: u64) -> Result<(), WalError> {
         if let Some(c) = conn
             && let Some(len) = c.inflight.remove(&key)
         {

@@ -15,16 +15,23 @@
 //! can lose the newest batches (those already stored by a sink are safe:
 //! sinks fdatasync).
 //!
+//! Damage is not silent: sled recovers a damaged log to whatever prefix it
+//! can read and says nothing, so the WAL keeps marks beside it
+//! (`wal_marks`) and counts what they say was stored and is gone as
+//! `wal_lost`. After a write error sled refuses every further operation;
+//! `reopen` closes and opens it again (the connector retries with backoff).
+//!
 //! Bounded: pending bytes are capped (`max_bytes`); at 80 % a warning is
 //! logged, and when full the oldest unacknowledged batches are kept and new
 //! ones are counted as dropped, event by event. On replay a record that is
 //! not a batch is counted and removed; in a batch, events that fail
 //! validation are counted and skipped, and the rest replays.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
+use super::wal_marks::{self, Found, Marks, MarksFile};
 use crate::metrics::Metrics;
 use crate::model::batch::Batch;
 use crate::model::codec;
@@ -36,6 +43,8 @@ const EPOCH_KEY: &[u8] = b"m:epoch";
 /// sled's own page cache: small, so the WAL stays within the RSS budget
 /// (batches are written once and read back at most once).
 const CACHE_BYTES: u64 = 2 * 1024 * 1024;
+/// How long a failed WAL may take to close before a reopen gives up.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -47,6 +56,12 @@ pub enum WalError {
     },
     #[error("WAL storage error: {0}")]
     Sled(#[from] sled::Error),
+    #[error("WAL marks file: {0}")]
+    Marks(std::io::Error),
+    #[error("the WAL is closed after a storage error; it is being reopened")]
+    Closed,
+    #[error("the WAL did not close after a storage error; only a restart can reopen it")]
+    Stuck,
 }
 
 fn event_key(seq: u64) -> [u8; 9] {
@@ -63,6 +78,13 @@ fn key_seq(key: &[u8]) -> Option<u64> {
     }
 }
 
+fn read_u64(db: &sled::Db, key: &[u8]) -> Result<Option<u64>, WalError> {
+    Ok(db
+        .get(key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes))
+}
+
 /// Events in a stored batch, from its header (0 if it has none).
 fn stored_count(value: &[u8]) -> u64 {
     value
@@ -74,55 +96,110 @@ fn stored_count(value: &[u8]) -> u64 {
 /// The collector's write-ahead log.
 #[derive(Debug)]
 pub struct Wal {
-    db: sled::Db,
+    /// `None` between a storage error and the reopen that follows it.
+    db: Mutex<Option<sled::Db>>,
+    dir: PathBuf,
     max_bytes: u64,
     pending_bytes: AtomicU64,
     pending_count: AtomicU64,
     next_seq: AtomicU64,
-    epoch: u64,
+    epoch: AtomicU64,
     warned_high: AtomicBool,
     /// Keys from here on were written by this process from batches it built
     /// itself; older ones come from disk and are validated event by event.
-    written_here_from: u64,
+    written_here_from: AtomicU64,
+    marks: Mutex<Marks>,
+    marks_file: MarksFile,
     metrics: Arc<Metrics>,
 }
 
+fn open_db(dir: &Path) -> Result<sled::Db, WalError> {
+    let db = sled::Config::new()
+        .path(dir)
+        .cache_capacity(CACHE_BYTES)
+        .mode(sled::Mode::LowSpace)
+        .flush_every_ms(None)
+        .open()?;
+    restrict_files(dir)?;
+    Ok(db)
+}
+
 impl Wal {
-    /// Opens (or creates) the WAL in `dir` (made 0700, files 0600).
+    /// Opens (or creates) the WAL in `dir` (made 0700, files 0600), and
+    /// counts as `wal_lost` what its marks say it held and it no longer does.
     pub fn open(dir: &Path, max_bytes: u64, metrics: Arc<Metrics>) -> Result<Self, WalError> {
         prepare_dir(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .mode(sled::Mode::LowSpace)
-            .flush_every_ms(None)
-            .open()?;
-        restrict_files(dir)?;
-        Self::from_db(db, max_bytes, metrics)
+        let (marks_file, found) = MarksFile::open(dir).map_err(dir_error(dir))?;
+        let db = open_db(dir)?;
+        let wal = Self {
+            db: Mutex::new(None),
+            dir: dir.to_path_buf(),
+            max_bytes,
+            pending_bytes: AtomicU64::new(0),
+            pending_count: AtomicU64::new(0),
+            next_seq: AtomicU64::new(1),
+            epoch: AtomicU64::new(0),
+            warned_high: AtomicBool::new(false),
+            written_here_from: AtomicU64::new(1),
+            marks: Mutex::new(Marks::default()),
+            marks_file,
+            metrics,
+        };
+        wal.load(db, &found, None)?;
+        Ok(wal)
     }
 
-    fn from_db(db: sled::Db, max_bytes: u64, metrics: Arc<Metrics>) -> Result<Self, WalError> {
-        let epoch = match db
-            .get(EPOCH_KEY)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        {
-            Some(b) => u64::from_be_bytes(b),
-            None => {
-                // A new WAL: its creation time (ns) names it, so one created
-                // after a wipe never shares its numbering with the old one.
-                let epoch = u64::try_from(crate::clock::now_unix_ns())
-                    .unwrap_or(1)
-                    .max(1);
+    /// After a storage error: closes sled (which refuses every operation
+    /// once a write failed) and opens it again, keeping this WAL's epoch
+    /// and sequence numbers. What was stored and is gone counts as lost.
+    pub fn reopen(&self) -> Result<(), WalError> {
+        let old = self.db.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(old) = old {
+            // sled flushes when the last handle drops, and after some write
+            // errors that flush never returns: drop it on a thread of its
+            // own, and give up on reopening in this process if it hangs
+            // (the file lock stays held).
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let dropper = std::thread::Builder::new()
+                .name("wal-close".into())
+                .spawn(move || {
+                    drop(old);
+                    let _ = done_tx.send(());
+                });
+            if dropper.is_err() || done_rx.recv_timeout(CLOSE_TIMEOUT).is_err() {
+                return Err(WalError::Stuck);
+            }
+        }
+        let db = open_db(&self.dir)?;
+        let found = Found::Read(self.current_marks());
+        self.load(db, &found, Some(self.epoch()))
+    }
+
+    /// Reads the tree's state into this WAL, judged against `found` marks.
+    fn load(&self, db: sled::Db, found: &Found, keep_epoch: Option<u64>) -> Result<(), WalError> {
+        let (epoch, new_tree) = match (read_u64(&db, EPOCH_KEY)?, keep_epoch) {
+            (Some(e), _) => (e, false),
+            (None, kept) => {
+                // A new tree. Under marks (sled's files lost, the marks kept)
+                // it continues their epoch and numbering, so the gap shows
+                // downstream too. A new WAL: its creation time (ns) names it,
+                // so one created after a wipe never shares its numbering
+                // with the old one.
+                let marked = match found {
+                    Found::Read(m) => Some(m.epoch),
+                    _ => None,
+                };
+                let epoch = kept.or(marked).unwrap_or_else(|| {
+                    u64::try_from(crate::clock::now_unix_ns())
+                        .unwrap_or(1)
+                        .max(1)
+                });
                 db.insert(EPOCH_KEY, &epoch.to_be_bytes())?;
                 db.flush()?;
                 tracing::info!(epoch, "new WAL: events are numbered from 1 in this epoch");
-                epoch
+                (epoch, true)
             }
         };
-        let stored_next = db
-            .get(NEXT_SEQ_KEY)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map_or(1, u64::from_be_bytes);
         let (mut bytes, mut count, mut last) = (0u64, 0u64, 0u64);
         for item in db.scan_prefix([EVENT_PREFIX]) {
             let (k, v) = item?;
@@ -133,25 +210,88 @@ impl Wal {
                 last = last.max(seq + n.saturating_sub(1));
             }
         }
-        let next_seq = stored_next.max(last + 1);
-        let wal = Self {
-            db,
-            max_bytes,
-            pending_bytes: AtomicU64::new(bytes),
-            pending_count: AtomicU64::new(count),
-            next_seq: AtomicU64::new(next_seq),
-            epoch,
-            warned_high: AtomicBool::new(false),
-            written_here_from: next_seq,
-            metrics,
+        let marked_next = match found {
+            Found::Read(m) if m.epoch == epoch => m.next_seq,
+            _ => 1,
         };
-        wal.publish_gauges();
-        Ok(wal)
+        let next_seq = read_u64(&db, NEXT_SEQ_KEY)?
+            .unwrap_or(1)
+            .max(last + 1)
+            .max(marked_next)
+            .max(self.next_seq());
+        match (wal_marks::lost_events(found, epoch, count), found) {
+            (Some(0), _) => {}
+            (Some(lost), _) => {
+                Metrics::add(&self.metrics.wal_lost, lost);
+                tracing::error!(
+                    lost,
+                    pending = count,
+                    dir = %self.dir.display(),
+                    "WAL storage lost events it had stored (damaged, truncated or replaced files)"
+                );
+            }
+            (None, Found::Unreadable(why)) => {
+                tracing::warn!(%why, "WAL marks unreadable: this start cannot check the WAL for damage");
+            }
+            (None, _) if !new_tree => {
+                tracing::warn!("WAL without marks: this start cannot check it for damage");
+            }
+            (None, _) => {}
+        }
+        let marks = Marks {
+            epoch,
+            next_seq,
+            stored: count,
+            acked: 0,
+        };
+        self.marks_file.write(&marks).map_err(WalError::Marks)?;
+        if let Ok(mut m) = self.marks.lock() {
+            *m = marks;
+        }
+        self.epoch.store(epoch, Relaxed);
+        self.next_seq.store(next_seq, Relaxed);
+        self.written_here_from.store(next_seq, Relaxed);
+        self.pending_bytes.store(bytes, Relaxed);
+        self.pending_count.store(count, Relaxed);
+        if let Ok(mut slot) = self.db.lock() {
+            *slot = Some(db);
+        }
+        self.publish_gauges();
+        Ok(())
+    }
+
+    fn db(&self) -> Result<sled::Db, WalError> {
+        self.db
+            .lock()
+            .ok()
+            .and_then(|slot| slot.clone())
+            .ok_or(WalError::Closed)
+    }
+
+    fn current_marks(&self) -> Marks {
+        self.marks.lock().map(|m| *m).unwrap_or_default()
+    }
+
+    /// Updates the marks after a write that `sled` accepted.
+    fn mark(&self, change: impl FnOnce(&mut Marks)) -> Result<(), WalError> {
+        let marks = match self.marks.lock() {
+            Ok(mut m) => {
+                change(&mut m);
+                *m
+            }
+            Err(_) => return Ok(()),
+        };
+        self.marks_file.write(&marks).map_err(WalError::Marks)
+    }
+
+    /// Where the WAL lives.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The identity of this WAL (created with it, kept across reopens).
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.epoch.load(Relaxed)
     }
 
     /// The first sequence number not yet used by any stored event.
@@ -170,7 +310,9 @@ impl Wal {
 
     /// Stores `batches` with one write and one flush. Returns how many
     /// events were stored; batches that did not fit were counted as dropped.
+    /// On an error nothing of `batches` is counted: the caller decides.
     pub fn append(&self, batches: &[Batch]) -> Result<u64, WalError> {
+        let db = self.db()?;
         let mut write = sled::Batch::default();
         let (mut stored, mut added, mut dropped) = (0u64, 0u64, 0u64);
         let mut next = None;
@@ -190,11 +332,15 @@ impl Wal {
         let Some(next) = next else { return Ok(0) };
         let next = next.max(self.next_seq());
         write.insert(NEXT_SEQ_KEY, &next.to_be_bytes());
-        self.db.apply_batch(write)?;
-        self.db.flush()?;
+        db.apply_batch(write)?;
+        db.flush()?;
         self.next_seq.store(next, Relaxed);
         self.pending_bytes.fetch_add(added, Relaxed);
         self.pending_count.fetch_add(stored, Relaxed);
+        self.mark(|m| {
+            m.next_seq = next;
+            m.stored += stored;
+        })?;
         if dropped > 0 {
             Metrics::add(&self.metrics.wal_dropped_full, dropped);
             tracing::error!(
@@ -211,12 +357,13 @@ impl Wal {
     /// The broker acknowledged the batch stored under `key`: forget it.
     /// Returns how many events it held.
     pub fn ack(&self, key: u64) -> Result<u64, WalError> {
-        let Some(old) = self.db.remove(event_key(key))? else {
+        let Some(old) = self.db()?.remove(event_key(key))? else {
             return Ok(0);
         };
         let n = stored_count(&old);
         self.pending_bytes.fetch_sub(old.len() as u64, Relaxed);
         self.pending_count.fetch_sub(n, Relaxed);
+        self.mark(|m| m.acked += n)?;
         self.publish_gauges();
         self.check_fill();
         Ok(n)
@@ -227,7 +374,8 @@ impl Wal {
     /// removed; events that fail validation are counted and left out.
     pub fn read_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, Batch)>, WalError> {
         let mut out = Vec::new();
-        for item in self.db.range(event_key(from)..=event_key(u64::MAX)) {
+        let written_here_from = self.written_here_from.load(Relaxed);
+        for item in self.db()?.range(event_key(from)..=event_key(u64::MAX)) {
             if out.len() >= limit {
                 break;
             }
@@ -242,7 +390,7 @@ impl Wal {
                     continue;
                 }
             };
-            if key >= self.written_here_from {
+            if key >= written_here_from {
                 // Built and encoded by this process; sled checksums what it
                 // stores. Replayed records get the full check below.
                 out.push((key, batch));
@@ -266,7 +414,7 @@ impl Wal {
     /// The lowest stored key, if any.
     pub fn first_seq(&self) -> Result<Option<u64>, WalError> {
         Ok(self
-            .db
+            .db()?
             .scan_prefix([EVENT_PREFIX])
             .next()
             .transpose()?
@@ -275,7 +423,7 @@ impl Wal {
 
     /// Writes everything to disk (also done by every `append`).
     pub fn flush(&self) -> Result<(), WalError> {
-        self.db.flush()?;
+        self.db()?.flush()?;
         Ok(())
     }
 
@@ -283,16 +431,18 @@ impl Wal {
     /// an earlier run: it gets the replay checks).
     #[doc(hidden)]
     pub fn insert_raw_for_test(&self, key: u64, bytes: &[u8]) -> Result<(), WalError> {
-        if key >= self.written_here_from {
+        let written_here_from = self.written_here_from.load(Relaxed);
+        if key >= written_here_from {
             return Err(WalError::Sled(sled::Error::Unsupported(format!(
-                "plant test records below {} (earlier runs' keys)",
-                self.written_here_from
+                "plant test records below {written_here_from} (earlier runs' keys)"
             ))));
         }
-        self.db.insert(event_key(key), bytes)?;
-        self.db.flush()?;
+        let db = self.db()?;
+        db.insert(event_key(key), bytes)?;
+        db.flush()?;
         self.pending_bytes.fetch_add(bytes.len() as u64, Relaxed);
         self.pending_count.fetch_add(stored_count(bytes), Relaxed);
+        self.mark(|m| m.stored += stored_count(bytes))?;
         Ok(())
     }
 
@@ -437,6 +587,87 @@ mod tests {
         assert_eq!(metrics.wal_dropped_full.load(Relaxed), 2);
         assert_eq!(keys(&wal), [1, 3]);
         assert_eq!(wal.next_seq(), 7, "dropped events still consume their seq");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Stores 3 batches of 20 events under `dir`, acknowledges the first.
+    fn stored_run(dir: &Path) -> u64 {
+        let wal = Wal::open(dir, 1 << 24, Arc::new(Metrics::default())).expect("open");
+        for first in [1u64, 21, 41] {
+            wal.append(&[batch(first..first + 20)]).expect("append");
+        }
+        wal.ack(1).expect("ack");
+        wal.next_seq()
+    }
+
+    fn sled_files(dir: &Path) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .expect("ls")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().is_some_and(|n| n != wal_marks::MARKS_FILE))
+            .collect()
+    }
+
+    #[test]
+    fn damaged_storage_is_counted_as_lost_and_seq_never_goes_back() {
+        // Overwritten with garbage: sled opens an empty tree without a word.
+        let dir = temp_dir("garbage");
+        let next = stored_run(&dir);
+        let db_file = dir.join("db");
+        let len = std::fs::metadata(&db_file).expect("db file").len();
+        std::fs::write(&db_file, vec![0x5a; len as usize]).expect("garble");
+        let metrics = Arc::new(Metrics::default());
+        let wal = Wal::open(&dir, 1 << 24, metrics.clone()).expect("reopen");
+        let lost = metrics.wal_lost.load(Relaxed);
+        assert_eq!(
+            lost + wal.pending_count(),
+            40,
+            "every pending event is replayed or counted"
+        );
+        assert!(lost > 0, "the damage was noticed");
+        assert!(wal.next_seq() >= next, "{} < {next}", wal.next_seq());
+        drop(wal);
+        // Marks are rewritten to what the tree now holds: no double count.
+        let metrics = Arc::new(Metrics::default());
+        let _wal = Wal::open(&dir, 1 << 24, metrics.clone()).expect("reopen");
+        assert_eq!(metrics.wal_lost.load(Relaxed), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // sled's files wiped, marks kept: the old epoch's pending are lost.
+        let dir = temp_dir("wiped");
+        stored_run(&dir);
+        for f in sled_files(&dir) {
+            if f.is_dir() {
+                std::fs::remove_dir_all(f).expect("rm");
+            } else {
+                std::fs::remove_file(f).expect("rm");
+            }
+        }
+        let metrics = Arc::new(Metrics::default());
+        let wal = Wal::open(&dir, 1 << 24, metrics.clone()).expect("reopen");
+        assert_eq!(
+            (metrics.wal_lost.load(Relaxed), wal.pending_count()),
+            (40, 0)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // Undamaged: nothing is lost, and a reopen in place keeps the epoch.
+        let dir = temp_dir("clean");
+        stored_run(&dir);
+        let metrics = Arc::new(Metrics::default());
+        let wal = Wal::open(&dir, 1 << 24, metrics.clone()).expect("reopen");
+        let epoch = wal.epoch();
+        wal.reopen().expect("reopen in place");
+        assert_eq!(
+            (
+                metrics.wal_lost.load(Relaxed),
+                wal.pending_count(),
+                wal.epoch()
+            ),
+            (0, 40, epoch)
+        );
+        assert_eq!(wal.append(&[batch(61..=62)]).expect("append"), 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -98,11 +98,16 @@ impl SensorStatus {
         }
     }
 
-    /// healthy / degraded / unhealthy, as heartbeats and health checks report it.
-    pub fn health(&self, connected: bool, losses: u64) -> &'static str {
+    /// healthy / degraded / unhealthy, as heartbeats and health checks
+    /// report it: degraded by a degraded source, backpressure, losses since
+    /// the last heartbeat, or a WAL that cannot be written.
+    pub fn health(&self, connected: bool, metrics: &crate::metrics::Metrics) -> &'static str {
+        use std::sync::atomic::Ordering::Relaxed;
+        let losses = metrics.recent_losses();
+        let wal_faulted = metrics.wal_faulted.load(Relaxed) != 0;
         if matches!(self.lifecycle, Lifecycle::Stopped) || !connected {
             "unhealthy"
-        } else if self.degraded_reason.is_some() || self.backpressure || losses > 0 {
+        } else if self.degraded_reason.is_some() || self.backpressure || losses > 0 || wal_faulted {
             "degraded"
         } else {
             "healthy"

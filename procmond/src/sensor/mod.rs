@@ -362,7 +362,7 @@ impl Sensor {
         let mut body = serde_json::json!({
             "collector_id": self.config.collector_id,
             // Judged like heartbeats: losses since the last beat.
-            "status": status.health(connected, m.recent_losses()),
+            "status": status.health(connected, m),
             "lifecycle": status.lifecycle,
             "source": status.source,
             "degraded_reason": status.degraded_reason,
