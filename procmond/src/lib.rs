@@ -18,7 +18,6 @@ pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod privileges;
-#[cfg(target_os = "linux")]
 pub mod reconcile;
 pub mod sensor;
 pub mod sources;

@@ -432,12 +432,6 @@ impl Sensor {
             }
         }
     }
-
-    #[cfg(not(target_os = "linux"))]
-    async fn try_kernel_source(&mut self) -> Result<(Flow, ActiveSource), String> {
-        Err(crate::sources::kernel_source_unavailable_reason().unwrap_or_default())
-    }
 }
 
-#[cfg(target_os = "linux")]
-mod kernel;
+mod stream;

@@ -1,5 +1,7 @@
 //! Event sources: where process events come from on each platform.
 //!
+//! * `stream` — the interface every kernel source implements, and `start`,
+//!   which starts this platform's.
 //! * `ebpf` — Linux kernel probes (the preferred source).
 //! * `poll` — the FallbackProcessCollector, on every platform.
 //! * `snapshot` / `procfs` / `sysinfo_snapshot` — one enumeration of the
@@ -14,6 +16,7 @@ pub mod poll;
 #[cfg(target_os = "linux")]
 pub mod procfs;
 pub mod snapshot;
+pub mod stream;
 pub mod sysinfo_snapshot;
 
 use crate::model::ProcessEvent;

@@ -130,6 +130,43 @@ impl Reader {
     }
 }
 
+impl super::stream::KernelStream for Reader {
+    fn barrier(&self, id: u64) {
+        Reader::barrier(self, id);
+    }
+
+    fn stop(self: Box<Self>) {
+        Reader::stop(*self);
+    }
+}
+
+/// Attaches the probes and starts the reader: the Linux kernel stream,
+/// with the task iterator as its snapshot reader when it loaded.
+pub fn start(
+    config: &crate::config::ProcmondConfig,
+    tx: mpsc::Sender<SourceMsg>,
+    metrics: Arc<Metrics>,
+) -> Result<super::stream::StartedStream, String> {
+    let mut source =
+        attach(config.ring_buffer_bytes, config.ebpf_attach).map_err(|e| e.to_string())?;
+    let snapshot_reader = source
+        .take_task_iter()
+        .map(super::snapshot::SnapshotReader::with_task_iter);
+    // The BTF parsed for CO-RE is gone: hand its pages back (sys::trim).
+    #[cfg(target_env = "gnu")]
+    crate::sys::trim::release_free_heap();
+    let degraded_reason = source.kind().degraded_reason();
+    let reader = source
+        .spawn_reader(tx, metrics)
+        .map_err(|e| format!("starting the eBPF reader thread: {e}"))?;
+    Ok(super::stream::StartedStream {
+        source: crate::model::EventSource::Ebpf,
+        degraded_reason,
+        stream: Box::new(reader),
+        snapshot_reader,
+    })
+}
+
 impl Drop for Reader {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);

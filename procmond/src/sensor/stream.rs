@@ -1,9 +1,10 @@
-//! The kernel-source loop (Linux): eBPF events as they happen, plus the
-//! periodic reconciliation pass against a procfs snapshot.
+//! The kernel-stream loop, on every platform: events as the kernel source
+//! (`sources::stream`) delivers them, plus the periodic reconciliation pass
+//! against a snapshot.
 //!
 //! A pass: snapshot on a blocking thread while events keep flowing; then a
-//! barrier through the eBPF reader guarantees every record written before
-//! the snapshot finished has been applied; then the diff.
+//! barrier through the source's reader guarantees every event received
+//! before the snapshot finished has been applied; then the diff.
 
 use std::time::Instant;
 
@@ -11,40 +12,34 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{ActiveSource, Flow, Sensor, SensorError};
+#[cfg(target_os = "linux")]
 use crate::clock;
 use crate::metrics::Metrics;
 use crate::model::{EventKind, EventSource};
 use crate::reconcile::Reconciler;
 use crate::sources::SourceMsg;
-use crate::sources::ebpf::{self, EbpfSource};
 use crate::sources::snapshot::{Snapshot, SnapshotReader};
+use crate::sources::stream::{self, KernelStream};
 
 impl Sensor {
     /// Starts the kernel source and runs it until it is stopped; `Err(reason)`
     /// if it could not start (the caller decides whether to fall back).
     pub(super) async fn try_kernel_source(&mut self) -> Result<(Flow, ActiveSource), String> {
-        if let Some(reason) = crate::sources::kernel_source_unavailable_reason() {
-            return Err(reason);
+        let (tx, rx) = mpsc::channel(16);
+        let started = stream::start(&self.config, tx, self.metrics.clone())?;
+        if let Some(reader) = started.snapshot_reader {
+            self.reader = reader;
         }
-        let mut source = ebpf::attach(self.config.ring_buffer_bytes, self.config.ebpf_attach)
-            .map_err(|e| e.to_string())?;
-        self.reader = source
-            .take_task_iter()
-            .map(SnapshotReader::with_task_iter)
-            .unwrap_or_default();
-        // The BTF parsed for CO-RE is gone: hand its pages back (sys::trim).
-        #[cfg(target_env = "gnu")]
-        crate::sys::trim::release_free_heap();
         let active = ActiveSource {
-            source: EventSource::Ebpf,
-            degraded_reason: source.kind().degraded_reason(),
+            source: started.source,
+            degraded_reason: started.degraded_reason,
         };
         if let Some(reason) = &active.degraded_reason {
             tracing::warn!(%reason, "kernel source running degraded");
         }
         self.announce(&active);
-        let result = self.run_kernel(source).await;
-        // Without the kernel source, snapshots read procfs again.
+        let result = self.run_stream(active.source, started.stream, rx).await;
+        // Without the kernel source, snapshots use the platform's reader again.
         self.reader = SnapshotReader::default();
         match result {
             Ok(flow) => Ok((flow, active)),
@@ -52,14 +47,23 @@ impl Sensor {
         }
     }
 
-    async fn run_kernel(&mut self, source: EbpfSource) -> Result<Flow, SensorError> {
-        let (tx, mut rx) = mpsc::channel(16);
-        let reader = source
-            .spawn_reader(tx, self.metrics.clone())
-            .map_err(SensorError::Reader)?;
-        let snapshot_start = |s: &Snapshot| {
-            s.taken_at_boot_ns
-                .map_or(s.taken_at, clock::boot_to_unix_ns)
+    async fn run_stream(
+        &mut self,
+        source: EventSource,
+        reader: Box<dyn KernelStream>,
+        mut rx: mpsc::Receiver<SourceMsg>,
+    ) -> Result<Flow, SensorError> {
+        // When the snapshot was taken, on the clock events carry.
+        let snapshot_start = |s: &Snapshot| -> i64 {
+            #[cfg(target_os = "linux")]
+            {
+                s.taken_at_boot_ns
+                    .map_or(s.taken_at, clock::boot_to_unix_ns)
+            }
+            #[cfg(not(target_os = "linux"))]
+            {
+                s.taken_at
+            }
         };
 
         // Inventory after attach: nothing falls between the two.
@@ -68,7 +72,7 @@ impl Sensor {
         self.emit_inventory(&inventory, EventSource::Reconcile)
             .await;
         tracing::info!(
-            source = "ebpf",
+            source = source.as_str(),
             processes = inventory.processes.len(),
             snapshot_reader = self.reader.name(),
             reconcile_interval_secs = self.base_interval.as_secs(),

@@ -1,0 +1,81 @@
+//! The interface every kernel event source plugs into: eBPF on Linux,
+//! EndpointSecurity on macOS, audit(4) on FreeBSD.
+//!
+//! A source runs its own reader (a thread, or the OS's dispatch queue) and
+//! sends `SourceMsg`s on the channel it was started with: events in the
+//! order the kernel gave them, batched by whatever the reader drained at
+//! once, and `Barrier(id)` when asked. The sensor's stream loop
+//! (`sensor/stream.rs`) does the rest on every platform: inventory,
+//! reconciliation against snapshots, the pipeline. Losses the kernel
+//! reports (ring overflow, sequence gaps, pipe drops) go into
+//! `Metrics::kernel_lost`.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::SourceMsg;
+use super::snapshot::SnapshotReader;
+use crate::config::ProcmondConfig;
+use crate::metrics::Metrics;
+use crate::model::EventSource;
+
+/// A running kernel event stream.
+pub trait KernelStream: Send {
+    /// Asks for `SourceMsg::Barrier(id)` on the channel once every event the
+    /// source received before this call has been sent ahead of it.
+    fn barrier(&self, id: u64);
+
+    /// Stops the stream: what is still buffered is sent, then the reader
+    /// ends (the channel's sender is dropped) and this returns. Blocking.
+    fn stop(self: Box<Self>);
+}
+
+/// A kernel source that started.
+pub struct StartedStream {
+    /// What events will say they came from.
+    pub source: EventSource,
+    /// Set when it runs with less than its full capability.
+    pub degraded_reason: Option<String>,
+    pub stream: Box<dyn KernelStream>,
+    /// A snapshot reader the source brings (the Linux task iterator);
+    /// `None` keeps the platform's default.
+    pub snapshot_reader: Option<SnapshotReader>,
+}
+
+impl std::fmt::Debug for StartedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartedStream")
+            .field("source", &self.source)
+            .field("degraded_reason", &self.degraded_reason)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts this platform's kernel source, sending to `tx`; `Err(reason)`
+/// when it cannot run here (the caller falls back to polling or fails).
+pub fn start(
+    config: &ProcmondConfig,
+    tx: mpsc::Sender<SourceMsg>,
+    metrics: Arc<Metrics>,
+) -> Result<StartedStream, String> {
+    if let Some(reason) = super::kernel_source_unavailable_reason() {
+        return Err(reason);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        super::ebpf::start(config, tx, metrics)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (config, tx, metrics);
+        Err(
+            super::kernel_source_unavailable_reason().unwrap_or_else(|| {
+                format!(
+                    "the {} kernel source is not built into procmond yet",
+                    std::env::consts::OS
+                )
+            }),
+        )
+    }
+}
