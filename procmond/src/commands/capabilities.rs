@@ -1,22 +1,24 @@
 //! `procmond capabilities`: what this host lets procmond do, as JSON.
 //!
-//! The eBPF check really loads and attaches the probes (then detaches them):
-//! anything less would guess.
+//! The kernel-source check really starts the source and stops it again
+//! (`sources::stream::probe`): anything less would guess.
 
 use anyhow::Result;
 use serde_json::json;
 
 pub fn run() -> Result<()> {
     let privileges = procmond::privileges::detect();
-    let kernel_reason = kernel_source_check();
-    let mut sources = Vec::new();
-    #[cfg(target_os = "linux")]
-    sources.push(json!({
-        "name": "ebpf",
-        "available": kernel_reason.is_none(),
-        "reason": kernel_reason,
-    }));
-    sources.push(json!({ "name": "poll", "available": true }));
+    let config = procmond::config::ProcmondConfig::default();
+    let kernel_reason = procmond::sources::stream::probe(&config).err();
+    let kernel_name = procmond::sources::stream::platform_kernel_name();
+    let sources = [
+        json!({
+            "name": kernel_name,
+            "available": kernel_reason.is_none(),
+            "reason": kernel_reason,
+        }),
+        json!({ "name": "poll", "available": true }),
+    ];
     let degraded: Vec<String> = kernel_reason.iter().cloned().collect();
     let report = json!({
         "platform": {
@@ -26,28 +28,12 @@ pub fn run() -> Result<()> {
         },
         "privileges": privileges,
         "sources": sources,
-        "active_source": if kernel_reason.is_none() { "ebpf" } else { "poll" },
+        "active_source": if kernel_reason.is_none() { kernel_name.as_str() } else { "poll" },
         "degraded": !degraded.is_empty(),
         "degraded_reasons": degraded,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
-}
-
-/// `None` when the kernel source can start here; otherwise why not.
-fn kernel_source_check() -> Option<String> {
-    if let Some(reason) = procmond::sources::kernel_source_unavailable_reason() {
-        return Some(reason);
-    }
-    #[cfg(target_os = "linux")]
-    {
-        let config = procmond::config::ProcmondConfig::default();
-        procmond::sources::ebpf::attach(config.ring_buffer_bytes, config.ebpf_attach)
-            .err()
-            .map(|e| e.to_string())
-    }
-    #[cfg(not(target_os = "linux"))]
-    None
 }
 
 fn kernel_release() -> Option<String> {

@@ -41,7 +41,9 @@ pub fn run(args: WatchArgs) -> Result<()> {
     if let Some(interval) = args.interval {
         config.collection_interval_secs = interval;
     }
-    config.validate().context("invalid --interval")?;
+    config
+        .validate()
+        .context("invalid --source or --interval")?;
     super::restrict_umask();
     super::log_privileges();
     let runtime = super::runtime()?;

@@ -126,6 +126,9 @@ impl ProcmondConfig {
                 "executable hashing is not available in this build; set it to false",
             ));
         }
+        self.source
+            .check_platform()
+            .map_err(|e| ConfigError::invalid("source", e))?;
         if !self.wal_dir.is_absolute() {
             return Err(ConfigError::invalid(
                 "wal_dir",

@@ -112,6 +112,8 @@ pub enum EventSource {
     EndpointSecurity,
     Poll,
     Reconcile,
+    /// FreeBSD audit(4) through /dev/auditpipe.
+    Audit,
 }
 
 impl EventSource {
@@ -122,6 +124,7 @@ impl EventSource {
             Self::EndpointSecurity => "endpoint_security",
             Self::Poll => "poll",
             Self::Reconcile => "reconcile",
+            Self::Audit => "audit",
         }
     }
 }

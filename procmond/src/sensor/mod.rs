@@ -146,11 +146,12 @@ impl Sensor {
     /// Runs the configured source (falling back where allowed) until a
     /// command or shutdown ends it.
     async fn run_source(&mut self) -> Result<(Flow, ActiveSource), SensorError> {
-        let degraded_reason = match self.config.source {
+        let choice = self.config.source;
+        let degraded_reason = match choice {
             SourceChoice::Poll => None,
-            SourceChoice::Ebpf | SourceChoice::Auto => match self.try_kernel_source().await {
+            _ => match self.try_kernel_source().await {
                 Ok(done) => return Ok(done),
-                Err(reason) if self.config.source == SourceChoice::Ebpf => {
+                Err(reason) if choice.requires_kernel() => {
                     return Err(SensorError::KernelSourceRequired(reason));
                 }
                 Err(reason) => {

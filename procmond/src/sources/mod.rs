@@ -38,10 +38,72 @@ pub enum SourceMsg {
 pub enum SourceChoice {
     /// The best kernel source, else polling.
     Auto,
-    /// eBPF only: fail if it cannot start.
+    /// This platform's kernel source only: fail if it cannot start.
+    Kernel,
+    /// eBPF only (Linux): fail if it cannot start.
     Ebpf,
+    /// EndpointSecurity only (macOS): fail if it cannot start.
+    #[value(name = "endpoint-security", alias = "endpoint_security")]
+    #[serde(alias = "endpoint-security")]
+    EndpointSecurity,
+    /// audit(4) only (FreeBSD): fail if it cannot start.
+    Audit,
+    /// ETW only (Windows): fail if it cannot start.
+    Etw,
     /// Polling snapshots only.
     Poll,
+}
+
+impl SourceChoice {
+    /// The kernel source this platform has.
+    pub const fn platform_kernel() -> Self {
+        if cfg!(target_os = "linux") {
+            Self::Ebpf
+        } else if cfg!(target_os = "macos") {
+            Self::EndpointSecurity
+        } else if cfg!(target_os = "freebsd") {
+            Self::Audit
+        } else if cfg!(windows) {
+            Self::Etw
+        } else {
+            Self::Kernel
+        }
+    }
+
+    /// Whether this choice tries the kernel source at all.
+    pub fn tries_kernel(self) -> bool {
+        self != Self::Poll
+    }
+
+    /// Whether this choice fails instead of falling back to polling.
+    pub fn requires_kernel(self) -> bool {
+        !matches!(self, Self::Auto | Self::Poll)
+    }
+
+    /// `Err(reason)` when this names another platform's kernel source.
+    pub fn check_platform(self) -> Result<(), String> {
+        let named = matches!(
+            self,
+            Self::Ebpf | Self::EndpointSecurity | Self::Audit | Self::Etw
+        );
+        if named && self != Self::platform_kernel() {
+            return Err(format!(
+                "source {} does not exist on {}; this platform's kernel source is {} (or use auto, kernel, poll)",
+                self.name(),
+                std::env::consts::OS,
+                Self::platform_kernel().name()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The name config files use (`endpoint_security`, `audit`, …).
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
 }
 
 /// Why the kernel source is not running here, if it is not.

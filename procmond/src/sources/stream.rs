@@ -59,6 +59,7 @@ pub fn start(
     tx: mpsc::Sender<SourceMsg>,
     metrics: Arc<Metrics>,
 ) -> Result<StartedStream, String> {
+    config.source.check_platform()?;
     if let Some(reason) = super::kernel_source_unavailable_reason() {
         return Err(reason);
     }
@@ -78,4 +79,29 @@ pub fn start(
             }),
         )
     }
+}
+
+/// Whether this platform's kernel source can start here, by really starting
+/// it and stopping it again (`procmond capabilities`): `Err(reason)` if not.
+pub fn probe(config: &ProcmondConfig) -> Result<(), String> {
+    if let Some(reason) = super::kernel_source_unavailable_reason() {
+        return Err(reason);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        super::ebpf::attach(config.ring_buffer_bytes, config.ebpf_attach)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = config;
+        Ok(())
+    }
+}
+
+/// The name `capabilities` and `source:` use for this platform's kernel
+/// source (`ebpf`, `endpoint_security`, `audit`, `etw`).
+pub fn platform_kernel_name() -> String {
+    super::SourceChoice::platform_kernel().name()
 }
