@@ -59,6 +59,10 @@ pub struct Metrics {
     pub buffer_percent: AtomicU64,
     /// 1 while connected to the broker (gauge).
     pub connected: AtomicU64,
+    /// Events encoded, by kind (`EventKind::ALL` order).
+    pub events_by_kind: [AtomicU64; 7],
+    /// Events encoded, by source (`EventSource::ALL` order).
+    pub events_by_source: [AtomicU64; 6],
     /// `losses()` when the last heartbeat was sent: health is judged on the
     /// losses since then, the same way by heartbeats and health checks.
     pub losses_at_last_beat: AtomicU64,
@@ -166,10 +170,11 @@ impl Metrics {
     }
 
     /// What a heartbeat and a health answer carry besides the status: the
-    /// gauges, the published count, every loss counter, and why the WAL
-    /// cannot be written while it cannot.
+    /// gauges, the published count, every loss counter, why the WAL cannot
+    /// be written while it cannot, and the events encoded by kind and source.
     pub fn summary_json(&self) -> serde_json::Value {
         let connected = self.connected.load(Relaxed) == 1;
+        let (by_kind, by_source) = self.by_kind_and_source();
         serde_json::json!({
             "processes_seen": self.processes_seen.load(Relaxed),
             "events_published": self.events_published.load(Relaxed),
@@ -178,7 +183,40 @@ impl Metrics {
             "wal_fault": self.wal_fault(),
             "connection": if connected { "connected" } else { "disconnected" },
             "losses": self.losses_json(),
+            "events_by_kind": by_kind,
+            "events_by_source": by_source,
+            "wal_pending_bytes": self.wal_pending_bytes.load(Relaxed),
         })
+    }
+
+    /// Counts one encoded event under its kind and source.
+    pub fn count_event(&self, kind: crate::model::EventKind, source: crate::model::EventSource) {
+        if let Some(c) = self.events_by_kind.get(kind as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+        if let Some(c) = self.events_by_source.get(source as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Events encoded by kind and by source, as two JSON objects (zeros left out).
+    fn by_kind_and_source(&self) -> (serde_json::Value, serde_json::Value) {
+        use crate::model::{EventKind, EventSource};
+        let kinds: serde_json::Map<_, _> = EventKind::ALL
+            .iter()
+            .zip(&self.events_by_kind)
+            .map(|(k, c)| (k.as_str().to_string(), c.load(Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k, n.into()))
+            .collect();
+        let sources: serde_json::Map<_, _> = EventSource::ALL
+            .iter()
+            .zip(&self.events_by_source)
+            .map(|(s, c)| (s.as_str().to_string(), c.load(Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, n)| (s, n.into()))
+            .collect();
+        (kinds.into(), sources.into())
     }
 
     /// Records that the WAL cannot be written (`Some(reason)`) or can again.
@@ -232,5 +270,24 @@ mod tests {
         }
         assert_eq!(all.as_object().map(|o| o.len()), Some(m.counters().len()));
         assert_eq!(all["connected"], false);
+    }
+
+    #[test]
+    fn events_are_counted_by_kind_and_source() {
+        use crate::model::{EventKind, EventSource};
+        let m = Metrics::default();
+        m.count_event(EventKind::Exec, EventSource::Ebpf);
+        m.count_event(EventKind::Exec, EventSource::Ebpf);
+        m.count_event(EventKind::Stop, EventSource::Reconcile);
+        m.count_event(EventKind::Modify, EventSource::Audit);
+        let s = m.summary_json();
+        assert_eq!(
+            s["events_by_kind"],
+            serde_json::json!({"exec": 2, "stop": 1, "modify": 1})
+        );
+        assert_eq!(
+            s["events_by_source"],
+            serde_json::json!({"ebpf": 2, "reconcile": 1, "audit": 1})
+        );
     }
 }

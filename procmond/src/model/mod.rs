@@ -127,6 +127,16 @@ impl EventSource {
             Self::Audit => "audit",
         }
     }
+
+    /// Every source, in declaration order.
+    pub const ALL: [EventSource; 6] = [
+        Self::Ebpf,
+        Self::Etw,
+        Self::EndpointSecurity,
+        Self::Poll,
+        Self::Reconcile,
+        Self::Audit,
+    ];
 }
 
 /// Platform-specific extras, rendered under `platform`.

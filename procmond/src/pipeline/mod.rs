@@ -65,7 +65,10 @@ impl Pipeline {
         event.epoch = self.epoch;
         event.seq = self.next_seq;
         match self.batch.push(&event) {
-            Ok(()) => self.next_seq += 1,
+            Ok(()) => {
+                self.next_seq += 1;
+                self.metrics.count_event(event.kind, event.source);
+            }
             Err(e) => {
                 Metrics::incr(&self.metrics.events_encode_failed);
                 tracing::error!(error = %e, pid = event.pid, "event dropped: encoding failed");
