@@ -12,7 +12,7 @@
 #ifndef PROCMOND_RECORD_H
 #define PROCMOND_RECORD_H
 
-#define RECORD_VERSION 2
+#define RECORD_VERSION 3
 
 #define RECORD_KIND_EXEC 1
 #define RECORD_KIND_EXIT 2
@@ -54,9 +54,12 @@ struct record_header {
 	char comm[COMM_LEN];
 	__u16 cwd_len;           /* exec only: bytes of cwd after argv */
 	__u16 _pad[3];
+	__u64 exe_ino;           /* exec and task: inode of mm->exe_file, else 0 */
+	__u32 exe_dev;           /* its superblock's dev_t, kernel encoding */
+	__u32 _pad2;
 };
 
-_Static_assert(sizeof(struct record_header) == 88, "record header layout");
+_Static_assert(sizeof(struct record_header) == 104, "record header layout");
 
 struct exec_record {
 	struct record_header hdr;

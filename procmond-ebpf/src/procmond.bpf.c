@@ -67,7 +67,22 @@ static __always_inline void fill_header(struct record_header *hdr, __u16 kind,
 	hdr->filename_len = 0;
 	hdr->args_len = 0;
 	hdr->cwd_len = 0;
+	hdr->exe_ino = 0;
+	hdr->exe_dev = 0;
+	hdr->_pad2 = 0;
 	BPF_CORE_READ_STR_INTO(&hdr->comm, task, comm);
+}
+
+/* The executable the task now runs (its mm's exe_file): what userspace may
+ * hash is checked against it, so a replaced file or a reused pid is told. */
+static __always_inline void read_exe_id(struct task_struct *task, struct record_header *hdr)
+{
+	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+
+	if (!exe)
+		return;
+	hdr->exe_ino = BPF_CORE_READ(exe, f_inode, i_ino);
+	hdr->exe_dev = BPF_CORE_READ(exe, f_inode, i_sb, s_dev);
 }
 
 /* Small records (exit, fork) are reserved in place: no copy. */
@@ -106,6 +121,7 @@ static __always_inline int emit_exec(struct task_struct *task, const char *filen
 	if (!rec)
 		return 0;
 	fill_header(&rec->hdr, RECORD_KIND_EXEC, task);
+	read_exe_id(task, &rec->hdr);
 
 	fn_len = bpf_probe_read_kernel_str(rec->data, FILENAME_MAX_LEN, filename);
 	if (fn_len <= 0) {

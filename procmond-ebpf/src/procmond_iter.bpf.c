@@ -68,6 +68,9 @@ int snapshot_task(struct bpf_iter__task *ctx)
 	rec->hdr.filename_len = 0;
 	rec->hdr.args_len = 0;
 	rec->hdr.cwd_len = 0;
+	rec->hdr.exe_ino = 0;
+	rec->hdr.exe_dev = 0;
+	rec->hdr._pad2 = 0;
 	BPF_CORE_READ_STR_INTO(&rec->hdr.comm, task, comm);
 
 	mm = BPF_CORE_READ(task, mm);
@@ -76,6 +79,10 @@ int snapshot_task(struct bpf_iter__task *ctx)
 		unsigned long arg_start = BPF_CORE_READ(mm, arg_start);
 		unsigned long arg_end = BPF_CORE_READ(mm, arg_end);
 
+		if (exe) {
+			rec->hdr.exe_ino = BPF_CORE_READ(exe, f_inode, i_ino);
+			rec->hdr.exe_dev = BPF_CORE_READ(exe, f_inode, i_sb, s_dev);
+		}
 		if (exe) {
 			__u32 n = read_path(BPF_CORE_READ(exe, f_path.dentry),
 					    BPF_CORE_READ(exe, f_path.mnt), path->buf,

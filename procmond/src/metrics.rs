@@ -59,6 +59,15 @@ pub struct Metrics {
     pub buffer_percent: AtomicU64,
     /// 1 while connected to the broker (gauge).
     pub connected: AtomicU64,
+    /// Exec events whose executable hash came from the cache.
+    pub hash_cache_hits: AtomicU64,
+    /// Exec events whose executable had to be hashed (a later `modify`).
+    pub hash_cache_misses: AtomicU64,
+    /// Exec events left without a hash: file too large, not regular, not the
+    /// one the probe saw, gone, changed while read, or the queue full.
+    pub hash_skipped: AtomicU64,
+    /// Files hashed.
+    pub hashes_computed: AtomicU64,
     /// Events encoded, by kind (`EventKind::ALL` order).
     pub events_by_kind: [AtomicU64; 7],
     /// Events encoded, by source (`EventSource::ALL` order).
@@ -82,7 +91,7 @@ pub enum CounterKind {
 impl Metrics {
     /// Every counter with its name and kind: the one list that health
     /// checks, heartbeats, `watch`'s closing line and the loss total read.
-    pub fn counters(&self) -> [(&'static str, &AtomicU64, CounterKind); 23] {
+    pub fn counters(&self) -> [(&'static str, &AtomicU64, CounterKind); 27] {
         use CounterKind::{Count, Gauge, Loss};
         [
             ("kernel_lost", &self.kernel_lost, Loss),
@@ -109,6 +118,10 @@ impl Metrics {
             ),
             ("snapshot_errors", &self.snapshot_errors, Count),
             ("redactions", &self.redactions, Count),
+            ("hash_cache_hits", &self.hash_cache_hits, Count),
+            ("hash_cache_misses", &self.hash_cache_misses, Count),
+            ("hash_skipped", &self.hash_skipped, Count),
+            ("hashes_computed", &self.hashes_computed, Count),
             ("broker_disconnects", &self.broker_disconnects, Count),
             ("processes_seen", &self.processes_seen, Gauge),
             ("wal_pending", &self.wal_pending, Gauge),

@@ -15,7 +15,7 @@ use crate::sources::SourceChoice;
 pub struct ProcmondConfig {
     /// Names this collector in every event and on the bus.
     pub collector_id: String,
-    /// `auto`, `ebpf` or `poll`.
+    /// `auto`, `kernel`, a platform's kernel source, or `poll`.
     pub source: SourceChoice,
     /// How eBPF probes attach: `auto` (BTF tracepoints, else classic), `btf`, `tracepoint`.
     #[cfg(target_os = "linux")]
@@ -26,8 +26,12 @@ pub struct ProcmondConfig {
     pub enhanced_metadata: bool,
     /// Heartbeat period on the bus (service mode; the agent sets it from agent.yaml).
     pub heartbeat_interval_secs: u64,
-    /// SHA-256 of each executable (not available in this build: refused).
+    /// SHA-256 of each exec's executable (kernel sources on Linux;
+    /// `pipeline/hash.rs`).
     pub compute_hashes: bool,
+    /// Executables larger than this are not hashed (counted as skipped),
+    /// 1 KiB – 4 GiB.
+    pub hash_max_file_bytes: u64,
     /// Write-ahead log directory (used by `procmond run`).
     pub wal_dir: PathBuf,
     /// Kernel ring buffer size: a power of two, 64 KiB – 1 GiB.
@@ -61,6 +65,7 @@ impl Default for ProcmondConfig {
             enhanced_metadata: true,
             heartbeat_interval_secs: 30,
             compute_hashes: false,
+            hash_max_file_bytes: 64 * 1024 * 1024,
             wal_dir: PathBuf::from("/var/lib/procmond/wal"),
             ring_buffer_bytes: 4 * 1024 * 1024,
             wal_max_bytes: 100 * 1024 * 1024,
@@ -120,10 +125,19 @@ impl ProcmondConfig {
                 ),
             ));
         }
-        if self.compute_hashes {
+        if self.compute_hashes && !cfg!(target_os = "linux") {
             return Err(ConfigError::invalid(
                 "compute_hashes",
-                "executable hashing is not available in this build; set it to false",
+                "executable hashing is built for Linux only; set it to false",
+            ));
+        }
+        if !(1024..=4 << 30).contains(&self.hash_max_file_bytes) {
+            return Err(ConfigError::invalid(
+                "hash_max_file_bytes",
+                format!(
+                    "must be between 1024 and 4294967296, got {}",
+                    self.hash_max_file_bytes
+                ),
             ));
         }
         self.source

@@ -164,6 +164,34 @@ pub struct Platform {
     /// The path handed to execve, when it was not absolute.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exec_filename: Option<String>,
+    /// Inode of the executable the probe saw run (`exec`, Linux).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe_inode: Option<u64>,
+    /// Device of that inode, as `stat(2)` reports `st_dev`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe_dev: Option<u64>,
+    /// The parent at creation, which survives reparenting (EndpointSecurity).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original_ppid: Option<u32>,
+    /// Code-signing team id (EndpointSecurity; absent for Apple's own and
+    /// unsigned code).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<String>,
+    /// Code-signing identifier (EndpointSecurity).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_id: Option<String>,
+    /// Code-directory hash, lowercase hex (EndpointSecurity).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cdhash: Option<String>,
+    /// Signed as part of the operating system (EndpointSecurity).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform_binary: Option<bool>,
+    /// FreeBSD jail id (`ki_jid`), absent on the host (audit events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jail_id: Option<i32>,
+    /// FreeBSD jail name, from the audit record's zonename token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jail_name: Option<String>,
 }
 
 impl Platform {
@@ -225,8 +253,18 @@ pub struct ProcessEvent {
     pub cgroup: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// `docker`, `containerd`, `cri-o` or `podman`, when the cgroup layout names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_runtime: Option<String>,
+    /// The Kubernetes pod the container belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The executable's hash is being computed: a `modify` event for the
+    /// same `(pid, start_time)` carries it.
+    #[serde(skip_serializing_if = "is_false")]
+    pub sha256_pending: bool,
     #[serde(skip_serializing_if = "Platform::is_empty")]
     pub platform: Platform,
 }
@@ -256,7 +294,10 @@ impl ProcessEvent {
             exit_code: None,
             cgroup: None,
             container_id: None,
+            container_runtime: None,
+            pod_uid: None,
             sha256: None,
+            sha256_pending: false,
             platform: Platform::default(),
         }
     }

@@ -4,7 +4,11 @@
 //! never more than it must on the hot path:
 //!
 //! * the cgroup path is resolved once per cgroup id and cached (a fork storm
-//!   runs in one cgroup: one read for all of it);
+//!   runs in one cgroup: one read for all of it). It is read from
+//!   `/proc/PID/cgroup` while the process lives, else found by walking the
+//!   cgroup v2 tree (a cgroup's id is its directory's inode number), at most
+//!   once a second, so a short-lived process in a new cgroup is attributed
+//!   too;
 //! * `exe` is read (`/proc/PID/exe`) only when execve got a relative path;
 //! * `cwd` comes from the probe (a walk of the dentries); procfs is read
 //!   only when the probe could not walk it, on `exec`, with
@@ -13,20 +17,29 @@
 //!   exec (if any) carries the rest.
 //!
 //! Events without a kernel cgroup id (inventory, polling) read their cgroup
-//! from procfs. Best effort: a process that is already gone keeps what the
+//! from procfs. The container (id, runtime, pod) comes from the cgroup path
+//! (`container`), cached with it. Best effort: a process that is already gone keeps what the
 //! kernel captured, and nothing is invented.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::container::{self, Container};
 use crate::model::{EventKind, ProcessEvent};
 
 /// Most cgroup ids remembered; the cache starts over when it is full.
 #[cfg(target_os = "linux")]
 const CGROUP_CACHE: usize = 4096;
 
-/// A cgroup's path and the container id it implies.
-type CgroupInfo = (Arc<str>, Option<Arc<str>>);
+/// A cgroup's path and the container it implies.
+type CgroupInfo = (Arc<str>, Option<Arc<Container>>);
+
+/// Most cgroup directories one walk of the cgroup v2 tree visits.
+#[cfg(target_os = "linux")]
+const WALK_MAX_DIRS: usize = 65_536;
+/// The least time between two walks.
+#[cfg(target_os = "linux")]
+const WALK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct Enricher {
@@ -36,6 +49,12 @@ pub struct Enricher {
     /// be resolved (its process was gone), retried after the next reset.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     cgroups: HashMap<u64, Option<CgroupInfo>>,
+    /// The cgroup v2 mount (found once) and when its tree was last walked.
+    #[cfg(target_os = "linux")]
+    walk: (
+        Option<Option<std::path::PathBuf>>,
+        Option<std::time::Instant>,
+    ),
 }
 
 impl Enricher {
@@ -43,6 +62,8 @@ impl Enricher {
         Self {
             enhanced: enhanced_metadata,
             cgroups: HashMap::new(),
+            #[cfg(target_os = "linux")]
+            walk: (None, None),
         }
     }
 
@@ -91,7 +112,11 @@ impl Enricher {
         };
         if let Some((path, container)) = resolved {
             event.cgroup = Some(path.to_string());
-            event.container_id = container.map(|c| c.to_string());
+            if let Some(c) = container {
+                event.container_id = Some(c.id.clone());
+                event.container_runtime = c.runtime.map(str::to_string);
+                event.pod_uid.clone_from(&c.pod_uid);
+            }
         }
     }
 
@@ -104,14 +129,76 @@ impl Enricher {
         if self.cgroups.len() >= CGROUP_CACHE {
             self.cgroups.clear();
         }
-        let found = read_cgroup(pid);
-        // Only a live answer is cached: the process may have moved since
-        // the event, but a cgroup's id never names another path.
+        let found = read_cgroup(pid).or_else(|| self.walk_for(id));
+        // Only a found answer is cached: a cgroup's id never names another
+        // path (the process may have moved since the event: best effort).
         if found.is_some() {
             self.cgroups.insert(id, found.clone());
         }
         found
     }
+
+    /// Walks the cgroup v2 tree (at most once per `WALK_EVERY`), caching
+    /// every directory by its inode number, which is its cgroup id.
+    #[cfg(target_os = "linux")]
+    fn walk_for(&mut self, id: u64) -> Option<CgroupInfo> {
+        let now = std::time::Instant::now();
+        if self
+            .walk
+            .1
+            .is_some_and(|t| now.duration_since(t) < WALK_EVERY)
+        {
+            return None;
+        }
+        self.walk.1 = Some(now);
+        let mount = self.walk.0.get_or_insert_with(cgroup2_mount).clone()?;
+        let mut found = None;
+        let mut stack = vec![mount.clone()];
+        let mut seen = 0;
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                seen += 1;
+                if seen > WALK_MAX_DIRS {
+                    return found;
+                }
+                let path = entry.path();
+                let ino = std::os::unix::fs::DirEntryExt::ino(&entry);
+                let rel = path.strip_prefix(&mount).ok()?;
+                let cgroup = format!("/{}", rel.display());
+                let info: CgroupInfo = (
+                    Arc::from(cgroup.as_str()),
+                    container::attribute(&cgroup).map(Arc::new),
+                );
+                if ino == id {
+                    found = Some(info.clone());
+                }
+                if self.cgroups.len() < CGROUP_CACHE {
+                    self.cgroups.entry(ino).or_insert(Some(info));
+                }
+                stack.push(path);
+            }
+        }
+        found
+    }
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on hybrid hosts), from /proc/self/mountinfo.
+#[cfg(target_os = "linux")]
+fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        (right.split_whitespace().next() == Some("cgroup2"))
+            .then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))
+            .flatten()
+    })
 }
 
 /// `(cgroup path, container id)` of a live process, from procfs.
@@ -119,7 +206,7 @@ impl Enricher {
 fn read_cgroup(pid: u32) -> Option<CgroupInfo> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let path = unified_cgroup(&text)?;
-    Some((Arc::from(path), container_id(path).map(Arc::from)))
+    Some((Arc::from(path), container::attribute(path).map(Arc::new)))
 }
 
 /// The cgroup v2 path (`0::/path`) from `/proc/PID/cgroup`.
@@ -129,40 +216,15 @@ pub fn unified_cgroup(text: &str) -> Option<&str> {
         .filter(|p| !p.is_empty())
 }
 
-/// A container id (64 hex digits) in a cgroup path, as docker, containerd,
-/// CRI-O and podman name their scopes.
-pub fn container_id(cgroup: &str) -> Option<&str> {
-    cgroup.rsplit('/').find_map(|segment| {
-        let s = segment.strip_suffix(".scope").unwrap_or(segment);
-        let s = s.rsplit(['-', ':']).next().unwrap_or(s);
-        (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).then_some(s)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn finds_container_ids() {
-        let id = "a".repeat(64);
-        assert_eq!(
-            container_id(&format!("/system.slice/docker-{id}.scope")),
-            Some(id.as_str())
-        );
-        assert_eq!(
-            container_id(&format!("/kubepods/besteffort/pod1/{id}")),
-            Some(id.as_str())
-        );
-        assert_eq!(
-            container_id(&format!("/k/cri-containerd-{id}.scope")),
-            Some(id.as_str())
-        );
-        assert_eq!(
-            container_id("/user.slice/user-0.slice/session-1.scope"),
-            None
-        );
+    fn finds_the_unified_cgroup() {
         assert_eq!(unified_cgroup("0::/a/b\n"), Some("/a/b"));
+        assert_eq!(unified_cgroup("1:name=systemd:/x\n0::/y\n"), Some("/y"));
         assert_eq!(unified_cgroup("1:name=systemd:/x\n"), None);
+        assert_eq!(unified_cgroup("0::\n"), None);
     }
 }

@@ -8,7 +8,10 @@
 //! batch at their natural boundary (one drain of the kernel ring, one
 //! snapshot), or when it is full.
 
+pub mod container;
 pub mod enrich;
+#[cfg(unix)]
+pub mod hash;
 pub mod sanitize;
 
 use std::sync::Arc;
@@ -29,6 +32,9 @@ pub struct Pipeline {
     sanitizer: Sanitizer,
     batch: BatchBuilder,
     metrics: Arc<Metrics>,
+    /// Executable hashing, while a kernel source runs with `compute_hashes`.
+    #[cfg(unix)]
+    hasher: Option<hash::Hasher>,
 }
 
 impl Pipeline {
@@ -43,6 +49,8 @@ impl Pipeline {
             sanitizer: Sanitizer::new(&config.sanitize.extra_flags, &config.sanitize.extra_keys),
             batch: BatchBuilder::new(),
             metrics,
+            #[cfg(unix)]
+            hasher: None,
         }
     }
 
@@ -57,6 +65,10 @@ impl Pipeline {
     /// encoded is counted and logged.
     pub fn push(&mut self, mut event: ProcessEvent) -> bool {
         self.enricher.enrich(&mut event);
+        #[cfg(unix)]
+        if let Some(hasher) = &self.hasher {
+            hasher.annotate(&mut event);
+        }
         let redacted = self.sanitizer.sanitize_argv(&mut event.argv);
         if redacted > 0 {
             Metrics::add(&self.metrics.redactions, redacted as u64);
@@ -75,6 +87,12 @@ impl Pipeline {
             }
         }
         self.batch.is_full()
+    }
+
+    /// Starts (`Some`) or stops (`None`, dropping the workers) hashing.
+    #[cfg(unix)]
+    pub fn set_hasher(&mut self, hasher: Option<hash::Hasher>) {
+        self.hasher = hasher;
     }
 
     /// Closes the open batch, if it holds anything.

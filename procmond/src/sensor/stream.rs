@@ -26,7 +26,25 @@ impl Sensor {
     /// if it could not start (the caller decides whether to fall back).
     pub(super) async fn try_kernel_source(&mut self) -> Result<(Flow, ActiveSource), String> {
         let (tx, rx) = mpsc::channel(16);
-        let started = stream::start(&self.config, tx, self.metrics.clone())?;
+        #[cfg(target_os = "linux")]
+        if self.config.compute_hashes {
+            let hasher = crate::pipeline::hash::Hasher::start(
+                self.config.hash_max_file_bytes,
+                tx.clone(),
+                self.metrics.clone(),
+            )
+            .map_err(|e| format!("starting the hash workers: {e}"))?;
+            self.pipeline.set_hasher(Some(hasher));
+        }
+        let started = stream::start(&self.config, tx, self.metrics.clone());
+        let started = match started {
+            Ok(s) => s,
+            Err(reason) => {
+                #[cfg(target_os = "linux")]
+                self.pipeline.set_hasher(None);
+                return Err(reason);
+            }
+        };
         if let Some(reader) = started.snapshot_reader {
             self.reader = reader;
         }
@@ -118,6 +136,10 @@ impl Sensor {
                         }
                         self.flush().await;
                     }
+                    Some(SourceMsg::Hashed(event)) => {
+                        self.emit(*event).await;
+                        self.flush().await;
+                    }
                     Some(SourceMsg::Barrier(id)) => {
                         if let Some((_, started, snap)) = awaiting.take_if(|(want, _, _)| *want == id) {
                             let missed = reconciler.reconcile(&snap, snapshot_start(&snap));
@@ -139,15 +161,22 @@ impl Sensor {
             }
         };
         // Detach, then drain: the reader sends what the ring still holds.
+        // The hash workers hold senders too: stop them so the channel ends.
+        #[cfg(unix)]
+        self.pipeline.set_hasher(None);
         let stopper = tokio::task::spawn_blocking(move || reader.stop());
         while let Some(msg) = rx.recv().await {
-            if let SourceMsg::Events(events) = msg {
-                for mut event in events {
-                    reconciler.observe(&mut event);
-                    self.emit(event).await;
+            match msg {
+                SourceMsg::Events(events) => {
+                    for mut event in events {
+                        reconciler.observe(&mut event);
+                        self.emit(event).await;
+                    }
                 }
-                self.flush().await;
+                SourceMsg::Hashed(event) => self.emit(*event).await,
+                SourceMsg::Barrier(_) => {}
             }
+            self.flush().await;
         }
         let _ = stopper.await;
         result

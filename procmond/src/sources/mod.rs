@@ -28,6 +28,9 @@ pub enum SourceMsg {
     Events(Vec<ProcessEvent>),
     /// Every record written before the barrier was requested has been sent.
     Barrier(u64),
+    /// A `modify` event carrying the sha256 of an earlier exec
+    /// (`pipeline::hash`): emitted as is, not a kernel observation.
+    Hashed(Box<ProcessEvent>),
 }
 
 /// Which source the operator asked for.
