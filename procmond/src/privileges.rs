@@ -11,6 +11,10 @@ pub struct Privileges {
     /// Linux capabilities procmond uses, and whether each is effective.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub capabilities: Vec<CapabilityState>,
+    /// macOS: root, the EndpointSecurity entitlement and Full Disk Access,
+    /// each yes/no/unknown with its evidence; `None` elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_security: Option<crate::sources::endpoint_security::access::EsAccess>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -37,8 +41,12 @@ impl Privileges {
         self.has("CAP_SYS_PTRACE") || self.has("CAP_DAC_READ_SEARCH") || self.euid == Some(0)
     }
 
-    /// "CAP_BPF,CAP_PERFMON" or "none".
+    /// "CAP_BPF,CAP_PERFMON" or "none"; on macOS
+    /// "root=yes,es_entitlement=unknown,full_disk_access=no".
     pub fn effective_summary(&self) -> String {
+        if let Some(es) = &self.endpoint_security {
+            return es.summary();
+        }
         let names: Vec<_> = self
             .capabilities
             .iter()
@@ -94,13 +102,55 @@ pub fn detect() -> Privileges {
                 why,
             })
             .collect(),
+        endpoint_security: None,
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+/// macOS: the euid, and what EndpointSecurity needs (`endpoint_security`).
+#[cfg(target_os = "macos")]
+pub fn detect() -> Privileges {
+    let euid = rustix::process::geteuid().as_raw();
+    Privileges {
+        euid: Some(euid),
+        capabilities: Vec::new(),
+        endpoint_security: Some(crate::sources::endpoint_security::access::detect(euid)),
+    }
+}
+
+/// FreeBSD: root, whether /dev/auditpipe is readable (the audit source),
+/// and `security.bsd.see_other_uids` (0 limits a non-root collector's view).
+#[cfg(target_os = "freebsd")]
+pub fn detect() -> Privileges {
+    use crate::sources::freebsd::audit;
+    let euid = rustix::process::geteuid().as_raw();
+    Privileges {
+        euid: Some(euid),
+        capabilities: vec![
+            CapabilityState {
+                name: "root",
+                effective: euid == 0,
+                why: "configure audit(4) and read every process's args, path and cwd",
+            },
+            CapabilityState {
+                name: "auditpipe_readable",
+                effective: audit::auditpipe_readable(),
+                why: "/dev/auditpipe: the audit(4) event source",
+            },
+            CapabilityState {
+                name: "security.bsd.see_other_uids",
+                effective: audit::see_other_uids() == Some(1),
+                why: "1: other users' processes are visible; 0 hides them from a non-root collector",
+            },
+        ],
+        endpoint_security: None,
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "freebsd")))]
 pub fn detect() -> Privileges {
     Privileges {
         euid: None,
         capabilities: Vec::new(),
+        endpoint_security: None,
     }
 }

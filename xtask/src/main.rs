@@ -222,6 +222,14 @@ fn test() -> Result<()> {
     ensure_packages()?;
     build_ebpf(true)?;
     cargo(&["fmt", "--all", "--", "--check"])?;
+    // The FreeBSD rc.d script: POSIX sh syntax (no FreeBSD here to run it).
+    let root = ebpf_dir()?
+        .parent()
+        .context("no workspace root")?
+        .to_path_buf();
+    run(Command::new("sh")
+        .arg("-n")
+        .arg(root.join("config/procmond.rc")))?;
     cargo(&[
         "clippy",
         "--workspace",

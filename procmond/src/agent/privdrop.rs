@@ -90,19 +90,37 @@ fn set_ids(uid: Uid, gid: nix::unistd::Gid) -> Result<(), PrivDropError> {
     Ok(())
 }
 
-/// macOS has no setres*id: setuid as root sets real, effective and saved.
-/// Supplementary groups are not reset there (docs/platforms.md).
+/// macOS has no setres*id: as root, setgid and setuid set the real,
+/// effective and saved ids alike. Supplementary groups are reset first with
+/// setgroups(2) (`apple_groups`); on XNU that also opts the process out of
+/// opendirectoryd's dynamic group resolution, so the list stays `[gid]`.
+/// There is no getter for saved ids: they are checked by trying to regain
+/// 0, which setuid/setegid allow only while 0 is a real or saved id.
 #[cfg(target_vendor = "apple")]
 fn set_ids(uid: Uid, gid: nix::unistd::Gid) -> Result<(), PrivDropError> {
-    use nix::unistd::{getegid, geteuid, getgid, getuid, setgid, setuid};
+    use nix::unistd::{Gid, getegid, geteuid, getgid, getuid, setegid, setgid, setuid};
+    apple_groups::set_only(gid).map_err(step("setgroups"))?;
     setgid(gid).map_err(step("setgid"))?;
     setuid(uid).map_err(step("setuid"))?;
-    if !uid.is_root() && setuid(Uid::from_raw(0)).is_ok() {
-        return Err(PrivDropError::Reversible(uid.as_raw()));
+    if !uid.is_root() {
+        let regained_uid = setuid(Uid::from_raw(0)).is_ok();
+        let regained_gid = gid.as_raw() != 0 && setegid(Gid::from_raw(0)).is_ok();
+        if regained_uid || regained_gid {
+            return Err(PrivDropError::Reversible(uid.as_raw()));
+        }
     }
-    if [getuid(), geteuid()] != [uid; 2] || [getgid(), getegid()] != [gid; 2] {
+    let groups = rustix::process::getgroups().map_err(|e| PrivDropError::Step {
+        step: "getgroups",
+        source: nix::Error::from_raw(e.raw_os_error()),
+    })?;
+    let extra: Vec<u32> = groups
+        .iter()
+        .map(|g| g.as_raw())
+        .filter(|g| *g != gid.as_raw())
+        .collect();
+    if [getuid(), geteuid()] != [uid; 2] || [getgid(), getegid()] != [gid; 2] || !extra.is_empty() {
         return Err(PrivDropError::Mismatch(format!(
-            "uid {}/{} gid {}/{}",
+            "uid {}/{} gid {}/{} supplementary groups besides {gid}: {extra:?}",
             getuid(),
             geteuid(),
             getgid(),
@@ -110,4 +128,20 @@ fn set_ids(uid: Uid, gid: nix::unistd::Gid) -> Result<(), PrivDropError> {
         )));
     }
     Ok(())
+}
+
+/// setgroups(2), which neither nix nor rustix offers on Apple targets: the
+/// one libc call of the macOS privilege drop.
+#[cfg(target_vendor = "apple")]
+#[allow(unsafe_code)]
+mod apple_groups {
+    /// Makes `[gid]` the whole supplementary group list.
+    pub(super) fn set_only(gid: nix::unistd::Gid) -> nix::Result<()> {
+        let groups: [libc::gid_t; 1] = [gid.as_raw()];
+        // SAFETY: `groups` is an initialized array of exactly one gid_t that
+        // outlives the call; setgroups reads `ngroups` (1) entries from it,
+        // keeps no pointer to it, and writes no memory of this process.
+        let rc = unsafe { libc::setgroups(1, groups.as_ptr()) };
+        nix::errno::Errno::result(rc).map(drop)
+    }
 }

@@ -24,7 +24,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::container::{self, Container};
+#[cfg(target_os = "linux")]
+use super::container;
+use super::container::Container;
 use crate::model::{EventKind, ProcessEvent};
 
 /// Most cgroup ids remembered; the cache starts over when it is full.
@@ -73,6 +75,10 @@ impl Enricher {
     }
 
     pub fn enrich(&mut self, event: &mut ProcessEvent) {
+        // Sources capture the cwd where they can; the setting decides.
+        if !self.enhanced {
+            event.cwd = None;
+        }
         // A process that is gone has nothing left to read.
         if !matches!(event.kind, EventKind::Exit | EventKind::Stop) {
             #[cfg(target_os = "linux")]

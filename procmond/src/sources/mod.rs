@@ -3,6 +3,10 @@
 //! * `stream` — the interface every kernel source implements, and `start`,
 //!   which starts this platform's.
 //! * `ebpf` — Linux kernel probes (the preferred source).
+//! * `endpoint_security` — macOS EndpointSecurity client (its pure decoding
+//!   is compiled and tested everywhere).
+//! * `freebsd` — audit(4) via /dev/auditpipe and the sysctl process table
+//!   (its BSM parser and kinfo decoding are compiled and tested everywhere).
 //! * `poll` — the FallbackProcessCollector, on every platform.
 //! * `snapshot` / `procfs` / `sysinfo_snapshot` — one enumeration of the
 //!   process table, used by the inventory, reconciliation and polling.
@@ -12,6 +16,8 @@
 
 #[cfg(target_os = "linux")]
 pub mod ebpf;
+pub mod endpoint_security;
+pub mod freebsd;
 pub mod poll;
 #[cfg(target_os = "linux")]
 pub mod procfs;
@@ -127,12 +133,13 @@ pub fn kernel_source_unavailable_reason() -> Option<String> {
     }
     #[cfg(target_os = "freebsd")]
     {
-        Some(
-            "FreeBSD has no kernel process-event source in procmond yet (kqueue is a later goal)"
-                .into(),
-        )
+        freebsd::audit::unavailable_reason()
     }
-    #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+    #[cfg(target_os = "macos")]
+    {
+        endpoint_security::unavailable_reason()
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd", target_os = "macos")))]
     {
         Some(format!(
             "the {} kernel source is not built into procmond yet",

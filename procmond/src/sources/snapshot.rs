@@ -3,7 +3,8 @@
 //! The inventory at start, every reconciliation pass and the polling
 //! collector all start from a `Snapshot`. On Linux it is read straight from
 //! procfs (fast, and with the same start-time clock as the eBPF stream);
-//! elsewhere it comes from the sysinfo crate.
+//! on FreeBSD from sysctl `kern.proc.*` (`freebsd::kinfo`); elsewhere from
+//! the sysinfo crate.
 
 use crate::model::{EventKind, EventSource, ProcessEvent};
 
@@ -91,7 +92,8 @@ impl SnapshotReader {
         }
     }
 
-    /// `bpf_iter` or `procfs` (`sysinfo` off Linux): what `take` reads.
+    /// `bpf_iter` or `procfs` (`kinfo` on FreeBSD, `sysinfo` elsewhere):
+    /// what `take` reads.
     pub fn name(&self) -> &'static str {
         #[cfg(target_os = "linux")]
         if self.iter.is_some() {
@@ -99,6 +101,8 @@ impl SnapshotReader {
         }
         if cfg!(target_os = "linux") {
             "procfs"
+        } else if cfg!(target_os = "freebsd") {
+            "kinfo"
         } else {
             "sysinfo"
         }
@@ -124,7 +128,11 @@ pub fn take(options: SnapshotOptions) -> std::io::Result<Snapshot> {
     {
         super::procfs::snapshot(std::path::Path::new("/proc"), options)
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(target_os = "freebsd")]
+    {
+        super::freebsd::kinfo::snapshot(options)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
     {
         super::sysinfo_snapshot::snapshot(options)
     }

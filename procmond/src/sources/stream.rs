@@ -67,7 +67,16 @@ pub fn start(
     {
         super::ebpf::start(config, tx, metrics)
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(target_os = "macos")]
+    {
+        let _ = config; // nothing in procmond.yaml tunes EndpointSecurity
+        super::endpoint_security::start(tx, metrics)
+    }
+    #[cfg(target_os = "freebsd")]
+    {
+        super::freebsd::audit::start(config, tx, metrics)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "freebsd")))]
     {
         let _ = (config, tx, metrics);
         Err(
@@ -93,7 +102,17 @@ pub fn probe(config: &ProcmondConfig) -> Result<(), String> {
             .map(drop)
             .map_err(|e| e.to_string())
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(target_os = "macos")]
+    {
+        let _ = config;
+        super::endpoint_security::probe()
+    }
+    #[cfg(target_os = "freebsd")]
+    {
+        let _ = config;
+        super::freebsd::audit::probe()
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "freebsd")))]
     {
         let _ = config;
         Ok(())

@@ -1,0 +1,446 @@
+//! The FreeBSD kernel event source: audit(4) records read from
+//! /dev/auditpipe (auditpipe(4)) on a dedicated thread.
+//!
+//! Opening the pipe gives this process its own queue of audit records. It
+//! is set to local preselection with, for both attributable and
+//! non-attributable events (daemons started at boot have no audit user),
+//! the classes the kernel maps exec, fork and exit to (auditon A_GETCLASS:
+//! `ex` and `pc` with the stock /etc/security/audit_event), successes only,
+//! and its queue limit raised to the maximum. The kernel builds records
+//! only while an audit trail is open, so auditd must run; the trail's own
+//! flags do not matter to the pipe.
+//!
+//! The reader waits on the pipe with poll(2), cuts what it reads into
+//! records (`bsm::RecordStream`), parses them (`bsm`, `event`), completes
+//! them from the process table (`event::Tracker`) and sends each drain as
+//! one batch. Records the pipe dropped because its queue was full
+//! (AUDITPIPE_GET_DROPS, plus GET_TRUNCATES) are added to `kernel_lost`;
+//! malformed records to `records_malformed`.
+//!
+//! Barriers: the kernel hands records to pipes from its audit worker
+//! thread, a little after the system call returned, so a barrier is
+//! answered only after a drain that began `BARRIER_SETTLE` after it was
+//! asked for; reconciliation then does not report as missed a process
+//! whose record was still on its way.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::auditpipe::{self as ap, AuMask};
+use super::bsm::{self, BsmError, RecordStream};
+use super::event::{self, ProcTable, Tracker, aue};
+use super::ffi;
+use super::kinfo::{self, Kinfo};
+use crate::config::ProcmondConfig;
+use crate::metrics::Metrics;
+use crate::model::{EventSource, ProcessEvent};
+use crate::sources::SourceMsg;
+use crate::sources::stream::{KernelStream, StartedStream};
+
+/// The audit pipe device (a cloning device: each open is a new pipe).
+pub const AUDITPIPE: &str = "/dev/auditpipe";
+/// How long the reader sleeps in poll(2) between checks of its stop flag.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How long after a barrier request records may still be on their way
+/// from the kernel's audit worker.
+const BARRIER_SETTLE: Duration = Duration::from_millis(100);
+/// Bytes per read(2).
+const READ_CHUNK: usize = 64 << 10;
+/// Most events in one batch sent to the sensor.
+const MAX_BATCH: usize = 4096;
+/// Most bytes read in one drain before barriers and stop are looked at.
+const MAX_DRAIN_BYTES: usize = 8 << 20;
+/// How often the pipe's loss counters are read.
+const LOSS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why the audit source cannot run here, before the pipe is opened.
+pub fn unavailable_reason() -> Option<String> {
+    if !rustix::process::geteuid().is_root() {
+        return Some(
+            "the audit(4) source needs root (/dev/auditpipe is root-only and auditon(2) needs PRIV_AUDIT_CONTROL)"
+                .into(),
+        );
+    }
+    match ffi::auditon_int(ap::A_GETCOND) {
+        Ok(ap::AUC_AUDITING) => {}
+        Ok(cond) => {
+            return Some(format!(
+                "auditing is off (audit condition {cond}): the kernel records events only while auditd runs; set auditd_enable=\"YES\" in /etc/rc.conf and run `service auditd start`"
+            ));
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            return Some("this kernel has no audit support (options AUDIT)".into());
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            return Some(format!(
+                "auditon(2) refused: {e} (audit cannot be configured from inside a jail)"
+            ));
+        }
+        Err(e) => return Some(format!("auditon(A_GETCOND): {e}")),
+    }
+    if !std::path::Path::new(AUDITPIPE).exists() {
+        return Some(format!("{AUDITPIPE} does not exist (device auditpipe)"));
+    }
+    None
+}
+
+/// Whether /dev/auditpipe is readable with this process's effective ids.
+pub fn auditpipe_readable() -> bool {
+    rustix::fs::accessat(
+        rustix::fs::CWD,
+        AUDITPIPE,
+        rustix::fs::Access::READ_OK,
+        rustix::fs::AtFlags::EACCESS,
+    )
+    .is_ok()
+}
+
+/// `security.bsd.see_other_uids` (1: non-root sees every user's processes).
+pub fn see_other_uids() -> Option<i32> {
+    let b = ffi::sysctl_by_name(c"security.bsd.see_other_uids").ok()?;
+    Some(i32::from_ne_bytes(b.get(..4)?.try_into().ok()?))
+}
+
+/// The class bits of the events procmond reports, as the kernel maps them
+/// (auditd loads the map from /etc/security/audit_event).
+fn class_mask() -> Result<u32, String> {
+    let mut mask = 0;
+    for ev in aue::ALL {
+        let class = ffi::event_class(ev).map_err(|e| format!("auditon(A_GETCLASS, {ev}): {e}"))?;
+        let essential = matches!(ev, aue::EXECVE | aue::FORK | aue::EXIT);
+        if class == 0 && essential {
+            return Err(format!(
+                "audit event {ev} has no class in the kernel's event map: auditd loads it from /etc/security/audit_event when it starts"
+            ));
+        }
+        mask |= class;
+    }
+    Ok(mask)
+}
+
+/// Opens and configures a pipe; a degraded reason when argv is not audited.
+fn open_pipe() -> Result<(File, Option<String>), String> {
+    if let Some(reason) = unavailable_reason() {
+        return Err(reason);
+    }
+    let mask = class_mask()?;
+    let pipe = File::open(AUDITPIPE).map_err(|e| format!("opening {AUDITPIPE}: {e}"))?;
+    let fd = pipe.as_fd();
+    let setup =
+        |what: &str, r: std::io::Result<()>| r.map_err(|e| format!("{AUDITPIPE}: {what}: {e}"));
+    setup(
+        "set local preselection",
+        ffi::set_i32(fd, ap::SET_PRESELECT_MODE, ap::PRESELECT_MODE_LOCAL),
+    )?;
+    setup(
+        "clear per-user masks",
+        ffi::call(fd, ap::FLUSH_PRESELECT_AUID),
+    )?;
+    let masks = AuMask {
+        success: mask,
+        failure: 0,
+    };
+    setup(
+        "set preselection flags",
+        ffi::set_mask(fd, ap::SET_PRESELECT_FLAGS, masks),
+    )?;
+    setup(
+        "set non-attributable flags",
+        ffi::set_mask(fd, ap::SET_PRESELECT_NAFLAGS, masks),
+    )?;
+    let qmax = ffi::get_u32(fd, ap::GET_QLIMIT_MAX)
+        .map_err(|e| format!("{AUDITPIPE}: queue limit: {e}"))?;
+    setup(
+        "raise the queue limit",
+        ffi::set_u32(fd, ap::SET_QLIMIT, qmax),
+    )?;
+    let degraded = match ffi::auditon_int(ap::A_GETPOLICY) {
+        Ok(policy) if policy & ap::AUDIT_ARGV != 0 => None,
+        Ok(_) => Some(
+            "audit policy lacks argv: exec argv is read from kern.proc.args after the event (racy); add argv to `policy:` in /etc/security/audit_control".into(),
+        ),
+        Err(e) => Some(format!("auditon(A_GETPOLICY): {e}; exec argv may be missing")),
+    };
+    tracing::info!(
+        class_mask = format_args!("{mask:#x}"),
+        queue_limit = qmax,
+        "audit pipe configured"
+    );
+    Ok((pipe, degraded))
+}
+
+/// Opens and configures a pipe, then closes it (`procmond capabilities`).
+pub fn probe() -> Result<(), String> {
+    open_pipe().map(drop)
+}
+
+/// The process table through sysctl, with `kern.boottime` read at most
+/// once a second.
+#[derive(Debug)]
+struct SysctlTable {
+    boot: (i64, Instant),
+}
+
+impl SysctlTable {
+    fn new() -> Self {
+        Self {
+            boot: (
+                kinfo::boottime_us().unwrap_or_else(kinfo::boottime_first_us),
+                Instant::now(),
+            ),
+        }
+    }
+
+    fn boot_now(&mut self) -> i64 {
+        if self.boot.1.elapsed() >= Duration::from_secs(1) {
+            self.boot = (kinfo::boottime_us().unwrap_or(self.boot.0), Instant::now());
+        }
+        self.boot.0
+    }
+
+    fn with_start(&mut self, k: Kinfo) -> (Kinfo, Option<i64>) {
+        let start = kinfo::start_time(&k, self.boot_now());
+        (k, start)
+    }
+}
+
+impl ProcTable for SysctlTable {
+    fn process(&mut self, pid: u32) -> Option<(Kinfo, Option<i64>)> {
+        kinfo::process(pid).map(|k| self.with_start(k))
+    }
+    fn args(&mut self, pid: u32) -> Option<Vec<u8>> {
+        kinfo::args(pid)
+    }
+    fn exe(&mut self, pid: u32) -> Option<String> {
+        kinfo::pathname(pid)
+    }
+    fn cwd(&mut self, pid: u32) -> Option<String> {
+        kinfo::cwd(pid)
+    }
+}
+
+/// Controls a running reader thread.
+#[derive(Debug)]
+pub struct Reader {
+    stop: Arc<AtomicBool>,
+    barriers: std::sync::mpsc::Sender<u64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl KernelStream for Reader {
+    fn barrier(&self, id: u64) {
+        let _ = self.barriers.send(id);
+    }
+
+    fn stop(mut self: Box<Self>) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Opens the pipe and starts the reader: the FreeBSD kernel stream.
+pub fn start(
+    config: &ProcmondConfig,
+    tx: mpsc::Sender<SourceMsg>,
+    metrics: Arc<Metrics>,
+) -> Result<StartedStream, String> {
+    let (pipe, degraded_reason) = open_pipe()?;
+    let mut table = SysctlTable::new();
+    let mut tracker = Tracker::new(config.enhanced_metadata);
+    // Read after the pipe opened: a process is either in it or in a record.
+    match kinfo::processes() {
+        Ok(all) => tracker.seed(all.into_iter().map(|k| table.with_start(k))),
+        Err(e) => tracing::warn!(error = %e, "reading the process table for the audit reader"),
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (barriers, barrier_rx) = std::sync::mpsc::channel();
+    let flag = stop.clone();
+    let mut reader = ReadLoop {
+        pipe,
+        stream: RecordStream::default(),
+        table,
+        tracker,
+        lost_total: 0,
+    };
+    let thread = std::thread::Builder::new()
+        .name("audit-reader".into())
+        .spawn(move || reader.run(&tx, &metrics, &flag, &barrier_rx))
+        .map_err(|e| format!("starting the audit reader thread: {e}"))?;
+    Ok(StartedStream {
+        source: EventSource::Audit,
+        degraded_reason,
+        stream: Box::new(Reader {
+            stop,
+            barriers,
+            thread: Some(thread),
+        }),
+        snapshot_reader: None,
+    })
+}
+
+/// The reader thread's state.
+struct ReadLoop {
+    pipe: File,
+    stream: RecordStream,
+    table: SysctlTable,
+    tracker: Tracker,
+    /// drops + truncates last read from the pipe.
+    lost_total: u64,
+}
+
+impl ReadLoop {
+    fn run(
+        &mut self,
+        tx: &mpsc::Sender<SourceMsg>,
+        metrics: &Metrics,
+        stop: &AtomicBool,
+        barriers: &std::sync::mpsc::Receiver<u64>,
+    ) {
+        let timeout = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: POLL_INTERVAL.as_nanos() as i64,
+        };
+        let mut pending: VecDeque<(u64, Instant)> = VecDeque::new();
+        let mut losses_read = Instant::now();
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let stopping = stop.load(Ordering::SeqCst);
+            if !stopping {
+                self.wait(Some(&timeout));
+            }
+            pending.extend(barriers.try_iter().map(|id| (id, Instant::now())));
+            let drain_started = Instant::now();
+            if self.drain(&mut buf, tx, metrics).is_none() {
+                return;
+            }
+            if stopping || losses_read.elapsed() >= LOSS_INTERVAL {
+                self.update_lost(metrics);
+                losses_read = Instant::now();
+            }
+            while let Some(&(id, asked)) = pending.front() {
+                if !stopping && asked + BARRIER_SETTLE > drain_started {
+                    break;
+                }
+                if tx.blocking_send(SourceMsg::Barrier(id)).is_err() {
+                    return;
+                }
+                pending.pop_front();
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Whether the pipe has bytes, waiting at most `timeout`.
+    fn wait(&self, timeout: Option<&rustix::time::Timespec>) -> bool {
+        let mut fds = [rustix::event::PollFd::new(
+            &self.pipe,
+            rustix::event::PollFlags::IN,
+        )];
+        matches!(rustix::event::poll(&mut fds, timeout), Ok(n) if n > 0)
+    }
+
+    /// Reads what the pipe holds and sends it; `None` when the sensor is
+    /// gone or the pipe failed.
+    fn drain(
+        &mut self,
+        buf: &mut [u8],
+        tx: &mpsc::Sender<SourceMsg>,
+        metrics: &Metrics,
+    ) -> Option<()> {
+        let zero = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let mut batch = Vec::new();
+        let mut read = 0;
+        while read < MAX_DRAIN_BYTES && self.wait(Some(&zero)) {
+            let n = match self.pipe.read(buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading {AUDITPIPE} failed: the audit source stops");
+                    return None;
+                }
+            };
+            read += n;
+            self.stream.feed(buf.get(..n).unwrap_or_default());
+            while let Some(next) = self.stream.next_record() {
+                match next.and_then(|rec| {
+                    let record = bsm::parse_record(rec)?;
+                    let had_argv = record.exec_args.is_some();
+                    Ok(event::to_event(&record)?.map(|e| (e, had_argv)))
+                }) {
+                    Ok(Some((mut e, had_argv))) => {
+                        self.tracker.complete(&mut e, &mut self.table, had_argv);
+                        batch.push(e);
+                    }
+                    Ok(None) => {}
+                    Err(e) => malformed(metrics, &e),
+                }
+            }
+            if batch.len() >= MAX_BATCH {
+                send(tx, metrics, std::mem::take(&mut batch))?;
+            }
+        }
+        if !batch.is_empty() {
+            send(tx, metrics, batch)?;
+        }
+        Some(())
+    }
+
+    /// Adds what the pipe dropped since the last look to `kernel_lost`.
+    fn update_lost(&mut self, metrics: &Metrics) {
+        let fd = self.pipe.as_fd();
+        let counters = ffi::get_u64(fd, ap::GET_DROPS)
+            .and_then(|d| Ok(d.saturating_add(ffi::get_u64(fd, ap::GET_TRUNCATES)?)));
+        let total = match counters {
+            Ok(total) => total,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the audit pipe's loss counters");
+                return;
+            }
+        };
+        if total > self.lost_total {
+            let lost = total - self.lost_total;
+            Metrics::add(&metrics.kernel_lost, lost);
+            tracing::warn!(
+                lost,
+                total,
+                "audit pipe queue full: records dropped (reconciliation will catch long-lived processes)"
+            );
+        }
+        // The kernel's counters are 32-bit and may wrap: follow them.
+        self.lost_total = total;
+    }
+}
+
+fn malformed(metrics: &Metrics, e: &BsmError) {
+    let n = metrics.records_malformed.fetch_add(1, Ordering::Relaxed);
+    if n < 10 || n.is_power_of_two() {
+        tracing::warn!(error = %e, dropped_so_far = n + 1, "malformed audit record dropped");
+    }
+}
+
+fn send(tx: &mpsc::Sender<SourceMsg>, metrics: &Metrics, batch: Vec<ProcessEvent>) -> Option<()> {
+    Metrics::add(&metrics.events_observed, batch.len() as u64);
+    tx.blocking_send(SourceMsg::Events(batch)).ok()
+}
