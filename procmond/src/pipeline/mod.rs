@@ -69,7 +69,9 @@ impl Pipeline {
         if let Some(hasher) = &self.hasher {
             hasher.annotate(&mut event);
         }
-        let redacted = self.sanitizer.sanitize_argv(&mut event.argv);
+        let redacted = self
+            .sanitizer
+            .sanitize_argv_truncated(&mut event.argv, event.argv_truncated);
         if redacted > 0 {
             Metrics::add(&self.metrics.redactions, redacted as u64);
         }

@@ -1,0 +1,495 @@
+//! The sanitizer's rules as data; the matching lives in `mod.rs` and `scan.rs`.
+//!
+//! Which flag carries a secret depends on the program (`-p` is a password for
+//! mysql and sshpass, a port for ssh, "preserve" for cp), so program rules are
+//! keyed by the program's basename, each entry naming the program its syntax
+//! comes from. Then come the wrappers that run another program, the generic
+//! key and flag names, header names and token shapes. Adding a rule is one
+//! table entry; the unit tests walk these tables and try every entry in every
+//! form it declares.
+
+/// How a program rule's value is given on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Given {
+    /// The next word (`-f V`, `--flag V`), or `--flag=V` / `-f=V`.
+    Next,
+    /// Only attached (`-fV`): `-f` alone prompts, the next word is something else.
+    Attached,
+    /// `-f V` or `-fV`.
+    Both,
+    /// The flag letter anywhere in a short-option cluster (`-b`, `-bc`, `-nb`)
+    /// makes the last positional word of the command the value.
+    ClusterLast,
+    /// A positional word equal to `flag` (any case): the last positional word after it.
+    WordLast,
+    /// A positional word equal to `flag` (any case): the next word.
+    WordNext,
+    /// A positional word equal to `flag` (any case): every later positional word.
+    WordRest,
+    /// A positional word that names a secret key (`aws_secret_access_key`,
+    /// `//registry/:_authToken`): the next word. `flag` is empty.
+    KeyWord,
+    /// Every positional word, when it has the value's shape (`user/pass@db`). `flag` is empty.
+    Positional,
+    /// The flag's value is not a secret, whatever the generic rules say.
+    NotSecret,
+}
+
+/// Which part of a value is the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Value {
+    /// All of it.
+    Whole,
+    /// What follows the first separator (`user:PASS`, `user%PASS`); without the
+    /// separator there is no secret (the program prompts).
+    AfterSep(u8),
+    /// openssl pass phrase argument: `pass:PASS` keeps `pass:`; `env:VAR`,
+    /// `file:PATH`, `fd:N` and `stdin` are references; anything else is whole.
+    OpensslPass,
+    /// `name=VALUE[; …]` keeps the first name; a word without `=` is a cookie file.
+    Cookie,
+    /// Oracle logon `user/PASS[@connect]`: keeps the user and `@connect`.
+    OracleLogon,
+}
+
+/// One flag (or keyword) of one program.
+#[derive(Debug)]
+pub struct Rule {
+    pub flag: &'static str,
+    pub given: Given,
+    pub value: Value,
+}
+
+/// The rules of a program, or of one of its subcommands (`docker login`).
+#[derive(Debug)]
+pub struct Program {
+    /// Basenames of argv[0] (or of the word naming the command in a snippet).
+    pub names: &'static [&'static str],
+    /// A positional word that must come first (`login`) for these rules to apply.
+    pub sub: Option<&'static str>,
+    /// Boolean short options that may precede a rule's letter in a cluster (`-xw PASS`).
+    pub cluster: &'static str,
+    pub rules: &'static [Rule],
+    /// The syntax these rules come from (documentation, checked by the tests).
+    #[allow(dead_code)]
+    pub source: &'static str,
+}
+
+const fn r(flag: &'static str, given: Given, value: Value) -> Rule {
+    Rule { flag, given, value }
+}
+
+const fn p(
+    names: &'static [&'static str],
+    sub: Option<&'static str>,
+    rules: &'static [Rule],
+    source: &'static str,
+) -> Program {
+    Program {
+        names,
+        sub,
+        cluster: "",
+        rules,
+        source,
+    }
+}
+
+use Given::*;
+use Value::*;
+
+/// Programs whose flags carry secrets. PostgreSQL clients (psql, pg_dump) have
+/// no password flag (`-W` prompts): `PGPASSWORD=` and URIs are generic rules.
+#[rustfmt::skip]
+pub const PROGRAMS: &[Program] = &[
+    p(&["mysql", "mariadb", "mysqldump", "mysqladmin", "mysqlimport", "mysqlcheck", "mysqlshow",
+        "mysqlslap", "mysqlpump", "mysqlbinlog", "mariadb-dump", "mariadb-admin", "mariadb-import",
+        "mariadb-check", "mariadb-show"],
+      None, &[r("-p", Attached, Whole)],
+      "MySQL/MariaDB clients: -pPASS; -p alone prompts and a separate word after it is the database"),
+    p(&["mongo", "mongosh", "mongodump", "mongorestore", "mongoexport", "mongoimport", "mongostat",
+        "mongotop", "mongofiles"],
+      None, &[r("-p", Both, Whole)], "MongoDB shell and tools: -p PASS, --password PASS"),
+    p(&["sshpass"], None, &[r("-p", Both, Whole)], "sshpass: -p PASS or -pPASS (-e reads SSHPASS, -f a file)"),
+    p(&["redis-cli", "valkey-cli", "keydb-cli"], None, &[r("-a", Both, Whole), r("auth", WordRest, Whole)],
+      "redis-cli: -a PASS; the AUTH command's arguments"),
+    p(&["redis-server", "valkey-server", "keydb-server"], None,
+      &[r("--requirepass", Next, Whole), r("--masterauth", Next, Whole)],
+      "redis-server: config directives on the command line"),
+    Program {
+        names: &["ldapsearch", "ldapadd", "ldapmodify", "ldapdelete", "ldapwhoami", "ldapcompare",
+                 "ldapmodrdn", "ldapexop", "ldapurl"],
+        sub: None, cluster: "xZvnMLNcCAtuW", rules: &[r("-w", Both, Whole)],
+        source: "OpenLDAP clients: -w PASS (-W prompts, -y FILE)",
+    },
+    Program {
+        names: &["ldappasswd"], sub: None, cluster: "xZvnWAS",
+        rules: &[r("-w", Both, Whole), r("-a", Both, Whole), r("-s", Both, Whole)],
+        source: "ldappasswd: -w PASS (bind), -a OLD, -s NEW",
+    },
+    p(&["curl"], None,
+      &[r("-u", Both, AfterSep(b':')), r("--user", Next, AfterSep(b':')), r("-U", Both, AfterSep(b':')),
+        r("--proxy-user", Next, AfterSep(b':')), r("--oauth2-bearer", Next, Whole),
+        r("-E", Both, AfterSep(b':')), r("--cert", Next, AfterSep(b':')), r("--proxy-cert", Next, AfterSep(b':')),
+        r("-b", Both, Cookie), r("--cookie", Next, Cookie)],
+      "curl: -u/--user user:PASS (user alone prompts), -U/--proxy-user, --oauth2-bearer, \
+       -E/--cert file:PASS, -b/--cookie name=VALUE (else a file)"),
+    p(&["etcdctl"], None, &[r("--user", Next, AfterSep(b':'))], "etcdctl: --user user:PASS"),
+    p(&["smbclient", "rpcclient", "smbcacls", "smbget", "smbtree", "net"], None,
+      &[r("-U", Both, AfterSep(b'%')), r("--user", Next, AfterSep(b'%'))],
+      "Samba clients: -U user%PASS (user alone prompts)"),
+    p(&["smbmap"], None, &[r("-p", Next, Whole)], "smbmap: -u USER -p PASS"),
+    p(&["htpasswd"], None, &[r("-b", ClusterLast, Whole)],
+      "Apache htpasswd: with -b (also -bc, -cb, -nb) the password is the last argument"),
+    p(&["openssl"], None,
+      &[r("-pass", Next, OpensslPass), r("-passin", Next, OpensslPass), r("-passout", Next, OpensslPass),
+        r("-password", Next, OpensslPass), r("-k", Next, Whole), r("-K", Next, Whole),
+        r("passwd", WordLast, Whole)],
+      "openssl: -pass/-passin/-passout pass:PASS (env:, file:, fd:, stdin are references), \
+       enc -k PASS / -K HEX, passwd PASS"),
+    p(&["plink", "pscp", "psftp", "putty"], None, &[r("-pw", Next, Whole)], "PuTTY tools: -pw PASS"),
+    p(&["keytool", "jarsigner"], None,
+      &[r("-storepass", Next, Whole), r("-keypass", Next, Whole), r("-srcstorepass", Next, Whole),
+        r("-deststorepass", Next, Whole), r("-srckeypass", Next, Whole), r("-destkeypass", Next, Whole),
+        r("-new", Next, Whole)],
+      "Java keytool/jarsigner: -storepass, -keypass and friends (-storepass:env/:file are references)"),
+    p(&["docker", "podman", "nerdctl", "buildah", "skopeo", "helm", "oras", "crane"], Some("login"),
+      &[r("-p", Both, Whole)], "container registry login: docker/podman/helm registry … login -p PASS"),
+    p(&["docker", "podman", "nerdctl", "buildah"], None, &[r("--secret", NotSecret, Whole)],
+      "docker build/run --secret id=…,src=… names a secret, it does not hold one"),
+    p(&["gh"], Some("secret"), &[r("-b", Both, Whole), r("--body", Next, Whole)],
+      "GitHub CLI: gh secret set NAME -b/--body VALUE"),
+    p(&["az"], Some("login"), &[r("-p", Both, Whole)], "Azure CLI: az login -u ID -p PASS"),
+    p(&["doctl"], None, &[r("-t", Both, Whole)], "DigitalOcean CLI: -t TOKEN"),
+    p(&["useradd", "usermod"], None, &[r("-p", Next, Whole)],
+      "shadow-utils: -p HASH (a crypt hash, still a credential)"),
+    p(&["rabbitmqctl"], None,
+      &[r("add_user", WordLast, Whole), r("change_password", WordLast, Whole),
+        r("authenticate_user", WordLast, Whole)],
+      "rabbitmqctl add_user/change_password/authenticate_user USER PASS"),
+    p(&["vault", "bao"], None, &[r("login", WordLast, Whole)], "HashiCorp Vault / OpenBao: vault login TOKEN"),
+    p(&["sqlplus", "rman", "dgmgrl", "expdp", "impdp", "sqlldr", "exp", "imp"], None,
+      &[r("", Positional, OracleLogon)], "Oracle tools: user/PASS[@connect] logon argument"),
+    p(&["lftp"], None, &[r("-u", Next, AfterSep(b','))], "lftp: -u user,PASS"),
+    p(&["mosquitto_pub", "mosquitto_sub", "mosquitto_rr"], None,
+      &[r("-P", Next, Whole), r("--pw", Next, Whole)], "Mosquitto clients: -P PASS, --pw PASS"),
+    p(&["ncftp", "ncftpget", "ncftpput", "ncftpls"], None, &[r("-p", Next, Whole)], "NcFTP: -u USER -p PASS"),
+    p(&["7z", "7za", "7zr", "7zz", "rar", "unrar"], None, &[r("-p", Attached, Whole)],
+      "7-Zip and RAR: -pPASS (-p alone prompts, -p- means none)"),
+    p(&["zip", "unzip", "zipcloak"], None, &[r("-P", Next, Whole), r("--password", Next, Whole)],
+      "Info-ZIP: -P PASS"),
+    p(&["ssh-keygen"], None, &[r("-N", Next, Whole), r("-P", Next, Whole)],
+      "ssh-keygen: -N NEW_PASSPHRASE, -P OLD_PASSPHRASE"),
+    p(&["sqlcmd", "bcp", "osql"], None, &[r("-P", Both, Whole)], "SQL Server tools: -U USER -P PASS"),
+    p(&["cqlsh"], None, &[r("-p", Next, Whole)], "Cassandra cqlsh: -u USER -p PASS"),
+    p(&["ipmitool"], None, &[r("-P", Next, Whole)],
+      "ipmitool: -U USER -P PASS (-E reads IPMI_PASSWORD, -f a file)"),
+    p(&["rdesktop"], None, &[r("-p", Both, Whole)], "rdesktop: -p PASS (-p - reads stdin)"),
+    p(&["xfreerdp", "xfreerdp3", "wlfreerdp", "sdl-freerdp"], None,
+      &[r("/p:", Attached, Whole), r("/pth:", Attached, Whole)], "FreeRDP: /p:PASS, /pth:HASH"),
+    p(&["nmcli"], None,
+      &[r("password", WordNext, Whole), r("wifi-sec.psk", WordNext, Whole),
+        r("802-11-wireless-security.psk", WordNext, Whole)],
+      "NetworkManager: nmcli dev wifi connect SSID password PASS; wifi-sec.psk PASS"),
+    p(&["openvpn"], None, &[r("--auth-user-pass", NotSecret, Whole)], "openvpn --auth-user-pass FILE names a file"),
+    p(&["aws"], Some("configure"), &[r("", KeyWord, Whole)], "aws configure set aws_secret_access_key VALUE"),
+    p(&["git", "npm", "pnpm", "yarn", "pip", "pip3", "poetry", "conda"], Some("config"), &[r("", KeyWord, Whole)],
+      "config set KEY VALUE (git config, npm config set //registry/:_authToken, yarn npmAuthToken, \
+       poetry pypi-token.*)"),
+];
+
+/// A program that runs another one: after its options (and `positionals`
+/// fixed arguments) the next word names the program.
+#[derive(Debug)]
+pub struct Wrapper {
+    pub names: &'static [&'static str],
+    /// Its options that take the next word as their value.
+    pub value_flags: &'static [&'static str],
+    /// Fixed positional arguments before the command (timeout's duration).
+    pub positionals: u8,
+}
+
+const fn w(
+    names: &'static [&'static str],
+    value_flags: &'static [&'static str],
+    positionals: u8,
+) -> Wrapper {
+    Wrapper {
+        names,
+        value_flags,
+        positionals,
+    }
+}
+
+/// Wrappers (and shell keywords, which take a command after them too).
+#[rustfmt::skip]
+pub const WRAPPERS: &[Wrapper] = &[
+    w(&["sudo"], &["-u", "-g", "-h", "-p", "-r", "-t", "-C", "-D", "-T", "-U", "--user", "--group", "--host",
+        "--prompt", "--role", "--type", "--close-from", "--chdir", "--command-timeout", "--other-user"], 0),
+    w(&["doas"], &["-u", "-C"], 0),
+    w(&["env"], &["-u", "-C", "-S", "--unset", "--chdir", "--split-string"], 0),
+    w(&["exec"], &["-a"], 0),
+    w(&["time"], &["-f", "-o", "--format", "--output"], 0),
+    w(&["nice"], &["-n", "--adjustment"], 0),
+    w(&["ionice"], &["-c", "-n", "-p", "-P", "-u", "--class", "--classdata"], 0),
+    w(&["stdbuf"], &["-i", "-o", "-e"], 0),
+    w(&["timeout"], &["-s", "-k", "--signal", "--kill-after"], 1),
+    w(&["xargs"], &["-a", "-d", "-E", "-I", "-L", "-n", "-P", "-s", "--arg-file", "--delimiter", "--max-args",
+        "--max-procs", "--replace", "--max-lines", "--max-chars", "--process-slot-var"], 0),
+    w(&["chroot"], &["--userspec", "--groups"], 1),
+    w(&["watch"], &["-n", "--interval"], 0),
+    w(&["flock"], &["-w", "-E", "--timeout", "--conflict-exit-code"], 1),
+    w(&["strace"], &["-o", "-e", "-p", "-s", "-u", "-a", "-b", "-E", "-I", "-O", "-P", "-S", "-X"], 0),
+    w(&["ltrace"], &["-o", "-e", "-p", "-s", "-u", "-a", "-n", "-A", "-D", "-F", "-l", "-x"], 0),
+    w(&["taskset", "chrt"], &[], 1),
+    w(&["runuser"], &["-u", "-g", "-G", "--user", "--group", "--supp-group"], 0),
+    w(&["systemd-run"], &["-u", "--unit", "-p", "--property", "-E", "--setenv", "--uid", "--gid", "--nice",
+        "--working-directory", "-M", "--machine", "-H", "--host", "--description", "--slice",
+        "--on-calendar", "--on-active"], 0),
+    w(&["numactl"], &["-N", "-m", "-C", "-p", "-i", "--cpunodebind", "--membind", "--physcpubind",
+        "--preferred", "--interleave"], 0),
+    w(&["nsenter"], &["-t", "--target"], 0),
+    w(&["nohup", "setsid", "command", "builtin", "unbuffer", "eatmydata", "catchsegv", "torsocks",
+        "proxychains", "proxychains4", "caffeinate", "firejail", "setpriv", "unshare",
+        "if", "then", "else", "elif", "do", "while", "until", "!", "{"], &[], 0),
+];
+
+/// Flags after which the next word names a program (`find … -exec CMD`); `--` too.
+pub const COMMAND_FLAGS: &[&str] = &["--", "-exec", "-execdir", "-ok", "-okdir"];
+
+/// Flags whose value is secret for every program (any case), besides the
+/// long flags that name a secret key (see the key tables below).
+#[rustfmt::skip]
+pub const GENERIC_FLAGS: &[&str] = &[
+    "--password", "--passwd", "--pass", "--pw", "--passphrase", "--secret", "--token", "--api-key",
+    "--apikey", "--access-key", "--secret-key", "--auth", "--auth-token", "--access-token",
+    "--client-secret", "--bearer",
+];
+
+/// Parts of a key (`KEY=`, `--flag`, `"key":`) that make it secret, matched
+/// anywhere in the key in any case; `_`, `-` and `.` match each other.
+#[rustfmt::skip]
+pub const SECRET_KEY_PARTS: &[&str] = &[
+    "PASSWORD", "PASSWD", "PASSPHRASE", "PASSCODE", "SECRET", "TOKEN", "API_KEY", "APIKEY",
+    "ACCESS_KEY", "ACCESSKEY", "PRIVATE_KEY", "PRIVATEKEY", "CREDENTIAL", "ENCRYPTION_KEY",
+    "MASTER_KEY", "SIGNING_KEY",
+];
+
+/// Words that make a key secret only as its last segment (`DB_PASS`,
+/// `MYSQL_PWD`, `--auth`); `PWD` alone is the working directory.
+pub const SECRET_LAST_SEGMENTS: &[&str] = &["PASS", "PW", "PWD", "AUTH"];
+
+/// A key containing one of these is not secret (`--tokenizer`).
+pub const BENIGN_KEY_PARTS: &[&str] = &["TOKENIZ"];
+
+/// A key whose last segment is one of these names something about the
+/// secret, not the secret: `--password-file`, `--secret-id`, `TOKEN_TTL`.
+#[rustfmt::skip]
+pub const BENIGN_LAST_SEGMENTS: &[&str] = &[
+    "FILE", "FILES", "PATH", "DIR", "STDIN", "FD", "ENV", "CMD", "COMMAND", "PROMPT", "ID", "NAME",
+    "TYPE", "MODE", "METHOD", "LENGTH", "LEN", "SIZE", "MIN", "MAX", "TTL", "TIMEOUT", "EXPIRY",
+    "EXPIRES", "TOKENS", "COUNT", "LIMIT", "URL", "URI", "ENDPOINT", "HOST", "PORT", "USER",
+    "USERNAME", "POLICY", "ALGORITHM", "STORE", "HELPER",
+];
+
+/// Keys whose value is usually a file path: a value starting with `/`, `~/`,
+/// `./` or `../` is not secret (`GOOGLE_APPLICATION_CREDENTIALS=/k.json`).
+pub const PATH_VALUE_KEY_PARTS: &[&str] = &["CREDENTIAL", "PRIVATE_KEY", "PRIVATEKEY", "KEYFILE"];
+
+/// Values that are never secret for a generic rule (`PasswordAuthentication=no`).
+pub const BENIGN_VALUES: &[&str] = &["true", "false", "yes", "no", "on", "off"];
+
+/// Headers whose value is `SCHEME CREDENTIALS`: the scheme is kept.
+pub const AUTH_HEADERS: &[&str] = &["authorization", "proxy-authorization"];
+
+/// Headers whose whole value is secret, besides any header named after a
+/// secret key (`X-Auth-Token`, `X-Api-Key`, `PRIVATE-TOKEN` match the key tables).
+#[rustfmt::skip]
+pub const SECRET_HEADERS: &[&str] = &[
+    "cookie", "set-cookie", "x-api-key", "api-key", "apikey", "x-auth-token", "private-token",
+    "job-token", "deploy-token", "x-vault-token", "x-goog-api-key", "x-amz-security-token",
+    "x-access-token", "x-auth-key",
+];
+
+/// HTTP authentication schemes (IANA registry and common extensions).
+#[rustfmt::skip]
+pub const AUTH_SCHEMES: &[&str] = &[
+    "bearer", "basic", "token", "digest", "negotiate", "ntlm", "hoba", "mutual", "aws4-hmac-sha256",
+    "sso-key", "apikey",
+];
+
+/// A scheme word that redacts the next word wherever it appears.
+pub const STANDALONE_SCHEMES: &[&str] = &["bearer"];
+
+/// openssl pass phrase arguments that refer to the secret instead of holding it.
+pub const OPENSSL_REFERENCES: &[&str] = &["env:", "file:", "fd:", "stdin"];
+
+/// `x:y@host` is not userinfo when `x` is one of these URI schemes.
+pub const NOT_USERINFO: &[&str] = &["mailto", "sip", "sips", "tel", "xmpp", "news"];
+
+/// `name:tag@sha256:…` is an image reference, not userinfo.
+pub const DIGEST_PREFIXES: &[&str] = &["sha256:", "sha384:", "sha512:", "sha1:", "md5:"];
+
+/// Bytes a token body may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// `A-Z0-9`
+    UpperAlnum,
+    /// `A-Za-z0-9`
+    Alnum,
+    /// `A-Za-z0-9_`
+    Word,
+    /// `A-Za-z0-9-`
+    Dashed,
+    /// `A-Za-z0-9-_`
+    Base64Url,
+}
+
+/// A credential recognizable by its prefix, anywhere in any argument. The
+/// prefix is kept, the body redacted. `max` 0 means unbounded; a bounded
+/// body must end at a word boundary.
+#[derive(Debug)]
+pub struct TokenShape {
+    pub prefix: &'static str,
+    pub body: Body,
+    pub min: usize,
+    pub max: usize,
+    /// Who issues these tokens (documentation, checked by the tests).
+    #[allow(dead_code)]
+    pub source: &'static str,
+}
+
+const fn t(
+    prefix: &'static str,
+    body: Body,
+    min: usize,
+    max: usize,
+    source: &'static str,
+) -> TokenShape {
+    TokenShape {
+        prefix,
+        body,
+        min,
+        max,
+        source,
+    }
+}
+
+/// JSON Web Tokens (`eyJ….eyJ….sig`) are matched in `scan.rs`.
+#[rustfmt::skip]
+pub const TOKEN_SHAPES: &[TokenShape] = &[
+    t("AKIA", Body::UpperAlnum, 16, 16, "AWS access key id"),
+    t("ASIA", Body::UpperAlnum, 16, 16, "AWS temporary access key id"),
+    t("ghp_", Body::Alnum, 20, 0, "GitHub personal access token"),
+    t("gho_", Body::Alnum, 20, 0, "GitHub OAuth token"),
+    t("ghu_", Body::Alnum, 20, 0, "GitHub user-to-server token"),
+    t("ghs_", Body::Alnum, 20, 0, "GitHub server-to-server token"),
+    t("ghr_", Body::Alnum, 20, 0, "GitHub refresh token"),
+    t("github_pat_", Body::Word, 20, 0, "GitHub fine-grained token"),
+    t("glpat-", Body::Base64Url, 20, 0, "GitLab personal access token"),
+    t("gldt-", Body::Base64Url, 20, 0, "GitLab deploy token"),
+    t("glrt-", Body::Base64Url, 20, 0, "GitLab runner token"),
+    t("xoxb-", Body::Dashed, 10, 0, "Slack bot token"),
+    t("xoxa-", Body::Dashed, 10, 0, "Slack app token"),
+    t("xoxp-", Body::Dashed, 10, 0, "Slack user token"),
+    t("xoxr-", Body::Dashed, 10, 0, "Slack refresh token"),
+    t("xoxs-", Body::Dashed, 10, 0, "Slack session token"),
+    t("xapp-", Body::Dashed, 10, 0, "Slack app-level token"),
+    t("sk_live_", Body::Alnum, 16, 0, "Stripe secret key"),
+    t("rk_live_", Body::Alnum, 16, 0, "Stripe restricted key"),
+    t("sk_test_", Body::Alnum, 16, 0, "Stripe test secret key"),
+    t("whsec_", Body::Alnum, 16, 0, "Stripe webhook secret"),
+    t("npm_", Body::Alnum, 30, 0, "npm access token"),
+    t("pypi-AgE", Body::Base64Url, 40, 0, "PyPI API token"),
+    t("hf_", Body::Alnum, 30, 0, "Hugging Face token"),
+    t("AIza", Body::Base64Url, 35, 35, "Google API key"),
+    t("sk-ant-", Body::Base64Url, 20, 0, "Anthropic API key"),
+    t("sk-proj-", Body::Base64Url, 20, 0, "OpenAI project API key"),
+];
+
+/// PEM private key headers: what follows, up to `-----END`, is redacted.
+pub const PRIVATE_KEY_MARKERS: &[&str] = &["PRIVATE KEY-----", "PRIVATE KEY BLOCK-----"];
+
+/// The program entry (without a subcommand) for a basename.
+pub fn program(name: &str) -> Option<&'static Program> {
+    if !maybe_program(name) {
+        return None;
+    }
+    PROGRAMS
+        .iter()
+        .find(|p| p.sub.is_none() && p.names.contains(&name))
+}
+
+/// The entry for `name`'s subcommand `word`, if it has rules.
+pub fn sub_program(name: &str, word: &str) -> Option<&'static Program> {
+    PROGRAMS
+        .iter()
+        .find(|p| p.sub == Some(word) && p.names.contains(&name))
+}
+
+/// Whether some entry has a subcommand for `name`.
+pub fn has_subs(name: &str) -> bool {
+    maybe_program(name)
+        && PROGRAMS
+            .iter()
+            .any(|p| p.sub.is_some() && p.names.contains(&name))
+}
+
+/// Whether `name` has any entry.
+pub fn is_program(name: &str) -> bool {
+    maybe_program(name) && PROGRAMS.iter().any(|p| p.names.contains(&name))
+}
+
+pub fn wrapper(name: &str) -> Option<&'static Wrapper> {
+    let first = name.as_bytes().first()?;
+    if !WRAPPER_FIRST_BYTES[usize::from(*first)] {
+        return None;
+    }
+    WRAPPERS.iter().find(|w| w.names.contains(&name))
+}
+
+/// A cheap first-byte filter in front of the table scans above.
+fn maybe_program(name: &str) -> bool {
+    name.as_bytes()
+        .first()
+        .is_some_and(|b| PROGRAM_FIRST_BYTES[usize::from(*b)])
+}
+
+const PROGRAM_FIRST_BYTES: [bool; 256] = {
+    let mut set = [false; 256];
+    let mut i = 0;
+    while i < PROGRAMS.len() {
+        let mut j = 0;
+        while j < PROGRAMS[i].names.len() {
+            set[PROGRAMS[i].names[j].as_bytes()[0] as usize] = true;
+            j += 1;
+        }
+        i += 1;
+    }
+    set
+};
+
+const WRAPPER_FIRST_BYTES: [bool; 256] = {
+    let mut set = [false; 256];
+    let mut i = 0;
+    while i < WRAPPERS.len() {
+        let mut j = 0;
+        while j < WRAPPERS[i].names.len() {
+            set[WRAPPERS[i].names[j].as_bytes()[0] as usize] = true;
+            j += 1;
+        }
+        i += 1;
+    }
+    set
+};
+
+/// First bytes of the token prefixes, plus `e` for JWTs.
+pub const TOKEN_FIRST_BYTES: [bool; 256] = {
+    let mut set = [false; 256];
+    let mut i = 0;
+    while i < TOKEN_SHAPES.len() {
+        set[TOKEN_SHAPES[i].prefix.as_bytes()[0] as usize] = true;
+        i += 1;
+    }
+    set[b'e' as usize] = true;
+    set
+};
