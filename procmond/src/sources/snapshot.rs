@@ -33,6 +33,8 @@ pub struct ProcessInfo {
     pub start_time: Option<i64>,
     /// Kernel cgroup v2 id, where the reader knows it (the task iterator).
     pub cgroup_id: Option<u64>,
+    /// FreeBSD jail id (`ki_jid`), absent on the host.
+    pub jail_id: Option<i32>,
 }
 
 impl ProcessInfo {
@@ -55,6 +57,7 @@ impl ProcessInfo {
         e.cwd = self.cwd.clone();
         e.start_time = self.start_time;
         e.platform.cgroup_id = self.cgroup_id;
+        e.platform.jail_id = self.jail_id;
         e
     }
 }

@@ -66,6 +66,7 @@ pub fn snapshot(options: SnapshotOptions) -> std::io::Result<Snapshot> {
                         .saturating_mul(1_000_000_000),
                 ),
                 cgroup_id: None,
+                jail_id: None,
             }
         })
         .collect();

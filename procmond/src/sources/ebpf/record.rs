@@ -174,6 +174,7 @@ impl KernelRecord<'_> {
             cwd: components(self.cwd, FLAG_CWD_TRUNCATED),
             start_time: Some(clock::start_from_boot_ns(self.start_boottime_ns)),
             cgroup_id: Some(self.cgroup_id),
+            jail_id: None,
         }
     }
 

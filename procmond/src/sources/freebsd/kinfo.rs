@@ -188,6 +188,7 @@ pub fn to_process_info(
         argv_truncated,
         cwd,
         start_time,
+        jail_id: (k.jid != 0).then_some(k.jid),
         ..ProcessInfo::default()
     }
 }
@@ -397,8 +398,19 @@ mod tests {
         );
         assert_eq!(p.argv, ["/usr/sbin/cron", "-s"]);
         assert_eq!((p.start_time, p.cwd), (Some(10_000_000_000), None));
+        assert_eq!(p.jail_id, None, "jid 0 is the host");
         // A kernel process: no args, no path.
         let p = to_process_info(&k, None, Some(b""), None, None);
         assert!(p.argv.is_empty() && p.exe.is_none());
+        // A jailed one: its jail id reaches the event.
+        let jailed = parse_kinfo_proc(&entry(10, 1, b"nginx\0", 7, (10, 0))).expect("parses");
+        let p = to_process_info(&jailed, None, None, None, None);
+        assert_eq!(p.jail_id, Some(7));
+        let e = p.to_event(
+            crate::model::EventKind::Snapshot,
+            crate::model::EventSource::Poll,
+            1,
+        );
+        assert_eq!(e.platform.jail_id, Some(7));
     }
 }
