@@ -51,8 +51,15 @@ enum Command {
     Capabilities,
     /// The agent: broker, collectors, sinks (reads agent.yaml).
     Agent {
-        #[arg(long, default_value = "/etc/procmond/agent.yaml")]
+        #[arg(long, default_value = commands::DEFAULT_AGENT_CONFIG)]
         config: PathBuf,
+        /// Windows: run under the service manager (logs to --log-file).
+        #[arg(long, hide = cfg!(not(windows)))]
+        service: bool,
+        /// Windows, with --service: the log file (default
+        /// %ProgramData%\procmond\logs\procmond.log).
+        #[arg(long, hide = cfg!(not(windows)), requires = "service")]
+        log_file: Option<PathBuf>,
     },
     /// The agent's privileged launcher (started by `procmond agent`).
     #[command(hide = true)]
@@ -85,6 +92,30 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Windows: register or remove the `procmond` service.
+    #[cfg(windows)]
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+}
+
+#[cfg(windows)]
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Register `procmond agent --service --config FILE` (auto start, LocalSystem).
+    Install {
+        #[arg(long, default_value = commands::DEFAULT_AGENT_CONFIG)]
+        config: PathBuf,
+        /// The executable to register (default: this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Where the service logs (default %ProgramData%\procmond\logs\procmond.log).
+        #[arg(long)]
+        log_file: Option<PathBuf>,
+    },
+    /// Stop the service if it runs, then remove it.
+    Uninstall,
 }
 
 #[derive(Subcommand)]
@@ -135,12 +166,25 @@ fn main() -> std::process::ExitCode {
         }),
         Command::Snapshot { format } => commands::snapshot::run(format),
         Command::Capabilities => commands::capabilities::run(),
-        Command::Agent { config } => commands::agent::run(&config),
+        Command::Agent {
+            config,
+            service,
+            log_file,
+        } => commands::agent::run(&config, service, log_file),
         Command::AgentHelper { config } => commands::agent::helper(&config),
         Command::Run { config } => commands::run::run(config.as_deref()),
         Command::Config {
             command: ConfigCommand::Validate { file },
         } => commands::config::validate(&file),
+        #[cfg(windows)]
+        Command::Service { command } => match command {
+            ServiceCommand::Install {
+                config,
+                binary,
+                log_file,
+            } => commands::service::install(&config, binary, log_file),
+            ServiceCommand::Uninstall => commands::service::uninstall(),
+        },
         Command::Ctl {
             socket,
             collector,

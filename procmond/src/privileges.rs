@@ -36,9 +36,13 @@ impl Privileges {
         self.has("CAP_SYS_ADMIN") || (self.has("CAP_BPF") && self.has("CAP_PERFMON"))
     }
 
-    /// Reading every process's exe/cwd links and files.
+    /// Reading every process's exe/cwd links and files (Windows: opening
+    /// every process, SeDebugPrivilege).
     pub fn can_read_all_processes(&self) -> bool {
-        self.has("CAP_SYS_PTRACE") || self.has("CAP_DAC_READ_SEARCH") || self.euid == Some(0)
+        self.has("CAP_SYS_PTRACE")
+            || self.has("CAP_DAC_READ_SEARCH")
+            || self.euid == Some(0)
+            || self.has("SeDebugPrivilege")
     }
 
     /// "CAP_BPF,CAP_PERFMON" or "none"; on macOS
@@ -146,7 +150,23 @@ pub fn detect() -> Privileges {
     }
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "freebsd")))]
+/// Windows: elevation and the token privileges that matter
+/// (`sources/etw/access.rs`).
+#[cfg(windows)]
+pub fn detect() -> Privileges {
+    Privileges {
+        euid: None,
+        capabilities: crate::sources::etw::access::detect(),
+        endpoint_security: None,
+    }
+}
+
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "freebsd",
+    windows
+)))]
 pub fn detect() -> Privileges {
     Privileges {
         euid: None,

@@ -16,9 +16,13 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod overhead;
+mod windows;
 
 /// Debian packages that provide what `build-ebpf` runs and includes.
 const NEEDED_PACKAGES: &str = "clang llvm libbpf-dev";
+/// Debian packages the tests run: `nats-server` for the NATS sink's
+/// end-to-end tests and benchmark (tests/nats.rs, benches/sinks.rs).
+const TEST_PACKAGES: &str = "nats-server";
 /// Each probe source and the object it builds to.
 const OBJECTS: [(&str, &str); 2] = [
     ("src/procmond.bpf.c", "procmond.bpf.o"),
@@ -40,12 +44,17 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
-    /// Type-check (clippy, warnings denied) for the other Unix targets.
+    /// Type-check (clippy, warnings denied) for the other targets (FreeBSD,
+    /// macOS, Windows MSVC).
     CheckTargets,
     /// The whole test suite, as CI runs it: installs the Debian packages the
     /// probe check needs (when root), checks the probe object, formatting and
     /// lints, then runs every test (the end-to-end ones need root).
     Test,
+    /// The Windows part of `test` alone: clippy for x86_64-pc-windows-msvc,
+    /// then the windows-gnu build, unit tests and end-to-end test under
+    /// wine (installs mingw-w64 and wine when missing).
+    TestWindows,
     /// Runs each hostile-input target (tests/fuzz.rs) for SECS seconds in a
     /// release build and prints how many cases each survived.
     Fuzz {
@@ -72,6 +81,7 @@ fn main() -> Result<()> {
         Task::BuildEbpf { check } => build_ebpf(check),
         Task::Test => test(),
         Task::CheckTargets => check_targets(),
+        Task::TestWindows => windows::test_alone(),
         Task::Fuzz { secs } => {
             println!("xtask: each fuzz target runs {secs} s (release build)");
             run(
@@ -145,8 +155,11 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Installs `NEEDED_PACKAGES` with apt when a tool is missing, saying so.
+/// Installs `NEEDED_PACKAGES` and `TEST_PACKAGES` with apt when a tool is
+/// missing, saying so.
 fn ensure_packages() -> Result<()> {
+    // mingw-w64 and wine for the Windows build and tests (xtask/src/windows.rs).
+    windows::ensure_packages()?;
     let have_clang = find_tool("CLANG", &["clang", "clang-14", "clang-16", "clang-22"]).is_ok();
     let have_headers = Path::new("/usr/include/bpf/bpf_helpers.h").exists();
     let have_strip = find_tool(
@@ -154,15 +167,30 @@ fn ensure_packages() -> Result<()> {
         &["llvm-strip", "llvm-strip-14", "llvm-strip-16"],
     )
     .is_ok();
-    if have_clang && have_headers && have_strip {
+    let have_nats = Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    let mut missing: Vec<&str> = Vec::new();
+    if !(have_clang && have_headers && have_strip) {
+        missing.extend(NEEDED_PACKAGES.split(' '));
+    }
+    if !have_nats {
+        missing.extend(TEST_PACKAGES.split(' '));
+    }
+    if missing.is_empty() {
         return Ok(());
     }
-    println!("xtask: installing Debian packages for the probe check: {NEEDED_PACKAGES}");
+    println!(
+        "xtask: installing Debian packages for the probe check and the tests: {}",
+        missing.join(" ")
+    );
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
     run(Command::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(NEEDED_PACKAGES.split(' ')))
+        .args(&missing))
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -172,11 +200,13 @@ fn cargo(args: &[&str]) -> Result<()> {
 }
 
 /// Targets whose procmond code is type-checked here (docs/platforms.md):
-/// clippy with every feature and `-D warnings`, std from rustup.
-const OTHER_TARGETS: [&str; 3] = [
+/// clippy with every feature and `-D warnings`, std from rustup. (MSVC:
+/// ring's C is compiled by clang with mingw's headers, .cargo/config.toml.)
+const OTHER_TARGETS: [&str; 4] = [
     "x86_64-unknown-freebsd",
     "aarch64-apple-darwin",
     "x86_64-apple-darwin",
+    "x86_64-pc-windows-msvc",
 ];
 
 fn check_targets() -> Result<()> {
@@ -239,6 +269,7 @@ fn test() -> Result<()> {
         "warnings",
     ])?;
     check_targets()?;
+    windows::test(&root)?;
     cargo(&["test", "--workspace", "--all-targets"])
 }
 

@@ -8,6 +8,13 @@
 //! by id: a compromised agent cannot make it run anything else. When the
 //! agent goes away (stdin closes) the helper stops every collector and
 //! exits, so no collector is ever orphaned.
+//!
+//! On Windows there is no privilege drop, but the same launcher runs the
+//! collectors (one code path for supervision). There are no signals: TERM
+//! closes the collector's stdin (`procmond run` stops on EOF when
+//! `STOP_ON_STDIN_EOF_ENV` is set) and KILL is TerminateProcess; the
+//! collectors' configs go to `%ProgramData%\procmond\launcher`, whose ACL
+//! admits only SYSTEM, Administrators and the agent's account.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +31,10 @@ use crate::config::agent::CollectorConfig;
 
 /// Environment variable that tells a collector where the broker is.
 pub const BROKER_SOCKET_ENV: &str = "DAEMONEYE_BROKER_SOCKET";
+
+/// Windows: set by the launcher, tells `procmond run` that its stdin
+/// closing is the request to stop (there is no SIGTERM).
+pub const STOP_ON_STDIN_EOF_ENV: &str = "PROCMOND_STOP_ON_STDIN_EOF";
 
 /// Agent → helper.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +135,7 @@ impl Helper {
 
 /// Creates `dir` 0700, or checks that it is a real directory (not a
 /// symlink) owned by this user and closed to everyone else.
+#[cfg(unix)]
 fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
@@ -145,8 +157,59 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Windows: creates `dir` (a real directory, not a link) and gives it the
+/// private ACL (SYSTEM, Administrators, this account), inherited by the
+/// files written inside.
+#[cfg(windows)]
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    if std::fs::symlink_metadata(dir)?.file_type().is_symlink() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is a link: refusing to write collector configs there",
+                dir.display()
+            ),
+        ));
+    }
+    crate::sys::windows::make_private(dir)
+}
+
+/// Windows: replaces `path` with a new file holding `bytes` (created
+/// exclusively, so a link put in its place is not written through).
+#[cfg(windows)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+/// Where the launcher writes the collectors' configs: a root-only
+/// directory beside the socket; on Windows under `%ProgramData%`.
+fn launcher_dir(socket: &Path) -> PathBuf {
+    if cfg!(windows) {
+        std::env::var_os("ProgramData")
+            .map_or_else(|| PathBuf::from(r"C:\ProgramData"), PathBuf::from)
+            .join("procmond")
+            .join("launcher")
+    } else {
+        socket
+            .parent()
+            .map_or_else(|| PathBuf::from("/run/procmond"), Path::to_path_buf)
+            .join("launcher")
+    }
+}
+
 /// Replaces `path` with a new 0600 file holding `bytes`, never following a
 /// symlink (unlink removes a link itself; O_EXCL|O_NOFOLLOW then create).
+#[cfg(unix)]
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -169,10 +232,7 @@ pub async fn serve(config_path: &Path) -> std::io::Result<()> {
     let socket = config.broker.socket.clone();
     // The collectors' configs live in a root-only directory of their own:
     // the socket's directory may be reachable by the allowed users.
-    let runtime_dir = socket
-        .parent()
-        .map_or_else(|| PathBuf::from("/run/procmond"), Path::to_path_buf)
-        .join("launcher");
+    let runtime_dir = launcher_dir(&socket);
     let grace = Duration::from_secs(config.heartbeat.graceful_shutdown_timeout_secs);
     let collectors: HashMap<String, CollectorConfig> = config
         .collectors
@@ -182,7 +242,7 @@ pub async fn serve(config_path: &Path) -> std::io::Result<()> {
         .collect();
     let heartbeat_secs = config.heartbeat.interval_secs;
 
-    let mut running: HashMap<String, (u32, tokio::sync::oneshot::Sender<Sig>)> = HashMap::new();
+    let mut running: HashMap<String, (u32, mpsc::UnboundedSender<Sig>)> = HashMap::new();
     let (exits_tx, mut exits) = mpsc::channel::<Report>(64);
     let mut orders = BufReader::new(tokio::io::stdin()).lines();
     let mut out = tokio::io::stdout();
@@ -204,7 +264,7 @@ pub async fn serve(config_path: &Path) -> std::io::Result<()> {
                         Some(c) => match launch(c, &runtime_dir, &socket, heartbeat_secs) {
                             Ok(child) => {
                                 let pid = child.id().unwrap_or(0);
-                                let (sig_tx, sig_rx) = tokio::sync::oneshot::channel();
+                                let (sig_tx, sig_rx) = mpsc::unbounded_channel();
                                 running.insert(id.clone(), (pid, sig_tx));
                                 tokio::spawn(reap(id.clone(), child, sig_rx, exits_tx.clone()));
                                 Some(Report::Started { id, pid })
@@ -213,8 +273,8 @@ pub async fn serve(config_path: &Path) -> std::io::Result<()> {
                         },
                     },
                     Order::Signal { id, signal } => {
-                        if let Some((pid, _)) = running.get(&id) {
-                            send_signal(*pid, signal);
+                        if let Some(entry) = running.get(&id) {
+                            send_signal(entry, signal);
                         }
                         None
                     }
@@ -232,8 +292,8 @@ pub async fn serve(config_path: &Path) -> std::io::Result<()> {
         }
     }
     // The agent is gone: stop everything we started.
-    for (pid, _) in running.values() {
-        send_signal(*pid, Sig::TERM);
+    for entry in running.values() {
+        send_signal(entry, Sig::TERM);
     }
     let deadline = tokio::time::Instant::now() + grace;
     while !running.is_empty() {
@@ -243,8 +303,8 @@ pub async fn serve(config_path: &Path) -> std::io::Result<()> {
             }
             Ok(_) => {}
             Err(_) => {
-                for (pid, _) in running.values() {
-                    send_signal(*pid, Sig::KILL);
+                for entry in running.values() {
+                    send_signal(entry, Sig::KILL);
                 }
                 break;
             }
@@ -260,7 +320,17 @@ async fn write_report(out: &mut tokio::io::Stdout, report: &Report) -> std::io::
     out.flush().await
 }
 
-fn send_signal(pid: u32, sig: Sig) {
+/// Signals a running collector: kill(2) on Unix; on Windows its reaper
+/// closes its stdin (TERM) or terminates it (KILL).
+fn send_signal(entry: &(u32, mpsc::UnboundedSender<Sig>), sig: Sig) {
+    #[cfg(windows)]
+    let _ = entry.1.send(sig);
+    #[cfg(unix)]
+    kill(entry.0, sig);
+}
+
+#[cfg(unix)]
+fn kill(pid: u32, sig: Sig) {
     let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
         return;
     };
@@ -274,11 +344,31 @@ fn send_signal(pid: u32, sig: Sig) {
 async fn reap(
     id: String,
     mut child: Child,
-    _keep: tokio::sync::oneshot::Receiver<Sig>,
+    #[cfg_attr(unix, allow(unused_mut))] mut signals: mpsc::UnboundedReceiver<Sig>,
     exits: mpsc::Sender<Report>,
 ) {
     let pid = child.id().unwrap_or(0);
-    let report = match child.wait().await {
+    #[cfg(unix)]
+    let waited = {
+        let _keep = signals;
+        child.wait().await
+    };
+    #[cfg(windows)]
+    let waited = {
+        let mut stdin = child.stdin.take();
+        loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                Some(sig) = signals.recv() => match sig {
+                    Sig::TERM => drop(stdin.take()),
+                    Sig::KILL => {
+                        let _ = child.start_kill();
+                    }
+                },
+            }
+        }
+    };
+    let report = match waited {
         Ok(status) => Report::Exited {
             id,
             pid,
@@ -312,17 +402,23 @@ fn launch(
     private_dir(runtime_dir)?;
     let path = runtime_dir.join(format!("{}.yaml", collector.id));
     write_private(&path, text.as_bytes())?;
-    Command::new(&collector.binary_path)
+    let mut command = Command::new(&collector.binary_path);
+    command
         .args(&collector.args)
         .arg("--config")
         .arg(&path)
         .env(BROKER_SOCKET_ENV, socket)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
+        .stdout(Stdio::null());
+    // Windows: the collector's stdin is its stop request (closed on TERM).
+    #[cfg(windows)]
+    command
+        .stdin(Stdio::piped())
+        .env(STOP_ON_STDIN_EOF_ENV, "1");
+    command.spawn()
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

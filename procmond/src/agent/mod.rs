@@ -12,11 +12,18 @@
 //!   are supervised (`supervisor`).
 
 pub mod helper;
+pub mod metrics_http;
+#[cfg(not(target_vendor = "apple"))]
+pub mod nats;
+#[cfg(unix)]
 pub mod privdrop;
+pub mod prometheus;
+#[cfg(windows)]
+pub mod service;
 pub mod sink;
 pub mod supervisor;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,8 +53,22 @@ pub enum AgentError {
     Launcher(#[source] std::io::Error),
     #[error("collectors not ready within their startup timeout: {0}")]
     StartupTimeout(String),
+    #[cfg(unix)]
     #[error(transparent)]
     PrivDrop(#[from] privdrop::PrivDropError),
+    #[cfg(not(target_vendor = "apple"))]
+    #[error("sinks[{index}]: {source}")]
+    Sink {
+        index: usize,
+        #[source]
+        source: nats::NatsSinkError,
+    },
+    #[error("metrics.listen: cannot listen on {addr}: {source}")]
+    MetricsBind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,16 +93,27 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let socket = config.broker.socket.clone();
     let (mut launcher, mut reports) = Helper::start(config_path).map_err(AgentError::Launcher)?;
-    let broker = Broker::with_registration(
-        config.broker.allowed_uids.clone(),
-        config.broker.limits,
-        config.broker.operators.clone(),
+    #[cfg(unix)]
+    let (broker, listener) = (
+        Broker::with_registration(
+            config.broker.allowed_uids.clone(),
+            config.broker.limits,
+            config.broker.operators.clone(),
+        ),
+        Broker::bind(&socket),
     );
-    let listener = Broker::bind(&socket).map_err(|source| AgentError::Bind {
+    #[cfg(windows)]
+    let (broker, listener) = service::broker(&config);
+    let listener = listener.map_err(|source| AgentError::Bind {
         path: socket.display().to_string(),
         source,
     })?;
-    tracing::info!(socket = %socket.display(), allowed_uids = ?config.broker.allowed_uids, "broker listening");
+    tracing::info!(socket = %socket.display(), allowed_uids = ?config.broker.allowed_uids, allowed_sids = ?broker.allowed_sids(), "broker listening");
+    let metrics_stop = CancellationToken::new();
+    let metrics = match &config.metrics {
+        Some(m) => Some(start_metrics(m, &broker, &metrics_stop).await?),
+        None => None,
+    };
     let sinks = start_sinks(&config, &broker)?;
     if sinks.is_empty() {
         tracing::warn!("no sinks configured: published events are acknowledged and not kept");
@@ -182,36 +214,107 @@ pub async fn run(
         }
     }
     launcher.finish(grace).await;
+    metrics_stop.cancel();
+    if let Some(task) = metrics {
+        let _ = task.await;
+    }
     broker_stop.cancel();
     let _ = serving.await;
     broker.close_local();
-    for (_, _, task) in sinks {
-        let _ = task.await;
+    for sink in sinks {
+        let _ = sink.task.await;
     }
     let _ = std::fs::remove_file(&socket);
     outcome
 }
 
-type Sinks = Vec<(PathBuf, Arc<sink::SinkStats>, tokio::task::JoinHandle<()>)>;
+/// A sink the agent started: what it is, its counters, its task.
+struct RunningSink {
+    config: SinkConfig,
+    stats: Arc<sink::SinkStats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+type Sinks = Vec<RunningSink>;
 
 fn start_sinks(config: &AgentConfig, broker: &Broker) -> Result<Sinks, AgentError> {
     let mut sinks = Vec::new();
-    for sink in &config.sinks {
-        let SinkConfig::Jsonl { path } = sink;
-        let rx = broker.subscribe_durable(TOPIC_EVENTS, 4096)?;
+    for (index, sink) in config.sinks.iter().enumerate() {
+        #[cfg(target_vendor = "apple")]
+        let _ = index;
         let stats = Arc::new(sink::SinkStats::default());
-        let (p, s) = (path.clone(), stats.clone());
-        let task = tokio::spawn(async move {
-            match sink::run_jsonl(&p, rx, &s).await {
-                Ok(()) => tracing::info!(path = %p.display(), stats = %s.to_json(), "sink closed"),
-                Err(e) => {
-                    tracing::error!(path = %p.display(), error = %e, "sink failed: events to it are lost from here on")
-                }
+        let s = stats.clone();
+        let task = match sink {
+            // Refused by validation where the sink is not built (Apple).
+            #[cfg(target_vendor = "apple")]
+            SinkConfig::Nats(_) => continue,
+            #[cfg(not(target_vendor = "apple"))]
+            SinkConfig::Nats(n) => {
+                // Credentials and TLS files are read now, before the privilege drop.
+                let prepared =
+                    nats::prepare(n).map_err(|source| AgentError::Sink { index, source })?;
+                let rx = broker.subscribe_durable(TOPIC_EVENTS, 4096)?;
+                let target = sink.target();
+                tokio::spawn(async move {
+                    tracing::info!(sink = %target, subjects = %prepared.subject("<kind>"), "nats sink starting");
+                    match nats::run(prepared, rx, s.clone()).await {
+                        Ok(()) => {
+                            tracing::info!(sink = %target, stats = %s.to_json(), "sink closed")
+                        }
+                        Err(e) => {
+                            tracing::error!(sink = %target, error = %e, "sink failed: events to it are lost from here on")
+                        }
+                    }
+                })
             }
+            SinkConfig::Jsonl { path } => {
+                let rx = broker.subscribe_durable(TOPIC_EVENTS, 4096)?;
+                let p = path.clone();
+                tokio::spawn(async move {
+                    match sink::run_jsonl(&p, rx, &s).await {
+                        Ok(()) => {
+                            tracing::info!(path = %p.display(), stats = %s.to_json(), "sink closed")
+                        }
+                        Err(e) => {
+                            tracing::error!(path = %p.display(), error = %e, "sink failed: events to it are lost from here on")
+                        }
+                    }
+                })
+            }
+        };
+        sinks.push(RunningSink {
+            config: sink.clone(),
+            stats,
+            task,
         });
-        sinks.push((path.clone(), stats, task));
     }
     Ok(sinks)
+}
+
+/// Binds `metrics.listen` (before the privilege drop) and serves `/metrics`.
+async fn start_metrics(
+    m: &crate::config::agent::MetricsConfig,
+    broker: &Broker,
+    stop: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, AgentError> {
+    let bind_error = |source| AgentError::MetricsBind {
+        addr: m.listen.clone(),
+        source,
+    };
+    let addr = m.listen_addr().map_err(|e| {
+        bind_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            e.to_string(),
+        ))
+    })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(bind_error)?;
+    tracing::info!(listen = %addr, "metrics listening: GET /metrics (Prometheus text format)");
+    let (broker, stop) = (broker.clone(), stop.clone());
+    Ok(tokio::spawn(async move {
+        metrics_http::serve(listener, broker, stop).await;
+    }))
 }
 
 /// The agent's own health: phase, collectors, broker and sink counters.
@@ -244,15 +347,33 @@ fn agent_health(
         .collect();
     let sinks: Vec<_> = sinks
         .iter()
-        .map(|(path, stats, _)| serde_json::json!({ "path": path, "counters": stats.to_json() }))
+        .map(|s| {
+            let mut v = serde_json::json!({
+                "type": s.config.kind(),
+                "target": s.config.target(),
+                "counters": s.stats.to_json(),
+            });
+            if let SinkConfig::Jsonl { path } = &s.config {
+                v["path"] = serde_json::json!(path);
+            }
+            v
+        })
         .collect();
-    serde_json::json!({
+    #[cfg(unix)]
+    let (key, account) = ("uid", serde_json::json!(nix::unistd::geteuid().as_raw()));
+    #[cfg(windows)]
+    let (key, account) = (
+        "sid",
+        serde_json::json!(crate::sys::windows::own_user_sid().ok()),
+    );
+    let mut body = serde_json::json!({
         "phase": if phase == Phase::Loading { "loading" } else { "steady_state" },
-        "uid": nix::unistd::geteuid().as_raw(),
         "collectors": collectors,
         "broker": broker.stats().to_json(),
         "sinks": sinks,
-    })
+    });
+    body[key] = account;
+    body
 }
 
 fn find<'a>(tracked: &'a mut [Tracked], id: &str) -> Option<&'a mut Tracked> {
@@ -381,6 +502,9 @@ async fn become_steady(
         collectors = tracked.len(),
         "ready: all collectors reported ready"
     );
+    #[cfg(not(unix))]
+    let _ = config; // run_as is refused on Windows by validation
+    #[cfg(unix)]
     if let Some(user) = &config.run_as {
         let dropped = privdrop::drop_to(user)?;
         tracing::info!(user = %user, uid = dropped.uid, gid = dropped.gid, "privileges dropped (irreversibly)");

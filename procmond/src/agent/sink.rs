@@ -45,6 +45,14 @@ pub struct Dedupe {
 }
 
 impl Dedupe {
+    /// Whether `(collector, epoch, seq)` was offered before and is still
+    /// remembered; records nothing.
+    pub fn seen(&self, collector: &str, epoch: u64, seq: u64) -> bool {
+        self.streams
+            .get(&(collector.to_string(), epoch))
+            .is_some_and(|s| seq.saturating_add(WINDOW) >= s.high && s.seen.contains(&seq))
+    }
+
     /// True the first time a `(collector, epoch, seq)` is offered.
     pub fn is_new(&mut self, collector: &str, epoch: u64, seq: u64) -> bool {
         self.clock += 1;
@@ -79,13 +87,22 @@ impl Dedupe {
     }
 }
 
-/// Counters of one sink, shared with the agent's health answer.
+/// Counters of one sink, shared with the agent's health answer and
+/// `/metrics`. The last three move only for sinks behind a network (nats).
 #[derive(Debug, Default)]
 pub struct SinkStats {
+    /// Events stored: on disk (jsonl), or acknowledged by JetStream as new (nats).
     pub written: AtomicU64,
+    /// Events already stored, dropped here or by the server's deduplication.
     pub duplicates: AtomicU64,
     /// Deliveries that were not valid events (dropped, logged).
     pub invalid: AtomicU64,
+    /// Failed attempts to store (each retried; nothing is confirmed unstored).
+    pub errors: AtomicU64,
+    /// Connections re-established after a loss.
+    pub reconnects: AtomicU64,
+    /// Events received and not yet stored: their publishes wait unacknowledged (gauge).
+    pub lag: AtomicU64,
 }
 
 impl SinkStats {
@@ -94,6 +111,9 @@ impl SinkStats {
             "written": self.written.load(Relaxed),
             "duplicates": self.duplicates.load(Relaxed),
             "invalid": self.invalid.load(Relaxed),
+            "errors": self.errors.load(Relaxed),
+            "reconnects": self.reconnects.load(Relaxed),
+            "lag": self.lag.load(Relaxed),
         })
     }
 }
@@ -105,18 +125,25 @@ pub async fn run_jsonl(
     stats: &SinkStats,
 ) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
+        #[cfg(windows)]
+        let created = !parent.exists();
         tokio::fs::create_dir_all(parent).await?;
+        // Windows: a directory procmond made gets the private ACL; one that
+        // existed keeps its own (it may be shared), the file gets it below.
+        #[cfg(windows)]
+        if created {
+            crate::sys::windows::make_private(parent)?;
+        }
     }
     let mut dedupe = Dedupe::default();
     seed(path, &mut dedupe);
-    let file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .await?
-        .into_std()
-        .await;
+    let mut options = tokio::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let file = options.open(path).await?.into_std().await;
+    #[cfg(windows)]
+    crate::sys::windows::make_private(path)?;
     let mut file = Some(file);
     // Every line of the deliveries waiting at once, written and synced by one
     // blocking call: one thread hand-off per group, not one per buffer.
@@ -225,6 +252,8 @@ mod tests {
             d.is_new("a", 7, 5),
             "far below the window: delivered again, not lost"
         );
+        assert!(d.seen("a", 8, 2) && !d.seen("a", 8, 3) && !d.seen("c", 8, 2));
+        assert!(!d.seen("a", 8, 3), "seen records nothing");
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //!
 //! Operator calls (`ctl`) are allowed per uid (`broker.operators` in
 //! agent.yaml): health checks to `read_uids`, everything that changes
-//! something (config, shutdown, start, stop, restart) to `admin_uids`.
+//! something (config, shutdown, start, stop, restart) to `admin_uids`. On
+//! Windows the peer is a SID and the lists are `read_sids` / `admin_sids`.
 //!
 //! Pure decisions over the connection's binding; the broker keeps the
 //! bindings and counts and logs each refusal. Without `require_registration`
@@ -23,6 +24,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bus::peer::{PeerId, SID_LOCAL_SYSTEM};
 use crate::bus::protocol::{TOPIC_AGENT, TOPIC_REGISTRATION, heartbeat_topic};
 use crate::bus::rpc::{Registration, Request};
 
@@ -51,8 +53,8 @@ pub enum Refused {
         held: Option<String>,
         claimed: String,
     },
-    #[error("uid {uid} may not make {what} calls (broker.operators in agent.yaml)")]
-    Operator { uid: u32, what: &'static str },
+    #[error("{who} may not make {what} calls (broker.operators in agent.yaml)")]
+    Operator { who: String, what: &'static str },
 }
 
 /// Which uids may call what (agent.yaml `broker.operators`).
@@ -63,6 +65,10 @@ pub struct Operators {
     pub read_uids: Vec<u32>,
     /// May change things (`ctl config`, `shutdown`, `start`, `stop`, `restart`).
     pub admin_uids: Vec<u32>,
+    /// Windows: the user SIDs that may ask for health.
+    pub read_sids: Vec<String>,
+    /// Windows: the user SIDs that may change things.
+    pub admin_sids: Vec<String>,
 }
 
 impl Default for Operators {
@@ -70,12 +76,20 @@ impl Default for Operators {
         Self {
             read_uids: vec![0],
             admin_uids: vec![0],
+            read_sids: vec![SID_LOCAL_SYSTEM.to_string()],
+            admin_sids: vec![SID_LOCAL_SYSTEM.to_string()],
         }
     }
 }
 
-/// Decides on an RPC to `topic` by a peer of `uid`.
-pub fn decide_call(topic: &str, payload: &[u8], uid: u32, ops: &Operators) -> Result<(), Refused> {
+/// Decides on an RPC to `topic` by `peer` (a uid, or a SID on Windows).
+pub fn decide_call(
+    topic: &str,
+    payload: &[u8],
+    peer: impl Into<PeerId>,
+    ops: &Operators,
+) -> Result<(), Refused> {
+    let peer = peer.into();
     let read_only = if topic == TOPIC_AGENT {
         true
     } else if topic.starts_with("control.collector.") {
@@ -87,12 +101,13 @@ pub fn decide_call(topic: &str, payload: &[u8], uid: u32, ops: &Operators) -> Re
     } else {
         return Ok(());
     };
-    let allowed = ops.admin_uids.contains(&uid) || read_only && ops.read_uids.contains(&uid);
+    let allowed = peer.listed(&ops.admin_uids, &ops.admin_sids)
+        || read_only && peer.listed(&ops.read_uids, &ops.read_sids);
     if allowed {
         Ok(())
     } else {
         Err(Refused::Operator {
-            uid,
+            who: peer.to_string(),
             what: if read_only { "read" } else { "admin" },
         })
     }
@@ -198,6 +213,7 @@ mod tests {
         let ops = Operators {
             read_uids: vec![0, 1000],
             admin_uids: vec![0],
+            ..Operators::default()
         };
         let health = br#"{"op":"health_check","detailed":true}"#;
         let stop = br#"{"op":"graceful_shutdown"}"#;
@@ -214,6 +230,25 @@ mod tests {
         assert!(
             decide_call("app.echo", stop, 2000, &ops).is_ok(),
             "not an operator topic"
+        );
+        let ops = Operators {
+            read_sids: vec!["S-1-5-21-1-2-3-1001".into()],
+            ..Operators::default()
+        };
+        let reader = PeerId::Sid("S-1-5-21-1-2-3-1001".into());
+        assert!(decide_call(coll, health, reader.clone(), &ops).is_ok());
+        assert!(decide_call(coll, stop, reader, &ops).is_err());
+        assert!(decide_call(coll, stop, PeerId::Sid("S-1-5-18".into()), &ops).is_ok());
+        let e = decide_call(coll, stop, PeerId::Sid("S-1-5-21-9".into()), &ops)
+            .expect_err("unlisted SID");
+        assert!(
+            e.to_string()
+                .starts_with("SID S-1-5-21-9 may not make admin"),
+            "{e}"
+        );
+        assert!(
+            decide_call(coll, health, 18, &ops).is_err(),
+            "a uid never matches a SID list"
         );
     }
 

@@ -1,15 +1,23 @@
-//! A bus client: one Unix-socket connection to the broker, split into a
-//! writer (`BusWriter`) and a reader (`BusReader`) so that a collector can
-//! publish from one task while another reads acks and requests.
+//! A bus client: one Unix-socket connection to the broker (a named pipe on
+//! Windows, `bus::pipe`), split into a writer (`BusWriter`) and a reader
+//! (`BusReader`) so that a collector can publish from one task while
+//! another reads acks and requests.
 
 use std::path::Path;
 
 use futures_util::{SinkExt, StreamExt};
+#[cfg(unix)]
 use tokio::net::UnixStream;
+#[cfg(unix)]
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use super::protocol::{self, Envelope, FrameKind, ProtocolError};
+
+#[cfg(windows)]
+type OwnedReadHalf = tokio::io::ReadHalf<tokio::net::windows::named_pipe::NamedPipeClient>;
+#[cfg(windows)]
+type OwnedWriteHalf = tokio::io::WriteHalf<tokio::net::windows::named_pipe::NamedPipeClient>;
 
 #[derive(Debug)]
 pub struct BusWriter {
@@ -23,8 +31,10 @@ pub struct BusReader {
 
 /// Connects to the broker at `path`.
 pub async fn connect(path: &Path) -> std::io::Result<(BusWriter, BusReader)> {
-    let stream = UnixStream::connect(path).await?;
-    let (r, w) = stream.into_split();
+    #[cfg(unix)]
+    let (r, w) = UnixStream::connect(path).await?.into_split();
+    #[cfg(windows)]
+    let (r, w) = tokio::io::split(super::pipe::connect(path).await?);
     Ok((
         BusWriter {
             inner: FramedWrite::new(w, protocol::frame_codec()),

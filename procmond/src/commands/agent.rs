@@ -1,12 +1,25 @@
 //! `procmond agent --config agent.yaml`, and its launcher `procmond agent-helper`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use procmond::config::AgentConfig;
 use tokio_util::sync::CancellationToken;
 
-pub fn run(config_path: &Path) -> Result<()> {
+/// `service`: run under the Windows service manager (`--service`), logging
+/// to `log_file`.
+pub fn run(config_path: &Path, service: bool, log_file: Option<PathBuf>) -> Result<()> {
+    if service {
+        #[cfg(windows)]
+        return super::service::run_agent(config_path, log_file);
+        #[cfg(not(windows))]
+        {
+            let _ = log_file;
+            anyhow::bail!(
+                "--service is for the Windows service manager; on this platform use the service files in config/ (systemd, rc.d, launchd)"
+            );
+        }
+    }
     let config = AgentConfig::load(config_path)?;
     super::restrict_umask();
     super::log_privileges();
@@ -16,6 +29,16 @@ pub fn run(config_path: &Path) -> Result<()> {
         procmond::agent::run(config, config_path, shutdown).await?;
         Ok(())
     })
+}
+
+/// The agent until `shutdown`, without installing signal handlers (the
+/// Windows service manager decides when it stops).
+#[cfg(windows)]
+pub fn run_until(config_path: &Path, shutdown: CancellationToken) -> Result<()> {
+    let config = AgentConfig::load(config_path)?;
+    super::log_privileges();
+    super::runtime()?.block_on(procmond::agent::run(config, config_path, shutdown))?;
+    Ok(())
 }
 
 /// The privileged launcher the agent starts for itself (not for operators).

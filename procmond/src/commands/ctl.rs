@@ -21,11 +21,11 @@ pub fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
     explicit
         .or_else(|| std::env::var_os(BROKER_SOCKET_ENV).map(PathBuf::from))
         .or_else(|| {
-            AgentConfig::load(Path::new("/etc/procmond/agent.yaml"))
+            AgentConfig::load(Path::new(super::DEFAULT_AGENT_CONFIG))
                 .ok()
                 .map(|c| c.broker.socket)
         })
-        .unwrap_or_else(|| PathBuf::from("/run/procmond/broker.sock"))
+        .unwrap_or_else(|| procmond::config::agent::BrokerConfig::default().socket)
 }
 
 /// Parses `KEY=VALUE` pairs; the error names the bad argument.

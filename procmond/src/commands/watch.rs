@@ -57,8 +57,13 @@ fn private_temp_dir() -> Result<PathBuf> {
     let nanos = procmond::clock::now_unix_ns();
     let dir = std::env::temp_dir().join(format!("procmond-watch-{}-{nanos}", std::process::id()));
     std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    #[cfg(windows)]
+    procmond::sys::windows::make_private(&dir)?;
     Ok(dir)
 }
 
@@ -72,7 +77,17 @@ async fn watch(
     let shutdown = CancellationToken::new();
     super::spawn_stop_triggers(shutdown.clone(), duration)?;
 
+    #[cfg(unix)]
     let socket = dir.join("broker.sock");
+    // Windows: a pipe name of its own (pipes live in their own namespace).
+    #[cfg(windows)]
+    let socket = PathBuf::from(format!(
+        "{}{}",
+        procmond::bus::pipe::PIPE_PREFIX,
+        dir.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
     let broker = Broker::new(Vec::new());
     let listener = Broker::bind(&socket).context("binding the embedded broker")?;
     let events = broker.subscribe_local(TOPIC_EVENTS, 4096)?;

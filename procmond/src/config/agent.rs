@@ -9,6 +9,10 @@ use super::{ConfigError, ProcmondConfig, parse_yaml, read_config_file};
 use crate::bus::authz::Operators;
 use crate::bus::limits::BrokerLimits;
 
+mod identity;
+mod outputs;
+pub use outputs::{MetricsConfig, NatsSinkConfig, NatsTlsConfig, Secret, SinkConfig};
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
@@ -25,13 +29,19 @@ pub struct AgentConfig {
     pub sinks: Vec<SinkConfig>,
     #[serde(default)]
     pub collectors: Vec<CollectorConfig>,
+    /// The Prometheus `/metrics` endpoint; off unless configured.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
+    /// A Unix socket path; on Windows a pipe name (`\\.\pipe\procmond`).
     pub socket: PathBuf,
     pub allowed_uids: Vec<u32>,
+    /// Windows: user SIDs admitted besides the agent's own account.
+    pub allowed_sids: Vec<String>,
     /// What one peer may hold (`bus/limits.rs`).
     pub limits: BrokerLimits,
     /// Which uids may make operator calls (`bus/authz.rs`).
@@ -41,8 +51,13 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
-            socket: PathBuf::from("/run/procmond/broker.sock"),
+            socket: PathBuf::from(if cfg!(windows) {
+                crate::bus::pipe::DEFAULT_PIPE
+            } else {
+                "/run/procmond/broker.sock"
+            }),
             allowed_uids: vec![0],
+            allowed_sids: vec![crate::bus::peer::SID_LOCAL_SYSTEM.to_string()],
             limits: BrokerLimits::default(),
             operators: Operators::default(),
         }
@@ -67,13 +82,6 @@ impl Default for HeartbeatConfig {
             graceful_shutdown_timeout_secs: 60,
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
-pub enum SinkConfig {
-    /// Every `events.process.*` event as one JSON line, deduplicated.
-    Jsonl { path: PathBuf },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,7 +122,8 @@ impl AgentConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.broker.socket.is_absolute() {
+        identity::check(&self.broker, self.run_as.as_deref(), cfg!(windows))?;
+        if !cfg!(windows) && !self.broker.socket.is_absolute() {
             return Err(ConfigError::invalid(
                 "broker.socket",
                 "must be an absolute path",
@@ -214,13 +223,20 @@ impl AgentConfig {
             })?;
         }
         for (i, s) in self.sinks.iter().enumerate() {
-            let SinkConfig::Jsonl { path } = s;
-            if !path.is_absolute() {
-                return Err(ConfigError::invalid(
-                    format!("sinks[{i}].path"),
-                    "must be an absolute path",
-                ));
+            match s {
+                SinkConfig::Jsonl { path } => {
+                    if !path.is_absolute() {
+                        return Err(ConfigError::invalid(
+                            format!("sinks[{i}].path"),
+                            "must be an absolute path",
+                        ));
+                    }
+                }
+                SinkConfig::Nats(n) => n.validate(&format!("sinks[{i}]"))?,
             }
+        }
+        if let Some(m) = &self.metrics {
+            m.listen_addr()?;
         }
         Ok(())
     }
@@ -256,7 +272,7 @@ fn check_executable(path: &Path) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    const REFERENCE_EXAMPLE: &str = "
+    pub(super) const REFERENCE_EXAMPLE: &str = "
 broker:
   socket: /run/procmond/broker.sock
   allowed_uids: [0]
@@ -285,7 +301,7 @@ collectors:
       wal_dir: /var/lib/procmond/wal
 ";
 
-    fn parse(text: &str) -> Result<AgentConfig, String> {
+    pub(super) fn parse(text: &str) -> Result<AgentConfig, String> {
         AgentConfig::parse(text, Path::new("agent.yaml")).map_err(|e| e.to_string())
     }
 

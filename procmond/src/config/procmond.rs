@@ -66,7 +66,11 @@ impl Default for ProcmondConfig {
             heartbeat_interval_secs: 30,
             compute_hashes: false,
             hash_max_file_bytes: 64 * 1024 * 1024,
-            wal_dir: PathBuf::from("/var/lib/procmond/wal"),
+            wal_dir: PathBuf::from(if cfg!(windows) {
+                r"C:\ProgramData\procmond\wal"
+            } else {
+                "/var/lib/procmond/wal"
+            }),
             ring_buffer_bytes: 4 * 1024 * 1024,
             wal_max_bytes: 100 * 1024 * 1024,
             buffer_bytes: 10 * 1024 * 1024,

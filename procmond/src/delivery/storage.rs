@@ -221,7 +221,11 @@ fn free_bytes(dir: &std::path::Path) -> Option<u64> {
             .ok()
             .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
+    {
+        crate::sys::windows::free_bytes(dir).ok()
+    }
+    #[cfg(not(any(unix, windows)))]
     {
         let _ = dir;
         None

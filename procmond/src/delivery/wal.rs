@@ -483,11 +483,17 @@ fn prepare_dir(dir: &Path) -> Result<(), WalError> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(dir_error(dir))?;
     }
+    // Windows: SYSTEM, Administrators and this account, inherited by
+    // sled's files (so `restrict_files` has nothing to do there).
+    #[cfg(windows)]
+    crate::sys::windows::make_private(dir).map_err(dir_error(dir))?;
     Ok(())
 }
 
 /// sled creates files with the process umask; the WAL holds command lines.
 fn restrict_files(dir: &Path) -> Result<(), WalError> {
+    #[cfg(not(unix))]
+    let _ = dir;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -560,17 +566,31 @@ mod tests {
             .collect();
         assert_eq!(seqs, [4, 5]);
         assert_eq!(wal.pending_count(), 4);
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&dir).expect("meta").permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
-        for f in std::fs::read_dir(&dir).expect("ls").flatten() {
-            if f.path().is_file() {
-                assert_eq!(
-                    f.metadata().expect("meta").permissions().mode() & 0o077,
-                    0,
-                    "{:?}",
-                    f.path()
-                );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&dir).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700);
+            for f in std::fs::read_dir(&dir).expect("ls").flatten() {
+                if f.path().is_file() {
+                    assert_eq!(
+                        f.metadata().expect("meta").permissions().mode() & 0o077,
+                        0,
+                        "{:?}",
+                        f.path()
+                    );
+                }
+            }
+        }
+        // Windows: the directory's ACL names SYSTEM and grants nothing to
+        // Everyone, Users or Authenticated Users. (Wine keeps ACLs as Unix
+        // modes where it has no xattrs: it reads back SYSTEM and the owner.)
+        #[cfg(windows)]
+        {
+            let dacl = crate::sys::windows::path_dacl(&dir).expect("dacl");
+            assert!(dacl.contains(";SY)"), "{dacl}");
+            for broad in [";WD)", ";BU)", ";AU)"] {
+                assert!(!dacl.contains(broad), "{dacl}");
             }
         }
         let _ = std::fs::remove_dir_all(&dir);

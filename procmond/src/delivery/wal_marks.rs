@@ -17,7 +17,10 @@
 //! other, and the count can be off (docs/security.md).
 
 use std::fs::File;
+#[cfg(unix)]
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+#[cfg(windows)]
+use std::os::windows::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 /// The marks file, in the WAL directory.
@@ -102,18 +105,23 @@ impl MarksFile {
     /// Opens (creating, 0600, never following a symlink) the marks in `dir`
     /// and reads what they say.
     pub fn open(dir: &Path) -> std::io::Result<(Self, Found)> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(dir.join(MARKS_FILE))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        options.mode(0o600).custom_flags(nix::libc::O_NOFOLLOW);
+        // Windows: FILE_FLAG_OPEN_REPARSE_POINT, i.e. never follow a link
+        // (the file inherits the WAL directory's private ACL).
+        #[cfg(windows)]
+        options.custom_flags(0x0020_0000);
+        let file = options.open(dir.join(MARKS_FILE))?;
         let mut buf = [0u8; LEN + 1];
         let mut len = 0;
         while len < buf.len() {
-            match file.read_at(&mut buf[len..], len as u64)? {
+            #[cfg(unix)]
+            let read = file.read_at(&mut buf[len..], len as u64)?;
+            #[cfg(windows)]
+            let read = file.seek_read(&mut buf[len..], len as u64)?;
+            match read {
                 0 => break,
                 n => len += n,
             }
@@ -130,7 +138,22 @@ impl MarksFile {
 
     /// Rewrites the record in place.
     pub fn write(&self, marks: &Marks) -> std::io::Result<()> {
-        self.file.write_all_at(&marks.encode(), 0)
+        #[cfg(unix)]
+        {
+            self.file.write_all_at(&marks.encode(), 0)
+        }
+        #[cfg(windows)]
+        {
+            let bytes = marks.encode();
+            let mut done = 0;
+            while done < bytes.len() {
+                match self.file.seek_write(&bytes[done..], done as u64)? {
+                    0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                    n => done += n,
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -199,12 +222,15 @@ mod tests {
         drop(f);
         let (_, found) = MarksFile::open(&dir).expect("reopen");
         assert_eq!(found, Found::Read(Marks { acked: 2, ..m }));
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.join(MARKS_FILE))
-            .expect("meta")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join(MARKS_FILE))
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
         std::fs::write(dir.join(MARKS_FILE), b"garbage").expect("garble");
         let (_, found) = MarksFile::open(&dir).expect("reopen");
         assert!(matches!(found, Found::Unreadable(_)), "{found:?}");

@@ -192,6 +192,19 @@ pub struct Platform {
     /// FreeBSD jail name, from the audit record's zonename token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jail_name: Option<String>,
+    /// Windows: the user SID the process runs as (ETW, classic provider).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_sid: Option<String>,
+    /// Windows: the logon session (terminal services session id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<u32>,
+    /// Windows: the kernel's process sequence number, unique per boot
+    /// (Kernel-Process events of version 3, stops of version 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence_number: Option<u64>,
+    /// Windows: the parent's process sequence number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_sequence_number: Option<u64>,
 }
 
 impl Platform {
@@ -319,8 +332,11 @@ fn is_false(b: &bool) -> bool {
 /// Formats ns since the epoch as RFC 3339 UTC with nanoseconds.
 pub fn format_rfc3339(ns: i64) -> String {
     let ns = ns.max(0) as u64;
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
-    humantime::format_rfc3339_nanos(t).to_string()
+    // Whole seconds through SystemTime, nanoseconds by hand: Windows'
+    // SystemTime holds only 100 ns ticks and would drop the last digits.
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(ns / 1_000_000_000);
+    let secs = humantime::format_rfc3339_seconds(t).to_string();
+    format!("{}.{:09}Z", secs.trim_end_matches('Z'), ns % 1_000_000_000)
 }
 
 fn rfc3339<S: Serializer>(ns: &i64, s: S) -> Result<S::Ok, S::Error> {

@@ -7,6 +7,8 @@
 //!   is compiled and tested everywhere).
 //! * `freebsd` — audit(4) via /dev/auditpipe and the sysctl process table
 //!   (its BSM parser and kinfo decoding are compiled and tested everywhere).
+//! * `etw` — Windows ETW sessions (its decoding and correlation are
+//!   compiled and tested everywhere).
 //! * `poll` — the FallbackProcessCollector, on every platform.
 //! * `snapshot` / `procfs` / `sysinfo_snapshot` — one enumeration of the
 //!   process table, used by the inventory, reconciliation and polling.
@@ -17,6 +19,7 @@
 #[cfg(target_os = "linux")]
 pub mod ebpf;
 pub mod endpoint_security;
+pub mod etw;
 pub mod freebsd;
 pub mod poll;
 #[cfg(target_os = "linux")]
@@ -139,7 +142,16 @@ pub fn kernel_source_unavailable_reason() -> Option<String> {
     {
         endpoint_security::unavailable_reason()
     }
-    #[cfg(not(any(target_os = "linux", target_os = "freebsd", target_os = "macos")))]
+    #[cfg(windows)]
+    {
+        etw::unavailable_reason()
+    }
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "freebsd",
+        target_os = "macos",
+        windows
+    )))]
     {
         Some(format!(
             "the {} kernel source is not built into procmond yet",

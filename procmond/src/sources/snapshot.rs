@@ -85,6 +85,9 @@ pub struct SnapshotOptions {
 pub struct SnapshotReader {
     #[cfg(target_os = "linux")]
     iter: Option<std::sync::Arc<std::sync::Mutex<super::ebpf::iter::TaskIter>>>,
+    /// Windows: the ETW rundown's command lines, for what sysinfo misses.
+    #[cfg(windows)]
+    rundown: Option<std::sync::Arc<std::sync::Mutex<super::etw::rundown::Rundown>>>,
 }
 
 impl SnapshotReader {
@@ -92,6 +95,17 @@ impl SnapshotReader {
     pub fn with_task_iter(iter: super::ebpf::iter::TaskIter) -> Self {
         Self {
             iter: Some(std::sync::Arc::new(std::sync::Mutex::new(iter))),
+        }
+    }
+
+    /// Windows: sysinfo, with command lines it cannot read taken from the
+    /// ETW source's rundown (`etw::rundown`).
+    #[cfg(windows)]
+    pub fn with_rundown(
+        rundown: std::sync::Arc<std::sync::Mutex<super::etw::rundown::Rundown>>,
+    ) -> Self {
+        Self {
+            rundown: Some(rundown),
         }
     }
 
@@ -120,6 +134,16 @@ impl SnapshotReader {
                 Ok(s) => return Ok(s),
                 Err(e) => tracing::warn!(error = %e, "task iterator pass failed: reading procfs"),
             }
+        }
+        #[cfg(windows)]
+        if let Some(rundown) = &self.rundown {
+            let mut snapshot = take(options)?;
+            let filled = rundown
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .fill(&mut snapshot);
+            tracing::debug!(filled, "command lines from the ETW rundown");
+            return Ok(snapshot);
         }
         take(options)
     }

@@ -1,5 +1,5 @@
 //! The interface every kernel event source plugs into: eBPF on Linux,
-//! EndpointSecurity on macOS, audit(4) on FreeBSD.
+//! EndpointSecurity on macOS, audit(4) on FreeBSD, ETW on Windows.
 //!
 //! A source runs its own reader (a thread, or the OS's dispatch queue) and
 //! sends `SourceMsg`s on the channel it was started with: events in the
@@ -76,7 +76,16 @@ pub fn start(
     {
         super::freebsd::audit::start(config, tx, metrics)
     }
-    #[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "freebsd")))]
+    #[cfg(windows)]
+    {
+        super::etw::start(config, tx, metrics)
+    }
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "freebsd",
+        windows
+    )))]
     {
         let _ = (config, tx, metrics);
         Err(
@@ -112,7 +121,16 @@ pub fn probe(config: &ProcmondConfig) -> Result<(), String> {
         let _ = config;
         super::freebsd::audit::probe()
     }
-    #[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "freebsd")))]
+    #[cfg(windows)]
+    {
+        super::etw::probe(config)
+    }
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "freebsd",
+        windows
+    )))]
     {
         let _ = config;
         Ok(())

@@ -3,3 +3,5 @@
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub mod trim;
+#[cfg(windows)]
+pub mod windows;

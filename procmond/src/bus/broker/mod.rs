@@ -2,7 +2,9 @@
 //! that routes frames by topic.
 //!
 //! * Who may connect: the peer's uid (SO_PEERCRED) must be the broker's own
-//!   or in `allowed_uids`; the socket file is 0660.
+//!   or in `allowed_uids`; the socket file is 0660. On Windows the peer's
+//!   user SID must be the broker's own or in `allowed_sids`, and the pipe's
+//!   DACL admits no one else (`bus/pipe.rs`).
 //! * Publishes are validated, delivered to every matching subscriber, then
 //!   acknowledged — the ack is what lets a collector drop the event from its
 //!   WAL. A subscriber that cannot keep up blocks delivery (backpressure
@@ -17,7 +19,9 @@
 //!
 //! Here: connections and frame handling. `route.rs` decides who gets a
 //! publish, `local.rs` is the agent's in-process side, `socket.rs` binds the
-//! socket file.
+//! socket file; `bus/pipe.rs` is the Windows listener. Both hand each
+//! admitted peer's stream halves to `admit_peer`, so frames, routing and
+//! limits do not depend on the transport.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -25,6 +29,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+#[cfg(unix)]
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -32,11 +38,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::authz::Operators;
 use super::limits::BrokerLimits;
+use super::peer::PeerId;
 use super::protocol::{self, Envelope, FrameKind, ProtocolError, Status};
 use crate::metrics::Metrics;
 
 mod local;
 mod route;
+#[cfg(unix)]
 mod socket;
 
 /// How long a remote subscriber may block delivery before it is dropped.
@@ -148,14 +156,17 @@ struct Routes {
     conns: HashMap<u64, CancellationToken>,
     /// Connection → the collector id it registered (`bus/authz.rs`).
     owners: HashMap<u64, String>,
-    /// Connection → its peer's uid (per-uid connection cap).
-    uids: HashMap<u64, u32>,
+    /// Connection → its peer (per-uid / per-SID connection cap).
+    peers: HashMap<u64, PeerId>,
 }
 
 #[derive(Debug)]
 struct Inner {
     routes: Mutex<Routes>,
+    #[cfg_attr(windows, allow(dead_code))]
     allowed_uids: Vec<u32>,
+    /// Windows: the user SIDs admitted.
+    allowed_sids: Vec<String>,
     /// Enforce `bus/authz.rs` on remote publishes and close idle
     /// connections (the agent's broker).
     require_registration: bool,
@@ -175,8 +186,17 @@ impl Broker {
     /// `allowed_uids` may connect besides the broker's own user; every
     /// admitted peer may publish anything (a private broker, as in `watch`).
     pub fn new(allowed_uids: Vec<u32>) -> Self {
+        // Windows: the private broker admits this account only.
+        #[cfg(windows)]
+        let own: Vec<String> = crate::sys::windows::own_user_sid()
+            .ok()
+            .into_iter()
+            .collect();
+        #[cfg(not(windows))]
+        let own = Vec::new();
         Self::build(
             allowed_uids,
+            own,
             false,
             BrokerLimits::default(),
             Operators::default(),
@@ -191,11 +211,27 @@ impl Broker {
         limits: BrokerLimits,
         operators: Operators,
     ) -> Self {
-        Self::build(allowed_uids, true, limits, operators)
+        Self::build(allowed_uids, Vec::new(), true, limits, operators)
+    }
+
+    /// The agent's broker on Windows: peers are admitted by user SID,
+    /// exactly those in `allowed_sids` (the agent adds its own).
+    pub fn with_registration_sids(
+        allowed_sids: Vec<String>,
+        limits: BrokerLimits,
+        operators: Operators,
+    ) -> Self {
+        Self::build(Vec::new(), allowed_sids, true, limits, operators)
+    }
+
+    /// The user SIDs admitted (Windows).
+    pub fn allowed_sids(&self) -> &[String] {
+        &self.inner.allowed_sids
     }
 
     fn build(
         allowed_uids: Vec<u32>,
+        allowed_sids: Vec<String>,
         require_registration: bool,
         limits: BrokerLimits,
         operators: Operators,
@@ -204,6 +240,7 @@ impl Broker {
             inner: Arc::new(Inner {
                 routes: Mutex::new(Routes::default()),
                 allowed_uids,
+                allowed_sids,
                 require_registration,
                 limits,
                 operators,
@@ -228,6 +265,7 @@ impl Broker {
     }
 
     /// Accepts connections until `shutdown`.
+    #[cfg(unix)]
     pub async fn serve(&self, listener: UnixListener, shutdown: CancellationToken) {
         loop {
             tokio::select! {
@@ -241,10 +279,26 @@ impl Broker {
                 },
             }
         }
+        self.close_connections();
+    }
+
+    /// Cancels every live connection (the listener has stopped).
+    pub(crate) fn close_connections(&self) {
         let conns: Vec<_> = self.routes().conns.values().cloned().collect();
         conns.iter().for_each(CancellationToken::cancel);
     }
 
+    /// Counts and logs a peer refused before it got a connection.
+    #[cfg(windows)]
+    pub(crate) fn refuse(&self, peer: Option<&PeerId>, why: &str) {
+        Metrics::incr(&self.inner.stats.connections_refused);
+        match peer {
+            Some(peer) => tracing::warn!(%peer, reason = why, "connection refused"),
+            None => tracing::warn!(reason = why, "connection refused"),
+        }
+    }
+
+    #[cfg(unix)]
     fn admit(&self, stream: UnixStream, shutdown: &CancellationToken) {
         let uid = match stream.peer_cred() {
             Ok(cred) => cred.uid(),
@@ -260,19 +314,30 @@ impl Broker {
             tracing::warn!(uid, allowed = ?self.inner.allowed_uids, "connection refused: uid not in broker.allowed_uids");
             return;
         }
+        let (r, w) = stream.into_split();
+        self.admit_peer(PeerId::Uid(uid), r, w, shutdown);
+    }
+
+    /// Serves an admitted peer's connection (its stream's two halves),
+    /// within the connection caps.
+    pub(crate) fn admit_peer<R, W>(&self, peer: PeerId, r: R, w: W, shutdown: &CancellationToken)
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let conn = self.next_id();
         let cancel = shutdown.child_token();
         {
             let mut routes = self.routes();
             let limits = &self.inner.limits;
-            let same_uid = routes.uids.values().filter(|u| **u == uid).count();
+            let same_peer = routes.peers.values().filter(|p| **p == peer).count();
             if routes.conns.len() >= limits.max_connections
-                || same_uid >= limits.max_connections_per_uid
+                || same_peer >= limits.max_connections_per_uid
             {
                 drop(routes);
                 Metrics::incr(&self.inner.stats.connections_refused);
                 tracing::warn!(
-                    uid,
+                    %peer,
                     total_cap = limits.max_connections,
                     per_uid_cap = limits.max_connections_per_uid,
                     "connection refused: connection limit reached"
@@ -280,39 +345,43 @@ impl Broker {
                 return;
             }
             routes.conns.insert(conn, cancel.clone());
-            routes.uids.insert(conn, uid);
+            routes.peers.insert(conn, peer.clone());
         }
         Metrics::incr(&self.inner.stats.connections);
         let broker = self.clone();
         tokio::spawn(async move {
-            let reason = broker.connection(stream, conn, cancel.clone()).await;
+            let reason = broker.connection(r, w, conn, cancel.clone()).await;
             cancel.cancel();
             let mut routes = broker.routes();
             routes.conns.remove(&conn);
             routes.owners.remove(&conn);
-            routes.uids.remove(&conn);
+            routes.peers.remove(&conn);
             routes
                 .pending
                 .retain(|_, p| !matches!(p, Pending::Remote { conn: c, .. } if *c == conn));
             routes.subs.retain(|s| s.conn != conn);
             drop(routes);
             match reason {
-                Ok(()) => tracing::debug!(conn, uid, "connection closed"),
+                Ok(()) => tracing::debug!(conn, %peer, "connection closed"),
                 Err(e) => {
                     Metrics::incr(&broker.inner.stats.frames_rejected);
-                    tracing::warn!(conn, uid, error = %e, "connection dropped");
+                    tracing::warn!(conn, %peer, error = %e, "connection dropped");
                 }
             }
         });
     }
 
-    async fn connection(
+    async fn connection<R, W>(
         &self,
-        stream: UnixStream,
+        r: R,
+        w: W,
         conn: u64,
         cancel: CancellationToken,
-    ) -> Result<(), ProtocolError> {
-        let (r, w) = stream.into_split();
+    ) -> Result<(), ProtocolError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let mut reader = FramedRead::new(r, protocol::frame_codec());
         let mut writer = FramedWrite::new(w, protocol::frame_codec());
         let (tx, mut rx) = mpsc::channel::<Envelope>(CONNECTION_QUEUE);
@@ -409,15 +478,20 @@ impl Broker {
                 protocol::validate_topic(&env.topic, false)?;
                 let corr = env.correlation_id;
                 if self.inner.require_registration {
-                    let uid = self.routes().uids.get(&conn).copied().unwrap_or(u32::MAX);
+                    let peer = self
+                        .routes()
+                        .peers
+                        .get(&conn)
+                        .cloned()
+                        .unwrap_or(PeerId::Uid(u32::MAX));
                     if let Err(why) = super::authz::decide_call(
                         &env.topic,
                         &env.payload,
-                        uid,
+                        peer.clone(),
                         &self.inner.operators,
                     ) {
                         Metrics::incr(&self.inner.stats.calls_unauthorized);
-                        tracing::warn!(conn, uid, topic = %env.topic, reason = %why, "operator call refused");
+                        tracing::warn!(conn, %peer, topic = %env.topic, reason = %why, "operator call refused");
                         let refusal = Envelope::response(
                             corr,
                             Status::InvalidRequest,
@@ -606,6 +680,7 @@ fn answer(pending: Pending, mut response: Envelope) {
     }
 }
 
+#[cfg(unix)]
 fn own_uid() -> u32 {
     rustix::process::geteuid().as_raw()
 }

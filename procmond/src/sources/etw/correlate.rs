@@ -1,0 +1,333 @@
+//! Joins the two ETW providers into one event per process start or stop.
+//!
+//! Microsoft-Windows-Kernel-Process ("modern") has the image path, the
+//! create and exit times, the exit code and sequence numbers, but no
+//! command line in any version; the classic kernel provider has the
+//! command line and the user SID. They run in two sessions with their own
+//! buffers, so either side may come first, late (a buffer flush, ~1 s), or
+//! never (a side's session lost it — counted in `kernel_lost`).
+//!
+//! Matching: a start pairs with the other side's start of the same pid
+//! whose parent agrees and whose time is within `tolerance` (modern
+//! CreateTime against the classic event's timestamp); a stop pairs by pid
+//! and time (modern ExitTime). Events leave in the order their first side
+//! arrived, each once complete — or, when the other side has not come
+//! within `hold`, alone:
+//! * modern only: exe, times, exit code — no `argv`, no `user_sid`;
+//! * classic only: the short image name, `argv`, `user_sid`, the event's
+//!   time as `start_time` (the create time is the modern side's) — no `exe`.
+//!
+//! When only one session runs, nothing waits: every event is complete as
+//! it arrives. Pure and clock-free: callers pass a monotonic `now` in ns.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::decode::{Classic, KpStart, KpStop, file_name, split_command_line, whole_seconds};
+use super::ntpath::DeviceMap;
+use crate::model::{EventKind, EventSource, ProcessEvent};
+
+/// Most events waiting for their other side; beyond it the oldest leave
+/// incomplete (a storm must not grow memory without bound).
+pub const MAX_PENDING: usize = 65_536;
+
+#[derive(Debug, Clone, Copy)]
+pub struct CorrelateConfig {
+    /// How long a side waits for the other, ns.
+    pub hold_ns: u64,
+    /// Largest time difference between the two sides of one process, ns.
+    pub tolerance_ns: i64,
+    /// Which sessions run.
+    pub modern: bool,
+    pub classic: bool,
+}
+
+impl Default for CorrelateConfig {
+    fn default() -> Self {
+        Self {
+            hold_ns: 3_000_000_000,
+            tolerance_ns: 2_000_000_000,
+            modern: true,
+            classic: true,
+        }
+    }
+}
+
+/// How the events left (reported when the source stops).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CorrelateStats {
+    pub matched: u64,
+    pub modern_only: u64,
+    pub classic_only: u64,
+    /// Left early because `MAX_PENDING` was reached.
+    pub forced: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Start,
+    Stop,
+}
+
+#[derive(Debug)]
+enum Modern {
+    Start(KpStart),
+    Stop(KpStop),
+}
+
+#[derive(Debug)]
+struct Entry {
+    kind: Kind,
+    pid: u32,
+    modern: Option<Modern>,
+    classic: Option<Classic>,
+    deadline: u64,
+}
+
+/// The join, with its queue of events waiting for their other side.
+#[derive(Debug)]
+pub struct Correlator {
+    config: CorrelateConfig,
+    devices: DeviceMap,
+    queue: VecDeque<Entry>,
+    /// Id of `queue[0]`; ids grow by one per entry.
+    head_id: u64,
+    /// Incomplete entries by (kind, pid).
+    open: HashMap<(Kind, u32), Vec<u64>>,
+    pub stats: CorrelateStats,
+}
+
+impl Correlator {
+    pub fn new(config: CorrelateConfig, devices: DeviceMap) -> Self {
+        Self {
+            config,
+            devices,
+            queue: VecDeque::new(),
+            head_id: 0,
+            open: HashMap::new(),
+            stats: CorrelateStats::default(),
+        }
+    }
+
+    /// The id the next entry will get: a barrier asked now is answered
+    /// once `head_id()` reaches it.
+    pub fn next_id(&self) -> u64 {
+        self.head_id + self.queue.len() as u64
+    }
+
+    /// The id of the oldest waiting entry (= `next_id` when none waits).
+    pub fn head_id(&self) -> u64 {
+        self.head_id
+    }
+
+    pub fn pending(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn modern_start(&mut self, kp: KpStart, now: u64) {
+        let (ppid, time) = (kp.ppid, kp.create_time);
+        self.offer(
+            Kind::Start,
+            kp.pid,
+            now,
+            Some(Modern::Start(kp)),
+            None,
+            |e, tol| {
+                e.modern.is_none()
+                    && e.classic
+                        .as_ref()
+                        .is_some_and(|c| agrees(c.ppid, ppid) && close(c.timestamp, time, tol))
+            },
+        );
+    }
+
+    pub fn modern_stop(&mut self, kp: KpStop, now: u64) {
+        let time = kp.exit_time;
+        self.offer(
+            Kind::Stop,
+            kp.pid,
+            now,
+            Some(Modern::Stop(kp)),
+            None,
+            |e, tol| {
+                e.modern.is_none()
+                    && e.classic
+                        .as_ref()
+                        .is_some_and(|c| close(c.timestamp, time, tol))
+            },
+        );
+    }
+
+    /// A classic Start (`end` false) or End (`end` true).
+    pub fn classic(&mut self, c: Classic, end: bool, now: u64) {
+        let kind = if end { Kind::Stop } else { Kind::Start };
+        let (ppid, time) = (c.ppid, c.timestamp);
+        self.offer(kind, c.pid, now, None, Some(c), |e, tol| {
+            e.classic.is_none()
+                && match &e.modern {
+                    Some(Modern::Start(kp)) => {
+                        agrees(kp.ppid, ppid) && close(time, kp.create_time, tol)
+                    }
+                    Some(Modern::Stop(kp)) => close(time, kp.exit_time, tol),
+                    None => false,
+                }
+        });
+    }
+
+    /// Completes the first open entry `fits` accepts, or queues a new one.
+    fn offer(
+        &mut self,
+        kind: Kind,
+        pid: u32,
+        now: u64,
+        modern: Option<Modern>,
+        classic: Option<Classic>,
+        fits: impl Fn(&Entry, i64) -> bool,
+    ) {
+        let tol = self.config.tolerance_ns;
+        let key = (kind, pid);
+        let found = self.open.get(&key).and_then(|ids| {
+            ids.iter().copied().position(|id| {
+                let e = &self.queue[(id - self.head_id) as usize];
+                fits(e, tol)
+            })
+        });
+        if let Some(pos) = found {
+            let ids = self.open.get_mut(&key).expect("found above");
+            let id = ids.remove(pos);
+            if ids.is_empty() {
+                self.open.remove(&key);
+            }
+            let e = &mut self.queue[(id - self.head_id) as usize];
+            if modern.is_some() {
+                e.modern = modern;
+            }
+            if classic.is_some() {
+                e.classic = classic;
+            }
+            return;
+        }
+        let entry = Entry {
+            kind,
+            pid,
+            modern,
+            classic,
+            deadline: now.saturating_add(self.config.hold_ns),
+        };
+        if !self.complete(&entry) {
+            let id = self.next_id();
+            self.open.entry(key).or_default().push(id);
+        }
+        self.queue.push_back(entry);
+    }
+
+    fn complete(&self, e: &Entry) -> bool {
+        (e.modern.is_some() || !self.config.modern) && (e.classic.is_some() || !self.config.classic)
+    }
+
+    /// The events whose turn has come: complete, or waited `hold`.
+    pub fn ready(&mut self, now: u64) -> Vec<ProcessEvent> {
+        let mut out = Vec::new();
+        while let Some(head) = self.queue.front() {
+            let over = self.queue.len() > MAX_PENDING;
+            if !(self.complete(head) || head.deadline <= now || over) {
+                break;
+            }
+            if over && !self.complete(head) && head.deadline > now {
+                self.stats.forced += 1;
+            }
+            out.push(self.pop());
+        }
+        out
+    }
+
+    /// Everything still waiting, complete or not (the source is stopping).
+    pub fn drain(&mut self) -> Vec<ProcessEvent> {
+        let mut out = Vec::with_capacity(self.queue.len());
+        while !self.queue.is_empty() {
+            out.push(self.pop());
+        }
+        out
+    }
+
+    fn pop(&mut self) -> ProcessEvent {
+        let id = self.head_id;
+        let e = self.queue.pop_front().expect("caller checked");
+        self.head_id += 1;
+        if let Some(ids) = self.open.get_mut(&(e.kind, e.pid)) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.open.remove(&(e.kind, e.pid));
+            }
+        }
+        match (e.modern.is_some(), e.classic.is_some()) {
+            (true, true) => self.stats.matched += 1,
+            (true, false) => self.stats.modern_only += 1,
+            _ => self.stats.classic_only += 1,
+        }
+        match (e.kind, e.modern) {
+            (Kind::Start, Some(Modern::Start(kp))) => {
+                exec_event(Some(&kp), e.classic.as_ref(), &self.devices)
+            }
+            (Kind::Stop, Some(Modern::Stop(kp))) => exit_event(Some(&kp), e.classic.as_ref()),
+            (Kind::Start, _) => exec_event(None, e.classic.as_ref(), &self.devices),
+            (Kind::Stop, _) => exit_event(None, e.classic.as_ref()),
+        }
+    }
+}
+
+/// Parents agree unless both are known and differ.
+fn agrees(a: Option<u32>, b: Option<u32>) -> bool {
+    a.zip(b).is_none_or(|(a, b)| a == b)
+}
+
+/// Times agree unless the modern one is known and far from the classic one.
+fn close(classic: i64, modern: Option<i64>, tol: i64) -> bool {
+    modern.is_none_or(|m| (m - classic).abs() <= tol)
+}
+
+/// The `exec` for one process start, from whichever sides arrived.
+pub fn exec_event(kp: Option<&KpStart>, c: Option<&Classic>, devices: &DeviceMap) -> ProcessEvent {
+    let created = kp.and_then(|k| k.create_time).or(c.map(|c| c.timestamp));
+    let pid = kp.map_or_else(|| c.map_or(0, |c| c.pid), |k| k.pid);
+    let mut e = ProcessEvent::new(EventKind::Exec, EventSource::Etw, created.unwrap_or(0), pid);
+    e.ppid = kp.and_then(|k| k.ppid).or(c.and_then(|c| c.ppid));
+    e.start_time = created.map(whole_seconds);
+    if let Some(image) = kp.and_then(|k| k.image.as_deref()) {
+        match devices.to_dos(image) {
+            Some(dos) => e.exe = Some(dos),
+            None => e.platform.exec_filename = Some(image.to_string()),
+        }
+        e.name = file_name(image).to_string();
+    } else if let Some(name) = c.and_then(|c| c.image_file_name.as_deref()) {
+        e.name = name.to_string();
+    }
+    if let Some(line) = c.and_then(|c| c.command_line.as_deref()) {
+        (e.argv, e.argv_truncated) = split_command_line(line);
+    }
+    e.platform.user_sid = c.and_then(|c| c.sid.clone());
+    e.platform.session_id = kp.and_then(|k| k.session).or(c.and_then(|c| c.session));
+    e.platform.sequence_number = kp.and_then(|k| k.seq);
+    e.platform.parent_sequence_number = kp.and_then(|k| k.parent_seq);
+    e
+}
+
+/// The `exit` for one process stop, from whichever sides arrived.
+pub fn exit_event(kp: Option<&KpStop>, c: Option<&Classic>) -> ProcessEvent {
+    let at = kp.and_then(|k| k.exit_time).or(c.map(|c| c.timestamp));
+    let pid = kp.map_or_else(|| c.map_or(0, |c| c.pid), |k| k.pid);
+    let mut e = ProcessEvent::new(EventKind::Exit, EventSource::Etw, at.unwrap_or(0), pid);
+    e.ppid = c.and_then(|c| c.ppid);
+    e.start_time = kp.and_then(|k| k.create_time).map(whole_seconds);
+    e.name = kp
+        .and_then(|k| k.image_name.clone())
+        .or(c.and_then(|c| c.image_file_name.clone()))
+        .unwrap_or_default();
+    // NTSTATUS codes (0xC0000005) read as negative i32, as Windows tools show.
+    e.exit_code = kp
+        .and_then(|k| k.exit_code.map(|x| x as i32))
+        .or(c.and_then(|c| c.exit_status));
+    e.platform.user_sid = c.and_then(|c| c.sid.clone());
+    e.platform.session_id = c.and_then(|c| c.session);
+    e.platform.sequence_number = kp.and_then(|k| k.seq);
+    e
+}

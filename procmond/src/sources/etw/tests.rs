@@ -1,0 +1,365 @@
+//! ETW decoding and correlation from constructed property sets, shaped as
+//! the providers' manifests describe them (Kernel-Process ProcessStart v3,
+//! ProcessStop v2; classic `Process_TypeGroup1` v4). These run on Linux and
+//! under the Windows build (wine): no ETW session is needed.
+
+use super::correlate::{CorrelateConfig, Correlator, MAX_PENDING};
+use super::decode::*;
+use super::ntpath::DeviceMap;
+use super::rundown::Rundown;
+use crate::model::{EventKind, EventSource};
+use crate::sources::snapshot::{ARGV_MAX_BYTES, ProcessInfo, Snapshot};
+
+/// 2026-01-02T03:04:05.678901200Z.
+const CREATED_NS: i64 = 1_767_323_045_678_901_200;
+const SID: &str = "S-1-5-21-1004336348-1177238915-682003330-1000";
+const SEC: u64 = 1_000_000_000;
+
+fn ft(unix_ns: i64) -> u64 {
+    (unix_ns / 100 + 116_444_736_000_000_000) as u64
+}
+
+fn sid_bytes() -> Vec<u8> {
+    let mut b = vec![1u8, 5, 0, 0, 0, 0, 0, 5];
+    for sub in [21u32, 1_004_336_348, 1_177_238_915, 682_003_330, 1000] {
+        b.extend_from_slice(&sub.to_le_bytes());
+    }
+    b
+}
+
+/// TOKEN_USER (a pointer and the attributes, padded) then the SID.
+fn wbem_sid(pointer_size: usize) -> Vec<u8> {
+    let mut b = vec![0u8; 2 * pointer_size];
+    b[0] = 0x10;
+    b.extend(sid_bytes());
+    b
+}
+
+fn start_props(pid: u32, ppid: u32, created: i64) -> Props {
+    Props::default()
+        .with("ProcessID", Value::U32(pid))
+        .with("ProcessSequenceNumber", Value::U64(7001))
+        .with("CreateTime", Value::U64(ft(created)))
+        .with("ParentProcessID", Value::U32(ppid))
+        .with("ParentProcessSequenceNumber", Value::U64(6999))
+        .with("SessionID", Value::U32(1))
+        .with(
+            "ImageName",
+            Value::Str(r"\Device\HarddiskVolume3\Windows\System32\notepad.exe".into()),
+        )
+}
+
+fn classic_props(pid: u32, ppid: u32) -> Props {
+    Props::default()
+        .with("ProcessId", Value::U32(pid))
+        .with("ParentId", Value::U32(ppid))
+        .with("SessionId", Value::U32(1))
+        .with("ExitStatus", Value::I32(259))
+        .with("UserSID", Value::Bytes(wbem_sid(8)))
+        .with("ImageFileName", Value::Str("notepad.exe".into()))
+        .with(
+            "CommandLine",
+            Value::Str(
+                r#""C:\Windows\System32\notepad.exe" C:\Users\bob\notes.txt --token=abc"#.into(),
+            ),
+        )
+}
+
+fn devices() -> DeviceMap {
+    DeviceMap::new(
+        vec![(r"\Device\HarddiskVolume3".into(), "C:".into())],
+        Some(r"C:\Windows".into()),
+    )
+}
+
+fn correlator() -> Correlator {
+    Correlator::new(CorrelateConfig::default(), devices())
+}
+
+fn modern(pid: u32, ppid: u32, created: i64) -> KpStart {
+    kp_start(&start_props(pid, ppid, created)).expect("decodes")
+}
+
+fn classic_at(pid: u32, ppid: u32, at: i64) -> Classic {
+    classic(&classic_props(pid, ppid), ft(at), 8).expect("decodes")
+}
+
+#[test]
+fn property_sets_decode() {
+    let kp = modern(4242, 1000, CREATED_NS);
+    assert_eq!(kp.pid, 4242);
+    assert_eq!(kp.ppid, Some(1000));
+    assert_eq!(kp.create_time, Some(CREATED_NS));
+    assert_eq!(
+        (kp.seq, kp.parent_seq, kp.session),
+        (Some(7001), Some(6999), Some(1))
+    );
+    // Version 0-2 events have no sequence numbers: simply absent.
+    let mut v2 = start_props(1, 0, CREATED_NS);
+    v2.0.remove("ProcessSequenceNumber");
+    assert_eq!(kp_start(&v2).expect("v2").seq, None);
+    assert!(kp_start(&Props::default()).is_err(), "no ProcessID");
+    let c = classic_at(4242, 1000, CREATED_NS);
+    assert_eq!(c.sid.as_deref(), Some(SID));
+    assert_eq!(c.exit_status, Some(259));
+    assert_eq!(c.timestamp, CREATED_NS);
+    let stop = kp_stop(
+        &Props::default()
+            .with("ProcessID", Value::U32(4242))
+            .with("ProcessSequenceNumber", Value::U64(7001))
+            .with("CreateTime", Value::U64(ft(CREATED_NS)))
+            .with("ExitTime", Value::U64(ft(CREATED_NS + 5_000_000_000)))
+            .with("ExitCode", Value::U32(0xC000_0005))
+            .with("ImageName", Value::Str("notepad.exe".into())),
+    )
+    .expect("stop");
+    assert_eq!(stop.exit_time, Some(CREATED_NS + 5_000_000_000));
+    assert_eq!(classic_op(3), Some(ClassicOp::DcStart));
+    assert_eq!(classic_op(39), None);
+}
+
+#[test]
+fn filetimes_and_sids() {
+    assert_eq!(filetime_to_unix_ns(0), None);
+    assert_eq!(filetime_to_unix_ns(116_444_736_000_000_000), Some(0));
+    assert_eq!(filetime_to_unix_ns(u64::MAX), None);
+    assert_eq!(whole_seconds(CREATED_NS), 1_767_323_045_000_000_000);
+    assert_eq!(wbem_sid_to_string(&wbem_sid(8), 8).as_deref(), Some(SID));
+    assert_eq!(wbem_sid_to_string(&wbem_sid(4), 4).as_deref(), Some(SID));
+    assert_eq!(
+        wbem_sid_to_string(&[0, 0, 0, 0], 4),
+        None,
+        "null TOKEN_USER"
+    );
+    let full = wbem_sid(8);
+    assert_eq!(wbem_sid_to_string(&full[..full.len() - 1], 8), None, "cut");
+    let mut bad = sid_bytes();
+    bad[0] = 2;
+    assert_eq!(sid_to_string(&bad), None, "revision");
+    assert_eq!(
+        sid_to_string(&[1, 0, 0, 0, 0, 0, 0, 18]).as_deref(),
+        Some("S-1-18")
+    );
+    assert_eq!(sid_to_string(&[1, 16, 0, 0, 0, 0, 0, 5]), None, "16 subs");
+}
+
+#[test]
+fn command_lines_split_like_the_c_runtime() {
+    let cases: [(&str, &[&str]); 8] = [
+        (r#""abc" d e"#, &["abc", "d", "e"]),
+        (r#"a\\\b d"e f"g h"#, &[r"a\\\b", "de fg", "h"]),
+        (r#"prog a\\\"b c d"#, &["prog", r#"a\"b"#, "c", "d"]),
+        (r#"prog a\\\\"b c" d e"#, &["prog", r"a\\b c", "d", "e"]),
+        (r#"prog a"b"" c d"#, &["prog", r#"ab" c d"#]),
+        (
+            r#""C:\Program Files\x.exe" "" -v"#,
+            &[r"C:\Program Files\x.exe", "", "-v"],
+        ),
+        ("  spaced\targs  ", &["", "spaced", "args"]),
+        ("", &[]),
+    ];
+    for (line, want) in cases {
+        let (got, cut) = split_command_line(line);
+        assert_eq!(got, want.to_vec(), "{line:?}");
+        assert!(!cut);
+    }
+    let huge = format!("p {}", "é".repeat(ARGV_MAX_BYTES));
+    let (got, cut) = split_command_line(&huge);
+    assert!(cut);
+    assert!(got.iter().map(|a| a.len() + 1).sum::<usize>() <= ARGV_MAX_BYTES);
+}
+
+#[test]
+fn both_sides_make_one_exec_in_either_order() {
+    for modern_first in [true, false] {
+        let mut c = correlator();
+        let (kp, cl) = (
+            modern(4242, 1000, CREATED_NS),
+            classic_at(4242, 1000, CREATED_NS + 300_000),
+        );
+        if modern_first {
+            c.modern_start(kp, 0);
+            assert!(c.ready(SEC).is_empty(), "waits for the command line");
+            c.classic(cl, false, SEC);
+        } else {
+            c.classic(cl, false, 0);
+            assert!(c.ready(SEC).is_empty(), "waits for the image path");
+            c.modern_start(kp, SEC);
+        }
+        let out = c.ready(SEC);
+        assert_eq!(out.len(), 1);
+        let e = &out[0];
+        assert_eq!(
+            (e.kind, e.source, e.pid, e.ppid),
+            (EventKind::Exec, EventSource::Etw, 4242, Some(1000))
+        );
+        assert_eq!(e.exe.as_deref(), Some(r"C:\Windows\System32\notepad.exe"));
+        assert_eq!(e.name, "notepad.exe");
+        assert_eq!(e.argv[1..], [r"C:\Users\bob\notes.txt", "--token=abc"]);
+        assert_eq!(e.timestamp, CREATED_NS);
+        assert_eq!(e.start_time, Some(whole_seconds(CREATED_NS)));
+        assert_eq!(e.platform.user_sid.as_deref(), Some(SID));
+        assert_eq!(e.platform.session_id, Some(1));
+        assert_eq!(
+            (
+                e.platform.sequence_number,
+                e.platform.parent_sequence_number
+            ),
+            (Some(7001), Some(6999))
+        );
+        assert_eq!(c.stats.matched, 1);
+    }
+}
+
+#[test]
+fn one_side_alone_leaves_after_the_hold() {
+    let mut c = correlator();
+    c.modern_start(modern(10, 1, CREATED_NS), 0);
+    assert!(c.ready(2 * SEC).is_empty());
+    let out = c.ready(3 * SEC);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].argv.is_empty() && out[0].platform.user_sid.is_none());
+    assert!(out[0].exe.is_some());
+    c.classic(classic_at(11, 1, CREATED_NS), false, 10 * SEC);
+    let out = c.ready(13 * SEC);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].exe.is_none(), "no image path without Kernel-Process");
+    assert_eq!(out[0].name, "notepad.exe");
+    assert_eq!(out[0].argv.len(), 3);
+    assert_eq!(out[0].start_time, Some(whole_seconds(CREATED_NS)));
+    assert_eq!((c.stats.modern_only, c.stats.classic_only), (1, 1));
+}
+
+#[test]
+fn a_different_parent_or_time_is_another_process() {
+    let mut c = correlator();
+    c.modern_start(modern(20, 1, CREATED_NS), 0);
+    c.classic(classic_at(20, 2, CREATED_NS), false, 0);
+    c.classic(classic_at(20, 1, CREATED_NS + 10_000_000_000), false, 0);
+    assert!(c.ready(SEC).is_empty());
+    assert_eq!(c.drain().len(), 3);
+    assert_eq!(c.stats.matched, 0);
+}
+
+#[test]
+fn stops_join_and_never_overtake_their_start() {
+    let mut c = correlator();
+    c.modern_start(modern(30, 1, CREATED_NS), 0);
+    let stop = KpStop {
+        pid: 30,
+        create_time: Some(CREATED_NS),
+        exit_time: Some(CREATED_NS + SEC as i64),
+        exit_code: Some(0xC000_0005),
+        image_name: Some("notepad.exe".into()),
+        seq: Some(7001),
+    };
+    c.modern_stop(stop, SEC / 2);
+    let mut end = classic_at(30, 1, CREATED_NS + SEC as i64);
+    end.exit_status = Some(-1_073_741_819);
+    c.classic(end, true, SEC / 2);
+    assert!(c.ready(SEC).is_empty(), "the stop waits behind its start");
+    c.classic(classic_at(30, 1, CREATED_NS), false, SEC);
+    let out = c.ready(SEC);
+    assert_eq!(
+        out.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [EventKind::Exec, EventKind::Exit]
+    );
+    let exit = &out[1];
+    assert_eq!(exit.exit_code, Some(-1_073_741_819));
+    assert_eq!(exit.start_time, Some(whole_seconds(CREATED_NS)));
+    assert_eq!(exit.platform.user_sid.as_deref(), Some(SID));
+    assert_eq!(c.stats.matched, 2);
+}
+
+#[test]
+fn barriers_wait_for_what_came_before() {
+    let mut c = correlator();
+    c.modern_start(modern(40, 1, CREATED_NS), 0);
+    let barrier = c.next_id();
+    c.modern_start(modern(41, 1, CREATED_NS), 0);
+    assert!(c.head_id() < barrier);
+    let _ = c.ready(3 * SEC);
+    assert!(c.head_id() >= barrier);
+    assert_eq!(c.head_id(), c.next_id());
+}
+
+#[test]
+fn one_session_means_no_waiting_and_a_storm_is_bounded() {
+    let only_modern = CorrelateConfig {
+        classic: false,
+        ..CorrelateConfig::default()
+    };
+    let mut c = Correlator::new(only_modern, devices());
+    c.modern_start(modern(50, 1, CREATED_NS), 0);
+    assert_eq!(c.ready(0).len(), 1);
+    let mut c = correlator();
+    for pid in 0..(MAX_PENDING as u32 + 10) {
+        c.modern_start(modern(pid, 1, CREATED_NS), 0);
+    }
+    let out = c.ready(0);
+    assert_eq!(out.len(), 10);
+    assert_eq!(c.stats.forced, 10);
+    assert_eq!(c.pending(), MAX_PENDING);
+}
+
+#[test]
+fn unknown_devices_keep_the_nt_path_aside() {
+    let mut kp = modern(60, 1, CREATED_NS);
+    kp.image = Some(r"\Device\HarddiskVolumeShadowCopy2\x.exe".into());
+    let e = super::correlate::exec_event(Some(&kp), None, &devices());
+    assert_eq!(e.exe, None);
+    assert_eq!(e.platform.exec_filename.as_deref(), kp.image.as_deref());
+    assert_eq!(e.name, "x.exe");
+    let json = serde_json::to_value(&e).expect("json");
+    assert_eq!(json["platform"]["sequence_number"], 7001);
+    assert_eq!(json["platform"]["session_id"], 1);
+    assert_eq!(json["source"], "etw");
+}
+
+#[test]
+fn the_rundown_fills_what_sysinfo_could_not_read() {
+    let mut r = Rundown::default();
+    r.observe(ClassicOp::DcStart, &classic_at(70, 4, CREATED_NS));
+    r.observe(ClassicOp::Start, &classic_at(71, 4, CREATED_NS));
+    r.observe(ClassicOp::End, &classic_at(71, 4, CREATED_NS));
+    assert_eq!(r.len(), 1);
+    let proc_ = |pid, ppid| ProcessInfo {
+        pid,
+        ppid: Some(ppid),
+        ..ProcessInfo::default()
+    };
+    let mut snap = Snapshot {
+        processes: vec![proc_(70, 4), proc_(71, 4), proc_(70, 9)],
+        ..Snapshot::default()
+    };
+    snap.processes.swap(1, 2);
+    assert_eq!(r.fill(&mut snap), 1);
+    assert_eq!(
+        snap.processes[0].argv[0],
+        r"C:\Windows\System32\notepad.exe"
+    );
+    assert_eq!(snap.processes[0].name, "notepad.exe");
+    assert!(
+        snap.processes[1].argv.is_empty(),
+        "a reused pid with another parent"
+    );
+    assert!(snap.processes[2].argv.is_empty(), "ended");
+}
+
+/// Under wine (and for a non-elevated user) no ETW session starts: the
+/// source must say why, in words an operator can act on. Where it starts
+/// (an elevated Windows), the probe stops its sessions again.
+#[cfg(windows)]
+#[test]
+fn the_probe_starts_or_says_why_not() {
+    let config = crate::config::ProcmondConfig::default();
+    let elevated = crate::sys::windows::token_elevated().expect("token");
+    assert_eq!(super::unavailable_reason().is_none(), elevated);
+    match crate::sources::stream::probe(&config) {
+        Ok(()) => assert!(elevated, "started without elevation?"),
+        Err(why) => assert!(
+            why.contains("not elevated") || why.contains("did not start"),
+            "{why}"
+        ),
+    }
+}

@@ -1,0 +1,407 @@
+//! End-to-end: the agent's NATS JetStream sink against a real `nats-server -js`
+//! (every marker exec and exit exactly once in the stream, also across a
+//! NATS outage with a collector crash in it), and its Prometheus `/metrics`
+//! read by a strict text-format parser while events flow.
+
+mod common;
+#[path = "common/nats_server.rs"]
+mod nats_server;
+#[path = "common/prom.rs"]
+mod prom;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::agent::{Agent, AgentDir, collector_pids, ctl};
+use common::{kill, marker, run_shell};
+use nats_server::{Msg, NatsServer, Reader};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// agent.yaml with `sinks` (YAML list items) and one collector.
+fn agent_yaml(dir: &AgentDir, sinks: &str, top: &str) -> PathBuf {
+    let text = format!(
+        "broker:
+  socket: {socket}
+  allowed_uids: [0]
+sinks:
+{sinks}{top}collectors:
+  - id: procmond
+    type: process-monitor
+    binary_path: {bin}
+    args: [run]
+    config:
+      collection_interval_secs: 30
+      wal_dir: {wal}
+",
+        socket = dir.socket().display(),
+        bin = env!("CARGO_BIN_EXE_procmond"),
+        wal = dir.wal().display(),
+    );
+    let path = dir.dir.join("agent.yaml");
+    std::fs::write(&path, text).expect("write agent.yaml");
+    path
+}
+
+fn nats_sink(url: &str) -> String {
+    format!("  - type: nats\n    url: {url}\n    ack_timeout_secs: 2\n")
+}
+
+/// `/bin/true <m>-<i>` for i in from..to, `pause` seconds apart (0: none).
+fn spawn_markers(m: &str, from: usize, to: usize, pause: &str) {
+    run_shell(&format!(
+        "i={from}; while [ $i -lt {to} ]; do /bin/true {m}-$i; [ {pause} = 0 ] || sleep {pause}; i=$((i+1)); done"
+    ));
+}
+
+fn marker_execs<'a>(msgs: &'a [Msg], m: &str) -> Vec<&'a Msg> {
+    let prefix = format!("{m}-");
+    msgs.iter()
+        .filter(|x| {
+            x.event["kind"] == "exec"
+                && x.event["argv"][1]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with(&prefix))
+        })
+        .collect()
+}
+
+/// `i` of the marker `<m>-<i>` an exec ran with.
+fn marker_index(x: &Msg, m: &str) -> Option<usize> {
+    x.event["argv"][1]
+        .as_str()?
+        .strip_prefix(m)?
+        .strip_prefix('-')?
+        .parse()
+        .ok()
+}
+
+/// Markers `0..n` each have their exec and their exit in `msgs`.
+fn all_markers_in(msgs: &[Msg], m: &str, n: usize) -> bool {
+    let execs = marker_execs(msgs, m);
+    let args: HashSet<&str> = execs
+        .iter()
+        .filter_map(|x| x.event["argv"][1].as_str())
+        .collect();
+    let pids: HashSet<&Value> = execs.iter().map(|x| &x.event["pid"]).collect();
+    let exits = msgs
+        .iter()
+        .filter(|x| x.event["kind"] == "exit" && pids.contains(&x.event["pid"]))
+        .count();
+    args.len() >= n && exits >= n
+}
+
+fn host() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    procmond::agent::nats::host_token(raw.trim())
+}
+
+/// Every event exactly once, each with its id header and subject; markers
+/// `0..n` with exactly one exec and one exit each.
+fn assert_exactly_once(msgs: &[Msg], m: &str, n: usize) {
+    let host = host();
+    let mut keys = HashSet::new();
+    for x in msgs {
+        let e = &x.event;
+        let id = format!(
+            "{}-{}-{}",
+            e["collector_id"].as_str().unwrap_or("?"),
+            e["epoch"].as_u64().unwrap_or(0),
+            e["seq"].as_u64().unwrap_or(0)
+        );
+        assert_eq!(x.msg_id.as_deref(), Some(id.as_str()), "Nats-Msg-Id of {e}");
+        let kind = e["kind"].as_str().unwrap_or("?");
+        assert_eq!(
+            x.subject,
+            format!("procmond.{host}.process.{kind}"),
+            "subject of {e}"
+        );
+        assert!(keys.insert(id.clone()), "{id} twice in the stream");
+    }
+    let execs = marker_execs(msgs, m);
+    let args: HashSet<&str> = execs
+        .iter()
+        .filter_map(|x| x.event["argv"][1].as_str())
+        .collect();
+    let want: HashSet<String> = (0..n).map(|i| format!("{m}-{i}")).collect();
+    assert_eq!(args.len(), n, "every marker");
+    assert!(args.iter().all(|a| want.contains(*a)), "only our markers");
+    assert_eq!(execs.len(), n, "each marker exec once");
+    let pids: HashSet<&Value> = execs.iter().map(|x| &x.event["pid"]).collect();
+    let mut exits: HashMap<&Value, usize> = HashMap::new();
+    for x in msgs
+        .iter()
+        .filter(|x| x.event["kind"] == "exit" && pids.contains(&x.event["pid"]))
+    {
+        *exits.entry(&x.event["pid"]).or_default() += 1;
+        assert_eq!(x.event["exit_code"], 0, "{}", x.event);
+    }
+    assert_eq!(exits.len(), n, "an exit for every marker");
+    assert!(exits.values().all(|c| *c == 1), "each exit once");
+}
+
+/// Polls `f` until it returns `Some`, or fails naming `what`.
+fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `ctl health` answered by the collector and the agent.
+fn health(dir: &AgentDir) -> Option<Value> {
+    let (out, json) = ctl(dir, &["health"]);
+    (out.status.success() && json["agent"].is_object()).then_some(json)
+}
+
+#[test]
+fn nats_stream_gets_every_marker_exec_and_exit_once() {
+    let dir = AgentDir::new("nats500");
+    let server = NatsServer::start(&dir.dir.join("js"));
+    let config = agent_yaml(&dir, &nats_sink(&server.url()), "");
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("monitoring started", Duration::from_secs(60));
+    let m = marker("n500");
+    spawn_markers(&m, 0, 500, "0");
+    let mut reader = Reader::new(&server.url(), "PROCMOND", "procmond-test");
+    reader.wait_for(WAIT, "500 marker execs and exits", |msgs| {
+        all_markers_in(msgs, &m, 500)
+    });
+    assert_exactly_once(&reader.all(), &m, 500);
+    let json = wait_until("the sink to confirm everything", || {
+        health(&dir).filter(|j| j["agent"]["sinks"][0]["counters"]["lag"] == 0)
+    });
+    let sink = &json["agent"]["sinks"][0];
+    assert_eq!(sink["type"], "nats", "{sink}");
+    assert!(sink["counters"]["written"].as_u64() >= Some(1000), "{sink}");
+    let (ok, log) = agent.stop();
+    assert!(ok, "agent exit status; log:\n{log}");
+    assert!(log.contains("nats sink connected"), "{log}");
+}
+
+#[test]
+fn nats_outage_and_collector_crash_lose_nothing_and_ack_nothing_early() {
+    let dir = AgentDir::new("natsout");
+    let mut server = NatsServer::start(&dir.dir.join("js"));
+    let config = agent_yaml(&dir, &nats_sink(&server.url()), "");
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("monitoring started", Duration::from_secs(60));
+    let m = marker("nout");
+    let mut reader = Reader::new(&server.url(), "PROCMOND", "procmond-test");
+
+    // A: stored while NATS is up.
+    spawn_markers(&m, 0, 100, "0");
+    reader.wait_for(WAIT, "the first 100 markers", |msgs| {
+        all_markers_in(msgs, &m, 100)
+    });
+
+    // B: NATS is killed while these flow.
+    let flowing = {
+        let m = m.clone();
+        std::thread::spawn(move || spawn_markers(&m, 100, 400, "0.03"))
+    };
+    reader.wait_for(WAIT, "some of the next markers", |msgs| {
+        marker_execs(msgs, &m)
+            .iter()
+            .filter(|x| marker_index(x, &m).is_some_and(|i| i >= 100))
+            .count()
+            >= 10
+    });
+    if flowing.is_finished() {
+        eprintln!("note: the paced markers finished before NATS was killed");
+    }
+    server.kill9();
+    flowing.join().expect("markers 100..400");
+
+    // B2: wholly during the outage. Nothing may be acknowledged: the
+    // collector's WAL keeps every one of these events, and the sink holds them.
+    spawn_markers(&m, 400, 500, "0");
+    let held = wait_until("the WAL and the sink to hold the outage's events", || {
+        health(&dir).filter(|j| {
+            j["response"]["wal_pending"].as_u64() >= Some(200)
+                && j["agent"]["sinks"][0]["counters"]["lag"].as_u64() >= Some(200)
+        })
+    });
+    eprintln!(
+        "during the outage: wal_pending={} sink={}",
+        held["response"]["wal_pending"], held["agent"]["sinks"][0]
+    );
+
+    // The collector dies during the outage; its replacement finds the events in the WAL.
+    let before = collector_pids(agent.pid());
+    assert_eq!(before.len(), 1, "one collector under the agent");
+    kill("KILL", before[0]);
+    wait_until("a restarted collector whose WAL still holds them", || {
+        let now = collector_pids(agent.pid());
+        (now.len() == 1 && now != before)
+            .then(|| health(&dir))
+            .flatten()
+            .filter(|j| j["response"]["wal_pending"].as_u64() >= Some(200))
+    });
+
+    // C: captured by the new collector, NATS still down.
+    spawn_markers(&m, 500, 600, "0");
+    server.spawn();
+    reader.wait_for(WAIT, "all 600 markers after NATS returned", |msgs| {
+        all_markers_in(msgs, &m, 600)
+    });
+    assert_exactly_once(&reader.all(), &m, 600);
+
+    let json = wait_until("the sink to confirm everything", || {
+        health(&dir).filter(|j| j["agent"]["sinks"][0]["counters"]["lag"] == 0)
+    });
+    let counters = &json["agent"]["sinks"][0]["counters"];
+    assert!(counters["reconnects"].as_u64() >= Some(1), "{counters}");
+    let log = agent.log();
+    assert!(log.contains("nats sink disconnected"), "{log}");
+    assert!(
+        log.contains("replaying unacknowledged events from the WAL"),
+        "{log}"
+    );
+    let (ok, log) = agent.stop();
+    assert!(ok, "agent exit status; log:\n{log}");
+}
+
+#[test]
+fn metrics_endpoint_is_strict_prometheus_text_and_counters_move() {
+    let dir = AgentDir::new("metrics");
+    let server = NatsServer::start(&dir.dir.join("js"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let addr = format!("127.0.0.1:{port}");
+    let sinks = format!(
+        "  - type: jsonl\n    path: {}\n{}",
+        dir.sink().display(),
+        nats_sink(&server.url())
+    );
+    let top = format!("heartbeat:\n  interval_secs: 1\nmetrics:\n  listen: \"{addr}\"\n");
+    let config = agent_yaml(&dir, &sinks, &top);
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("monitoring started", Duration::from_secs(60));
+    assert!(agent.log().contains("metrics listening"), "{}", agent.log());
+
+    let scrape = || {
+        let (code, headers, body) = prom::http(&addr, "GET", "/metrics");
+        assert_eq!(code, 200, "{body}");
+        let ct = headers.get("content-type").cloned().unwrap_or_default();
+        assert!(
+            ct.starts_with("text/plain; version=0.0.4"),
+            "content type {ct}"
+        );
+        prom::parse(&body).unwrap_or_else(|e| panic!("not valid Prometheus text: {e}\n{body}"))
+    };
+    let exec = [("collector_id", "procmond"), ("kind", "exec")];
+    let jsonl = [("type", "jsonl")];
+    let nats = [("type", "nats")];
+    // The first heartbeat brings the collector's figures.
+    let first = wait_until("a heartbeat's figures in /metrics", || {
+        let e = scrape();
+        prom::value(&e, "procmond_collector_events_by_kind_total", &exec).map(|_| e)
+    });
+    for family in [
+        "procmond_collector_up",
+        "procmond_collector_status",
+        "procmond_collector_restarts_total",
+        "procmond_collector_events_lost_total",
+        "procmond_collector_events_by_kind_total",
+        "procmond_collector_events_by_source_total",
+        "procmond_collector_wal_pending_events",
+        "procmond_collector_wal_pending_bytes",
+        "procmond_collector_buffer_percent",
+        "procmond_sink_written_total",
+        "procmond_sink_lag_events",
+        "procmond_sink_reconnects_total",
+        "procmond_sink_errors_total",
+        "procmond_broker_connections_total",
+        "procmond_broker_connections_refused_total",
+    ] {
+        let f = first
+            .get(family)
+            .unwrap_or_else(|| panic!("no family {family}"));
+        assert!(!f.help.is_empty() && !f.kind.is_empty(), "{family}");
+        assert!(!f.samples.is_empty(), "{family} has samples");
+    }
+    assert_eq!(first["procmond_collector_restarts_total"].kind, "counter");
+    assert_eq!(first["procmond_collector_wal_pending_events"].kind, "gauge");
+    assert_eq!(
+        prom::value(
+            &first,
+            "procmond_collector_up",
+            &[("collector_id", "procmond")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        prom::value(
+            &first,
+            "procmond_collector_events_lost_total",
+            &[("counter", "kernel_lost")]
+        )
+        .is_some(),
+        "every loss counter of the heartbeat is a series"
+    );
+    let get =
+        |e: &prom::Exposition, f: &str, l: &[(&str, &str)]| prom::value(e, f, l).unwrap_or(-1.0);
+    let execs0 = get(&first, "procmond_collector_events_by_kind_total", &exec);
+    let jsonl0 = get(&first, "procmond_sink_written_total", &jsonl);
+    let nats0 = get(&first, "procmond_sink_written_total", &nats);
+
+    let m = marker("metrics");
+    spawn_markers(&m, 0, 100, "0");
+    let later = wait_until("the counters to move by the 100 markers", || {
+        let e = scrape();
+        (get(&e, "procmond_collector_events_by_kind_total", &exec) >= execs0 + 100.0
+            && get(&e, "procmond_sink_written_total", &jsonl) >= jsonl0 + 200.0
+            && get(&e, "procmond_sink_written_total", &nats) >= nats0 + 200.0)
+            .then_some(e)
+    });
+    assert!(get(&later, "procmond_broker_published_total", &[]) >= 200.0);
+    assert!(
+        get(
+            &later,
+            "procmond_collector_events_published_total",
+            &[("collector_id", "procmond")]
+        ) >= 200.0
+    );
+
+    let (code, _, _) = prom::http(&addr, "GET", "/");
+    assert_eq!(code, 404);
+    let (code, headers, _) = prom::http(&addr, "POST", "/metrics");
+    assert_eq!(code, 405);
+    assert_eq!(headers.get("allow").map(String::as_str), Some("GET, HEAD"));
+    let (ok, log) = agent.stop();
+    assert!(ok, "agent exit status; log:\n{log}");
+}
+
+#[test]
+fn the_test_parser_refuses_what_prometheus_would() {
+    let good = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\",y=\"q\\\"\\\\\\n\"} 3\n# HELP b B.\n# TYPE b gauge\nb -1.5\n";
+    let e = prom::parse(good).expect("valid");
+    assert_eq!(prom::value(&e, "a_total", &[("y", "q\"\\\n")]), Some(3.0));
+    let bad = [
+        "a 1\n",                                                           // no HELP/TYPE
+        "# HELP a A.\n# TYPE a gauge\na 1",                                // no final newline
+        "# HELP a A.\n# TYPE a gauge\na{x=1} 1\n",                         // unquoted
+        "# HELP a A.\n# TYPE a gauge\na{x=\"\\t\"} 1\n",                   // bad escape
+        "# HELP a A.\n# TYPE a gauge\na one\n",                            // not a number
+        "# HELP a A.\n# TYPE a counter\na -1\n",                           // negative counter
+        "# HELP a A.\n# TYPE a gauge\na 1\na 2\n",                         // series twice
+        "# HELP a A.\n# TYPE a wobble\na 1\n",                             // unknown type
+        "# HELP a A.\n# TYPE a gauge\n# HELP b B.\n# TYPE b gauge\na 1\n", // not contiguous
+        "# HELP 1a A.\n# TYPE 1a gauge\n1a 1\n",                           // bad name
+    ];
+    for text in bad {
+        assert!(prom::parse(text).is_err(), "accepted:\n{text}");
+    }
+}
