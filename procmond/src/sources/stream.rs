@@ -11,6 +11,9 @@
 //! `Metrics::kernel_lost`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
@@ -29,6 +32,68 @@ pub trait KernelStream: Send {
     /// Stops the stream: what is still buffered is sent, then the reader
     /// ends (the channel's sender is dropped) and this returns. Blocking.
     fn stop(self: Box<Self>);
+}
+
+/// A source's reader thread: its stop flag, its barrier queue and the
+/// thread itself, joined on stop. The sources that read on a thread of
+/// their own (eBPF, EndpointSecurity, audit) share it.
+#[derive(Debug)]
+pub struct ReaderThread {
+    stop: Arc<AtomicBool>,
+    barriers: std::sync::mpsc::Sender<u64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ReaderThread {
+    /// Spawns thread `name` running `body(stop flag, barrier ids)`; the
+    /// body sends its events and barriers on the channel it captured.
+    pub fn spawn<F>(name: &str, body: F) -> std::io::Result<Self>
+    where
+        F: FnOnce(&AtomicBool, &Receiver<u64>) + Send + 'static,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (barriers, ids) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || body(&flag, &ids))?;
+        Ok(Self {
+            stop,
+            barriers,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for `SourceMsg::Barrier(id)` once everything received before
+    /// this call has been sent.
+    pub fn barrier(&self, id: u64) {
+        let _ = self.barriers.send(id);
+    }
+
+    /// Sets the stop flag and waits for the thread (which sends what it
+    /// still holds first).
+    pub fn join(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl KernelStream for ReaderThread {
+    fn barrier(&self, id: u64) {
+        ReaderThread::barrier(self, id);
+    }
+
+    fn stop(self: Box<Self>) {
+        self.join();
+    }
+}
+
+impl Drop for ReaderThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
 }
 
 /// A kernel source that started.

@@ -22,7 +22,6 @@ pub use attach::{AttachKind, AttachMode, EbpfError};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use aya::Ebpf;
@@ -106,39 +105,8 @@ impl EbpfSource {
     }
 }
 
-/// Controls a running reader thread.
-#[derive(Debug)]
-pub struct Reader {
-    stop: Arc<AtomicBool>,
-    barriers: std::sync::mpsc::Sender<u64>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Reader {
-    /// Asks for `SourceMsg::Barrier(id)` once every record written before
-    /// this call has been sent down the channel.
-    pub fn barrier(&self, id: u64) {
-        let _ = self.barriers.send(id);
-    }
-
-    /// Detaches the probes, drains what the ring still holds, and waits.
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl super::stream::KernelStream for Reader {
-    fn barrier(&self, id: u64) {
-        Reader::barrier(self, id);
-    }
-
-    fn stop(self: Box<Self>) {
-        Reader::stop(*self);
-    }
-}
+/// Controls the running reader thread.
+pub type Reader = super::stream::ReaderThread;
 
 /// Attaches the probes and starts the reader: the Linux kernel stream,
 /// with the task iterator as its snapshot reader when it loaded.
@@ -167,12 +135,6 @@ pub fn start(
     })
 }
 
-impl Drop for Reader {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
 impl EbpfSource {
     /// Starts the reader thread; events go to `tx` until `Reader::stop`.
     pub fn spawn_reader(
@@ -180,16 +142,8 @@ impl EbpfSource {
         tx: mpsc::Sender<SourceMsg>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Reader> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (barriers, barrier_rx) = std::sync::mpsc::channel();
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("ebpf-reader".into())
-            .spawn(move || self.read_loop(&tx, &metrics, &flag, &barrier_rx))?;
-        Ok(Reader {
-            stop,
-            barriers,
-            thread: Some(thread),
+        Reader::spawn("ebpf-reader", move |stop, barriers| {
+            self.read_loop(&tx, &metrics, stop, barriers)
         })
     }
 

@@ -25,7 +25,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use endpoint_sec::sys::{NewClientError, es_event_type_t};
@@ -38,7 +37,7 @@ use super::seq::GapCounter;
 use crate::metrics::Metrics;
 use crate::model::ProcessEvent;
 use crate::sources::SourceMsg;
-use crate::sources::stream::{KernelStream, StartedStream};
+use crate::sources::stream::{ReaderThread, StartedStream};
 
 const SUBSCRIPTIONS: [es_event_type_t; 3] = [
     es_event_type_t::ES_EVENT_TYPE_NOTIFY_EXEC,
@@ -64,33 +63,6 @@ struct HandoffCounters {
     dropped: AtomicU64,
 }
 
-/// Controls the running client thread.
-#[derive(Debug)]
-pub struct EsStream {
-    stop: Arc<AtomicBool>,
-    barriers: std::sync::mpsc::Sender<u64>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl KernelStream for EsStream {
-    fn barrier(&self, id: u64) {
-        let _ = self.barriers.send(id);
-    }
-
-    fn stop(mut self: Box<Self>) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for EsStream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
 /// Tells the crate which macOS runs (it picks `es_retain_message` over a
 /// copy from 11.0 on); left at its conservative default when unknown.
 pub fn set_runtime_version() {
@@ -106,31 +78,24 @@ pub fn set_runtime_version() {
 /// with the reason it could not be.
 pub fn start(tx: mpsc::Sender<SourceMsg>, metrics: Arc<Metrics>) -> Result<StartedStream, String> {
     set_runtime_version();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (barriers, barrier_rx) = std::sync::mpsc::channel();
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-    let flag = stop.clone();
-    let thread = std::thread::Builder::new()
-        .name("es-client".into())
-        .spawn(move || run(&tx, &metrics, &flag, &barrier_rx, &ready_tx))
-        .map_err(|e| EsError::Thread(e).to_string())?;
+    let thread = ReaderThread::spawn("es-client", move |stop, barriers| {
+        run(&tx, &metrics, stop, barriers, &ready_tx)
+    })
+    .map_err(|e| EsError::Thread(e).to_string())?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(StartedStream {
             source: crate::model::EventSource::EndpointSecurity,
             degraded_reason: None,
-            stream: Box::new(EsStream {
-                stop,
-                barriers,
-                thread: Some(thread),
-            }),
+            stream: Box::new(thread),
             snapshot_reader: None,
         }),
         Ok(Err(e)) => {
-            let _ = thread.join();
+            thread.join();
             Err(e.to_string())
         }
         Err(_) => {
-            let _ = thread.join();
+            thread.join();
             Err(EsError::ThreadGone.to_string())
         }
     }

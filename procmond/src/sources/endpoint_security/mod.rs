@@ -27,7 +27,7 @@ pub mod reason;
 pub mod seq;
 
 #[cfg(target_os = "macos")]
-pub use client::{EsStream, probe, start};
+pub use client::{probe, start};
 
 /// This Mac's `(major, minor, patch)`, from `kern.osproductversion`.
 #[cfg(target_os = "macos")]

@@ -29,7 +29,6 @@ use std::io::Read;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -43,7 +42,7 @@ use crate::config::ProcmondConfig;
 use crate::metrics::Metrics;
 use crate::model::{EventSource, ProcessEvent};
 use crate::sources::SourceMsg;
-use crate::sources::stream::{KernelStream, StartedStream};
+use crate::sources::stream::{ReaderThread, StartedStream};
 
 /// The audit pipe device (a cloning device: each open is a new pipe).
 pub const AUDITPIPE: &str = "/dev/auditpipe";
@@ -227,33 +226,6 @@ impl ProcTable for SysctlTable {
     }
 }
 
-/// Controls a running reader thread.
-#[derive(Debug)]
-pub struct Reader {
-    stop: Arc<AtomicBool>,
-    barriers: std::sync::mpsc::Sender<u64>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl KernelStream for Reader {
-    fn barrier(&self, id: u64) {
-        let _ = self.barriers.send(id);
-    }
-
-    fn stop(mut self: Box<Self>) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
 /// Opens the pipe and starts the reader: the FreeBSD kernel stream.
 pub fn start(
     config: &ProcmondConfig,
@@ -268,9 +240,6 @@ pub fn start(
         Ok(all) => tracker.seed(all.into_iter().map(|k| table.with_start(k))),
         Err(e) => tracing::warn!(error = %e, "reading the process table for the audit reader"),
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let (barriers, barrier_rx) = std::sync::mpsc::channel();
-    let flag = stop.clone();
     let mut reader = ReadLoop {
         pipe,
         stream: RecordStream::default(),
@@ -278,18 +247,14 @@ pub fn start(
         tracker,
         lost_total: 0,
     };
-    let thread = std::thread::Builder::new()
-        .name("audit-reader".into())
-        .spawn(move || reader.run(&tx, &metrics, &flag, &barrier_rx))
-        .map_err(|e| format!("starting the audit reader thread: {e}"))?;
+    let thread = ReaderThread::spawn("audit-reader", move |stop, barriers| {
+        reader.run(&tx, &metrics, stop, barriers)
+    })
+    .map_err(|e| format!("starting the audit reader thread: {e}"))?;
     Ok(StartedStream {
         source: EventSource::Audit,
         degraded_reason,
-        stream: Box::new(Reader {
-            stop,
-            barriers,
-            thread: Some(thread),
-        }),
+        stream: Box::new(thread),
         snapshot_reader: None,
     })
 }
