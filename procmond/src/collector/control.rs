@@ -200,7 +200,7 @@ pub fn greeting(
         collector_type: "process-monitor".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         pid: std::process::id(),
-        hostname: hostname(),
+        hostname: crate::sys::hostname(),
         source: source.to_string(),
         degraded_reason,
         capabilities: serde_json::to_value(crate::privileges::detect()).unwrap_or(Value::Null),
@@ -246,18 +246,4 @@ pub fn deregistration(collector_id: &str) -> Envelope {
         CONTROL_CORRELATION | 5,
         to_payload(&msg),
     )
-}
-
-fn hostname() -> String {
-    #[cfg(unix)]
-    {
-        rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned()
-    }
-    #[cfg(not(unix))]
-    {
-        std::env::var("COMPUTERNAME").unwrap_or_default()
-    }
 }

@@ -1,7 +1,24 @@
 //! The few calls into the C library that no safe crate offers. Each lives in
-//! its own small module, the only places where `unsafe` is allowed.
+//! its own small module, the only places where `unsafe` is allowed; and the
+//! small host facts several parts need (`hostname`).
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub mod trim;
 #[cfg(windows)]
 pub mod windows;
+
+/// This host's name: uname's nodename on Unix, `COMPUTERNAME` on Windows
+/// (empty when unknown). Registration and the nats sink's subjects use it.
+pub fn hostname() -> String {
+    #[cfg(unix)]
+    {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    }
+    #[cfg(not(unix))]
+    {
+        std::env::var("COMPUTERNAME").unwrap_or_default()
+    }
+}

@@ -86,20 +86,6 @@ pub fn host_token(raw: &str) -> String {
     }
 }
 
-fn local_host() -> String {
-    #[cfg(unix)]
-    {
-        rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned()
-    }
-    #[cfg(not(unix))]
-    {
-        std::env::var("COMPUTERNAME").unwrap_or_default()
-    }
-}
-
 fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, NatsSinkError> {
     std::fs::read(path).map_err(|source| NatsSinkError::Read {
         key,
@@ -158,7 +144,7 @@ pub fn prepare(config: &NatsSinkConfig) -> Result<Prepared, NatsSinkError> {
     let host = config
         .host
         .clone()
-        .unwrap_or_else(|| host_token(&local_host()));
+        .unwrap_or_else(|| host_token(&crate::sys::hostname()));
     Ok(Prepared {
         options,
         url: config.url.clone(),
