@@ -522,8 +522,10 @@ mod tests {
         assert!(e.contains("another procmond collector"), "{e}");
         // The probe-like start of a second collector with that id refuses
         // before it touches the sessions, naming why.
-        let mut config = crate::config::ProcmondConfig::default();
-        config.collector_id = id.clone();
+        let config = crate::config::ProcmondConfig {
+            collector_id: id.clone(),
+            ..Default::default()
+        };
         let (input, _rx) = sync_channel(1);
         let (sessions, failures) = start_sessions(&config, &input, &Arc::new(Metrics::default()));
         assert!(sessions.modern.is_none() && sessions.classic.is_none());

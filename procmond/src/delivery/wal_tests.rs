@@ -1,0 +1,212 @@
+//! Tests of the write-ahead log: reopen and replay, the cap, corrupt and
+//! damaged storage (kept apart so `wal.rs` reads as the log itself).
+
+use super::*;
+use crate::model::batch::BatchBuilder;
+use crate::model::{EventKind, EventSource, ProcessEvent};
+
+/// One batch of one event per seq.
+fn batch(seqs: impl IntoIterator<Item = u64>) -> Batch {
+    let mut b = BatchBuilder::new();
+    for seq in seqs {
+        let mut e = ProcessEvent::new(EventKind::Exec, EventSource::Ebpf, 1, 42);
+        e.seq = seq;
+        b.push(&e).expect("encodes");
+    }
+    b.finish()
+}
+
+fn keys(wal: &Wal) -> Vec<u64> {
+    wal.read_from(0, 100)
+        .expect("read")
+        .iter()
+        .map(|(k, _)| *k)
+        .collect()
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("procmond-wal-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn survives_reopen_replays_in_order_and_forgets_acked() {
+    let dir = temp_dir("reopen");
+    let metrics = Arc::new(Metrics::default());
+    {
+        let wal = Wal::open(&dir, 1 << 20, metrics.clone()).expect("open");
+        assert_eq!(wal.next_seq(), 1);
+        assert_eq!(
+            wal.append(&[batch(1..=2), batch(3..=3)]).expect("append"),
+            3
+        );
+        assert_eq!(wal.append(&[batch(4..=5)]).expect("append"), 2);
+        assert_eq!(wal.ack(3).expect("ack"), 1);
+    }
+    let wal = Wal::open(&dir, 1 << 20, metrics).expect("reopen");
+    assert_eq!(wal.next_seq(), 6);
+    assert_eq!(keys(&wal), [1, 4]);
+    let seqs: Vec<u64> = wal.read_from(0, 100).expect("read")[1]
+        .1
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, [4, 5]);
+    assert_eq!(wal.pending_count(), 4);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dir).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        for f in std::fs::read_dir(&dir).expect("ls").flatten() {
+            if f.path().is_file() {
+                assert_eq!(
+                    f.metadata().expect("meta").permissions().mode() & 0o077,
+                    0,
+                    "{:?}",
+                    f.path()
+                );
+            }
+        }
+    }
+    // Windows: the directory's ACL names SYSTEM and grants nothing to
+    // Everyone, Users or Authenticated Users. (Wine keeps ACLs as Unix
+    // modes where it has no xattrs: it reads back SYSTEM and the owner.)
+    #[cfg(windows)]
+    {
+        let dacl = crate::sys::windows::path_dacl(&dir).expect("dacl");
+        assert!(dacl.contains(";SY)"), "{dacl}");
+        for broad in [";WD)", ";BU)", ";AU)"] {
+            assert!(!dacl.contains(broad), "{dacl}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn full_wal_keeps_oldest_and_counts_drops() {
+    let dir = temp_dir("full");
+    let metrics = Arc::new(Metrics::default());
+    let one = batch(1..=2).as_bytes().len() as u64;
+    let wal = Wal::open(&dir, one * 2, metrics.clone()).expect("open");
+    let batches = [batch(1..=2), batch(3..=4), batch(5..=6)];
+    assert_eq!(wal.append(&batches).expect("append"), 4);
+    assert_eq!(metrics.wal_dropped_full.load(Relaxed), 2);
+    assert_eq!(keys(&wal), [1, 3]);
+    assert_eq!(wal.next_seq(), 7, "dropped events still consume their seq");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Stores 3 batches of 20 events under `dir`, acknowledges the first.
+fn stored_run(dir: &Path) -> u64 {
+    let wal = Wal::open(dir, 1 << 24, Arc::new(Metrics::default())).expect("open");
+    for first in [1u64, 21, 41] {
+        wal.append(&[batch(first..first + 20)]).expect("append");
+    }
+    wal.ack(1).expect("ack");
+    wal.next_seq()
+}
+
+fn sled_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n != wal_marks::MARKS_FILE))
+        .collect()
+}
+
+#[test]
+fn damaged_storage_is_counted_as_lost_and_seq_never_goes_back() {
+    // Overwritten with garbage: sled opens an empty tree without a word.
+    let dir = temp_dir("garbage");
+    let next = stored_run(&dir);
+    let db_file = dir.join("db");
+    let len = std::fs::metadata(&db_file).expect("db file").len();
+    std::fs::write(&db_file, vec![0x5a; len as usize]).expect("garble");
+    let metrics = Arc::new(Metrics::default());
+    let wal = Wal::open(&dir, 1 << 24, metrics.clone()).expect("reopen");
+    let lost = metrics.wal_lost.load(Relaxed);
+    assert_eq!(
+        lost + wal.pending_count(),
+        40,
+        "every pending event is replayed or counted"
+    );
+    assert!(lost > 0, "the damage was noticed");
+    assert!(wal.next_seq() >= next, "{} < {next}", wal.next_seq());
+    drop(wal);
+    // Marks are rewritten to what the tree now holds: no double count.
+    let metrics = Arc::new(Metrics::default());
+    let _wal = Wal::open(&dir, 1 << 24, metrics.clone()).expect("reopen");
+    assert_eq!(metrics.wal_lost.load(Relaxed), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // sled's files wiped, marks kept: the old epoch's pending are lost.
+    let dir = temp_dir("wiped");
+    stored_run(&dir);
+    for f in sled_files(&dir) {
+        if f.is_dir() {
+            std::fs::remove_dir_all(f).expect("rm");
+        } else {
+            std::fs::remove_file(f).expect("rm");
+        }
+    }
+    let metrics = Arc::new(Metrics::default());
+    let wal = Wal::open(&dir, 1 << 24, metrics.clone()).expect("reopen");
+    assert_eq!(
+        (metrics.wal_lost.load(Relaxed), wal.pending_count()),
+        (40, 0)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Undamaged: nothing is lost, and a reopen in place keeps the epoch.
+    let dir = temp_dir("clean");
+    stored_run(&dir);
+    let metrics = Arc::new(Metrics::default());
+    let wal = Wal::open(&dir, 1 << 24, metrics.clone()).expect("reopen");
+    let epoch = wal.epoch();
+    wal.reopen().expect("reopen in place");
+    assert_eq!(
+        (
+            metrics.wal_lost.load(Relaxed),
+            wal.pending_count(),
+            wal.epoch()
+        ),
+        (0, 40, epoch)
+    );
+    assert_eq!(wal.append(&[batch(61..=62)]).expect("append"), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn corrupt_records_are_skipped_counted_and_the_rest_replays() {
+    let dir = temp_dir("corrupt");
+    let metrics = Arc::new(Metrics::default());
+    Wal::open(&dir, 1 << 20, metrics.clone())
+        .and_then(|w| w.append(&[batch([10]), batch([14, 15])]))
+        .expect("append");
+    // Reopened: what is on disk now comes from an earlier run.
+    let wal = Wal::open(&dir, 1 << 20, metrics.clone()).expect("reopen");
+    wal.insert_raw_for_test(11, b"\xff\x00garbage")
+        .expect("plant");
+    // A batch whose structure holds but whose first event is garbled.
+    let mut bytes = batch([12, 13]).as_bytes().to_vec();
+    for b in &mut bytes[32..56] {
+        *b = 0xff;
+    }
+    wal.insert_raw_for_test(12, &bytes).expect("plant");
+    assert!(
+        wal.insert_raw_for_test(wal.next_seq(), b"x").is_err(),
+        "keys of this run are not planted"
+    );
+    let read = wal.read_from(0, 100).expect("read");
+    let seqs: Vec<Vec<u64>> = read
+        .iter()
+        .map(|(_, b)| b.iter().map(|e| e.seq).collect())
+        .collect();
+    assert_eq!(seqs, [vec![10], vec![13], vec![14, 15]]);
+    assert_eq!(metrics.wal_corrupt.load(Relaxed), 2);
+    assert_eq!(keys(&wal), [10, 12, 14], "the garbage record is gone");
+    let _ = std::fs::remove_dir_all(&dir);
+}
