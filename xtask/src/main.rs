@@ -209,6 +209,28 @@ const OTHER_TARGETS: [&str; 4] = [
     "x86_64-pc-windows-msvc",
 ];
 
+/// `cargo clippy -D warnings` of procmond's lib and bins, every feature,
+/// for `target` (std must be installed), in `target/cross`.
+fn clippy_target(root: &Path, target: &str) -> Result<()> {
+    println!("xtask: clippy for {target}");
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(root)
+            .env("CARGO_TARGET_DIR", root.join("target/cross"))
+            .args([
+                "clippy",
+                "-p",
+                "procmond",
+                "--lib",
+                "--bins",
+                "--all-features",
+                "--target",
+                target,
+            ])
+            .args(["--", "-D", "warnings"]),
+    )
+}
+
 fn check_targets() -> Result<()> {
     let root = ebpf_dir()?
         .parent()
@@ -227,23 +249,7 @@ fn check_targets() -> Result<()> {
             eprintln!("!!! the {target} type check is SKIPPED in this run");
             continue;
         }
-        println!("xtask: clippy for {target}");
-        run(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .current_dir(&root)
-                .env("CARGO_TARGET_DIR", root.join("target/cross"))
-                .args([
-                    "clippy",
-                    "-p",
-                    "procmond",
-                    "--lib",
-                    "--bins",
-                    "--all-features",
-                    "--target",
-                    target,
-                ])
-                .args(["--", "-D", "warnings"]),
-        )?;
+        clippy_target(&root, target)?;
     }
     Ok(())
 }

@@ -113,25 +113,7 @@ pub fn test_alone() -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("no workspace root")?;
-    println!("xtask: clippy for x86_64-pc-windows-msvc");
-    run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(root)
-            .env(
-                "CARGO_TARGET_DIR",
-                std::env::var_os("CARGO_TARGET_DIR")
-                    .map_or_else(|| root.join("target/cross"), PathBuf::from),
-            )
-            .args([
-                "clippy",
-                "-p",
-                "procmond",
-                "--lib",
-                "--bins",
-                "--all-features",
-            ])
-            .args(["--target", "x86_64-pc-windows-msvc", "--", "-D", "warnings"]),
-    )?;
+    super::clippy_target(root, "x86_64-pc-windows-msvc")?;
     test(root)?;
     println!(
         "xtask: the Windows checks took {:.1} s in all",
