@@ -159,6 +159,16 @@ impl Enricher {
         self.walk.1 = Some(now);
         let mount = self.walk.0.get_or_insert_with(cgroup2_mount).clone()?;
         let mut found = None;
+        // The root cgroup too (its id is the mount's inode): without it, a
+        // storm of short-lived processes in `/` would walk again every second.
+        if let Ok(meta) = std::fs::metadata(&mount) {
+            let ino = std::os::unix::fs::MetadataExt::ino(&meta);
+            let root: CgroupInfo = (Arc::from("/"), None);
+            if ino == id {
+                found = Some(root.clone());
+            }
+            self.cgroups.entry(ino).or_insert(Some(root));
+        }
         let mut stack = vec![mount.clone()];
         let mut seen = 0;
         while let Some(dir) = stack.pop() {
