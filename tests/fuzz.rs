@@ -206,7 +206,10 @@ fn fuzz_bus_frames() {
                 &env.payload,
                 Some(&published.collectors),
                 Some("procmond"),
-                |_| false,
+                |_, _| procmond::bus::authz::Claim {
+                    held_elsewhere: false,
+                    credential_ok: false,
+                },
             );
         }
     });

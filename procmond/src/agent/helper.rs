@@ -40,8 +40,16 @@ pub const STOP_ON_STDIN_EOF_ENV: &str = "PROCMOND_STOP_ON_STDIN_EOF";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Order {
-    Spawn { id: String },
-    Signal { id: String, signal: Sig },
+    /// Start collector `id`, handing it `credential` to register with
+    /// (`bus/authz.rs`); the agent issues a new one for every start.
+    Spawn {
+        id: String,
+        credential: String,
+    },
+    Signal {
+        id: String,
+        signal: Sig,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,10 +266,10 @@ pub async fn serve(config_path: &Path) -> std::io::Result<()> {
                     }
                 };
                 let report = match order {
-                    Order::Spawn { id } => match collectors.get(&id) {
+                    Order::Spawn { id, credential } => match collectors.get(&id) {
                         None => Some(Report::Failed { id, message: "not a collector in agent.yaml".into() }),
                         Some(_) if running.contains_key(&id) => Some(Report::Failed { id, message: "already running".into() }),
-                        Some(c) => match launch(c, &runtime_dir, &socket, heartbeat_secs) {
+                        Some(c) => match launch(c, &runtime_dir, &socket, heartbeat_secs, &credential) {
                             Ok(child) => {
                                 let pid = child.id().unwrap_or(0);
                                 let (sig_tx, sig_rx) = mpsc::unbounded_channel();
@@ -387,13 +395,16 @@ async fn reap(
 
 /// Writes the collector's config (its `config:` block with the id and the
 /// heartbeat period filled in) to a new 0600 file in the launcher's private
-/// directory, then starts it. Never follows a symlink: the directory must be
-/// a real root-only directory, and the file is created exclusively.
+/// directory, then starts it with its registration credential in its
+/// environment (readable only by its own user and root). Never follows a
+/// symlink: the directory must be a real root-only directory, and the file
+/// is created exclusively.
 fn launch(
     collector: &CollectorConfig,
     runtime_dir: &Path,
     socket: &Path,
     heartbeat_secs: u64,
+    credential: &str,
 ) -> std::io::Result<Child> {
     let mut config = collector.config.clone();
     config.collector_id.clone_from(&collector.id);
@@ -408,6 +419,7 @@ fn launch(
         .arg("--config")
         .arg(&path)
         .env(BROKER_SOCKET_ENV, socket)
+        .env(crate::bus::authz::CREDENTIAL_ENV, credential)
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     // Windows: the collector's stdin is its stop request (closed on TERM).

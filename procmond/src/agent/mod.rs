@@ -120,7 +120,7 @@ pub async fn run(
     }
     let mut registrations = broker.subscribe_local(protocol::TOPIC_REGISTRATION, 256)?;
     let mut heartbeats = broker.subscribe_local("control.health.heartbeat.+", 1024)?;
-    let mut agent_requests = broker.subscribe_local(protocol::TOPIC_AGENT, 16)?;
+    let mut agent_requests = broker.serve_local(protocol::TOPIC_AGENT, 16)?;
     let broker_stop = CancellationToken::new();
     let serving = tokio::spawn({
         let broker = broker.clone();
@@ -136,11 +136,7 @@ pub async fn run(
         .map(Tracked::new)
         .collect();
     for t in &tracked {
-        let _ = launcher
-            .order(&Order::Spawn {
-                id: t.config.id.clone(),
-            })
-            .await;
+        spawn(&mut launcher, &broker, t.id()).await;
     }
     tracing::info!(
         collectors = tracked.len(),
@@ -152,6 +148,7 @@ pub async fn run(
     let mut phase = Phase::Loading;
     let (answers_tx, mut answers) = mpsc::channel::<Answer>(64);
     let mut check = tokio::time::interval(Duration::from_millis(250).min(interval / 2));
+    let mut forged = 0u64;
 
     let outcome = loop {
         tokio::select! {
@@ -165,7 +162,7 @@ pub async fn run(
                     begin_monitoring(&broker).await;
                 }
             }
-            Some(env) = heartbeats.recv() => on_heartbeat(&mut tracked, &env),
+            Some(env) = heartbeats.recv() => on_heartbeat(&mut tracked, &env, &mut forged),
             Some(env) = agent_requests.recv() => {
                 let body = agent_health(phase, &mut tracked, &broker, &sinks);
                 broker.respond(&env, Status::Ok, to_payload(&body));
@@ -189,7 +186,7 @@ pub async fn run(
                 for t in tracked.iter_mut().filter(|t| t.restart_at.is_some_and(|at| at <= now)) {
                     t.restart_at = None;
                     tracing::warn!(collector = %t.id(), "restarting collector");
-                    let _ = launcher.order(&Order::Spawn { id: t.config.id.clone() }).await;
+                    spawn(&mut launcher, &broker, t.id()).await;
                 }
             }
         }
@@ -369,7 +366,7 @@ fn agent_health(
     let mut body = serde_json::json!({
         "phase": if phase == Phase::Loading { "loading" } else { "steady_state" },
         "collectors": collectors,
-        "broker": broker.stats().to_json(),
+        "broker": broker.stats_json(),
         "sinks": sinks,
     });
     body[key] = account;
@@ -462,14 +459,25 @@ fn on_registration(tracked: &mut [Tracked], env: &Envelope) -> Option<String> {
     }
 }
 
-fn on_heartbeat(tracked: &mut [Tracked], env: &Envelope) {
-    match serde_json::from_slice::<Heartbeat>(&env.payload) {
-        Ok(beat) => {
-            if let Some(t) = find(tracked, &beat.collector_id) {
+/// Applies a heartbeat to the collector its topic names: the broker let
+/// only the connection holding that id publish there, so the topic, not
+/// the payload, says whose it is; a payload naming another is ignored.
+fn on_heartbeat(tracked: &mut [Tracked], env: &Envelope, ignored: &mut u64) {
+    let id = env.topic.strip_prefix("control.health.heartbeat.");
+    let beat = serde_json::from_slice::<Heartbeat>(&env.payload);
+    match (id, beat) {
+        (Some(id), Ok(beat)) if beat.collector_id == id => {
+            if let Some(t) = find(tracked, id) {
                 t.heartbeat(&beat.status, beat.metrics);
             }
         }
-        Err(e) => tracing::warn!(error = %e, "invalid heartbeat ignored"),
+        (id, beat) => {
+            *ignored += 1;
+            if crate::bus::broker::worth_logging(*ignored) {
+                let why = beat.err().map(|e| e.to_string());
+                tracing::warn!(topic = ?id, error = ?why, ignored_so_far = *ignored, "heartbeat ignored: invalid, or naming another collector than its topic");
+            }
+        }
     }
 }
 
@@ -526,6 +534,23 @@ async fn begin_monitoring(broker: &Broker) {
     }
 }
 
+/// Starts collector `id` through the launcher with a fresh credential.
+async fn spawn(launcher: &mut Helper, broker: &Broker, id: &str) {
+    let order = match broker.issue_credential(id) {
+        Ok(credential) => Order::Spawn {
+            id: id.to_string(),
+            credential,
+        },
+        Err(e) => {
+            tracing::error!(collector = %id, error = %e, "no randomness for a registration credential: not starting the collector");
+            return;
+        }
+    };
+    if let Err(e) = launcher.order(&order).await {
+        tracing::error!(collector = %id, error = %e, "the launcher did not take the start order");
+    }
+}
+
 /// Heartbeat supervision, one step per check.
 async fn supervise(
     tracked: &mut [Tracked],
@@ -537,6 +562,15 @@ async fn supervise(
 ) {
     let hb = &config.heartbeat;
     let interval = Duration::from_secs(hb.interval_secs);
+    for t in tracked.iter_mut().filter(|t| t.never_ready(now)) {
+        tracing::error!(collector = %t.id(), timeout_secs = t.config.startup_timeout_secs, "started but not ready within its startup timeout: killing it to start it again");
+        t.escalation = Some(Escalation::Killed);
+        let signal = Order::Signal {
+            id: t.config.id.clone(),
+            signal: Sig::KILL,
+        };
+        let _ = launcher.order(&signal).await;
+    }
     for t in tracked.iter_mut().filter(|t| t.pid.is_some() && t.ready) {
         match t.escalation {
             None => {

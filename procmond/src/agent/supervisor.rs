@@ -46,6 +46,8 @@ pub struct Tracked {
     /// It said goodbye: its exit is intended, no restart.
     pub deregistered: bool,
     pub last_heartbeat: Instant,
+    /// When the running process was started.
+    pub started_at: Instant,
     pub last_status: Option<String>,
     pub escalation: Option<Escalation>,
     pub restart_at: Option<Instant>,
@@ -65,6 +67,7 @@ impl Tracked {
             ready: false,
             deregistered: false,
             last_heartbeat: Instant::now(),
+            started_at: Instant::now(),
             last_status: None,
             escalation: None,
             restart_at: None,
@@ -87,6 +90,17 @@ impl Tracked {
         self.escalation = None;
         self.restart_at = None;
         self.last_heartbeat = Instant::now();
+        self.started_at = self.last_heartbeat;
+    }
+
+    /// A running process that has not reported ready within its startup
+    /// timeout (a restart that never came up: it is killed and retried).
+    pub fn never_ready(&self, now: Instant) -> bool {
+        let limit = Duration::from_secs(self.config.startup_timeout_secs);
+        self.pid.is_some()
+            && !self.ready
+            && self.escalation.is_none()
+            && now.duration_since(self.started_at) >= limit
     }
 
     pub fn heartbeat(&mut self, status: &str, metrics: serde_json::Value) {
@@ -201,6 +215,23 @@ mod tests {
             startup_timeout_secs: 60,
             config: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_start_that_never_reports_ready_is_found_after_its_timeout() {
+        let mut t = Tracked::new(collector(true));
+        t.started(10);
+        let at = t.started_at;
+        assert!(!t.never_ready(at + Duration::from_secs(59)));
+        assert!(t.never_ready(at + Duration::from_secs(60)));
+        t.ready = true;
+        assert!(!t.never_ready(at + Duration::from_secs(600)));
+        t.ready = false;
+        t.escalation = Some(Escalation::Killed);
+        assert!(
+            !t.never_ready(at + Duration::from_secs(600)),
+            "already being killed"
+        );
     }
 
     #[test]

@@ -5,9 +5,15 @@
 //! that registered it, for as long as that connection lives:
 //!
 //! * `control.collector.registration`: `register` binds the connection to a
-//!   collector id no live connection holds; `ready` and `deregister` only for
-//!   the id the connection holds; one id per connection.
-//! * `control.health.heartbeat.<id>`: only from the connection holding `<id>`.
+//!   collector id, and only with the credential the agent issued for that
+//!   id when its launcher started the collector (`Credentials`): a peer
+//!   that did not get it from the launcher cannot claim any id. A valid
+//!   credential for an id another connection still holds takes the id over
+//!   (that connection is a stale instance of the same collector: the
+//!   launcher runs one at a time). `ready` and `deregister` only for the id
+//!   the connection holds; one id per connection.
+//! * `control.health.heartbeat.<id>`: only from the connection holding
+//!   `<id>`, and only a heartbeat that names `<id>` itself.
 //! * process events: every event's `collector_id` must be the connection's.
 //! * any other `control.*` publish (the lifecycle broadcast above all) comes
 //!   from the agent itself, never from a peer.
@@ -22,11 +28,14 @@
 //! (the private broker embedded in `watch`, in-process tests) everything an
 //! admitted peer sends is allowed, as before.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use serde::{Deserialize, Serialize};
 
 use crate::bus::peer::{PeerId, SID_LOCAL_SYSTEM};
 use crate::bus::protocol::{TOPIC_AGENT, TOPIC_REGISTRATION, heartbeat_topic};
-use crate::bus::rpc::{Registration, Request};
+use crate::bus::rpc::{Heartbeat, Registration, Request};
 
 /// What a publish does to the connection's binding, when it is allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +46,18 @@ pub enum Allowed {
     Bind(String),
     /// The connection gives its collector id up.
     Unbind,
+    /// The connection now holds this collector id, taken from the stale
+    /// connection that held it.
+    Takeover(String),
+}
+
+/// What the broker knows of a collector id a connection registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// Another live connection holds the id.
+    pub held_elsewhere: bool,
+    /// The registration carries the credential issued for the id.
+    pub credential_ok: bool,
 }
 
 /// Why a publish was refused (logged and counted by the broker).
@@ -46,8 +67,12 @@ pub enum Refused {
     ControlTopic(String),
     #[error("not a registration message: {0}")]
     BadRegistration(String),
-    #[error("collector id {0:?} is held by another connection")]
-    Taken(String),
+    #[error("not a heartbeat: {0}")]
+    BadHeartbeat(String),
+    #[error(
+        "collector id {0:?}: no valid credential (only collectors the agent's launcher started may register)"
+    )]
+    Credential(String),
     #[error("this connection holds collector id {held:?}, not {claimed:?}")]
     NotYours {
         held: Option<String>,
@@ -82,6 +107,48 @@ impl Default for Operators {
     }
 }
 
+/// Environment variable through which the launcher hands a collector the
+/// credential it registers with (`procmond run` reads it).
+pub const CREDENTIAL_ENV: &str = "PROCMOND_COLLECTOR_CREDENTIAL";
+
+/// The registration credentials the agent issued, one per collector id:
+/// a fresh random token each time the launcher starts that collector, so a
+/// token outlives neither its process nor the next start.
+#[derive(Debug, Default)]
+pub struct Credentials {
+    issued: Mutex<HashMap<String, String>>,
+}
+
+impl Credentials {
+    /// A new credential for `id`, replacing the one issued before.
+    pub fn issue(&self, id: &str) -> std::io::Result<String> {
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw).map_err(std::io::Error::other)?;
+        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        self.lock().insert(id.to_string(), token.clone());
+        Ok(token)
+    }
+
+    /// Whether `presented` is the credential issued for `id`.
+    pub fn check(&self, id: &str, presented: Option<&str>) -> bool {
+        let issued = self.lock();
+        match (issued.get(id), presented) {
+            (Some(expected), Some(given)) => same_secret(expected.as_bytes(), given.as_bytes()),
+            _ => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        // A map of strings cannot be left half-updated by a panic.
+        self.issued.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Compares two secrets in time that depends on their length only.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Decides on an RPC to `topic` by `peer` (a uid, or a SID on Windows).
 pub fn decide_call(
     topic: &str,
@@ -114,14 +181,14 @@ pub fn decide_call(
 }
 
 /// Decides on a publish to `topic` by a connection holding `held`;
-/// `collectors` are the ids a process-event publish names; `taken(id)`
-/// tells whether another live connection holds `id`.
+/// `collectors` are the ids a process-event publish names; `claim(id,
+/// credential)` tells what the broker knows of an id being registered.
 pub fn decide(
     topic: &str,
     payload: &[u8],
     collectors: Option<&[String]>,
     held: Option<&str>,
-    taken: impl Fn(&str) -> bool,
+    claim: impl Fn(&str, Option<&str>) -> Claim,
 ) -> Result<Allowed, Refused> {
     let not_yours = |claimed: &str| Refused::NotYours {
         held: held.map(str::to_owned),
@@ -138,12 +205,31 @@ pub fn decide(
         let msg: Registration =
             serde_json::from_slice(payload).map_err(|e| Refused::BadRegistration(e.to_string()))?;
         return match msg {
-            Registration::Register { collector_id, .. } => match held {
-                Some(h) if h == collector_id => Ok(Allowed::Publish),
-                Some(_) => Err(not_yours(&collector_id)),
-                None if taken(&collector_id) => Err(Refused::Taken(collector_id)),
-                None => Ok(Allowed::Bind(collector_id)),
-            },
+            Registration::Register {
+                collector_id,
+                credential,
+                ..
+            } => {
+                if !crate::config::is_topic_segment(&collector_id) {
+                    return Err(Refused::BadRegistration(
+                        "collector_id must be 1-64 of [A-Za-z0-9_-]".into(),
+                    ));
+                }
+                match held {
+                    Some(h) if h == collector_id => Ok(Allowed::Publish),
+                    Some(_) => Err(not_yours(&collector_id)),
+                    None => {
+                        let c = claim(&collector_id, credential.as_deref());
+                        if !c.credential_ok {
+                            Err(Refused::Credential(collector_id))
+                        } else if c.held_elsewhere {
+                            Ok(Allowed::Takeover(collector_id))
+                        } else {
+                            Ok(Allowed::Bind(collector_id))
+                        }
+                    }
+                }
+            }
             Registration::Ready { collector_id } if held == Some(collector_id.as_str()) => {
                 Ok(Allowed::Publish)
             }
@@ -156,10 +242,15 @@ pub fn decide(
         };
     }
     if let Some(id) = topic.strip_prefix("control.health.heartbeat.") {
-        return if held.is_some_and(|h| heartbeat_topic(h) == topic) {
-            Ok(Allowed::Publish)
-        } else {
-            Err(not_yours(id))
+        if held.is_none_or(|h| heartbeat_topic(h) != topic) {
+            return Err(not_yours(id));
+        }
+        // The payload must name the topic's collector too: the agent reads
+        // the id from the topic, and nothing else may disagree with it.
+        return match serde_json::from_slice::<Heartbeat>(payload) {
+            Ok(beat) if beat.collector_id == id => Ok(Allowed::Publish),
+            Ok(beat) => Err(not_yours(&beat.collector_id)),
+            Err(e) => Err(Refused::BadHeartbeat(e.to_string())),
         };
     }
     if topic.starts_with("control.") {
@@ -184,18 +275,56 @@ mod tests {
         ids.iter().map(|s| (*s).to_string()).collect()
     }
 
+    /// Nobody else holds the id; the credential is good.
+    fn free(_: &str, _: Option<&str>) -> Claim {
+        Claim {
+            held_elsewhere: false,
+            credential_ok: true,
+        }
+    }
+
     #[test]
-    fn registration_binds_once_and_only_free_ids() {
-        let free = |_: &str| false;
+    fn registration_needs_the_issued_credential_and_takes_stale_ids_over() {
+        let creds = Credentials::default();
+        let token = creds.issue("p").expect("random");
+        let with = |t: &str| register(&format!(r#"p","credential":"{t}"#));
+        let creds = &creds;
+        let claim = |held_elsewhere| {
+            move |id: &str, c: Option<&str>| Claim {
+                held_elsewhere,
+                credential_ok: creds.check(id, c),
+            }
+        };
         assert_eq!(
-            decide(TOPIC_REGISTRATION, &register("p"), None, None, free),
+            decide(TOPIC_REGISTRATION, &with(&token), None, None, claim(false)),
             Ok(Allowed::Bind("p".into()))
         );
         assert_eq!(
-            decide(TOPIC_REGISTRATION, &register("p"), None, None, |id| id
-                == "p"),
-            Err(Refused::Taken("p".into()))
+            decide(TOPIC_REGISTRATION, &with(&token), None, None, claim(true)),
+            Ok(Allowed::Takeover("p".into()))
         );
+        let wrong = "0".repeat(token.len());
+        for bad in [register("p"), with(&wrong), with("short")] {
+            assert_eq!(
+                decide(TOPIC_REGISTRATION, &bad, None, None, claim(true)),
+                Err(Refused::Credential("p".into()))
+            );
+        }
+        // A new start's credential replaces the old one.
+        let newer = creds.issue("p").expect("random");
+        assert!(!creds.check("p", Some(&token)));
+        assert!(creds.check("p", Some(&newer)));
+        assert!(!creds.check("q", Some(&newer)), "issued for p only");
+        // An id that would forge log lines or topics is refused outright.
+        let forged = register("p\n2026-01-01 INFO collector ready");
+        assert!(matches!(
+            decide(TOPIC_REGISTRATION, &forged, None, None, free),
+            Err(Refused::BadRegistration(_))
+        ));
+    }
+
+    #[test]
+    fn registration_binds_once() {
         assert!(decide(TOPIC_REGISTRATION, &register("q"), None, Some("p"), free).is_err());
         let ready = br#"{"type":"ready","collector_id":"p"}"#;
         assert!(decide(TOPIC_REGISTRATION, ready, None, Some("p"), free).is_ok());
@@ -254,14 +383,26 @@ mod tests {
 
     #[test]
     fn heartbeats_events_and_control_topics_follow_the_binding() {
-        let free = |_: &str| false;
         let beat = heartbeat_topic("p");
-        assert!(decide(&beat, b"{}", None, Some("p"), free).is_ok());
+        let payload = |id: &str| {
+            format!(r#"{{"collector_id":"{id}","sequence":1,"status":"healthy","timestamp":"t","metrics":{{}}}}"#)
+                .into_bytes()
+        };
+        assert!(decide(&beat, &payload("p"), None, Some("p"), free).is_ok());
         assert!(
-            decide(&beat, b"{}", None, Some("q"), free).is_err(),
+            decide(&beat, &payload("p"), None, Some("q"), free).is_err(),
             "forged heartbeat"
         );
-        assert!(decide(&beat, b"{}", None, None, free).is_err());
+        assert!(decide(&beat, &payload("p"), None, None, free).is_err());
+        assert_eq!(
+            decide(&beat, &payload("victim"), None, Some("p"), free),
+            Err(Refused::NotYours {
+                held: Some("p".into()),
+                claimed: "victim".into()
+            }),
+            "a heartbeat on its own topic naming another collector"
+        );
+        assert!(decide(&beat, b"{}", None, Some("p"), free).is_err());
         let shutdown = br#"{"type":"shutdown"}"#;
         assert_eq!(
             decide(TOPIC_LIFECYCLE, shutdown, None, Some("p"), free),

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bus::protocol::MAX_FRAME_BYTES;
+
 /// The broker's caps (agent.yaml `broker:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -27,6 +29,12 @@ pub struct BrokerLimits {
     /// A connection that has neither registered, subscribed, published nor
     /// called within this time is closed.
     pub idle_timeout_secs: u64,
+    /// Bytes waiting to be written to one connection; a subscriber whose
+    /// queue would pass this is disconnected (it does not read).
+    pub max_queued_bytes_per_connection: usize,
+    /// Bytes waiting to be written to all connections together; past it
+    /// the connection with the largest queue is disconnected.
+    pub max_queued_bytes: usize,
 }
 
 impl Default for BrokerLimits {
@@ -38,13 +46,15 @@ impl Default for BrokerLimits {
             max_pending_rpcs_per_connection: 64,
             max_rpc_deadline_secs: 60,
             idle_timeout_secs: 30,
+            max_queued_bytes_per_connection: 8 * 1024 * 1024,
+            max_queued_bytes: 64 * 1024 * 1024,
         }
     }
 }
 
 impl BrokerLimits {
     /// Each key with its allowed range, for validation.
-    pub fn ranges(&self) -> [(&'static str, u64, u64, u64); 6] {
+    pub fn ranges(&self) -> [(&'static str, u64, u64, u64); 8] {
         [
             (
                 "broker.max_connections",
@@ -77,6 +87,19 @@ impl BrokerLimits {
                 3600,
             ),
             ("broker.idle_timeout_secs", self.idle_timeout_secs, 1, 3600),
+            // At least two of the largest frames, so one delivery always fits.
+            (
+                "broker.max_queued_bytes_per_connection",
+                self.max_queued_bytes_per_connection as u64,
+                2 * MAX_FRAME_BYTES as u64,
+                1 << 30,
+            ),
+            (
+                "broker.max_queued_bytes",
+                self.max_queued_bytes as u64,
+                2 * MAX_FRAME_BYTES as u64,
+                1 << 32,
+            ),
         ]
     }
 

@@ -50,6 +50,11 @@ pub enum Registration {
         #[serde(default)]
         degraded_reason: Option<String>,
         capabilities: serde_json::Value,
+        /// The credential the launcher handed this collector
+        /// (`bus/authz.rs`); the broker removes it before anyone else sees
+        /// the registration.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credential: Option<String>,
     },
     Ready {
         collector_id: String,
@@ -69,6 +74,22 @@ pub struct Heartbeat {
     pub timestamp: String,
     pub metrics: serde_json::Value,
 }
+
+impl Registration {
+    /// The same registration without its credential, as subscribers see it.
+    pub fn without_credential(mut self) -> Self {
+        if let Self::Register { credential, .. } = &mut self {
+            *credential = None;
+        }
+        self
+    }
+}
+
+/// Correlation ids of the greeting's registration frames: a refusal of one
+/// of them means the collector is not registered (it reconnects and tries
+/// again).
+pub const REGISTER_CORRELATION: u64 = CONTROL_CORRELATION | 3;
+pub const READY_CORRELATION: u64 = CONTROL_CORRELATION | 4;
 
 pub fn to_payload<T: Serialize>(value: &T) -> Vec<u8> {
     // Plain data structures always serialize.

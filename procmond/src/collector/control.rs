@@ -11,7 +11,10 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::protocol::{self, Envelope, FrameKind, Status};
-use crate::bus::rpc::{CONTROL_CORRELATION, Lifecycle, Registration, Request, to_payload};
+use crate::bus::rpc::{
+    CONTROL_CORRELATION, Lifecycle, READY_CORRELATION, REGISTER_CORRELATION, Registration, Request,
+    to_payload,
+};
 use crate::sensor::actor::Command;
 
 /// Bucket: `BURST` requests at once, refilled at `PER_SECOND`.
@@ -204,6 +207,8 @@ pub fn greeting(
         source: source.to_string(),
         degraded_reason,
         capabilities: serde_json::to_value(crate::privileges::detect()).unwrap_or(Value::Null),
+        // Handed over by the agent's launcher; absent for a private broker.
+        credential: std::env::var(crate::bus::authz::CREDENTIAL_ENV).ok(),
     };
     let ready = Registration::Ready {
         collector_id: collector_id.to_string(),
@@ -224,13 +229,13 @@ pub fn greeting(
         Envelope::new(
             FrameKind::Publish,
             protocol::TOPIC_REGISTRATION,
-            CONTROL_CORRELATION | 3,
+            REGISTER_CORRELATION,
             to_payload(&register),
         ),
         Envelope::new(
             FrameKind::Publish,
             protocol::TOPIC_REGISTRATION,
-            CONTROL_CORRELATION | 4,
+            READY_CORRELATION,
             to_payload(&ready),
         ),
     ]

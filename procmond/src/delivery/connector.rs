@@ -37,13 +37,15 @@ use super::storage::Storage;
 use super::wal::{Wal, WalError};
 use crate::bus::client::{self, BusReader, BusWriter};
 use crate::bus::protocol::{Envelope, FrameKind, TOPIC_EVENT_BATCH};
-use crate::bus::rpc::CONTROL_CORRELATION;
+use crate::bus::rpc::{CONTROL_CORRELATION, READY_CORRELATION, REGISTER_CORRELATION};
 use crate::metrics::Metrics;
 use crate::model::batch::Batch;
 
 const BACKPRESSURE_ON: f64 = 0.70;
 const BACKPRESSURE_OFF: f64 = 0.50;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A connection that lasted this long resets the reconnect backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 /// Batches read from the WAL at a time.
 const READ_BATCHES: usize = 16;
 /// Most bytes of batches gathered into one WAL write.
@@ -107,6 +109,7 @@ struct Conn {
     /// WAL key → bytes of the batch in flight.
     inflight: BTreeMap<u64, u64>,
     inflight_bytes: u64,
+    since: Instant,
 }
 
 impl Conn {
@@ -134,6 +137,7 @@ impl Conn {
             cursor: from,
             inflight: BTreeMap::new(),
             inflight_bytes: 0,
+            since: Instant::now(),
         }
     }
 }
@@ -207,6 +211,14 @@ async fn read_loop(
                 FrameKind::Ack if env.correlation_id & CONTROL_CORRELATION != 0 => {}
                 FrameKind::Ack => {
                     let _ = acks.send(env.correlation_id);
+                }
+                FrameKind::Error
+                    if matches!(env.correlation_id, REGISTER_CORRELATION | READY_CORRELATION) =>
+                {
+                    // Not registered, so not supervised: never stay like
+                    // that. Reconnecting (with backoff) registers again.
+                    tracing::error!(reason = %String::from_utf8_lossy(&env.payload), "broker refused the registration; reconnecting to try again");
+                    break;
                 }
                 FrameKind::Error => {
                     tracing::error!(correlation_id = env.correlation_id, reason = %String::from_utf8_lossy(&env.payload), "broker refused a frame");
@@ -369,7 +381,6 @@ impl Connector {
                             });
                             conn = Some(Conn::start(w, r, from, self.control.clone(), &greeting));
                             self.metrics.connected.store(1, Relaxed);
-                            backoff = Duration::from_secs(1);
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, retry_in = ?backoff, pending = self.wal.pending_count(), "broker unreachable; events kept in the WAL");
@@ -402,7 +413,14 @@ impl Connector {
             if lost {
                 Metrics::incr(&self.metrics.broker_disconnects);
                 self.metrics.connected.store(0, Relaxed);
-                conn = None;
+                // A connection that held a while starts the backoff over;
+                // one refused at once (registration) keeps doubling it.
+                if conn
+                    .take()
+                    .is_some_and(|c| c.since.elapsed() >= STABLE_CONNECTION)
+                {
+                    backoff = Duration::from_secs(1);
+                }
                 tracing::warn!(retry_in = ?backoff, "lost the broker connection; buffering in the WAL");
                 retry_at = Instant::now() + backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);

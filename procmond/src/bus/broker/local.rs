@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Broker, Durable, Pending, Sub, SubTx};
+use super::call::Reply;
+use super::{Broker, Durable, Sub, SubTx};
 use crate::bus::protocol::{self, Envelope, FrameKind, ProtocolError, Status};
 
 impl Broker {
@@ -20,6 +21,18 @@ impl Broker {
     ) -> Result<mpsc::Receiver<Envelope>, ProtocolError> {
         let (tx, rx) = mpsc::channel(capacity);
         self.add_local(pattern, SubTx::Local(tx))?;
+        Ok(rx)
+    }
+
+    /// Serves the requests on `topic` in-process (the agent's own RPC);
+    /// answer each with `respond`. Publishes on it are delivered too.
+    pub fn serve_local(
+        &self,
+        topic: &str,
+        capacity: usize,
+    ) -> Result<mpsc::Receiver<Envelope>, ProtocolError> {
+        let (tx, rx) = mpsc::channel(capacity);
+        self.add_local(topic, SubTx::Server(tx))?;
         Ok(rx)
     }
 
@@ -38,19 +51,17 @@ impl Broker {
     fn add_local(&self, pattern: &str, tx: SubTx) -> Result<(), ProtocolError> {
         protocol::validate_topic(pattern, true)?;
         let conn = self.next_id();
-        self.routes().subs.push(Sub {
-            conn,
-            pattern: pattern.to_string(),
-            tx,
-        });
+        self.routes()
+            .subs
+            .push(Sub::new(conn, pattern.to_string(), tx));
         Ok(())
     }
 
     /// Answers a request that an in-process subscriber received.
     pub fn respond(&self, request: &Envelope, status: Status, payload: Vec<u8>) {
-        self.finish(
-            request.correlation_id,
-            Envelope::response(0, status, payload),
+        self.complete_request(
+            Envelope::response(request.correlation_id, status, payload),
+            None,
         );
     }
 
@@ -81,7 +92,7 @@ impl Broker {
         let mut env = Envelope::new(FrameKind::Request, topic, 0, payload);
         let deadline = crate::clock::now_unix_ns() / 1_000_000 + timeout.as_millis() as i64;
         env.deadline_unix_ms = deadline.max(0) as u64;
-        self.dispatch_request(env, Pending::Local(tx));
+        self.dispatch_request(env, Reply::Local(tx));
         match tokio::time::timeout(timeout + Duration::from_millis(100), rx).await {
             Ok(Ok(resp)) => resp,
             _ => Envelope::response(0, Status::Timeout, b"deadline passed".to_vec()),

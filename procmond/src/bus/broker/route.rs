@@ -1,114 +1,173 @@
-//! Routing a publish: which subscribers get it, what each gets (for
-//! process events, the kinds its pattern matches), and which deliveries
-//! gate the publisher's acknowledgement.
+//! Routing a publish: which connections get it, what each gets (for
+//! process events, the kinds its subscriptions match), and which
+//! deliveries gate the publisher's acknowledgement.
+//!
+//! A connection gets one delivery per publish however many of its
+//! subscriptions match. Remote deliveries never wait: a subscriber whose
+//! outbound queue is full is disconnected (`outbox.rs`), so a stalled peer
+//! costs the publisher nothing.
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use super::{Broker, Durable, SLOW_SUBSCRIBER, SubTx};
+use super::outbox::Refused;
+use super::{Broker, Durable, Sub, SubTx, worth_logging};
 use crate::bus::protocol::{self, Envelope, FrameKind};
 use crate::metrics::Metrics;
 use crate::model::EventKind;
 use crate::model::batch::Batch;
 
+impl Sub {
+    pub(super) fn new(conn: u64, pattern: String, tx: SubTx) -> Self {
+        let kinds = kinds_matching(&pattern);
+        Self {
+            conn,
+            pattern,
+            kinds,
+            tx,
+        }
+    }
+}
+
 impl Broker {
-    /// Delivers `env` (a publish) to every matching subscriber; returns the
-    /// confirmations of durable subscribers, which gate the publisher's ack.
-    /// Process events (`batch`) go to subscribers whose pattern matches the
-    /// topic of at least one kind in it, each getting the kinds it matches.
+    /// Delivers `env` (a publish) to every connection with a matching
+    /// subscription; returns the confirmations of durable subscribers,
+    /// which gate the publisher's ack. Process events (`batch`) go to
+    /// connections whose patterns match the topic of at least one kind in
+    /// it, each getting the kinds it matches.
     pub(super) async fn route(
         &self,
         env: Envelope,
         batch: Option<Batch>,
     ) -> Vec<oneshot::Receiver<()>> {
-        let mut deliveries: Vec<(u64, SubTx, Envelope)> = Vec::new();
-        match batch {
-            Some(batch) => {
-                let present = batch.kinds();
-                let subs: Vec<(u64, SubTx, u8)> = self
-                    .routes()
-                    .subs
-                    .iter()
-                    .map(|s| (s.conn, s.tx.clone(), kinds_matching(&s.pattern) & present))
-                    .filter(|(_, _, m)| *m != 0)
-                    .collect();
-                Metrics::add(&self.inner.stats.published, batch.len() as u64);
-                for (conn, tx, mask) in subs {
-                    // The whole batch is copied once into the frame, not
-                    // cloned first.
-                    let payload = if mask == present {
-                        Some(batch.as_bytes().to_vec())
-                    } else {
-                        batch
-                            .filter(|e| mask & (1 << e.kind.as_u8()) != 0)
-                            .map(|part| part.as_bytes().to_vec())
-                    };
-                    if let Some(payload) = payload {
-                        let deliver = Envelope::new(
-                            FrameKind::Deliver,
-                            protocol::TOPIC_EVENT_BATCH,
-                            env.correlation_id,
-                            payload,
-                        );
-                        deliveries.push((conn, tx, deliver));
-                    }
-                }
-            }
-            None => {
-                Metrics::incr(&self.inner.stats.published);
-                let mut deliver = env;
-                deliver.kind = FrameKind::Deliver;
-                let subs: Vec<(u64, SubTx)> = self
-                    .routes()
-                    .subs
-                    .iter()
-                    .filter(|s| protocol::topic_matches(&s.pattern, &deliver.topic))
-                    .map(|s| (s.conn, s.tx.clone()))
-                    .collect();
-                deliveries.extend(subs.into_iter().map(|(c, t)| (c, t, deliver.clone())));
-            }
-        }
+        let deliveries = match batch {
+            Some(batch) => self.batch_deliveries(&env, &batch),
+            None => self.plain_deliveries(env),
+        };
         let mut confirmations = Vec::new();
         for (conn, tx, deliver) in deliveries {
-            let sent = match tx {
-                SubTx::Local(tx) => tx.send(deliver).await.map_err(|_| "closed"),
+            match tx {
+                SubTx::Local(tx) | SubTx::Server(tx) => {
+                    let _ = tx.send(deliver).await;
+                }
                 SubTx::Durable(tx) => {
                     let (done, confirmed) = oneshot::channel();
                     confirmations.push(confirmed);
-                    let durable = Durable {
-                        envelope: deliver,
-                        done,
-                    };
                     // A failed sink keeps its place: if it is gone, `done`
                     // drops with the message and the publish stays
                     // unacknowledged (kept in the collector's WAL).
-                    let _ = tx.send(durable).await;
-                    Ok(())
+                    let _ = tx
+                        .send(Durable {
+                            envelope: deliver,
+                            done,
+                        })
+                        .await;
                 }
-                SubTx::Remote(tx) => tx
-                    .send_timeout(deliver, SLOW_SUBSCRIBER)
-                    .await
-                    .map_err(|e| match e {
-                        mpsc::error::SendTimeoutError::Timeout(_) => "too slow",
-                        mpsc::error::SendTimeoutError::Closed(_) => "closed",
-                    }),
-            };
-            if let Err(why) = sent {
-                let mut routes = self.routes();
-                routes.subs.retain(|s| s.conn != conn);
-                if let Some(c) = routes.conns.get(&conn) {
-                    c.cancel();
-                }
-                drop(routes);
-                if why == "too slow" {
-                    Metrics::incr(&self.inner.stats.subscribers_dropped);
-                    tracing::warn!(
-                        conn,
-                        "subscriber disconnected: blocked delivery for {SLOW_SUBSCRIBER:?}"
-                    );
+                SubTx::Remote(outbox) => {
+                    let mut pushed = outbox.try_push(deliver);
+                    if let Err((Refused::BrokerFull, deliver)) = pushed {
+                        // All queues together are full: the largest goes,
+                        // and this one (within its own cap) is served.
+                        match self.largest_queue() {
+                            Some((hog, queued)) if hog != conn => {
+                                self.drop_subscriber(hog, Refused::BrokerFull, queued);
+                                pushed = outbox.try_push_over_total(deliver);
+                            }
+                            _ => pushed = Err((Refused::BrokerFull, deliver)),
+                        }
+                    }
+                    if let Err((why, _)) = pushed {
+                        self.drop_subscriber(conn, why, outbox.queued());
+                    }
                 }
             }
         }
         confirmations
+    }
+
+    /// One delivery per connection of the kinds of `batch` it subscribed to.
+    fn batch_deliveries(&self, env: &Envelope, batch: &Batch) -> Vec<(u64, SubTx, Envelope)> {
+        let present = batch.kinds();
+        let mut wanted: Vec<(u64, SubTx, u8)> = Vec::new();
+        for s in self.routes().subs.iter().filter(|s| s.kinds & present != 0) {
+            match wanted.iter_mut().find(|(c, _, _)| *c == s.conn) {
+                Some(w) => w.2 |= s.kinds & present,
+                None => wanted.push((s.conn, s.tx.clone(), s.kinds & present)),
+            }
+        }
+        Metrics::add(&self.inner.stats.published, batch.len() as u64);
+        let mut deliveries = Vec::with_capacity(wanted.len());
+        for (conn, tx, mask) in wanted {
+            // The whole batch is copied once into the frame, not cloned first.
+            let payload = if mask == present {
+                Some(batch.as_bytes().to_vec())
+            } else {
+                batch
+                    .filter(|e| mask & (1 << e.kind.as_u8()) != 0)
+                    .map(|part| part.as_bytes().to_vec())
+            };
+            if let Some(payload) = payload {
+                let topic = protocol::TOPIC_EVENT_BATCH;
+                let deliver = Envelope::new(FrameKind::Deliver, topic, env.correlation_id, payload);
+                deliveries.push((conn, tx, deliver));
+            }
+        }
+        deliveries
+    }
+
+    /// One delivery of `env` per connection with a matching subscription.
+    fn plain_deliveries(&self, mut env: Envelope) -> Vec<(u64, SubTx, Envelope)> {
+        Metrics::incr(&self.inner.stats.published);
+        env.kind = FrameKind::Deliver;
+        let mut targets: Vec<(u64, SubTx)> = Vec::new();
+        for s in &self.routes().subs {
+            let matches = protocol::topic_matches(&s.pattern, &env.topic);
+            if matches && !targets.iter().any(|(c, _)| *c == s.conn) {
+                targets.push((s.conn, s.tx.clone()));
+            }
+        }
+        targets
+            .into_iter()
+            .map(|(conn, tx)| (conn, tx, env.clone()))
+            .collect()
+    }
+
+    /// The open connection with the most bytes queued.
+    fn largest_queue(&self) -> Option<(u64, usize)> {
+        self.routes()
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.cancel.is_cancelled())
+            .map(|(id, c)| (*id, c.outbox.queued()))
+            .max_by_key(|(_, q)| *q)
+    }
+
+    /// Disconnects a remote subscriber whose queue could not take a
+    /// delivery, counting it unless it was already gone.
+    fn drop_subscriber(&self, conn: u64, why: Refused, queued: usize) {
+        if !self.routes().close(conn) || why == Refused::Closed {
+            return;
+        }
+        let n = self
+            .inner
+            .stats
+            .subscribers_dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        if worth_logging(n) {
+            let reason = match why {
+                Refused::BrokerFull => {
+                    "the broker's queued-bytes cap (broker.max_queued_bytes) is reached"
+                }
+                _ => "its outbound queue is full (broker.max_queued_bytes_per_connection)",
+            };
+            tracing::warn!(
+                conn,
+                queued_bytes = queued,
+                reason,
+                dropped_so_far = n,
+                "subscriber disconnected: it does not read what it subscribed to"
+            );
+        }
     }
 }
 
