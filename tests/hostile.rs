@@ -222,3 +222,62 @@ fn stalled_subscribers_leave_nothing_stuck() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// Raises this test process's own open-file limit so that it, not the
+/// agent, can hold the flood.
+fn allow_open_files(n: u64) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some_and(|c| c < n) {
+        limit.current = Some(limit.maximum.map_or(n, |m| m.min(n)));
+        setrlimit(Resource::Nofile, limit).expect("raise RLIMIT_NOFILE");
+    }
+}
+
+#[test]
+fn a_same_uid_flood_cannot_lock_out_an_operator() {
+    allow_open_files(4096);
+    let dir = AgentDir::new("uid-flood");
+    let config = dir.write_config("", "", true);
+    // The agent gets the usual service limit of 1 024 open files.
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.arg("--nofile=1024:1024")
+        .arg(env!("CARGO_BIN_EXE_procmond"));
+    let mut agent = Agent::start_with(cmd, &config);
+    agent.wait_for_log("steady state", Duration::from_secs(60));
+    // 1 100 idle connections from root, the operators' own uid.
+    let flood: Vec<std::os::unix::net::UnixStream> = (0..1100)
+        .map(|_| std::os::unix::net::UnixStream::connect(dir.socket()).expect("connect"))
+        .collect();
+    let asked = Instant::now();
+    let (out, health) = ctl(&dir, &["health"]);
+    assert!(
+        out.status.success(),
+        "ctl refused during the flood: {health}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "answered after {:?}: not at once",
+        asked.elapsed()
+    );
+    let broker = &health["agent"]["broker"];
+    assert!(
+        broker["connections_evicted"].as_u64() >= Some(1000),
+        "{broker}"
+    );
+    markers_in_sink(&dir, &marker("during-flood"), 20, Duration::from_secs(30));
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
+        .expect("fd dir")
+        .count();
+    assert!(fds < 512, "the agent holds {fds} descriptors");
+    drop(flood);
+    let log = agent.log();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("connection cap reached"))
+            .count()
+            < 40,
+        "eviction warnings are rate-limited"
+    );
+}

@@ -431,7 +431,9 @@ fn on_registration(tracked: &mut [Tracked], env: &Envelope) -> Option<String> {
             version,
             ..
         } => {
-            tracing::info!(collector = %collector_id, pid, %source, ?degraded_reason, %version, "collector registered");
+            // Peer-supplied strings are logged escaped (`?`): a newline in
+            // them cannot forge a log line.
+            tracing::info!(collector = %collector_id, pid, ?source, ?degraded_reason, ?version, "collector registered");
             if let Some(t) = find(tracked, &collector_id) {
                 t.registered = true;
             }

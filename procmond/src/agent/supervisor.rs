@@ -108,9 +108,10 @@ impl Tracked {
         if self.last_status.as_deref() != Some(status) {
             let wal_fault = metrics["wal_fault"].as_str().unwrap_or("");
             if status == "healthy" {
-                tracing::info!(collector = %self.id(), status, "collector health changed");
+                tracing::info!(collector = %self.id(), ?status, "collector health changed");
             } else {
-                tracing::warn!(collector = %self.id(), status, wal_fault, losses = %metrics["losses"], "collector health changed");
+                // Escaped (`?`): these strings come from the collector.
+                tracing::warn!(collector = %self.id(), ?status, ?wal_fault, losses = %metrics["losses"], "collector health changed");
             }
             self.last_status = Some(status.to_string());
         }
