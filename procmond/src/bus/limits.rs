@@ -57,45 +57,45 @@ impl BrokerLimits {
     pub fn ranges(&self) -> [(&'static str, u64, u64, u64); 8] {
         [
             (
-                "broker.max_connections",
+                "broker.limits.max_connections",
                 self.max_connections as u64,
                 2,
                 65_536,
             ),
             (
-                "broker.max_connections_per_uid",
+                "broker.limits.max_connections_per_uid",
                 self.max_connections_per_uid as u64,
                 1,
                 65_536,
             ),
             (
-                "broker.max_subscriptions_per_connection",
+                "broker.limits.max_subscriptions_per_connection",
                 self.max_subscriptions_per_connection as u64,
                 1,
                 10_000,
             ),
             (
-                "broker.max_pending_rpcs_per_connection",
+                "broker.limits.max_pending_rpcs_per_connection",
                 self.max_pending_rpcs_per_connection as u64,
                 1,
                 10_000,
             ),
             (
-                "broker.max_rpc_deadline_secs",
+                "broker.limits.max_rpc_deadline_secs",
                 self.max_rpc_deadline_secs,
                 1,
                 3600,
             ),
-            ("broker.idle_timeout_secs", self.idle_timeout_secs, 1, 3600),
+            ("broker.limits.idle_timeout_secs", self.idle_timeout_secs, 1, 3600),
             // At least two of the largest frames, so one delivery always fits.
             (
-                "broker.max_queued_bytes_per_connection",
+                "broker.limits.max_queued_bytes_per_connection",
                 self.max_queued_bytes_per_connection as u64,
                 2 * MAX_FRAME_BYTES as u64,
                 1 << 30,
             ),
             (
-                "broker.max_queued_bytes",
+                "broker.limits.max_queued_bytes",
                 self.max_queued_bytes as u64,
                 2 * MAX_FRAME_BYTES as u64,
                 1 << 32,
