@@ -40,17 +40,28 @@ fn agent_drops_to_nobody_and_events_still_flow() {
     assert_eq!(uids, [65534; 4], "agent real/effective/saved/fs uid");
     assert_eq!(gids, [65534; 4], "agent gids");
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or("")
-            .to_string()
-    };
-    assert_eq!(field("NoNewPrivs:"), "1", "no_new_privs after the drop");
-    assert_eq!(field("CapBnd:"), "0000000000000000", "empty bounding set");
-    assert_eq!(field("CapEff:"), "0000000000000000");
+    let cap_eff = status.lines().find_map(|l| l.strip_prefix("CapEff:"));
+    assert_eq!(cap_eff.map(str::trim), Some("0000000000000000"));
+    // Per-thread attributes: every thread, not just the main one.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", agent.pid())).expect("tasks");
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let field = |name: &str| {
+            let line = status.lines().find_map(|l| l.strip_prefix(name));
+            line.map(str::trim).unwrap_or("").to_string()
+        };
+        let tid = task.file_name();
+        assert_eq!(field("NoNewPrivs:"), "1", "no_new_privs on thread {tid:?}");
+        assert_eq!(
+            field("CapBnd:"),
+            "0000000000000000",
+            "bounding set of thread {tid:?}"
+        );
+        assert_eq!(
+            field("Uid:").split_whitespace().collect::<Vec<_>>(),
+            ["65534"; 4]
+        );
+    }
     let collectors = collector_pids(agent.pid());
     assert_eq!(collectors.len(), 1);
     assert_eq!(ids(collectors[0]).0, [0; 4], "the collector keeps root");

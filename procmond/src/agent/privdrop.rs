@@ -3,7 +3,12 @@
 //! check that the drop cannot be undone.
 //!
 //! nix's wrappers go through libc, whose set*id calls apply to every thread
-//! of the process; a raw syscall would change only the calling thread.
+//! of the process; a raw syscall would change only the calling thread. The
+//! capability bounding set and no_new_privs, though, are per thread, and
+//! only new threads inherit them: so the drop ends by checking every thread
+//! of the process (`/proc/self/task`), waiting briefly for idle runtime
+//! threads created before the drop to exit, and refuses to go on while any
+//! thread still has a bounding set, lacks no_new_privs or kept an id.
 
 use nix::unistd::{Uid, User};
 
@@ -29,6 +34,8 @@ pub enum PrivDropError {
     Mismatch(String),
     #[error("run_as: clearing the capability bounding set or setting no_new_privs failed: {0}")]
     Caps(String),
+    #[error("run_as: thread {tid} still has {what} after the drop")]
+    Thread { tid: String, what: String },
 }
 
 /// What the process runs as after the drop.
@@ -59,11 +66,70 @@ pub fn drop_to(user: &str) -> Result<Dropped, PrivDropError> {
     if !uid.is_root() {
         // ...and no_new_privs makes setuid/file capabilities inert for good.
         rustix::thread::set_no_new_privs(true).map_err(|e| PrivDropError::Caps(e.to_string()))?;
+        every_thread_dropped(uid.as_raw(), std::time::Duration::from_secs(3))?;
     }
     Ok(Dropped {
         uid: uid.as_raw(),
         gid: gid.as_raw(),
     })
+}
+
+/// Waits up to `patience` until every thread of this process has the
+/// dropped uid, no_new_privs and an empty bounding set.
+#[cfg(target_os = "linux")]
+fn every_thread_dropped(uid: u32, patience: std::time::Duration) -> Result<(), PrivDropError> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match undropped_thread(uid) {
+            None => return Ok(()),
+            Some((tid, what)) if std::time::Instant::now() >= deadline => {
+                return Err(PrivDropError::Thread { tid, what });
+            }
+            Some(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+}
+
+/// The first thread (and what it kept) that is not dropped to `uid`.
+#[cfg(target_os = "linux")]
+fn undropped_thread(uid: u32) -> Option<(String, String)> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    for task in tasks.flatten() {
+        let tid = task.file_name().to_string_lossy().into_owned();
+        // A thread that exits meanwhile has nothing left to keep.
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        if let Some(what) = kept(&status, uid) {
+            return Some((tid, what));
+        }
+    }
+    None
+}
+
+/// What a `/proc/…/status` shows kept after a drop to `uid`, if anything.
+#[cfg(any(target_os = "linux", test))]
+fn kept(status: &str, uid: u32) -> Option<String> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or("?")
+            .to_string()
+    };
+    let uids = field("Uid:");
+    if uids.split_whitespace().any(|u| u != uid.to_string()) {
+        return Some(format!("uids {uids}"));
+    }
+    if field("NoNewPrivs:") != "1" {
+        return Some("no no_new_privs".into());
+    }
+    let bounding = field("CapBnd:");
+    if bounding.trim_start_matches('0') != "" {
+        return Some(format!("capability bounding set {bounding}"));
+    }
+    None
 }
 
 fn step(step: &'static str) -> impl Fn(nix::Error) -> PrivDropError {
@@ -143,5 +209,30 @@ mod apple_groups {
         // keeps no pointer to it, and writes no memory of this process.
         let rc = unsafe { libc::setgroups(1, groups.as_ptr()) };
         nix::errno::Errno::result(rc).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kept;
+
+    #[test]
+    fn a_thread_that_kept_anything_is_named() {
+        let dropped =
+            "Uid:\t65534\t65534\t65534\t65534\nNoNewPrivs:\t1\nCapBnd:\t0000000000000000\n";
+        assert_eq!(kept(dropped, 65534), None);
+        let root = dropped.replace(
+            "Uid:\t65534\t65534\t65534\t65534",
+            "Uid:\t65534\t65534\t0\t65534",
+        );
+        assert!(kept(&root, 65534).is_some_and(|w| w.contains("uids")));
+        let nnp = dropped.replace("NoNewPrivs:\t1", "NoNewPrivs:\t0");
+        assert_eq!(kept(&nnp, 65534).as_deref(), Some("no no_new_privs"));
+        let bnd = dropped.replace("0000000000000000", "000001ffffffffff");
+        assert!(kept(&bnd, 65534).is_some_and(|w| w.contains("bounding")));
+        assert!(
+            kept("", 65534).is_some(),
+            "an unreadable status is not a drop"
+        );
     }
 }

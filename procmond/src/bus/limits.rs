@@ -86,7 +86,12 @@ impl BrokerLimits {
                 1,
                 3600,
             ),
-            ("broker.limits.idle_timeout_secs", self.idle_timeout_secs, 1, 3600),
+            (
+                "broker.limits.idle_timeout_secs",
+                self.idle_timeout_secs,
+                1,
+                3600,
+            ),
             // At least two of the largest frames, so one delivery always fits.
             (
                 "broker.limits.max_queued_bytes_per_connection",

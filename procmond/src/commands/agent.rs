@@ -23,7 +23,14 @@ pub fn run(config_path: &Path, service: bool, log_file: Option<PathBuf>) -> Resu
     let config = AgentConfig::load(config_path)?;
     super::restrict_umask();
     super::log_privileges();
-    super::runtime()?.block_on(async {
+    // Idle blocking threads made before the privilege drop keep their own
+    // bounding set and no_new_privs: let them go quickly, so that the drop's
+    // check of every thread (agent/privdrop.rs) finds only dropped ones.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_keep_alive(std::time::Duration::from_millis(200))
+        .build()?;
+    runtime.block_on(async {
         let shutdown = CancellationToken::new();
         super::spawn_stop_triggers(shutdown.clone(), None)?;
         procmond::agent::run(config, config_path, shutdown).await?;
