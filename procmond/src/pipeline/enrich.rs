@@ -9,7 +9,10 @@
 //!   cgroup v2 tree (a cgroup's id is its directory's inode number), at most
 //!   once a second, so a short-lived process in a new cgroup is attributed
 //!   too;
-//! * `exe` is read (`/proc/PID/exe`) only when execve got a relative path;
+//! * `exe` is read (`/proc/PID/exe`) only when execve got a relative path,
+//!   and kept only if that file is the one the probe saw the exec run (same
+//!   device and inode): a process that already exec'd again is not given
+//!   its next image's path;
 //! * `cwd` comes from the probe (a walk of the dentries); procfs is read
 //!   only when the probe could not walk it, on `exec`, with
 //!   `enhanced_metadata`;
@@ -97,7 +100,7 @@ impl Enricher {
             && event.exe.is_none()
             && event.platform.exec_filename.is_some()
         {
-            event.exe = link("exe");
+            event.exe = link("exe").filter(|_| runs_probed_file(event));
         }
         if !self.enhanced {
             event.cwd = None; // the probe captures it; the setting decides
@@ -232,6 +235,18 @@ pub fn unified_cgroup(text: &str) -> Option<&str> {
         .filter(|p| !p.is_empty())
 }
 
+/// Whether `/proc/PID/exe` is still the file the probe saw the exec run
+/// (no probe identity: nothing to compare, so yes).
+#[cfg(target_os = "linux")]
+fn runs_probed_file(event: &ProcessEvent) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some((dev, ino)) = event.platform.exe_dev.zip(event.platform.exe_inode) else {
+        return true;
+    };
+    std::fs::metadata(format!("/proc/{}/exe", event.pid))
+        .is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +257,35 @@ mod tests {
         assert_eq!(unified_cgroup("1:name=systemd:/x\n0::/y\n"), Some("/y"));
         assert_eq!(unified_cgroup("1:name=systemd:/x\n"), None);
         assert_eq!(unified_cgroup("0::\n"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_relative_exec_gets_exe_only_if_it_still_runs_the_probed_file() {
+        use crate::model::EventSource;
+        use std::os::unix::fs::MetadataExt;
+        // This test's own process stands for the exec'd one: its
+        // /proc/PID/exe is the test binary.
+        let me = std::fs::metadata("/proc/self/exe").expect("own exe");
+        let other = std::fs::metadata("/bin/sh").expect("/bin/sh");
+        let exec = |(dev, ino): (u64, u64)| {
+            let mut e =
+                ProcessEvent::new(EventKind::Exec, EventSource::Ebpf, 1, std::process::id());
+            e.platform.exec_filename = Some("./relative".into());
+            e.platform.exe_dev = Some(dev);
+            e.platform.exe_inode = Some(ino);
+            Enricher::new(false).enrich(&mut e);
+            e.exe
+        };
+        let own = std::fs::read_link("/proc/self/exe").expect("link");
+        assert_eq!(
+            exec((me.dev(), me.ino())),
+            Some(own.to_string_lossy().into_owned())
+        );
+        assert_eq!(
+            exec((other.dev(), other.ino())),
+            None,
+            "it exec'd again: unknown, not the next image"
+        );
     }
 }
