@@ -126,7 +126,7 @@ fn kept(status: &str, uid: u32) -> Option<String> {
         return Some("no no_new_privs".into());
     }
     let bounding = field("CapBnd:");
-    if bounding.trim_start_matches('0') != "" {
+    if !bounding.trim_start_matches('0').is_empty() {
         return Some(format!("capability bounding set {bounding}"));
     }
     None
