@@ -2,6 +2,8 @@
 //! its own small module, the only places where `unsafe` is allowed; and the
 //! small host facts several parts need (`hostname`).
 
+#[cfg(unix)]
+pub mod safe_path;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub mod trim;
 #[cfg(windows)]
