@@ -1,7 +1,8 @@
 //! End-to-end: the agent's NATS JetStream sink against a real `nats-server -js`
 //! (every marker exec and exit exactly once in the stream, also across a
-//! NATS outage with a collector crash in it), and its Prometheus `/metrics`
-//! read by a strict text-format parser while events flow.
+//! NATS outage with a collector crash in it; over mutual TLS after the
+//! privilege drop, when the key files are gone and NATS restarts), and its
+//! Prometheus `/metrics` read by a strict text-format parser while events flow.
 
 mod common;
 #[path = "common/nats_server.rs"]
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::agent::{Agent, AgentDir, collector_pids, ctl};
-use common::{kill, marker, run_shell};
+use common::{kill, marker, procmond, run_shell};
 use nats_server::{Msg, NatsServer, Reader};
 use serde_json::Value;
 
@@ -98,15 +99,17 @@ fn host() -> String {
     procmond::agent::nats::host_token(raw.trim())
 }
 
-/// Every event exactly once, each with its id header and subject; markers
+/// Every event exactly once, each with its id header (host and boot first:
+/// clones of one image must not look like each other) and subject; markers
 /// `0..n` with exactly one exec and one exit each.
 fn assert_exactly_once(msgs: &[Msg], m: &str, n: usize) {
     let host = host();
+    let boot = procmond::agent::nats::boot_token();
     let mut keys = HashSet::new();
     for x in msgs {
         let e = &x.event;
         let id = format!(
-            "{}-{}-{}",
+            "{host}.{boot}.{}-{}-{}",
             e["collector_id"].as_str().unwrap_or("?"),
             e["epoch"].as_u64().unwrap_or(0),
             e["seq"].as_u64().unwrap_or(0)
@@ -269,6 +272,89 @@ fn nats_outage_and_collector_crash_lose_nothing_and_ack_nothing_early() {
     );
     let (ok, log) = agent.stop();
     assert!(ok, "agent exit status; log:\n{log}");
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate in `dir`.
+fn make_certs(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).expect("tls dir");
+    run_shell(&format!(
+        "set -e; cd {d}
+ec='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'
+openssl req -x509 $ec -keyout ca.key -out ca.pem -days 2 -subj /CN=procmond-test-ca 2>/dev/null
+for who in server client; do
+  openssl req $ec -keyout $who.key -out $who.csr -subj /CN=127.0.0.1 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=%sAuth\n' $who > $who.ext
+  openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem -days 2 -extfile $who.ext 2>/dev/null
+done
+chmod 600 *.key; chmod 644 ca.pem",
+        d = dir.display()
+    ));
+}
+
+fn sink_counters(dir: &AgentDir) -> Option<Value> {
+    health(dir).map(|j| j["agent"]["sinks"][0]["counters"].clone())
+}
+
+#[test]
+fn mtls_reconnects_after_the_privilege_drop_with_its_key_files_gone() {
+    let dir = AgentDir::new("natstls");
+    let tls = dir.dir.join("tls");
+    make_certs(&tls);
+    let t = |f: &str| tls.join(f).display().to_string();
+    let args = [
+        "--tls",
+        "--tlscert",
+        &t("server.pem"),
+        "--tlskey",
+        &t("server.key"),
+        "--tlscacert",
+        &t("ca.pem"),
+        "--tlsverify",
+    ]
+    .map(String::from);
+    let mut server = NatsServer::start_with(&dir.dir.join("js"), &args);
+    // No tls.ca_file: the system's roots (here the test CA through
+    // SSL_CERT_FILE), the branch that used to read the key at each connection.
+    let sink = format!(
+        "{}    tls:\n      cert_file: {}\n      key_file: {}\n      required: true\n",
+        nats_sink(&server.url()),
+        t("client.pem"),
+        t("client.key")
+    );
+    let config = agent_yaml(&dir, &sink, "run_as: nobody\n");
+    let mut cmd = procmond();
+    cmd.env("SSL_CERT_FILE", t("ca.pem"));
+    let mut agent = Agent::start_with(cmd, &config);
+    agent.wait_for_log("privileges dropped", Duration::from_secs(60));
+    let m = marker("ntls");
+    spawn_markers(&m, 0, 20, "0");
+    let before = wait_until("the first markers stored over mTLS", || {
+        sink_counters(&dir).filter(|c| c["written"].as_u64() >= Some(40) && c["lag"] == 0)
+    });
+
+    // The key and certificate become unreadable, then vanish; NATS restarts.
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["client.key", "client.pem"] {
+        std::fs::set_permissions(tls.join(f), std::fs::Permissions::from_mode(0o000))
+            .expect("chmod");
+        std::fs::remove_file(tls.join(f)).expect("rm");
+    }
+    server.kill9();
+    spawn_markers(&m, 20, 40, "0");
+    server.spawn();
+    let written = before["written"].as_u64().unwrap_or(0);
+    let after = wait_until("events to flow again after reconnecting", || {
+        sink_counters(&dir).filter(|c| {
+            c["written"].as_u64() >= Some(written + 40)
+                && c["lag"] == 0
+                && c["reconnects"].as_u64() >= Some(1)
+                && c["status"] == "ok"
+        })
+    });
+    eprintln!("after the restart: {after}");
+    let (ok, log) = agent.stop();
+    assert!(ok, "agent exit status; log:\n{log}");
+    assert!(log.contains("nats sink reconnected"), "{log}");
 }
 
 #[test]

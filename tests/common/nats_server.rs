@@ -18,6 +18,8 @@ pub struct NatsServer {
     pub port: u16,
     pub store: PathBuf,
     log: Arc<Mutex<String>>,
+    /// More command-line arguments (TLS), on every start.
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -27,11 +29,17 @@ fn free_port() -> u16 {
 
 impl NatsServer {
     pub fn start(store: &Path) -> NatsServer {
+        Self::start_with(store, &[])
+    }
+
+    /// Started with `extra` arguments too (e.g. `--tls ...`).
+    pub fn start_with(store: &Path, extra: &[String]) -> NatsServer {
         let mut s = NatsServer {
             child: None,
             port: free_port(),
             store: store.to_path_buf(),
             log: Arc::new(Mutex::new(String::new())),
+            extra: extra.to_vec(),
         };
         s.spawn();
         s
@@ -46,6 +54,7 @@ impl NatsServer {
         let mut child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(&self.store)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

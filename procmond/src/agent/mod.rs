@@ -65,6 +65,12 @@ pub enum AgentError {
         #[source]
         source: nats::NatsSinkError,
     },
+    #[error("sinks[{index}]: {source}")]
+    Jsonl {
+        index: usize,
+        #[source]
+        source: sink::JsonlError,
+    },
     #[error("metrics.listen: cannot listen on {addr}: {source}")]
     MetricsBind {
         addr: String,
@@ -259,17 +265,14 @@ fn start_sinks(config: &AgentConfig, broker: &Broker) -> Result<Sinks, AgentErro
                 })
             }
             SinkConfig::Jsonl { path } => {
+                // Opened now, as root before the privilege drop, and never again.
+                let file = sink::JsonlFile::open(path)
+                    .map_err(|source| AgentError::Jsonl { index, source })?;
                 let rx = broker.subscribe_durable(TOPIC_EVENTS, 4096)?;
                 let p = path.clone();
                 tokio::spawn(async move {
-                    match sink::run_jsonl(&p, rx, &s).await {
-                        Ok(()) => {
-                            tracing::info!(path = %p.display(), stats = %s.to_json(), "sink closed")
-                        }
-                        Err(e) => {
-                            tracing::error!(path = %p.display(), error = %e, "sink failed: events to it are lost from here on")
-                        }
-                    }
+                    sink::run_jsonl_file(file, rx, &s).await;
+                    tracing::info!(path = %p.display(), stats = %s.to_json(), "sink closed")
                 })
             }
         };

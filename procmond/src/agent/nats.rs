@@ -4,9 +4,11 @@
 //! It is a durable subscriber like the jsonl sink: a delivery is confirmed to
 //! the broker — which then acknowledges the publish, and the collector drops
 //! it from its WAL — only once JetStream has answered a PublishAck for every
-//! event in it. Each message carries `Nats-Msg-Id: <collector_id>-<epoch>-<seq>`,
-//! so a resend (a retry, or a collector replaying its WAL after a crash) is
-//! dropped by the server within the stream's duplicate window; events this
+//! event in it. Each message carries
+//! `Nats-Msg-Id: <host>.<boot>.<collector_id>-<epoch>-<seq>` (`boot_token`:
+//! hosts cloned from one image share the rest), so a resend (a retry, or a
+//! collector replaying its WAL after a crash) is dropped by the server within
+//! the stream's duplicate window; events this
 //! sink saw acknowledged are also skipped on its side (the jsonl sink's
 //! `Dedupe`, for as long as the agent runs).
 //!
@@ -36,7 +38,7 @@ use crate::output::{Format, render};
 
 mod setup;
 use setup::{BACKOFF_MIN, backoff, ensure_stream, on_event};
-pub use setup::{NatsSinkError, Prepared, host_token, prepare, subject_matches};
+pub use setup::{NatsSinkError, Prepared, boot_token, host_token, prepare, subject_matches};
 
 /// Publishes awaiting their PublishAck at once.
 const MAX_IN_FLIGHT: usize = 4096;
@@ -54,12 +56,6 @@ struct Item {
     seq: u64,
     subject: String,
     payload: Bytes,
-}
-
-impl Item {
-    fn msg_id(&self) -> String {
-        format!("{}-{}-{}", self.collector, self.epoch, self.seq)
-    }
 }
 
 /// A delivery whose events are not all stored yet.
@@ -180,7 +176,7 @@ struct Retry {
 
 impl Retry {
     fn failed(&mut self, stats: &SinkStats, what: &str, error: &dyn std::fmt::Display) {
-        let n = stats.errors.fetch_add(1, Relaxed) + 1;
+        let n = stats.failed(&format_args!("{what}: {error}"));
         self.failures += 1;
         let wait = backoff(self.failures).max(BACKOFF_MIN);
         if n <= 10 || n.is_power_of_two() {
@@ -250,7 +246,7 @@ pub async fn run(
                 break;
             };
             let message = PublishMessage::build()
-                .message_id(item.msg_id())
+                .message_id(prepared.msg_id(&item.collector, item.epoch, item.seq))
                 .payload(item.payload.clone());
             match js.send_publish(item.subject.clone(), message).await {
                 Ok(ack) => in_flight.push(Box::pin(async move { (item, ack.await) })),
@@ -268,6 +264,9 @@ pub async fn run(
             Some((item, result)) = in_flight.next(), if !in_flight.is_empty() => match result {
                 Ok(ack) => {
                     retry.failures = 0;
+                    if stats.recovered() {
+                        tracing::info!(url = %prepared.url, "nats sink stores again");
+                    }
                     state.stored(&item, ack.duplicate);
                 }
                 Err(e) => {

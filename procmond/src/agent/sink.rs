@@ -12,21 +12,22 @@
 //! The sink is a durable subscriber: the batches waiting for it are
 //! written, flushed and `fdatasync`ed together (one sync) before they confirm,
 //! and only then does the broker acknowledge the publishes — so a collector
-//! forgets an event only once it is on disk here.
+//! forgets an event only once it is on disk here. A write that fails (disk
+//! full, I/O error) is undone and retried with backoff (`jsonl.rs`); the
+//! sink never stops, and says it is degraded in its counters meanwhile.
+//!
+//! Here: what every sink shares (deduplication, counters, retry pacing);
+//! `jsonl.rs` is the jsonl sink's file and loop.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
-use tokio::sync::mpsc;
-
-use crate::bus::broker::Durable;
-use crate::model::batch::Batch;
-use crate::output::{Format, render};
+mod jsonl;
+pub use jsonl::{JsonlError, JsonlFile, run_jsonl, run_jsonl_file};
 
 const WINDOW: u64 = 1 << 20;
-const SEED_BYTES: u64 = 4 * 1024 * 1024;
 /// Most `(collector, epoch)` pairs remembered; the least recently used goes.
 const MAX_STREAMS: usize = 256;
 
@@ -87,8 +88,21 @@ impl Dedupe {
     }
 }
 
+/// First wait after a failed attempt to store.
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// 0 s first, then 100 ms doubling up to 5 s.
+pub(crate) fn backoff(attempt: usize) -> Duration {
+    if attempt == 0 {
+        return Duration::ZERO;
+    }
+    let shift = u32::try_from(attempt - 1).unwrap_or(u32::MAX).min(10);
+    (BACKOFF_MIN * 2u32.pow(shift)).min(BACKOFF_MAX)
+}
+
 /// Counters of one sink, shared with the agent's health answer and
-/// `/metrics`. The last three move only for sinks behind a network (nats).
+/// `/metrics`. `reconnects` moves only for sinks behind a network (nats).
 #[derive(Debug, Default)]
 pub struct SinkStats {
     /// Events stored: on disk (jsonl), or acknowledged by JetStream as new (nats).
@@ -103,11 +117,45 @@ pub struct SinkStats {
     pub reconnects: AtomicU64,
     /// Events received and not yet stored: their publishes wait unacknowledged (gauge).
     pub lag: AtomicU64,
+    /// The last attempt to store (or to connect) failed and the sink is
+    /// retrying; cleared by the next success.
+    pub degraded: AtomicBool,
+    /// The last failure, for `ctl health`.
+    last_error: Mutex<Option<String>>,
 }
 
 impl SinkStats {
+    /// Records a failed attempt: counted, the sink degraded until it
+    /// succeeds again. Returns the errors so far.
+    pub fn failed(&self, error: &dyn std::fmt::Display) -> u64 {
+        self.degrade(error);
+        self.errors.fetch_add(1, Relaxed) + 1
+    }
+
+    /// Marks the sink degraded without counting an error (a lost connection).
+    pub fn degrade(&self, why: &dyn std::fmt::Display) {
+        self.degraded.store(true, Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_string());
+    }
+
+    /// Records a success; true if the sink was degraded until now.
+    pub fn recovered(&self) -> bool {
+        self.degraded.swap(false, Relaxed)
+    }
+
+    /// The last failure, if any (it stays after a recovery).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
+        let degraded = self.degraded.load(Relaxed);
         serde_json::json!({
+            "status": if degraded { "degraded" } else { "ok" },
+            "last_error": self.last_error(),
             "written": self.written.load(Relaxed),
             "duplicates": self.duplicates.load(Relaxed),
             "invalid": self.invalid.load(Relaxed),
@@ -115,117 +163,6 @@ impl SinkStats {
             "reconnects": self.reconnects.load(Relaxed),
             "lag": self.lag.load(Relaxed),
         })
-    }
-}
-
-/// Writes deliveries from `rx` to `path` until `rx` closes.
-pub async fn run_jsonl(
-    path: &Path,
-    mut rx: mpsc::Receiver<Durable>,
-    stats: &SinkStats,
-) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        #[cfg(windows)]
-        let created = !parent.exists();
-        tokio::fs::create_dir_all(parent).await?;
-        // Windows: a directory procmond made gets the private ACL; one that
-        // existed keeps its own (it may be shared), the file gets it below.
-        #[cfg(windows)]
-        if created {
-            crate::sys::windows::make_private(parent)?;
-        }
-    }
-    let mut dedupe = Dedupe::default();
-    seed(path, &mut dedupe);
-    let mut options = tokio::fs::OpenOptions::new();
-    options.create(true).append(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let file = options.open(path).await?.into_std().await;
-    #[cfg(windows)]
-    crate::sys::windows::make_private(path)?;
-    let mut file = Some(file);
-    // Every line of the deliveries waiting at once, written and synced by one
-    // blocking call: one thread hand-off per group, not one per buffer.
-    let mut out: Vec<u8> = Vec::with_capacity(256 * 1024);
-    let mut line = Vec::with_capacity(1024);
-    let mut stored = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(Durable { envelope, done }) = next {
-            let batch = match Batch::parse_slice(&envelope.payload) {
-                Ok(b) => b,
-                Err(e) => {
-                    stats.invalid.fetch_add(1, Relaxed);
-                    tracing::error!(error = %e, topic = %envelope.topic, "sink dropped a delivery that is not a batch");
-                    stored.push(done);
-                    next = rx.try_recv().ok();
-                    continue;
-                }
-            };
-            for entry in batch.iter() {
-                match entry.decode() {
-                    Ok(event) if dedupe.is_new(&event.collector_id, event.epoch, event.seq) => {
-                        line.clear();
-                        render(&event, Format::Json, &mut line);
-                        out.extend_from_slice(&line);
-                        stats.written.fetch_add(1, Relaxed);
-                    }
-                    Ok(_) => {
-                        stats.duplicates.fetch_add(1, Relaxed);
-                    }
-                    Err(e) => {
-                        stats.invalid.fetch_add(1, Relaxed);
-                        tracing::error!(error = %e, seq = entry.seq, "sink dropped an invalid event");
-                    }
-                }
-            }
-            stored.push(done);
-            next = rx.try_recv().ok();
-        }
-        // On disk before the collectors may forget the batch.
-        let f = file
-            .take()
-            .ok_or_else(|| std::io::Error::other("sink file lost"))?;
-        let bytes = std::mem::take(&mut out);
-        let (f, bytes) = tokio::task::spawn_blocking(move || {
-            let mut w = &f;
-            w.write_all(&bytes)?;
-            f.sync_data()?;
-            Ok::<_, std::io::Error>((f, bytes))
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        file = Some(f);
-        out = bytes;
-        out.clear();
-        for done in stored.drain(..) {
-            let _ = done.send(());
-        }
-    }
-    Ok(())
-}
-
-/// Feeds the last lines already in the file to the deduplicator.
-fn seed(path: &Path, dedupe: &mut Dedupe) {
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return;
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(SEED_BYTES);
-    if file.seek(SeekFrom::Start(start)).is_err() {
-        return;
-    }
-    let mut tail = Vec::new();
-    if file.read_to_end(&mut tail).is_err() {
-        return;
-    }
-    for line in tail.split(|b| *b == b'\n') {
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line)
-            && let (Some(c), Some(s)) = (v["collector_id"].as_str(), v["seq"].as_u64())
-        {
-            dedupe.is_new(c, v["epoch"].as_u64().unwrap_or(0), s);
-        }
     }
 }
 
@@ -254,6 +191,29 @@ mod tests {
         );
         assert!(d.seen("a", 8, 2) && !d.seen("a", 8, 3) && !d.seen("c", 8, 2));
         assert!(!d.seen("a", 8, 3), "seen records nothing");
+    }
+
+    #[test]
+    fn retries_back_off_to_a_cap() {
+        let waits: Vec<u64> = (0..9).map(|n| backoff(n).as_millis() as u64).collect();
+        assert_eq!(waits, [0, 100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(backoff(usize::MAX), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn failures_degrade_until_a_success() {
+        let s = SinkStats::default();
+        assert_eq!(s.to_json()["status"], "ok");
+        assert_eq!(s.failed(&"disk full"), 1);
+        assert_eq!(s.failed(&"disk full again"), 2);
+        let j = s.to_json();
+        assert_eq!(
+            (j["status"].as_str(), j["errors"].as_u64()),
+            (Some("degraded"), Some(2))
+        );
+        assert_eq!(j["last_error"], "disk full again");
+        assert!(s.recovered() && !s.recovered());
+        assert_eq!(s.to_json()["status"], "ok");
     }
 
     #[test]

@@ -264,6 +264,9 @@ fn check_executable(path: &Path) -> Result<(), String> {
         if meta.permissions().mode() & 0o111 == 0 {
             return Err(format!("{} is not executable", path.display()));
         }
+        // The launcher runs it as root: neither it nor any directory (or
+        // link) on the way may be someone else's to change.
+        crate::sys::safe_path::check_executable(path).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -338,6 +341,37 @@ collectors:
             e.contains("collectors[0].config.collection_interval_secs"),
             "{e}"
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_binary_others_could_change_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("procmond-binpath-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("open")).expect("dir");
+        let bin = dir.join("open/collector");
+        std::fs::write(&bin, "#!/bin/sh\n").expect("bin");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let config = |p: &Path| REFERENCE_EXAMPLE.replace("/bin/sh", &p.display().to_string());
+        parse(&config(&bin)).expect("root's binary in root's directory");
+        let perm = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        perm(&bin, 0o757).expect("chmod");
+        let e = parse(&config(&bin)).expect_err("writable by others");
+        assert!(
+            e.contains("collectors[0].binary_path") && e.contains("writable by other users"),
+            "{e}"
+        );
+        perm(&bin, 0o755).expect("chmod");
+        perm(&dir.join("open"), 0o777).expect("chmod");
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&bin, &link).expect("link");
+        let e = parse(&config(&link)).expect_err("a link into a directory anyone can write");
+        assert!(
+            e.contains("open") && e.contains("writable by other users"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

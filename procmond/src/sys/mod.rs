@@ -1,7 +1,10 @@
 //! The few calls into the C library that no safe crate offers. Each lives in
 //! its own small module, the only places where `unsafe` is allowed; and the
-//! small host facts several parts need (`hostname`).
+//! small host facts several parts need (`hostname`), and which paths root may
+//! trust (`safe_path`, no unsafe code).
 
+#[cfg(unix)]
+pub mod safe_path;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub mod trim;
 #[cfg(windows)]

@@ -13,8 +13,7 @@ use tokio::sync::watch;
 use crate::agent::sink::SinkStats;
 use crate::config::agent::NatsSinkConfig;
 
-pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(super) use crate::agent::sink::{BACKOFF_MIN, backoff};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsSinkError {
@@ -47,6 +46,8 @@ pub struct Prepared {
     pub(super) prefix: String,
     /// `<prefix>.<host>.process`: the subject without the kind.
     pub(super) subject_base: String,
+    /// `<host>.<boot>`: what makes a `Nats-Msg-Id` this host's own.
+    pub(super) id_prefix: String,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -63,6 +64,29 @@ impl Prepared {
     /// The subject of one kind of event.
     pub fn subject(&self, kind: &str) -> String {
         format!("{}.{kind}", self.subject_base)
+    }
+
+    /// `Nats-Msg-Id` of an event: `<host>.<boot>.<collector_id>-<epoch>-<seq>`.
+    pub fn msg_id(&self, collector: &str, epoch: u64, seq: u64) -> String {
+        format!("{}.{collector}-{epoch}-{seq}", self.id_prefix)
+    }
+}
+
+/// This boot of this host as one token: the kernel's random boot id (32 hex
+/// digits) on Linux, else `t<boot time in seconds>`. Hosts cloned from one
+/// image share their hostname, collector ids and even WAL epochs, never
+/// their boot id, so their message ids never collide.
+pub fn boot_token() -> String {
+    #[cfg(target_os = "linux")]
+    if let Ok(id) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
+        let hex: String = id.chars().filter(char::is_ascii_hexdigit).collect();
+        if !hex.is_empty() {
+            return hex;
+        }
+    }
+    match sysinfo::System::boot_time() {
+        Ok(secs) => format!("t{secs}"),
+        Err(_) => "unknown".into(),
     }
 }
 
@@ -128,23 +152,21 @@ pub fn prepare(config: &NatsSinkConfig) -> Result<Prepared, NatsSinkError> {
     }
     if let Some(tls) = &config.tls {
         options = options.require_tls(tls.required);
-        if let Some(ca) = &tls.ca_file {
-            let client = match (&tls.cert_file, &tls.key_file) {
-                (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
-                _ => None,
-            };
-            options = options.tls_client_config(tls_config(ca, client)?);
-        } else if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
-            // Roots from the system; the files are read at each connection.
-            read("tls.cert_file", cert)?;
-            read("tls.key_file", key)?;
-            options = options.add_client_certificate(cert.clone(), key.clone());
+        let client = match (&tls.cert_file, &tls.key_file) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            _ => None,
+        };
+        if tls.ca_file.is_some() || client.is_some() {
+            // Built from bytes read now: a reconnection, after the privilege
+            // drop, must never need to read the key again.
+            options = options.tls_client_config(tls_config(tls.ca_file.as_deref(), client)?);
         }
     }
     let host = config
         .host
         .clone()
         .unwrap_or_else(|| host_token(&crate::sys::hostname()));
+    let boot = boot_token();
     Ok(Prepared {
         options,
         url: config.url.clone(),
@@ -153,13 +175,16 @@ pub fn prepare(config: &NatsSinkConfig) -> Result<Prepared, NatsSinkError> {
         duplicate_window: Duration::from_secs(config.duplicate_window_secs),
         ack_timeout,
         subject_base: format!("{}.{host}.process", config.subject_prefix),
+        id_prefix: format!("{host}.{boot}"),
         prefix: config.subject_prefix.clone(),
     })
 }
 
-/// A rustls client configuration trusting only the PEM roots in `ca`.
+/// A rustls client configuration trusting only the PEM roots in `ca`, or
+/// the system's (read now) without it; with the client certificate and key
+/// of `client`, read now.
 fn tls_config(
-    ca: &Path,
+    ca: Option<&Path>,
     client: Option<(&Path, &Path)>,
 ) -> Result<async_nats::rustls::ClientConfig, NatsSinkError> {
     use async_nats::rustls::{self, pki_types::pem::PemObject};
@@ -180,15 +205,28 @@ fn tls_config(
         Ok(certs)
     };
     let mut roots = rustls::RootCertStore::empty();
-    for cert in certs("tls.ca_file", ca)? {
-        roots
-            .add(cert)
-            .map_err(|e| invalid("tls.ca_file", ca, e.to_string()))?;
+    match ca {
+        Some(ca) => {
+            for cert in certs("tls.ca_file", ca)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| invalid("tls.ca_file", ca, e.to_string()))?;
+            }
+        }
+        None => {
+            let system = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(system.certs);
+            if added == 0 {
+                let errors: Vec<String> = system.errors.iter().map(|e| e.to_string()).collect();
+                let reason = format!("no usable root certificate: {}", errors.join("; "));
+                return Err(invalid("tls", Path::new("(system trust store)"), reason));
+            }
+        }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| invalid("tls", ca, e.to_string()))?
+        .map_err(|e| invalid("tls", Path::new("(protocol versions)"), e.to_string()))?
         .with_root_certificates(roots);
     match client {
         None => Ok(builder.with_no_client_auth()),
@@ -202,15 +240,6 @@ fn tls_config(
                 .map_err(|e| invalid("tls.cert_file", cert, e.to_string()))
         }
     }
-}
-
-/// 0 s first, then 100 ms doubling up to 5 s.
-pub(super) fn backoff(attempt: usize) -> Duration {
-    if attempt == 0 {
-        return Duration::ZERO;
-    }
-    let shift = u32::try_from(attempt - 1).unwrap_or(u32::MAX).min(10);
-    (BACKOFF_MIN * 2u32.pow(shift)).min(BACKOFF_MAX)
 }
 
 /// Whether NATS subject `pattern` (with `*` and `>`) matches `subject`.
@@ -235,6 +264,7 @@ pub(super) fn on_event(
 ) {
     match event {
         async_nats::Event::Connected => {
+            stats.recovered();
             if ever.swap(true, Relaxed) {
                 stats.reconnects.fetch_add(1, Relaxed);
                 tracing::info!(url, "nats sink reconnected");
@@ -248,7 +278,15 @@ pub(super) fn on_event(
                 url,
                 "nats sink disconnected: holding events until it reconnects"
             );
+            stats.degrade(&format_args!("disconnected from {url}"));
             up.send_replace(false);
+        }
+        async_nats::Event::ClientError(e) => {
+            // A failed (re)connection attempt: counted, retried with backoff.
+            let n = stats.failed(&format_args!("connecting to {url}: {e}"));
+            if n <= 10 || n.is_power_of_two() {
+                tracing::warn!(url, error = %e, errors = n, "nats sink: connecting failed; retrying");
+            }
         }
         other => tracing::warn!(url, event = %other, "nats sink: connection event"),
     }
@@ -313,12 +351,5 @@ mod tests {
             "procmond.h.process.exec.x",
             "procmond.h.process.exec"
         ));
-    }
-
-    #[test]
-    fn retries_back_off_to_a_cap() {
-        let waits: Vec<u64> = (0..9).map(|n| backoff(n).as_millis() as u64).collect();
-        assert_eq!(waits, [0, 100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-        assert_eq!(backoff(usize::MAX), BACKOFF_MAX);
     }
 }

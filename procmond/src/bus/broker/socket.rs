@@ -1,40 +1,46 @@
 //! The broker's socket file: where it is bound and who could tamper with it.
+//!
+//! Every directory from `/` to the socket must be owned by root or the
+//! agent's own user and writable by no one else unless sticky, and a
+//! symbolic link on the way is followed only when root or that user owns it
+//! (`sys::safe_path`): otherwise another user could move the socket aside
+//! and put their own in its place, and the collectors (root) would publish
+//! to them.
 
 use std::path::Path;
 
 use tokio::net::UnixListener;
 
-use super::{Broker, own_uid};
+use super::Broker;
+use crate::sys::safe_path::{self, PathError};
 
 impl Broker {
-    /// Binds the socket: creates the parent directory (0755) or checks that
-    /// an existing one is writable by no one but root and this user,
-    /// replaces a stale socket (never another kind of file), and restricts
-    /// the socket to mode 0660.
+    /// Binds the socket: checks every directory on the way (creating
+    /// missing ones 0755), replaces a stale socket (never another kind of
+    /// file), and restricts the socket to mode 0660.
     pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-        use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
         let refuse = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
-        if let Some(parent) = path.parent() {
-            if parent.exists() {
-                let meta = std::fs::metadata(parent)?;
-                let owner_ok = meta.uid() == 0 || meta.uid() == own_uid();
-                if !owner_ok || meta.mode() & 0o022 != 0 {
-                    return Err(refuse(format!(
-                        "socket directory {} is writable by other users (owner {}, mode {:o}): another user could replace the socket",
-                        parent.display(),
-                        meta.uid(),
-                        meta.mode() & 0o7777
-                    )));
-                }
-            } else {
-                // Reachable by the allowed users; the socket's own 0660 and the
-                // peer-credential check decide who may talk.
-                std::fs::create_dir_all(parent)?;
-                std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))?;
+        // Reachable by the allowed users; the socket's own 0660 and the
+        // peer-credential check decide who may talk.
+        let leaf = safe_path::walk(path, Some(0o755), false).map_err(|e| match e {
+            PathError::Io { source, .. }
+                if source.kind() != std::io::ErrorKind::PermissionDenied =>
+            {
+                std::io::Error::new(
+                    source.kind(),
+                    format!("socket {}: {source}", path.display()),
+                )
             }
-        }
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+            e => refuse(format!(
+                "socket {}: {e}: another user could replace the socket",
+                path.display()
+            )),
+        })?;
+        // From here on only trusted directories are on the way.
+        let path = leaf.path();
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(&path)?,
             Ok(_) => {
                 return Err(refuse(format!(
                     "{} exists and is not a socket: refusing to replace it",
@@ -44,8 +50,8 @@ impl Broker {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        let listener = UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
         Ok(listener)
     }
 }
@@ -76,6 +82,24 @@ mod tests {
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
         let e = Broker::bind(&open.join("s.sock")).expect_err("open directory");
         assert!(e.to_string().contains("writable by other users"), "{e}");
+        // Not just the parent: any directory on the way.
+        let below = open.join("private");
+        std::fs::create_dir(&below).expect("dir");
+        std::fs::set_permissions(&below, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let e = Broker::bind(&below.join("s.sock")).expect_err("open grandparent");
+        assert!(e.to_string().contains(&*open.to_string_lossy()), "{e}");
+        // A link on the way is followed only when root (or we) own it.
+        let real = base.join("real");
+        std::fs::create_dir(&real).expect("dir");
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&real, &link).expect("link");
+        drop(Broker::bind(&link.join("s.sock")).expect("our own link"));
+        assert!(real.join("s.sock").exists());
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::lchown(&link, Some(65534), None).expect("lchown");
+            let e = Broker::bind(&link.join("t.sock")).expect_err("nobody's link");
+            assert!(e.to_string().contains("uid 65534"), "{e}");
+        }
         let _ = std::fs::remove_dir_all(&base);
     }
 }
