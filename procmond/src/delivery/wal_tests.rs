@@ -192,7 +192,7 @@ fn corrupt_records_are_skipped_counted_and_the_rest_replays() {
         .expect("plant");
     // A batch whose structure holds but whose first event is garbled.
     let mut bytes = batch([12, 13]).as_bytes().to_vec();
-    for b in &mut bytes[32..56] {
+    for b in &mut bytes[48..72] {
         *b = 0xff;
     }
     wal.insert_raw_for_test(12, &bytes).expect("plant");
@@ -208,5 +208,76 @@ fn corrupt_records_are_skipped_counted_and_the_rest_replays() {
     assert_eq!(seqs, [vec![10], vec![13], vec![14, 15]]);
     assert_eq!(metrics.wal_corrupt.load(Relaxed), 2);
     assert_eq!(keys(&wal), [10, 12, 14], "the garbage record is gone");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The records of a WAL tree written before the batch format was versioned
+/// (fixtures/README.md): `key_len:u32le key value_len:u32le value`, repeated.
+const PREVIOUS_FORMAT: &[u8] = include_bytes!("fixtures/wal_pmb1.records");
+
+fn fixture_records() -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut rest = PREVIOUS_FORMAT;
+    let take = |rest: &mut &[u8]| {
+        let (len, tail) = rest.split_at(4);
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        let (field, tail) = tail.split_at(len);
+        *rest = tail;
+        field.to_vec()
+    };
+    while !rest.is_empty() {
+        let key = take(&mut rest);
+        let value = take(&mut rest);
+        out.push((key, value));
+    }
+    out
+}
+
+#[test]
+fn a_wal_of_the_previous_format_replays() {
+    let dir = temp_dir("previous-format");
+    {
+        // The tree exactly as the previous release left it.
+        let db = open_db(&dir).expect("sled");
+        for (k, v) in fixture_records() {
+            db.insert(k, v).expect("insert");
+        }
+        db.flush().expect("flush");
+    }
+    let metrics = Arc::new(Metrics::default());
+    let wal = Wal::open(&dir, 1 << 20, metrics.clone()).expect("open");
+    assert_eq!((wal.pending_count(), wal.next_seq()), (5, 6));
+    let read = wal.read_from(0, 100).expect("read");
+    let mut seen = Vec::new();
+    for (key, batch) in &read {
+        assert_eq!(&batch.as_bytes()[..4], b"PMB2", "rewritten on replay");
+        assert!(!batch.is_unpersisted());
+        for entry in batch.iter() {
+            let event = entry.decode().expect("the previous layout validates");
+            assert_eq!(event.collector_id, "fixture");
+            assert_eq!(
+                event.argv,
+                ["fixture".to_string(), format!("arg-{}", event.seq)]
+            );
+            seen.push((*key, event.seq, event.kind));
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            (1, 1, EventKind::Exec),
+            (1, 2, EventKind::Exec),
+            (1, 3, EventKind::Exec),
+            (4, 4, EventKind::Fork),
+            (4, 5, EventKind::Exit),
+        ]
+    );
+    assert_eq!(
+        metrics.wal_corrupt.load(Relaxed),
+        0,
+        "nothing counted as corrupt"
+    );
+    assert_eq!((wal.ack(1).expect("ack"), wal.ack(4).expect("ack")), (3, 2));
+    assert_eq!(wal.pending_count(), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
