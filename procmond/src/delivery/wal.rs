@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use super::wal_dir::{self, dir_error, restrict_files};
 use super::wal_marks::{self, Found, Marks, MarksFile};
 use crate::metrics::Metrics;
 use crate::model::batch::Batch;
@@ -54,6 +55,8 @@ pub enum WalError {
         #[source]
         source: std::io::Error,
     },
+    #[error("WAL directory {path} refused: {reason}")]
+    Refused { path: String, reason: String },
     #[error("WAL storage error: {0}")]
     Sled(#[from] sled::Error),
     #[error("WAL marks file: {0}")]
@@ -125,10 +128,11 @@ fn open_db(dir: &Path) -> Result<sled::Db, WalError> {
 }
 
 impl Wal {
-    /// Opens (or creates) the WAL in `dir` (made 0700, files 0600), and
+    /// Opens (or creates) the WAL in `dir` (refused if it is a symlink or
+    /// another user could swap it; made 0700, files 0600), and
     /// counts as `wal_lost` what its marks say it held and it no longer does.
     pub fn open(dir: &Path, max_bytes: u64, metrics: Arc<Metrics>) -> Result<Self, WalError> {
-        prepare_dir(dir)?;
+        wal_dir::prepare(dir)?;
         let (marks_file, found) = MarksFile::open(dir).map_err(dir_error(dir))?;
         let db = open_db(dir)?;
         let wal = Self {
@@ -466,49 +470,6 @@ impl Wal {
             .wal_pending_bytes
             .store(self.pending_bytes(), Relaxed);
     }
-}
-
-fn dir_error(dir: &Path) -> impl Fn(std::io::Error) -> WalError + '_ {
-    move |source| WalError::Dir {
-        path: dir.display().to_string(),
-        source,
-    }
-}
-
-fn prepare_dir(dir: &Path) -> Result<(), WalError> {
-    std::fs::create_dir_all(dir).map_err(dir_error(dir))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(dir_error(dir))?;
-    }
-    // Windows: SYSTEM, Administrators and this account, inherited by
-    // sled's files (so `restrict_files` has nothing to do there).
-    #[cfg(windows)]
-    crate::sys::windows::make_private(dir).map_err(dir_error(dir))?;
-    Ok(())
-}
-
-/// sled creates files with the process umask; the WAL holds command lines.
-fn restrict_files(dir: &Path) -> Result<(), WalError> {
-    #[cfg(not(unix))]
-    let _ = dir;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        for entry in std::fs::read_dir(dir).map_err(dir_error(dir))? {
-            let entry = entry.map_err(dir_error(dir))?;
-            let path = entry.path();
-            let mode = if path.is_dir() { 0o700 } else { 0o600 };
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                .map_err(dir_error(dir))?;
-            if path.is_dir() {
-                restrict_files(&path)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
