@@ -91,8 +91,9 @@ fn sink_until(dir: &AgentDir, m: &str, n: usize) -> HashSet<String> {
         }
         assert!(
             Instant::now() < deadline,
-            "only {} of {n} {m} markers reached the sink",
-            seen.len()
+            "only {} of {n} {m} markers reached the sink: {}",
+            seen.len(),
+            ctl(dir, &["health"]).1
         );
         std::thread::sleep(Duration::from_millis(300));
     }

@@ -104,6 +104,12 @@ impl Storage {
                 Err((cause, reason)) => self.fault(cause, &reason),
             }
         }
+        let end = batches.iter().map(|b| b.first_seq() + b.len() as u64).max();
+        if let Some(end) = end
+            && let Err(e) = self.wal.skip_to(end)
+        {
+            tracing::warn!(error = %e, "could not note the sequence numbers used while the WAL is faulted");
+        }
         for batch in batches.drain(..) {
             let len = batch.as_bytes().len();
             if self.memory_bytes + len <= HOLD_BYTES {
@@ -376,6 +382,30 @@ mod tests {
         assert_eq!(stored, [(3, false), (6, false)]);
         assert!(metrics.wal_fault().is_none());
         assert_eq!(metrics.events_unstored_lost.load(Relaxed), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn seqs_used_while_faulted_are_not_handed_out_again_after_a_restart() {
+        let dir = std::env::temp_dir().join(format!("procmond-storage-seq-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let metrics = Arc::new(Metrics::default());
+            let wal = Arc::new(Wal::open(&dir, 1 << 24, metrics.clone()).expect("open"));
+            wal.append(&[batch(1..3)]).expect("append");
+            let mut storage = Storage::new(wal, metrics);
+            storage.failed(&WalError::Closed);
+            storage.store(&mut vec![batch(3..9)]).expect("held");
+            storage.send_direct(|_, _| true);
+            assert_eq!(storage.acked(3), Some(6), "the agent has seqs 3..9");
+        } // stopped (or crashed) while still faulted
+        let metrics = Arc::new(Metrics::default());
+        let wal = Wal::open(&dir, 1 << 24, metrics.clone()).expect("reopen");
+        assert_eq!(wal.next_seq(), 9, "3..9 are not numbered again");
+        assert_eq!(
+            (wal.pending_count(), metrics.wal_lost.load(Relaxed)),
+            (2, 0)
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -327,6 +327,20 @@ impl Wal {
         self.next_seq.load(Relaxed)
     }
 
+    /// Sequence numbers below `next` were used by events that could not be
+    /// stored (sent to the agent from memory, or lost): they are never
+    /// handed out again, even after a restart while the WAL is faulted. The
+    /// tree cannot take a write then, so only the marks witness (rewritten
+    /// in place, no new disk space) remembers it until the next append.
+    pub fn skip_to(&self, next: u64) -> Result<(), WalError> {
+        if next <= self.next_seq() {
+            return Ok(());
+        }
+        self.next_seq.fetch_max(next, Relaxed);
+        let marks = self.next_marks(|m| m.next_seq = m.next_seq.max(next));
+        self.set_marks(marks)
+    }
+
     /// Events awaiting acknowledgement.
     pub fn pending_count(&self) -> u64 {
         self.pending_count.load(Relaxed)
