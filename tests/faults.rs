@@ -202,7 +202,7 @@ fn a_full_disk_keeps_events_flowing_to_the_agent_and_loses_nothing_it_confirmed(
     );
     // Nothing the agent confirmed was sent to it again.
     let sink = &end["agent"]["sinks"][0]["counters"];
-    assert_eq!(sink["duplicates"], 0, "{sink}");
+    assert_eq!(sink["duplicates"], 0, "{end}");
     assert_eq!(
         collector_pids(agent.pid()),
         before,

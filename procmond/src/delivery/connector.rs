@@ -387,10 +387,15 @@ impl Connector {
                     if storage.retry()?
                         && let Some(c) = conn.as_mut()
                     {
-                        // Publish again from the oldest unacknowledged batch.
+                        // Publish from the oldest unacknowledged batch again,
+                        // past what is already on its way (sent from memory,
+                        // now stored, or sent from the WAL before the fault).
                         c.cursor = start_cursor(&self.wal)?;
-                        c.inflight.clear();
-                        c.inflight_bytes = 0;
+                        for (key, len) in storage.take_stored_in_flight() {
+                            if c.inflight.insert(key, len).is_none() {
+                                c.inflight_bytes += len;
+                            }
+                        }
                     }
                     false
                 }
@@ -423,8 +428,11 @@ impl Connector {
                 break;
             }
             for (key, batch) in batches {
-                let len = batch.as_bytes().len() as u64;
                 conn.cursor = key + 1;
+                if conn.inflight.contains_key(&key) {
+                    continue; // on its way already (see the WAL's recovery)
+                }
+                let len = batch.as_bytes().len() as u64;
                 conn.inflight.insert(key, len);
                 conn.inflight_bytes += len;
                 if !send_batch(conn, key, batch.into_bytes().into_vec()) {

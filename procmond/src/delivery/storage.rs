@@ -73,6 +73,9 @@ pub struct Storage {
     direct: BTreeMap<u64, Batch>,
     /// Bytes of `held` and `direct` together.
     memory_bytes: usize,
+    /// Key and bytes of the batches that were in flight from memory when the
+    /// WAL took them back (`retry`): still on their way, not to be sent again.
+    stored_in_flight: Vec<(u64, u64)>,
 }
 
 fn events(batches: impl IntoIterator<Item = impl std::borrow::Borrow<Batch>>) -> u64 {
@@ -88,6 +91,7 @@ impl Storage {
             held: VecDeque::new(),
             direct: BTreeMap::new(),
             memory_bytes: 0,
+            stored_in_flight: Vec::new(),
         }
     }
 
@@ -259,6 +263,11 @@ impl Storage {
         match self.write(&pending) {
             Ok(()) => {
                 tracing::info!(stored_from_memory = events(&pending), "WAL writable again");
+                self.stored_in_flight = pending
+                    .iter()
+                    .filter(|b| sent.binary_search(&b.first_seq()).is_ok())
+                    .map(|b| (b.first_seq(), b.as_bytes().len() as u64))
+                    .collect();
                 self.memory_bytes = 0;
                 self.fault = None;
                 self.metrics.set_wal_fault(None);
@@ -277,6 +286,12 @@ impl Storage {
                 Ok(false)
             }
         }
+    }
+
+    /// After a `retry` that stored them: the batches (key, bytes) that were
+    /// in flight from memory, now in the WAL and still awaiting their ack.
+    pub fn take_stored_in_flight(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.stored_in_flight)
     }
 
     /// At exit: what is still in memory was never stored, and the agent did
@@ -373,6 +388,16 @@ mod tests {
         // The WAL comes back: what is unacknowledged is stored, unflagged.
         assert!(storage.retry().expect("reopened"));
         assert_eq!(storage.in_memory(), 0);
+        let in_flight: Vec<u64> = storage
+            .take_stored_in_flight()
+            .iter()
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(
+            in_flight,
+            [3, 6],
+            "still on their way: not to be sent again"
+        );
         let stored: Vec<(u64, bool)> = wal
             .read_from(0, 10)
             .expect("read")
