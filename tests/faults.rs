@@ -81,72 +81,134 @@ fn health_until(dir: &AgentDir, what: &str, pred: impl Fn(&Value) -> bool) -> Va
     }
 }
 
+/// Polls the sink until it holds `n` markers starting with `m` (or fails).
+fn sink_until(dir: &AgentDir, m: &str, n: usize) -> HashSet<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = markers(&dir.sink_events(), m);
+        if seen.len() >= n {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} {m} markers reached the sink: {}",
+            seen.len(),
+            ctl(dir, &["health"]).1
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn execs(m: &str, n: u32, argv_bytes: usize) {
+    run_shell(&format!(
+        "big=$(head -c {argv_bytes} /dev/zero | tr '\\0' x); i=0; \
+         while [ $i -lt {n} ]; do /bin/true {m}-$i $big; i=$((i+1)); done"
+    ));
+}
+
 #[test]
-fn a_full_disk_degrades_the_collector_without_a_restart_and_counts_what_it_drops() {
+fn a_full_disk_keeps_events_flowing_to_the_agent_and_loses_nothing_it_confirmed() {
     if !is_root() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     }
     let dir = AgentDir::new("diskfull");
+    // 1 MiB: below the WAL's free-space reserve from the start.
     let Some(disk) = Tmpfs::mount(&dir.wal(), "1m") else {
         eprintln!("skipped: cannot mount a tmpfs here");
         return;
     };
-    let top = "heartbeat:\n  interval_secs: 1\n  missed_threshold: 5";
+    // A generous missed-heartbeat threshold: the agent is stopped for a few
+    // seconds below, and must not restart the collector for that.
+    let top = "heartbeat:\n  interval_secs: 1\n  missed_threshold: 30";
     let config = dir.write_config(top, "", true);
     let mut agent = Agent::start(&config);
     agent.wait_for_log("monitoring started", Duration::from_secs(60));
     let before = collector_pids(agent.pid());
 
-    // 2 000 execs with 3 kB of argv each: ~6 MB of events, more than the
-    // disk (1 MiB, below the WAL's free-space reserve from the start) and
-    // the collector's memory hold (4 MiB) together.
-    let m = marker("full");
-    let total = 2000;
-    run_shell(&format!(
-        "big=$(head -c 3000 /dev/zero | tr '\\0' x); i=0; \
-         while [ $i -lt {total} ]; do /bin/true {m}-$i $big; i=$((i+1)); done"
-    ));
+    // The WAL cannot store a single batch, and the agent still sees every
+    // event, live: published from memory, un-persisted.
+    let live = marker("live");
+    execs(&live, 200, 8);
     agent.wait_for_log("WAL cannot be written", Duration::from_secs(30));
-    let faulted = health_until(&dir, "a degraded collector with drops", |h| {
-        h["response"]["status"] == "degraded" && loss(h, "wal_write_failed") > 0
+    sink_until(&dir, &live, 200);
+    let faulted = health_until(&dir, "a degraded collector publishing from memory", |h| {
+        let beat = &h["agent"]["collectors"][0]["last_heartbeat"];
+        h["response"]["status"] == "degraded"
+            && h["response"]["events_unpersisted"].as_u64() >= Some(200)
+            && beat["wal_fault"].is_string()
+            && beat["events_unpersisted"].as_u64() > Some(0)
     });
     let reason = faulted["response"]["wal_fault"].as_str().unwrap_or("");
     assert!(reason.contains("KiB free, below the"), "{faulted}");
-    // The agent sees it through heartbeats and does not restart anything.
-    let seen = &faulted["agent"]["collectors"][0];
-    assert!(seen["last_heartbeat"]["wal_fault"].is_string(), "{seen}");
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(collector_pids(agent.pid()), before, "no restart");
-    assert!(!agent.log().contains("restarting collector"));
+    assert!(reason.contains("un-persisted"), "{faulted}");
+    assert_eq!(faulted["response"]["wal_pending"], 0, "nothing was stored");
+    // The agent saw it through heartbeats (above) and restarts nothing.
 
-    // Space comes back: the WAL reopens, held events flow, the fault clears.
+    // The agent stops taking events: ~6 MB of execs, more than the 4 MiB
+    // the collector keeps in memory. What neither could take is counted.
+    agent.signal("STOP");
+    let away = marker("away");
+    let total = 2000;
+    execs(&away, total, 3000);
+    std::thread::sleep(Duration::from_secs(1));
+    agent.signal("CONT");
+    let overflowed = health_until(&dir, "the overflow to be counted", |h| {
+        loss(h, "events_unstored_lost") > 0
+    });
+    // Let the agent acknowledge what it was sent before space returns.
+    health_until(&dir, "the sink to catch up", |h| {
+        h["agent"]["sinks"][0]["counters"]["lag"] == 0
+            && h["response"]["events_unpersisted"].as_u64()
+                > overflowed["response"]["events_unpersisted"].as_u64()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Space comes back: WAL-first again, the fault clears.
     disk.resize("64m");
     agent.wait_for_log("WAL writable again", Duration::from_secs(60));
     let cleared = health_until(&dir, "the fault to clear", |h| {
         h["response"]["wal_fault"].is_null() && h["response"]["wal_pending"] == 0
     });
-    std::thread::sleep(Duration::from_secs(2));
-    let seen = markers(&dir.sink_events(), &m);
-    let missing = total - seen.len() as u64;
-    let counted = loss(&cleared, "wal_write_failed") + loss(&cleared, "kernel_lost");
-    assert!(missing > 0, "the hold overflowed, as arranged");
+    let unpersisted = cleared["response"]["events_unpersisted"].as_u64();
+    let after = marker("after");
+    execs(&after, 100, 8);
+    sink_until(&dir, &after, 100);
+    let end = health_until(&dir, "the WAL to drain", |h| {
+        h["response"]["wal_pending"] == 0
+    });
+    assert_eq!(
+        end["response"]["events_unpersisted"].as_u64(),
+        unpersisted,
+        "stored in the WAL first again"
+    );
+
+    let away_seen = markers(&dir.sink_events(), &away);
+    let missing = u64::from(total) - away_seen.len() as u64;
+    let counted = loss(&end, "events_unstored_lost") + loss(&end, "kernel_lost");
     assert!(
         missing <= counted,
-        "{missing} markers missing, only {counted} counted: {cleared}"
+        "{missing} markers missing, only {counted} counted: {end}"
     );
-    // 4 MiB of held batches is some 900–1 300 of these execs (with their
-    // forks and exits); 300 proves the hold was stored and published.
     assert!(
-        seen.len() >= 300,
-        "what was held reached the sink ({} of {total})",
-        seen.len()
+        away_seen.len() >= 300,
+        "what was kept reached the sink ({})",
+        away_seen.len()
     );
+    eprintln!(
+        "live {} of 200; away {} of {total} seen, {missing} missing, {counted} counted; unpersisted {unpersisted:?}",
+        markers(&dir.sink_events(), &live).len(),
+        away_seen.len()
+    );
+    // Nothing the agent confirmed was sent to it again.
+    let sink = &end["agent"]["sinks"][0]["counters"];
+    assert_eq!(sink["duplicates"], 0, "{end}");
     assert_eq!(
         collector_pids(agent.pid()),
         before,
         "still the same collector"
     );
+    assert!(!agent.log().contains("restarting collector"));
 }
 
 #[test]

@@ -37,9 +37,14 @@ pub struct Metrics {
     pub wal_dropped_full: AtomicU64,
     /// WAL records that failed validation on replay (skipped).
     pub wal_corrupt: AtomicU64,
-    /// Events the WAL could not store because writing failed (disk full,
-    /// I/O error) and the in-memory hold was full.
-    pub wal_write_failed: AtomicU64,
+    /// Events lost while the WAL could not be written (disk full, I/O
+    /// error) because the agent could not take them either: not connected
+    /// (or not yet monitoring) and the in-memory hold full, or still held
+    /// or unacknowledged at exit.
+    pub events_unstored_lost: AtomicU64,
+    /// Events the agent acknowledged that were published straight from
+    /// memory, never stored in the WAL (it could not be written).
+    pub events_unpersisted: AtomicU64,
     /// Events the WAL had stored that were gone when it was opened again
     /// (damaged or wiped storage; found against the WAL's marks).
     pub wal_lost: AtomicU64,
@@ -91,14 +96,14 @@ pub enum CounterKind {
 impl Metrics {
     /// Every counter with its name and kind: the one list that health
     /// checks, heartbeats, `watch`'s closing line and the loss total read.
-    pub fn counters(&self) -> [(&'static str, &AtomicU64, CounterKind); 27] {
+    pub fn counters(&self) -> [(&'static str, &AtomicU64, CounterKind); 28] {
         use CounterKind::{Count, Gauge, Loss};
         [
             ("kernel_lost", &self.kernel_lost, Loss),
             ("records_malformed", &self.records_malformed, Loss),
             ("wal_dropped_full", &self.wal_dropped_full, Loss),
             ("wal_corrupt", &self.wal_corrupt, Loss),
-            ("wal_write_failed", &self.wal_write_failed, Loss),
+            ("events_unstored_lost", &self.events_unstored_lost, Loss),
             ("wal_lost", &self.wal_lost, Loss),
             ("events_output_dropped", &self.events_output_dropped, Loss),
             ("events_encode_failed", &self.events_encode_failed, Loss),
@@ -106,6 +111,7 @@ impl Metrics {
             ("events_encoded", &self.events_encoded, Count),
             ("events_emitted", &self.events_emitted, Count),
             ("events_published", &self.events_published, Count),
+            ("events_unpersisted", &self.events_unpersisted, Count),
             (
                 "reconcile_missed_starts",
                 &self.reconcile_missed_starts,
@@ -191,6 +197,7 @@ impl Metrics {
         serde_json::json!({
             "processes_seen": self.processes_seen.load(Relaxed),
             "events_published": self.events_published.load(Relaxed),
+            "events_unpersisted": self.events_unpersisted.load(Relaxed),
             "buffer_percent": self.buffer_percent.load(Relaxed),
             "wal_pending": self.wal_pending.load(Relaxed),
             "wal_fault": self.wal_fault(),

@@ -15,9 +15,11 @@
 //!   backlog beyond that waits in the WAL. Backpressure follows all
 //!   unacknowledged bytes (in flight plus waiting) against `buffer_bytes`:
 //!   on at 70 %, off at 50 %, published on a watch channel.
-//! * A WAL that cannot be written (disk full, storage error) does not end
-//!   the connector: `storage` holds new batches in memory, reports the fault
-//!   and retries; then publishing resumes from the WAL.
+//! * A WAL that cannot be written (disk full, storage error) neither ends
+//!   the connector nor blinds it: `storage` reports the fault, new batches
+//!   go to the broker straight from memory (flagged un-persisted; an ack
+//!   forgets them, so nothing confirmed is sent again), and storing is
+//!   retried; once it works, publishing resumes from the WAL.
 //! * Start-up: `connect_at_startup` tries 3 times with backoff. At run time
 //!   a lost connection is retried forever, backing off 1, 2, 4 … 30 s, while
 //!   new events keep going to the WAL.
@@ -290,10 +292,12 @@ impl Connector {
         loop {
             if let Some(c) = conn.as_mut()
                 && *self.gate.borrow()
-                && !storage.is_faulted()
-                && let Err(e) = self.pump(c)
             {
-                storage.failed(&e);
+                if storage.is_faulted() {
+                    storage.send_direct(|key, batch| send_batch(c, key, batch.as_bytes().to_vec()));
+                } else if let Err(e) = self.pump(c) {
+                    storage.failed(&e);
+                }
             }
             self.update_backpressure();
             if !input_open
@@ -359,9 +363,9 @@ impl Connector {
                 Ok(()) = self.gate.changed() => false,
                 ack = next_ack(&mut conn) => match ack {
                     Some(seq) => {
-                        let mut result = self.acked(conn.as_mut(), seq);
+                        let mut result = self.acked(conn.as_mut(), &mut storage, seq);
                         while let Some(seq) = conn.as_mut().and_then(|c| c.acks.try_recv().ok()) {
-                            result = result.and(self.acked(conn.as_mut(), seq));
+                            result = result.and(self.acked(conn.as_mut(), &mut storage, seq));
                         }
                         if let Err(e) = result {
                             storage.failed(&e);
@@ -394,10 +398,15 @@ impl Connector {
                     if storage.retry()?
                         && let Some(c) = conn.as_mut()
                     {
-                        // Publish again from the oldest unacknowledged batch.
+                        // Publish from the oldest unacknowledged batch again,
+                        // past what is already on its way (sent from memory,
+                        // now stored, or sent from the WAL before the fault).
                         c.cursor = start_cursor(&self.wal)?;
-                        c.inflight.clear();
-                        c.inflight_bytes = 0;
+                        for (key, len) in storage.take_stored_in_flight() {
+                            if c.inflight.insert(key, len).is_none() {
+                                c.inflight_bytes += len;
+                            }
+                        }
                     }
                     false
                 }
@@ -421,6 +430,7 @@ impl Connector {
                 {
                     backoff = Duration::from_secs(1);
                 }
+                storage.connection_lost();
                 tracing::warn!(retry_in = ?backoff, "lost the broker connection; buffering in the WAL");
                 retry_at = Instant::now() + backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -436,13 +446,14 @@ impl Connector {
                 break;
             }
             for (key, batch) in batches {
-                let len = batch.as_bytes().len() as u64;
                 conn.cursor = key + 1;
+                if conn.inflight.contains_key(&key) {
+                    continue; // on its way already (see the WAL's recovery)
+                }
+                let len = batch.as_bytes().len() as u64;
                 conn.inflight.insert(key, len);
                 conn.inflight_bytes += len;
-                let payload = batch.into_bytes().into_vec();
-                let env = Envelope::new(FrameKind::Publish, TOPIC_EVENT_BATCH, key, payload);
-                if conn.frames.send(env).is_err() {
+                if !send_batch(conn, key, batch.into_bytes().into_vec()) {
                     return Ok(()); // the connection is going away; reconnect replays
                 }
             }
@@ -450,14 +461,23 @@ impl Connector {
         Ok(())
     }
 
-    /// The broker acknowledged the batch stored under `key`.
-    fn acked(&self, conn: Option<&mut Conn>, key: u64) -> Result<(), WalError> {
+    /// The broker acknowledged the batch with `key`: sent from memory while
+    /// the WAL was faulted, or stored in the WAL.
+    fn acked(
+        &self,
+        conn: Option<&mut Conn>,
+        storage: &mut Storage,
+        key: u64,
+    ) -> Result<(), WalError> {
         if let Some(c) = conn
             && let Some(len) = c.inflight.remove(&key)
         {
             c.inflight_bytes -= len;
         }
-        let events = self.wal.ack(key)?;
+        let events = match storage.acked(key) {
+            Some(n) => n,
+            None => self.wal.ack(key)?,
+        };
         Metrics::add(&self.metrics.events_published, events);
         Ok(())
     }
@@ -482,6 +502,12 @@ impl Connector {
             self.backpressure.send_replace(false);
         }
     }
+}
+
+/// Queues one batch for the broker; false when the connection is going away.
+fn send_batch(conn: &Conn, key: u64, payload: Vec<u8>) -> bool {
+    let env = Envelope::new(FrameKind::Publish, TOPIC_EVENT_BATCH, key, payload);
+    conn.frames.send(env).is_ok()
 }
 
 async fn next_ack(conn: &mut Option<Conn>) -> Option<u64> {

@@ -8,4 +8,5 @@ pub mod connector;
 pub mod pacer;
 pub mod storage;
 pub mod wal;
+mod wal_dir;
 pub mod wal_marks;

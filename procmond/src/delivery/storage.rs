@@ -1,21 +1,33 @@
 //! Storing batches in the WAL, and what the connector does when it cannot:
-//! a full disk or an I/O error must not end collection silently, nor turn
-//! into a restart loop.
+//! a full disk or an I/O error must neither blind the sensor nor turn into
+//! a restart loop.
 //!
 //! * A full disk is seen before sled sees it: every group commit checks the
 //!   WAL filesystem's free space against `FREE_RESERVE` (one `statvfs`). sled
 //!   must never run out of space mid-write: after some write errors it
 //!   neither recovers nor closes (its flush on drop waits forever).
-//! * While the WAL cannot be written the collector stays up and says so:
-//!   health and heartbeats turn `degraded` with the reason (`wal_fault`), new
-//!   batches are held in memory up to `HOLD_BYTES` (then counted as
-//!   `wal_write_failed`), and storing is retried — free space every second,
-//!   a storage error by reopening the WAL with backoff (1, 2, 4 … 30 s).
-//!   The order is kept: nothing newer is stored while older batches wait.
+//! * While the WAL cannot be written the collector stays up, says so, and
+//!   keeps the agent seeing events: health and heartbeats turn `degraded`
+//!   with the reason (`wal_fault`), and new batches go straight to the agent
+//!   from memory, un-persisted (flagged so in the batch header). Live
+//!   visibility outranks the durability of the newest events.
+//! * The ack path is kept: a batch sent from memory stays here until the
+//!   agent acknowledges it (then it is forgotten and its events counted as
+//!   `events_unpersisted`, never sent again); if the connection drops first
+//!   it goes back to the hold and is sent again on the next connection.
+//! * Memory is bounded: batches not yet acknowledged (held while the agent
+//!   is away or not yet monitoring, or in flight) take at most `HOLD_BYTES`;
+//!   beyond that, and whatever is still here at exit, neither the WAL nor the
+//!   agent could take: counted as `events_unstored_lost`.
+//! * Storing is retried — free space every second, a storage error by
+//!   reopening the WAL with backoff (1, 2, 4 … 30 s). When it succeeds what
+//!   is still unacknowledged here is stored first and the WAL is the queue
+//!   again.
 //! * A storage error the WAL cannot be reopened from in this process
 //!   (`WalError::Stuck`) ends the connector with that error; the agent
 //!   restarts the collector with its backoff.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +37,8 @@ use super::wal::{Wal, WalError};
 use crate::metrics::Metrics;
 use crate::model::batch::Batch;
 
-/// Most bytes of batches held in memory while the WAL cannot be written.
+/// Most bytes of unacknowledged batches kept in memory while the WAL cannot
+/// be written (held for the agent, or sent to it and not yet acknowledged).
 pub const HOLD_BYTES: usize = 4 * 1024 * 1024;
 /// Free space the WAL's filesystem must keep beyond a write: room for
 /// sled's segments (512 KiB each) and a full group commit (4 MiB).
@@ -54,8 +67,19 @@ pub struct Storage {
     pub wal: Arc<Wal>,
     metrics: Arc<Metrics>,
     fault: Option<Fault>,
-    held: Vec<Batch>,
-    held_bytes: usize,
+    /// Neither stored nor sent, oldest first.
+    held: VecDeque<Batch>,
+    /// Sent to the agent un-persisted, awaiting its acknowledgement, by key.
+    direct: BTreeMap<u64, Batch>,
+    /// Bytes of `held` and `direct` together.
+    memory_bytes: usize,
+    /// Key and bytes of the batches that were in flight from memory when the
+    /// WAL took them back (`retry`): still on their way, not to be sent again.
+    stored_in_flight: Vec<(u64, u64)>,
+}
+
+fn events(batches: impl IntoIterator<Item = impl std::borrow::Borrow<Batch>>) -> u64 {
+    batches.into_iter().map(|b| b.borrow().len() as u64).sum()
 }
 
 impl Storage {
@@ -64,13 +88,16 @@ impl Storage {
             wal,
             metrics,
             fault: None,
-            held: Vec::new(),
-            held_bytes: 0,
+            held: VecDeque::new(),
+            direct: BTreeMap::new(),
+            memory_bytes: 0,
+            stored_in_flight: Vec::new(),
         }
     }
 
-    /// Stores `batches` (emptied), or holds them while the WAL cannot take
-    /// them. Errors only when the WAL is stuck (see the module docs).
+    /// Stores `batches` (emptied), or keeps them in memory for the agent
+    /// while the WAL cannot take them. Errors only when the WAL is stuck
+    /// (see the module docs).
     pub fn store(&mut self, batches: &mut Vec<Batch>) -> Result<(), WalError> {
         if self.fault.is_none() {
             match self.write(batches) {
@@ -81,16 +108,59 @@ impl Storage {
                 Err((cause, reason)) => self.fault(cause, &reason),
             }
         }
+        let end = batches.iter().map(|b| b.first_seq() + b.len() as u64).max();
+        if let Some(end) = end
+            && let Err(e) = self.wal.skip_to(end)
+        {
+            tracing::warn!(error = %e, "could not note the sequence numbers used while the WAL is faulted");
+        }
         for batch in batches.drain(..) {
             let len = batch.as_bytes().len();
-            if self.held_bytes + len <= HOLD_BYTES {
-                self.held_bytes += len;
-                self.held.push(batch);
+            if self.memory_bytes + len <= HOLD_BYTES {
+                self.memory_bytes += len;
+                self.held.push_back(batch);
             } else {
-                Metrics::add(&self.metrics.wal_write_failed, batch.len() as u64);
+                Metrics::add(&self.metrics.events_unstored_lost, batch.len() as u64);
             }
         }
         Ok(())
+    }
+
+    /// While faulted: hands the held batches, oldest first, to `send` (the
+    /// agent's connection), flagged un-persisted, and keeps each one sent
+    /// until it is acknowledged. Stops at the first `send` that fails.
+    pub fn send_direct(&mut self, mut send: impl FnMut(u64, &Batch) -> bool) {
+        while let Some(mut batch) = self.held.pop_front() {
+            batch.mark_unpersisted();
+            if !send(batch.first_seq(), &batch) {
+                self.held.push_front(batch);
+                return;
+            }
+            self.direct.insert(batch.first_seq(), batch);
+        }
+    }
+
+    /// The agent acknowledged `key`: if it was sent from memory, forgets it
+    /// and returns its events (counted as published un-persisted).
+    pub fn acked(&mut self, key: u64) -> Option<u64> {
+        let batch = self.direct.remove(&key)?;
+        self.memory_bytes -= batch.as_bytes().len();
+        let n = batch.len() as u64;
+        Metrics::add(&self.metrics.events_unpersisted, n);
+        Some(n)
+    }
+
+    /// The connection is gone: what it did not acknowledge is held again,
+    /// in order, for the next connection (or the WAL when it returns).
+    pub fn connection_lost(&mut self) {
+        let mut unacked: VecDeque<Batch> = std::mem::take(&mut self.direct).into_values().collect();
+        unacked.append(&mut self.held);
+        self.held = unacked;
+    }
+
+    /// Batches kept in memory (held or awaiting acknowledgement).
+    pub fn in_memory(&self) -> usize {
+        self.held.len() + self.direct.len()
     }
 
     /// Checks the free space, then appends.
@@ -131,10 +201,12 @@ impl Storage {
             (None, Cause::Storage) => FIRST_RETRY,
         };
         if self.fault.is_none() {
-            tracing::error!(%reason, retry_in = ?backoff, "WAL cannot be written: holding new events in memory (up to {} MiB) and retrying", HOLD_BYTES >> 20);
+            tracing::error!(%reason, retry_in = ?backoff, "WAL cannot be written: publishing new events to the agent un-persisted (up to {} MiB in memory) and retrying", HOLD_BYTES >> 20);
         }
         self.metrics.set_wal_fault(Some(format!(
-            "WAL cannot be written: {reason}; events are held in memory up to {} MiB, then counted as wal_write_failed",
+            "WAL cannot be written: {reason}; new events go to the agent un-persisted \
+             (events_unpersisted), up to {} MiB unacknowledged in memory, beyond that \
+             counted as events_unstored_lost",
             HOLD_BYTES >> 20
         )));
         self.fault = Some(Fault {
@@ -154,8 +226,9 @@ impl Storage {
     }
 
     /// Tries again: reopens the WAL after a storage error, then stores what
-    /// was held. `Ok(true)` when the WAL is writable again (the caller then
-    /// replays from the WAL); an error when only a restart can help.
+    /// is still unacknowledged in memory. `Ok(true)` when the WAL is writable
+    /// again (the caller then publishes from the WAL); an error when only a
+    /// restart can help.
     pub fn retry(&mut self) -> Result<bool, WalError> {
         let Some(fault) = &self.fault else {
             return Ok(true);
@@ -179,36 +252,62 @@ impl Storage {
                 backoff: FIRST_RETRY,
             });
         }
-        let held = std::mem::take(&mut self.held);
-        match self.write(&held) {
+        // Sent but unacknowledged, then never sent: key order either way.
+        let sent: Vec<u64> = self.direct.keys().copied().collect();
+        let mut pending: Vec<Batch> = std::mem::take(&mut self.direct).into_values().collect();
+        pending.extend(self.held.drain(..));
+        pending.sort_by_key(Batch::first_seq);
+        for batch in &mut pending {
+            batch.mark_persisted();
+        }
+        match self.write(&pending) {
             Ok(()) => {
-                let events: usize = held.iter().map(|b| b.len()).sum();
-                tracing::info!(stored_from_memory = events, "WAL writable again");
-                self.held_bytes = 0;
+                tracing::info!(stored_from_memory = events(&pending), "WAL writable again");
+                self.stored_in_flight = pending
+                    .iter()
+                    .filter(|b| sent.binary_search(&b.first_seq()).is_ok())
+                    .map(|b| (b.first_seq(), b.as_bytes().len() as u64))
+                    .collect();
+                self.memory_bytes = 0;
                 self.fault = None;
                 self.metrics.set_wal_fault(None);
                 Ok(true)
             }
             Err((cause, reason)) => {
-                self.held = held;
+                for mut batch in pending {
+                    if sent.binary_search(&batch.first_seq()).is_ok() {
+                        batch.mark_unpersisted();
+                        self.direct.insert(batch.first_seq(), batch);
+                    } else {
+                        self.held.push_back(batch);
+                    }
+                }
                 self.fault(cause, &reason);
                 Ok(false)
             }
         }
     }
 
-    /// At exit: what is still held was never stored.
+    /// After a `retry` that stored them: the batches (key, bytes) that were
+    /// in flight from memory, now in the WAL and still awaiting their ack.
+    pub fn take_stored_in_flight(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.stored_in_flight)
+    }
+
+    /// At exit: what is still in memory was never stored, and the agent did
+    /// not confirm it.
     pub fn abandon_held(&mut self) {
-        let events: u64 = self.held.iter().map(|b| b.len() as u64).sum();
-        if events > 0 {
-            Metrics::add(&self.metrics.wal_write_failed, events);
+        let lost = events(&self.held) + events(self.direct.values());
+        if lost > 0 {
+            Metrics::add(&self.metrics.events_unstored_lost, lost);
             tracing::error!(
-                events,
-                "stopping while the WAL cannot be written: held events are lost"
+                events = lost,
+                "stopping while the WAL cannot be written: events neither stored nor acknowledged are lost"
             );
         }
         self.held.clear();
-        self.held_bytes = 0;
+        self.direct.clear();
+        self.memory_bytes = 0;
     }
 }
 
@@ -235,6 +334,129 @@ fn free_bytes(dir: &std::path::Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use crate::model::batch::BatchBuilder;
+    use crate::model::{EventKind, EventSource, ProcessEvent};
+
+    fn batch(seqs: std::ops::Range<u64>) -> Batch {
+        let mut b = BatchBuilder::new();
+        for seq in seqs {
+            let mut e = ProcessEvent::new(EventKind::Exec, EventSource::Ebpf, 1, 42);
+            e.seq = seq;
+            b.push(&e).expect("encodes");
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn a_faulted_wal_publishes_from_memory_and_never_resends_what_was_acked() {
+        let dir = std::env::temp_dir().join(format!("procmond-storage-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let metrics = Arc::new(Metrics::default());
+        let wal = Arc::new(Wal::open(&dir, 1 << 24, metrics.clone()).expect("open"));
+        let mut storage = Storage::new(wal.clone(), metrics.clone());
+        storage.failed(&WalError::Closed);
+        assert!(storage.is_faulted());
+        assert!(
+            metrics
+                .wal_fault()
+                .is_some_and(|r| r.contains("un-persisted"))
+        );
+        storage
+            .store(&mut vec![batch(1..3), batch(3..6), batch(6..7)])
+            .expect("held");
+        let mut sent = Vec::new();
+        storage.send_direct(|key, b| {
+            assert!(b.is_unpersisted(), "flagged");
+            sent.push(key);
+            key < 6 // the third send fails: the connection is going away
+        });
+        assert_eq!(sent, [1, 3, 6]);
+        assert_eq!(storage.acked(1), Some(2));
+        assert_eq!(storage.acked(1), None, "an ack counts once");
+        assert_eq!(metrics.events_unpersisted.load(Relaxed), 2);
+        // The connection drops before 3 is acknowledged: 3 goes again.
+        storage.connection_lost();
+        let mut again = Vec::new();
+        storage.send_direct(|key, _| {
+            again.push(key);
+            true
+        });
+        assert_eq!(again, [3, 6], "unacknowledged are resent, acked never");
+        // The WAL comes back: what is unacknowledged is stored, unflagged.
+        assert!(storage.retry().expect("reopened"));
+        assert_eq!(storage.in_memory(), 0);
+        let in_flight: Vec<u64> = storage
+            .take_stored_in_flight()
+            .iter()
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(
+            in_flight,
+            [3, 6],
+            "still on their way: not to be sent again"
+        );
+        let stored: Vec<(u64, bool)> = wal
+            .read_from(0, 10)
+            .expect("read")
+            .iter()
+            .map(|(k, b)| (*k, b.is_unpersisted()))
+            .collect();
+        assert_eq!(stored, [(3, false), (6, false)]);
+        assert!(metrics.wal_fault().is_none());
+        assert_eq!(metrics.events_unstored_lost.load(Relaxed), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn seqs_used_while_faulted_are_not_handed_out_again_after_a_restart() {
+        let dir = std::env::temp_dir().join(format!("procmond-storage-seq-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let metrics = Arc::new(Metrics::default());
+            let wal = Arc::new(Wal::open(&dir, 1 << 24, metrics.clone()).expect("open"));
+            wal.append(&[batch(1..3)]).expect("append");
+            let mut storage = Storage::new(wal, metrics);
+            storage.failed(&WalError::Closed);
+            storage.store(&mut vec![batch(3..9)]).expect("held");
+            storage.send_direct(|_, _| true);
+            assert_eq!(storage.acked(3), Some(6), "the agent has seqs 3..9");
+        } // stopped (or crashed) while still faulted
+        let metrics = Arc::new(Metrics::default());
+        let wal = Wal::open(&dir, 1 << 24, metrics.clone()).expect("reopen");
+        assert_eq!(wal.next_seq(), 9, "3..9 are not numbered again");
+        assert_eq!(
+            (wal.pending_count(), metrics.wal_lost.load(Relaxed)),
+            (2, 0)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn what_neither_the_wal_nor_the_agent_takes_is_counted() {
+        let dir =
+            std::env::temp_dir().join(format!("procmond-storage-lost-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let metrics = Arc::new(Metrics::default());
+        let wal = Arc::new(Wal::open(&dir, 1 << 24, metrics.clone()).expect("open"));
+        let mut storage = Storage::new(wal, metrics.clone());
+        storage.failed(&WalError::Closed);
+        let one = batch(1..2049).as_bytes().len();
+        let fit = HOLD_BYTES / one;
+        let mut batches: Vec<Batch> = (0..fit as u64 + 2)
+            .map(|i| batch(1 + i * 2048..1 + (i + 1) * 2048))
+            .collect();
+        storage.store(&mut batches).expect("held");
+        assert_eq!(metrics.events_unstored_lost.load(Relaxed), 2 * 2048);
+        storage.abandon_held();
+        assert_eq!(
+            metrics.events_unstored_lost.load(Relaxed),
+            (fit as u64 + 2) * 2048
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn free_space_of_a_real_filesystem_is_read() {

@@ -3,8 +3,8 @@
 //!
 //! Storage is sled, one tree: `e` + big-endian first seq → the batch's bytes
 //! (sequence order is key order), and `m:next_seq` → the next sequence
-//! number, written in the same atomic write as the batches so `seq` stays
-//! monotonic across crashes. One key per batch: one insert, one flush and
+//! number and `m:marks` → the marks, written in the same atomic write as
+//! the batches so `seq` stays monotonic across crashes. One key per batch: one insert, one flush and
 //! one remove for what used to cost that per event.
 //!
 //! Durability policy (docs/decisions.md): group commit. The batches that
@@ -16,9 +16,9 @@
 //! sinks fdatasync).
 //!
 //! Damage is not silent: sled recovers a damaged log to whatever prefix it
-//! can read and says nothing, so the WAL keeps marks beside it
-//! (`wal_marks`) and counts what they say was stored and is gone as
-//! `wal_lost`. After a write error sled refuses every further operation;
+//! can read and says nothing, so the WAL keeps marks (`wal_marks`: in the
+//! tree, written atomically with the data, plus a witness file beside it)
+//! and counts what they say was stored and is gone as `wal_lost`. After a write error sled refuses every further operation;
 //! `reopen` closes and opens it again (the connector retries with backoff).
 //!
 //! Bounded: pending bytes are capped (`max_bytes`); at 80 % a warning is
@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use super::wal_dir::{self, dir_error, restrict_files};
 use super::wal_marks::{self, Found, Marks, MarksFile};
 use crate::metrics::Metrics;
 use crate::model::batch::Batch;
@@ -40,6 +41,9 @@ const EVENT_PREFIX: u8 = b'e';
 const NEXT_SEQ_KEY: &[u8] = b"m:next_seq";
 /// The WAL's identity, written once when the tree is created.
 const EPOCH_KEY: &[u8] = b"m:epoch";
+/// The marks (`wal_marks`), written in the same atomic sled write as the
+/// batches they count, so they are durable exactly when the data is.
+const MARKS_KEY: &[u8] = b"m:marks";
 /// sled's own page cache: small, so the WAL stays within the RSS budget
 /// (batches are written once and read back at most once).
 const CACHE_BYTES: u64 = 2 * 1024 * 1024;
@@ -54,6 +58,8 @@ pub enum WalError {
         #[source]
         source: std::io::Error,
     },
+    #[error("WAL directory {path} refused: {reason}")]
+    Refused { path: String, reason: String },
     #[error("WAL storage error: {0}")]
     Sled(#[from] sled::Error),
     #[error("WAL marks file: {0}")]
@@ -125,10 +131,11 @@ fn open_db(dir: &Path) -> Result<sled::Db, WalError> {
 }
 
 impl Wal {
-    /// Opens (or creates) the WAL in `dir` (made 0700, files 0600), and
+    /// Opens (or creates) the WAL in `dir` (refused if it is a symlink or
+    /// another user could swap it; made 0700, files 0600), and
     /// counts as `wal_lost` what its marks say it held and it no longer does.
     pub fn open(dir: &Path, max_bytes: u64, metrics: Arc<Metrics>) -> Result<Self, WalError> {
-        prepare_dir(dir)?;
+        wal_dir::prepare(dir)?;
         let (marks_file, found) = MarksFile::open(dir).map_err(dir_error(dir))?;
         let db = open_db(dir)?;
         let wal = Self {
@@ -210,44 +217,30 @@ impl Wal {
                 last = last.max(seq + n.saturating_sub(1));
             }
         }
-        let marked_next = match found {
+        let in_tree = db
+            .get(MARKS_KEY)?
+            .and_then(|v| Marks::decode(&v).ok())
+            .filter(|m| m.epoch == epoch);
+        let witness_next = match found {
             Found::Read(m) if m.epoch == epoch => m.next_seq,
             _ => 1,
         };
+        let marked_next = witness_next.max(in_tree.map_or(1, |m| m.next_seq));
         let next_seq = read_u64(&db, NEXT_SEQ_KEY)?
             .unwrap_or(1)
             .max(last + 1)
             .max(marked_next)
             .max(self.next_seq());
-        match (wal_marks::lost_events(found, epoch, count), found) {
-            (Some(0), _) => {}
-            (Some(lost), _) => {
-                Metrics::add(&self.metrics.wal_lost, lost);
-                tracing::error!(
-                    lost,
-                    pending = count,
-                    dir = %self.dir.display(),
-                    "WAL storage lost events it had stored (damaged, truncated or replaced files)"
-                );
-            }
-            (None, Found::Unreadable(why)) => {
-                tracing::warn!(%why, "WAL marks unreadable: this start cannot check the WAL for damage");
-            }
-            (None, _) if !new_tree => {
-                tracing::warn!("WAL without marks: this start cannot check it for damage");
-            }
-            (None, _) => {}
-        }
+        self.judge_loss(found, in_tree.as_ref(), epoch, count, new_tree);
         let marks = Marks {
             epoch,
             next_seq,
             stored: count,
             acked: 0,
         };
-        self.marks_file.write(&marks).map_err(WalError::Marks)?;
-        if let Ok(mut m) = self.marks.lock() {
-            *m = marks;
-        }
+        db.insert(MARKS_KEY, &marks.encode()[..])?;
+        db.flush()?;
+        self.set_marks(marks)?;
         self.epoch.store(epoch, Relaxed);
         self.next_seq.store(next_seq, Relaxed);
         self.written_here_from.store(next_seq, Relaxed);
@@ -272,15 +265,50 @@ impl Wal {
         self.marks.lock().map(|m| *m).unwrap_or_default()
     }
 
-    /// Updates the marks after a write that `sled` accepted.
-    fn mark(&self, change: impl FnOnce(&mut Marks)) -> Result<(), WalError> {
-        let marks = match self.marks.lock() {
-            Ok(mut m) => {
-                change(&mut m);
-                *m
+    /// Counts (and says) what the tree lost, judged by the marks stored in
+    /// it and by the witness beside it (`wal_marks::lost_events`).
+    fn judge_loss(
+        &self,
+        found: &Found,
+        in_tree: Option<&Marks>,
+        epoch: u64,
+        count: u64,
+        new_tree: bool,
+    ) {
+        match (wal_marks::lost_events(found, in_tree, epoch, count), found) {
+            (Some(0), _) => {}
+            (Some(lost), _) => {
+                Metrics::add(&self.metrics.wal_lost, lost);
+                tracing::error!(
+                    lost,
+                    pending = count,
+                    dir = %self.dir.display(),
+                    "WAL storage lost events it had stored (damaged, truncated or replaced files)"
+                );
             }
-            Err(_) => return Ok(()),
-        };
+            (None, Found::Unreadable(why)) => {
+                tracing::warn!(%why, "WAL marks unreadable: this start cannot check the WAL for damage");
+            }
+            (None, _) if !new_tree => {
+                tracing::warn!("WAL without marks: this start cannot check it for damage");
+            }
+            (None, _) => {}
+        }
+    }
+
+    /// The marks after `change`, to be written with the data they count.
+    fn next_marks(&self, change: impl FnOnce(&mut Marks)) -> Marks {
+        let mut m = self.current_marks();
+        change(&mut m);
+        m
+    }
+
+    /// After sled took the write that carried `marks`: keeps them, and
+    /// rewrites the witness beside the tree.
+    fn set_marks(&self, marks: Marks) -> Result<(), WalError> {
+        if let Ok(mut m) = self.marks.lock() {
+            *m = marks;
+        }
         self.marks_file.write(&marks).map_err(WalError::Marks)
     }
 
@@ -297,6 +325,20 @@ impl Wal {
     /// The first sequence number not yet used by any stored event.
     pub fn next_seq(&self) -> u64 {
         self.next_seq.load(Relaxed)
+    }
+
+    /// Sequence numbers below `next` were used by events that could not be
+    /// stored (sent to the agent from memory, or lost): they are never
+    /// handed out again, even after a restart while the WAL is faulted. The
+    /// tree cannot take a write then, so only the marks witness (rewritten
+    /// in place, no new disk space) remembers it until the next append.
+    pub fn skip_to(&self, next: u64) -> Result<(), WalError> {
+        if next <= self.next_seq() {
+            return Ok(());
+        }
+        self.next_seq.fetch_max(next, Relaxed);
+        let marks = self.next_marks(|m| m.next_seq = m.next_seq.max(next));
+        self.set_marks(marks)
     }
 
     /// Events awaiting acknowledgement.
@@ -332,15 +374,17 @@ impl Wal {
         let Some(next) = next else { return Ok(0) };
         let next = next.max(self.next_seq());
         write.insert(NEXT_SEQ_KEY, &next.to_be_bytes());
+        let marks = self.next_marks(|m| {
+            m.next_seq = next;
+            m.stored += stored;
+        });
+        write.insert(MARKS_KEY, &marks.encode()[..]);
         db.apply_batch(write)?;
         db.flush()?;
         self.next_seq.store(next, Relaxed);
         self.pending_bytes.fetch_add(added, Relaxed);
         self.pending_count.fetch_add(stored, Relaxed);
-        self.mark(|m| {
-            m.next_seq = next;
-            m.stored += stored;
-        })?;
+        self.set_marks(marks)?;
         if dropped > 0 {
             Metrics::add(&self.metrics.wal_dropped_full, dropped);
             tracing::error!(
@@ -357,13 +401,20 @@ impl Wal {
     /// The broker acknowledged the batch stored under `key`: forget it.
     /// Returns how many events it held.
     pub fn ack(&self, key: u64) -> Result<u64, WalError> {
-        let Some(old) = self.db()?.remove(event_key(key))? else {
+        let db = self.db()?;
+        let Some(old) = db.get(event_key(key))? else {
             return Ok(0);
         };
         let n = stored_count(&old);
+        // The removal and the marks that count it: one atomic write.
+        let marks = self.next_marks(|m| m.acked += n);
+        let mut write = sled::Batch::default();
+        write.remove(&event_key(key));
+        write.insert(MARKS_KEY, &marks.encode()[..]);
+        db.apply_batch(write)?;
         self.pending_bytes.fetch_sub(old.len() as u64, Relaxed);
         self.pending_count.fetch_sub(n, Relaxed);
-        self.mark(|m| m.acked += n)?;
+        self.set_marks(marks)?;
         self.publish_gauges();
         self.check_fill();
         Ok(n)
@@ -438,11 +489,15 @@ impl Wal {
             ))));
         }
         let db = self.db()?;
-        db.insert(event_key(key), bytes)?;
+        let marks = self.next_marks(|m| m.stored += stored_count(bytes));
+        let mut write = sled::Batch::default();
+        write.insert(&event_key(key), bytes);
+        write.insert(MARKS_KEY, &marks.encode()[..]);
+        db.apply_batch(write)?;
         db.flush()?;
         self.pending_bytes.fetch_add(bytes.len() as u64, Relaxed);
         self.pending_count.fetch_add(stored_count(bytes), Relaxed);
-        self.mark(|m| m.stored += stored_count(bytes))?;
+        self.set_marks(marks)?;
         Ok(())
     }
 
@@ -466,49 +521,6 @@ impl Wal {
             .wal_pending_bytes
             .store(self.pending_bytes(), Relaxed);
     }
-}
-
-fn dir_error(dir: &Path) -> impl Fn(std::io::Error) -> WalError + '_ {
-    move |source| WalError::Dir {
-        path: dir.display().to_string(),
-        source,
-    }
-}
-
-fn prepare_dir(dir: &Path) -> Result<(), WalError> {
-    std::fs::create_dir_all(dir).map_err(dir_error(dir))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(dir_error(dir))?;
-    }
-    // Windows: SYSTEM, Administrators and this account, inherited by
-    // sled's files (so `restrict_files` has nothing to do there).
-    #[cfg(windows)]
-    crate::sys::windows::make_private(dir).map_err(dir_error(dir))?;
-    Ok(())
-}
-
-/// sled creates files with the process umask; the WAL holds command lines.
-fn restrict_files(dir: &Path) -> Result<(), WalError> {
-    #[cfg(not(unix))]
-    let _ = dir;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        for entry in std::fs::read_dir(dir).map_err(dir_error(dir))? {
-            let entry = entry.map_err(dir_error(dir))?;
-            let path = entry.path();
-            let mode = if path.is_dir() { 0o700 } else { 0o600 };
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                .map_err(dir_error(dir))?;
-            if path.is_dir() {
-                restrict_files(&path)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

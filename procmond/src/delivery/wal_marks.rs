@@ -1,4 +1,4 @@
-//! The WAL's marks: a few numbers kept beside sled's files, so that storage
+//! The WAL's marks: a few numbers kept with sled's data, so that storage
 //! damaged or rolled back behind the collector's back is noticed and
 //! counted instead of silently recovered.
 //!
@@ -10,11 +10,15 @@
 //! (`wal_lost`), and `next_seq` never goes back, so a rolled-back tree cannot
 //! hand out a sequence number a sink has already seen.
 //!
-//! The file is one 48-byte record rewritten in place (one `pwrite` per
-//! group commit and per acknowledgement pass, no fsync of its own): exact
-//! after a process crash and for files damaged while the collector was
-//! stopped; after a power cut the page cache may have kept one but not the
-//! other, and the count can be off (docs/security.md).
+//! Where they live: in the tree itself (`m:marks`, 48 bytes), written in
+//! the same atomic sled write as the batches and removals they count, so
+//! they are durable exactly when the data is — after a crash or power cut
+//! they agree with what the tree holds. A copy, the witness, is rewritten in
+//! place beside sled's files (`procmond.marks`, one `pwrite` after each
+//! write sled took, no fsync): it judges only what the tree's own marks
+//! cannot see, a tree replaced whole or rolled back below what it had
+//! confirmed (`lost_events`), and it carries the marks of a WAL written
+//! before they moved into the tree.
 
 use std::fs::File;
 #[cfg(unix)]
@@ -45,7 +49,7 @@ impl Marks {
         self.stored.saturating_sub(self.acked)
     }
 
-    fn encode(&self) -> [u8; LEN] {
+    pub fn encode(&self) -> [u8; LEN] {
         let mut b = [0u8; LEN];
         b[..8].copy_from_slice(MAGIC);
         for (i, v) in [self.epoch, self.next_seq, self.stored, self.acked]
@@ -59,7 +63,7 @@ impl Marks {
         b
     }
 
-    fn decode(b: &[u8]) -> Result<Self, String> {
+    pub fn decode(b: &[u8]) -> Result<Self, String> {
         if b.len() != LEN {
             return Err(format!("{} bytes, expected {LEN}", b.len()));
         }
@@ -157,9 +161,32 @@ impl MarksFile {
     }
 }
 
-/// How many events the tree lost, judged by `found` marks against what the
-/// tree holds now (`epoch`, `pending` events). `None`: nothing to judge by.
-pub fn lost_events(found: &Found, epoch: u64, pending: u64) -> Option<u64> {
+/// How many events the tree lost, judged against what it holds now
+/// (`epoch`, `pending` events) by the marks stored in it (`in_tree`, of this
+/// epoch) and by the witness file (`found`). `None`: nothing to judge by.
+///
+/// The marks in the tree are durable exactly when the data is, so after a
+/// crash or power cut they agree with it. They cannot see the tree rolled
+/// back as a whole, with them: the witness is written only after sled took
+/// a write, so a witness that numbered further (`next_seq`) than the tree's
+/// marks means the tree lost writes it had confirmed, and the witness then
+/// judges. A tree replaced whole (no marks in it) is judged by the witness.
+pub fn lost_events(
+    found: &Found,
+    in_tree: Option<&Marks>,
+    epoch: u64,
+    pending: u64,
+) -> Option<u64> {
+    match (in_tree, found) {
+        (Some(t), Found::Read(w)) if w.epoch == t.epoch && w.next_seq > t.next_seq => {
+            Some(w.pending().saturating_sub(pending))
+        }
+        (Some(t), _) => Some(t.pending().saturating_sub(pending)),
+        (None, _) => witness_lost(found, epoch, pending),
+    }
+}
+
+fn witness_lost(found: &Found, epoch: u64, pending: u64) -> Option<u64> {
     match found {
         Found::Read(m) if m.epoch == epoch => Some(m.pending().saturating_sub(pending)),
         // The tree was replaced under the marks: all it should hold is gone.
@@ -197,11 +224,23 @@ mod tests {
             stored: 99,
             acked: 40,
         };
-        assert_eq!(lost_events(&Found::Read(m), 7, 59), Some(0));
-        assert_eq!(lost_events(&Found::Read(m), 7, 25), Some(34));
-        assert_eq!(lost_events(&Found::Read(m), 7, 70), Some(0));
-        assert_eq!(lost_events(&Found::Read(m), 8, 0), Some(59));
-        assert_eq!(lost_events(&Found::Missing, 7, 0), None);
+        assert_eq!(lost_events(&Found::Read(m), None, 7, 59), Some(0));
+        assert_eq!(lost_events(&Found::Read(m), None, 7, 25), Some(34));
+        assert_eq!(lost_events(&Found::Read(m), None, 7, 70), Some(0));
+        assert_eq!(lost_events(&Found::Read(m), None, 8, 0), Some(59));
+        assert_eq!(lost_events(&Found::Missing, None, 7, 0), None);
+        // The tree's own marks judge; a stale witness (acks it missed) does not.
+        let t = Marks { acked: 90, ..m };
+        assert_eq!(lost_events(&Found::Read(m), Some(&t), 7, 9), Some(0));
+        assert_eq!(lost_events(&Found::Missing, Some(&t), 7, 5), Some(4));
+        // A witness that numbered past the tree: the tree rolled back.
+        let behind = Marks {
+            next_seq: 50,
+            stored: 49,
+            acked: 40,
+            ..m
+        };
+        assert_eq!(lost_events(&Found::Read(m), Some(&behind), 7, 9), Some(50));
     }
 
     #[test]

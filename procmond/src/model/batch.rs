@@ -9,9 +9,21 @@
 //! each event can be read in place):
 //!
 //! ```text
-//! batch  := "PMB1" count:u32 first_seq:u64  entry{count}
+//! batch  := "PMB2" count:u32 first_seq:u64 layout:u16 flags:u16 0{12}  entry{count}
 //! entry  := seq:u64 len:u32 kind:u8 0 0 0  event-bytes[len]  zero-pad to 16
 //! ```
+//!
+//! Versioned, so that an upgrade with events still pending in the WAL loses
+//! none: `layout` names the rkyv layout of the events (`EVENT_LAYOUT` is the
+//! one this build writes), and `flags` says how the batch travels
+//! (`UNPERSISTED`: sent from memory while the WAL could not store it).
+//! [`Batch::parse`] also reads the previous format, `"PMB1" count first_seq`
+//! (a 16-byte header, events in layout 1), and rewrites it to the current
+//! header. A batch in an older event layout is converted event by event
+//! (`upgrade_events`); a layout newer than this build knows is refused.
+//! When `ProcessEvent`'s archived layout changes: bump `EVENT_LAYOUT`, keep
+//! the previous struct frozen under `model::` as `ProcessEventV<n>`, and
+//! convert from it in `upgrade_events`.
 //!
 //! A batch read from outside (a socket, the WAL) is untrusted: [`Batch::parse`]
 //! checks the structure, and each event is validated (bytecheck) when it is
@@ -23,8 +35,17 @@ use rkyv::util::AlignedVec;
 use super::codec::{DecodeError, EncodeError, EventBytes};
 use super::{ArchivedProcessEvent, EventKind, ProcessEvent};
 
-const MAGIC: &[u8; 4] = b"PMB1";
-const HEADER: usize = 16;
+const MAGIC: &[u8; 4] = b"PMB2";
+/// The format before versioning: a 16-byte header, events in layout 1.
+const MAGIC_V1: &[u8; 4] = b"PMB1";
+const HEADER_V1: usize = 16;
+const HEADER: usize = 32;
+/// The rkyv layout of `ProcessEvent` this build writes and reads in place.
+pub const EVENT_LAYOUT: u16 = 1;
+/// Flag: sent to the agent from memory, never stored in the WAL.
+pub const UNPERSISTED: u16 = 1;
+const LAYOUT_AT: usize = 16;
+const FLAGS_AT: usize = 18;
 const ENTRY_HEADER: usize = 16;
 const ALIGN: usize = 16;
 
@@ -47,6 +68,54 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Writes the current header at the start of `buf`.
+fn write_header(buf: &mut [u8], count: u32, first_seq: u64, flags: u16) {
+    buf[0..4].copy_from_slice(MAGIC);
+    buf[4..8].copy_from_slice(&count.to_le_bytes());
+    buf[8..16].copy_from_slice(&first_seq.to_le_bytes());
+    buf[LAYOUT_AT..LAYOUT_AT + 2].copy_from_slice(&EVENT_LAYOUT.to_le_bytes());
+    buf[FLAGS_AT..FLAGS_AT + 2].copy_from_slice(&flags.to_le_bytes());
+    buf[20..HEADER].fill(0);
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// Bytes in the current format: the previous format's header rewritten,
+/// events in an older layout converted. Anything else is returned as is
+/// (the caller's structure checks refuse it).
+fn upgrade(bytes: AlignedVec) -> Result<AlignedVec, String> {
+    if bytes.len() >= HEADER_V1 && &bytes[0..4] == MAGIC_V1 {
+        let mut v2 = AlignedVec::with_capacity(bytes.len() + HEADER - HEADER_V1);
+        v2.extend_from_slice(&[0u8; HEADER]);
+        v2.extend_from_slice(&bytes[HEADER_V1..]);
+        let count = u32_at(&bytes, 4).unwrap_or(0);
+        let first_seq = u64_at(&bytes, 8).unwrap_or(0);
+        write_header(&mut v2, count, first_seq, 0);
+        return upgrade_events(1, v2);
+    }
+    match u16_at(&bytes, LAYOUT_AT) {
+        Some(layout) if bytes.len() >= HEADER && &bytes[0..4] == MAGIC => {
+            upgrade_events(layout, bytes)
+        }
+        _ => Ok(bytes),
+    }
+}
+
+/// Converts a batch's events from `layout` to `EVENT_LAYOUT`. Layout 1 is
+/// the current one, so there is nothing to convert yet; a later layout adds
+/// its arm here (decode each entry as the frozen previous struct, re-encode
+/// it as the current one).
+fn upgrade_events(layout: u16, bytes: AlignedVec) -> Result<AlignedVec, String> {
+    match layout {
+        EVENT_LAYOUT => Ok(bytes),
+        other => Err(format!(
+            "event layout {other}: this build reads layout {EVENT_LAYOUT} and earlier"
+        )),
+    }
 }
 
 fn pad(buf: &mut AlignedVec) {
@@ -125,9 +194,7 @@ impl BatchBuilder {
     pub fn finish(&mut self) -> Batch {
         let mut buf = std::mem::replace(&mut self.buf, AlignedVec::with_capacity(64 * 1024));
         self.buf.extend_from_slice(&[0u8; HEADER]);
-        buf[0..4].copy_from_slice(MAGIC);
-        buf[4..8].copy_from_slice(&self.count.to_le_bytes());
-        buf[8..16].copy_from_slice(&self.first_seq.to_le_bytes());
+        write_header(&mut buf, self.count, self.first_seq, 0);
         let batch = Batch {
             bytes: buf,
             count: self.count,
@@ -170,7 +237,11 @@ pub struct Batch {
 impl Batch {
     /// Checks the header and every entry's bounds (not the events themselves:
     /// [`Entry::event`] validates each one where it is read).
+    /// A batch of the previous format (or an older event layout) comes back
+    /// in the current one.
     pub fn parse(bytes: AlignedVec) -> Result<Self, BatchError> {
+        let len = bytes.len();
+        let bytes = upgrade(bytes).map_err(|reason| BatchError { len, reason })?;
         let fail = |reason: String| BatchError {
             len: bytes.len(),
             reason,
@@ -221,6 +292,32 @@ impl Batch {
     /// The sequence number of the first event (the batch's key and ack id).
     pub fn first_seq(&self) -> u64 {
         self.first_seq
+    }
+
+    /// The header's flags (`UNPERSISTED`).
+    pub fn flags(&self) -> u16 {
+        u16_at(&self.bytes, FLAGS_AT).unwrap_or(0)
+    }
+
+    /// True when the batch was sent from memory, never stored in the WAL.
+    pub fn is_unpersisted(&self) -> bool {
+        self.flags() & UNPERSISTED != 0
+    }
+
+    /// Flags the batch as sent without being stored.
+    pub fn mark_unpersisted(&mut self) {
+        self.set_flags(self.flags() | UNPERSISTED);
+    }
+
+    /// Clears `UNPERSISTED` (the batch is being stored).
+    pub fn mark_persisted(&mut self) {
+        self.set_flags(self.flags() & !UNPERSISTED);
+    }
+
+    fn set_flags(&mut self, flags: u16) {
+        if let Some(at) = self.bytes.get_mut(FLAGS_AT..FLAGS_AT + 2) {
+            at.copy_from_slice(&flags.to_le_bytes());
+        }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -275,9 +372,7 @@ impl Batch {
         if count == 0 {
             return None;
         }
-        buf[0..4].copy_from_slice(MAGIC);
-        buf[4..8].copy_from_slice(&count.to_le_bytes());
-        buf[8..16].copy_from_slice(&first_seq.to_le_bytes());
+        write_header(&mut buf, count, first_seq, self.flags());
         Some(Batch {
             bytes: buf,
             count,
@@ -409,6 +504,51 @@ mod tests {
         assert_eq!(
             Batch::parse_slice(&lying).expect("structure").validated().1,
             1
+        );
+    }
+
+    /// `b` in the format before versioning (16-byte "PMB1" header).
+    fn as_previous_format(b: &Batch) -> Vec<u8> {
+        let mut v1 = b"PMB1".to_vec();
+        v1.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        v1.extend_from_slice(&b.first_seq().to_le_bytes());
+        v1.extend_from_slice(&b.as_bytes()[HEADER..]);
+        v1
+    }
+
+    #[test]
+    fn the_previous_format_is_read_and_rewritten_as_the_current_one() {
+        let b = batch([(7, EventKind::Exec), (8, EventKind::Exit)]);
+        assert_eq!(&b.as_bytes()[..4], b"PMB2");
+        let old = Batch::parse_slice(&as_previous_format(&b)).expect("previous format");
+        assert_eq!(
+            old.as_bytes(),
+            b.as_bytes(),
+            "rewritten to the current header"
+        );
+        let (valid, invalid) = old.validated();
+        assert_eq!((valid.map(|v| v.len()), invalid), (Some(2), 0));
+        // A layout newer than this build is refused, not misread.
+        let mut newer = b.as_bytes().to_vec();
+        newer[LAYOUT_AT..LAYOUT_AT + 2].copy_from_slice(&(EVENT_LAYOUT + 1).to_le_bytes());
+        let err = Batch::parse_slice(&newer).expect_err("newer layout");
+        assert!(err.reason.contains("event layout"), "{err}");
+    }
+
+    #[test]
+    fn the_unpersisted_flag_travels_with_the_batch() {
+        let mut b = batch([(1, EventKind::Exec), (2, EventKind::Exit)]);
+        assert!(!b.is_unpersisted());
+        b.mark_unpersisted();
+        let parsed = Batch::parse_slice(b.as_bytes()).expect("valid");
+        assert!(parsed.is_unpersisted());
+        let filtered = parsed.filter(|e| e.kind == EventKind::Exit).expect("one");
+        assert!(filtered.is_unpersisted(), "a subscriber's copy keeps it");
+        b.mark_persisted();
+        assert!(
+            !Batch::parse_slice(b.as_bytes())
+                .expect("valid")
+                .is_unpersisted()
         );
     }
 
