@@ -46,7 +46,7 @@ enum Val {
 struct Snapshot(Value);
 
 /// HELP text of the broker's counters (`BrokerStats`); others get a generic one.
-const BROKER_HELP: [(&str, &str); 11] = [
+const BROKER_HELP: [(&str, &str); 15] = [
     ("connections", "Connections admitted to the broker socket"),
     (
         "connections_refused",
@@ -58,7 +58,7 @@ const BROKER_HELP: [(&str, &str); 11] = [
     ),
     (
         "subscribers_dropped",
-        "Remote subscribers disconnected for blocking delivery",
+        "Remote subscribers disconnected because their outbound queue was full",
     ),
     (
         "published",
@@ -81,6 +81,19 @@ const BROKER_HELP: [(&str, &str); 11] = [
     (
         "calls_unauthorized",
         "Operator calls refused by broker.operators",
+    ),
+    (
+        "connections_evicted",
+        "Connections closed at a connection cap to let a new one in",
+    ),
+    ("requests_refused", "Requests to a topic that takes no RPC"),
+    (
+        "responses_refused",
+        "Responses from a connection the request was not sent to",
+    ),
+    (
+        "takeovers",
+        "Collector ids taken over from a stale connection by a fresh credential",
     ),
 ];
 
@@ -266,6 +279,13 @@ impl Snapshot {
             "Events the broker acknowledged to the collector",
             &published,
         )?;
+        let unpersisted = beat(&|b| b["events_unpersisted"].as_u64().map(Val::Count));
+        counter(
+            enc,
+            "procmond_collector_events_unpersisted",
+            "Events the agent acknowledged that were published from memory while the WAL could not store them",
+            &unpersisted,
+        )?;
         for (what, key, all) in [
             (
                 "kind",
@@ -348,11 +368,37 @@ fn sink_families(enc: &mut DescriptorEncoder, sinks: &[Value]) -> std::fmt::Resu
         "procmond_sink_lag_events",
         "Events the sink received and has not stored yet (their publishes wait unacknowledged)",
         &lag,
+    )?;
+    let degraded: Vec<_> = sinks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let down = s["counters"]["status"].as_str() == Some("degraded");
+            (labels(i, s), Val::Level(i64::from(down)))
+        })
+        .collect();
+    gauge(
+        enc,
+        "procmond_sink_degraded",
+        "1 while the sink's last write or connection failed (it retries with backoff; events wait in the collectors' WALs)",
+        &degraded,
     )
 }
 
+/// Broker figures that are levels, not counts.
+const BROKER_GAUGES: [(&str, &str); 1] = [(
+    "queued_bytes",
+    "Bytes queued by the broker for its peers right now (capped by broker.limits.max_queued_bytes)",
+)];
+
 fn broker_families(enc: &mut DescriptorEncoder, broker: &Value) -> std::fmt::Result {
-    for (key, n) in broker.as_object().into_iter().flatten() {
+    for (key, help) in BROKER_GAUGES {
+        let level = broker[key].as_i64().unwrap_or(0);
+        let samples = [(Vec::new(), Val::Level(level))];
+        gauge(enc, &format!("procmond_broker_{key}"), help, &samples)?;
+    }
+    let counts = broker.as_object().into_iter().flatten();
+    for (key, n) in counts.filter(|(k, _)| !BROKER_GAUGES.iter().any(|(g, _)| g == k)) {
         let help = BROKER_HELP
             .iter()
             .find(|(k, _)| k == key)
@@ -418,6 +464,7 @@ mod tests {
                  "last_heartbeat_ms_ago": 1500,
                  "last_heartbeat": {"processes_seen": 90, "events_published": 7,
                     "buffer_percent": 75, "wal_pending": 3, "wal_pending_bytes": 900,
+                    "events_unpersisted": 11,
                     "wal_fault": null, "connection": "connected",
                     "losses": {"kernel_lost": 4, "wal_lost": 0},
                     "events_by_kind": {"exec": 5}, "events_by_source": {"ebpf": 5}}},
@@ -425,10 +472,10 @@ mod tests {
                  "restarts": 0, "restarts_last_10min": 0, "alert": null,
                  "last_heartbeat_ms_ago": 10, "last_heartbeat": null}
             ],
-            "broker": {"connections": 3, "connections_refused": 1, "new_one": 2},
+            "broker": {"connections": 3, "connections_refused": 1, "new_one": 2, "queued_bytes": 4096},
             "sinks": [{"type": "nats", "target": "nats://h:4222 stream S \"x\"",
                        "counters": {"written": 9, "duplicates": 1, "invalid": 0,
-                                    "errors": 2, "reconnects": 1, "lag": 6}}]
+                                    "errors": 2, "reconnects": 1, "lag": 6, "status": "degraded"}}]
         })
     }
 
@@ -452,6 +499,10 @@ mod tests {
             "procmond_sink_lag_events{sink=\"0\",type=\"nats\",target=\"nats://h:4222 stream S \\\"x\\\"\"} 6",
             "procmond_sink_reconnects_total{sink=\"0\",type=\"nats\",target=\"nats://h:4222 stream S \\\"x\\\"\"} 1",
             "procmond_broker_connections_refused_total 1",
+            "# TYPE procmond_broker_queued_bytes gauge",
+            "procmond_broker_queued_bytes 4096",
+            "procmond_collector_events_unpersisted_total{collector_id=\"procmond\"} 11",
+            "procmond_sink_degraded{sink=\"0\",type=\"nats\",target=\"nats://h:4222 stream S \\\"x\\\"\"} 1",
             "# HELP procmond_broker_new_one_total A broker counter",
             "procmond_agent_phase{phase=\"steady_state\"} 1",
         ];

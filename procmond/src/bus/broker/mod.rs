@@ -32,6 +32,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
+#[cfg(unix)]
 use std::time::Duration;
 
 #[cfg(unix)]
