@@ -12,8 +12,10 @@
 
 mod command;
 mod keys;
+mod program;
 mod rules;
 mod scan;
+mod shapes;
 mod shell;
 
 #[cfg(test)]
