@@ -9,7 +9,7 @@
 use super::keys;
 use super::rules::{self, Program, Value, Wrapper};
 use super::scan::{self, Announce, Edit, Sink};
-use super::shell::{self, Tok, Tokens, has_ws, is_assignment, is_empty, is_flag};
+use super::shell::{self, Tok, Tokens, dash_value, has_ws, is_assignment, is_empty, is_flag};
 
 /// How deep command lines nested in quotes are followed.
 const MAX_DEPTH: u8 = 4;
@@ -96,6 +96,8 @@ pub struct Cmd<'a> {
     pub(super) take_last: bool,
     /// A `WordRest` rule fired: every later positional word is secret.
     pub(super) rest: bool,
+    /// Positional words so far (for `Nth` rules).
+    pub(super) npos: u8,
 }
 
 impl Cmd<'_> {
@@ -175,7 +177,7 @@ impl<'a> Ctx<'_> {
                     cmd.prev = Prev::Value;
                     return;
                 }
-                if !is_flag(t) {
+                if !is_flag(t) || dash_value(t) {
                     self.value(cmd, raw, w, e);
                     cmd.prev = Prev::Value;
                     return;
@@ -327,5 +329,6 @@ impl<'a> Ctx<'_> {
         cmd.wrapper_left = cmd.wrapper.map_or(0, |w| w.positionals);
         cmd.base = rules::program(name);
         cmd.has_subs = rules::has_subs(name);
+        cmd.npos = 0;
     }
 }

@@ -1,8 +1,8 @@
 //! A program's rules applied to one word of its command: a flag (exact,
 //! attached `-pPASS`, in a cluster `-xwPASS`, `--flag=value`, generic secret
-//! flags) or a positional word (subcommands, keywords, config keys, a program
-//! run by the program). Split from `command.rs`, which reads the words and
-//! keeps the state of the command.
+//! flags) or a positional word (subcommands, keywords, config keys, the n-th
+//! argument, a program run by the program). Split from `command.rs`, which
+//! reads the words and keeps the state of the command.
 
 use super::command::{Cmd, Ctx, Expect, Prev, Word};
 use super::keys;
@@ -39,19 +39,8 @@ impl<'a> Ctx<'_> {
         // Exact program flags first, then attached values and clusters.
         for p in cmd.programs() {
             for rule in p.rules.iter().filter(|r| r.flag == name) {
-                match rule.given {
-                    Given::NotSecret => return,
-                    Given::Next | Given::Both => {
-                        self.flag_value(cmd, eq, rule.value, None);
-                        return;
-                    }
-                    Given::Attached => {
-                        if let Some(v) = eq {
-                            self.redact_value(v, rule.value);
-                        }
-                        return;
-                    }
-                    _ => {}
+                if self.exact_flag(cmd, rule, eq) {
+                    return;
                 }
             }
         }
@@ -77,6 +66,35 @@ impl<'a> Ctx<'_> {
         if generic {
             self.flag_value(cmd, eq, Value::Whole, Some(keys::path_valued(name)));
         }
+    }
+
+    /// Applies a rule whose flag is the word (`eq`: its `=value`); true when it applied.
+    fn exact_flag(&mut self, cmd: &mut Cmd<'a>, rule: &rules::Rule, eq: Option<Word<'a>>) -> bool {
+        match rule.given {
+            Given::NotSecret => {}
+            Given::Next | Given::Both => self.flag_value(cmd, eq, rule.value, None),
+            Given::Attached => {
+                if let Some(v) = eq {
+                    self.redact_value(v, rule.value);
+                }
+            }
+            Given::Skip => {
+                if eq.is_none() {
+                    cmd.expect = Expect::Skip;
+                }
+            }
+            // `--entrypoint mysql`: the next word may name the program.
+            Given::Runs => match eq {
+                Some(v) if rules::is_program(v.text.rsplit('/').next().unwrap_or(v.text)) => {
+                    self.set_program(cmd, v.text);
+                    cmd.prev = Prev::Program;
+                }
+                Some(_) => {}
+                None => cmd.prev = Prev::Boundary,
+            },
+            _ => return false,
+        }
+        true
     }
 
     /// A secret flag's value: the `=` part, or the next word. `generic` is
@@ -185,67 +203,92 @@ impl<'a> Ctx<'_> {
             self.redact_value(raw, Value::Whole);
             return;
         }
-        if !ws {
-            if cmd.has_subs
-                && cmd.sub.is_none()
-                && let Some(p) = rules::sub_program(cmd.prog, t)
-            {
-                cmd.sub = Some(p);
-                return;
-            }
-            for p in cmd.programs() {
-                for rule in p.rules {
-                    let named = !rule.flag.is_empty() && t.eq_ignore_ascii_case(rule.flag);
-                    match rule.given {
-                        Given::WordLast if named => {
-                            cmd.take_last = true;
-                            cmd.last = None;
-                            return;
-                        }
-                        Given::WordNext if named => {
-                            cmd.expect = Expect::Value {
-                                value: rule.value,
-                                generic: false,
-                                path_ok: false,
-                            };
-                            return;
-                        }
-                        Given::WordRest if named => {
-                            cmd.rest = true;
-                            return;
-                        }
-                        Given::KeyWord if is_key_word(t, self.keys) => {
-                            cmd.expect = Expect::Value {
-                                value: rule.value,
-                                generic: false,
-                                path_ok: false,
-                            };
-                            return;
-                        }
-                        Given::Positional => self.redact_value(raw, rule.value),
-                        Given::Attached
-                            if rule.flag.starts_with('/')
-                                && t.len() > rule.flag.len()
-                                && t.starts_with(rule.flag) =>
-                        {
-                            self.redact_value(w.sub(rule.flag.len(), t.len()), rule.value);
-                        }
-                        _ => {}
-                    }
+        if !ws
+            && cmd.has_subs
+            && cmd.sub.is_none()
+            && let Some(p) = rules::sub_program(cmd.prog, t)
+        {
+            cmd.sub = Some(p);
+            return;
+        }
+        cmd.npos = cmd.npos.saturating_add(1);
+        for p in cmd.programs() {
+            for rule in p.rules {
+                if self.positional_rule(cmd, rule, raw, w) {
+                    return;
                 }
             }
-            // A known program run by another (`docker exec c mysql -p…`), unless
-            // the word is a flag's value or the data of a pending rule.
-            let name = t.rsplit('/').next().unwrap_or(t);
-            if prev != Prev::Flag && !cmd.take_last && rules::is_program(name) {
-                self.set_program(cmd, t);
-                cmd.prev = Prev::Program;
-                return;
-            }
+        }
+        // A known program run by another (`docker exec c mysql -p…`), unless
+        // the word is a flag's value or the data of a pending rule.
+        let name = t.rsplit('/').next().unwrap_or(t);
+        if !ws && prev != Prev::Flag && !cmd.take_last && rules::is_program(name) {
+            self.set_program(cmd, t);
+            cmd.prev = Prev::Program;
+            return;
         }
         if !t.starts_with('-') {
             cmd.last = Some(raw);
         }
+    }
+}
+
+impl<'a> Ctx<'_> {
+    /// Applies one rule to a positional word; true when the word is used up.
+    fn positional_rule(
+        &mut self,
+        cmd: &mut Cmd<'a>,
+        rule: &rules::Rule,
+        raw: Word<'a>,
+        w: Word<'a>,
+    ) -> bool {
+        let t = w.text;
+        let f = rule.flag;
+        if has_ws(t) && !matches!(rule.given, Given::Nth(_)) {
+            return false;
+        }
+        let named = !f.is_empty() && t.eq_ignore_ascii_case(f);
+        let expect = Expect::Value {
+            value: rule.value,
+            generic: false,
+            path_ok: false,
+        };
+        match rule.given {
+            Given::WordLast if named => {
+                cmd.take_last = true;
+                cmd.last = None;
+            }
+            Given::WordNext if named => cmd.expect = expect,
+            Given::WordRest if named => cmd.rest = true,
+            Given::KeyWord if is_key_word(t, self.keys) => {
+                // Booleans stay (`rclone config create r s3 env_auth true`).
+                cmd.expect = Expect::Value {
+                    value: rule.value,
+                    generic: true,
+                    path_ok: false,
+                };
+            }
+            Given::Positional => {
+                self.redact_value(raw, rule.value);
+                return false;
+            }
+            Given::Nth(n) if n == cmd.npos => {
+                self.redact_value(raw, rule.value);
+                return false;
+            }
+            // `/p:PASS`, `userid=user/PASS`
+            Given::Attached
+                if !f.is_empty()
+                    && !f.starts_with('-')
+                    && t.len() > f.len()
+                    && keys::starts_with_ic(t.as_bytes(), f.as_bytes()) =>
+            {
+                self.redact_value(w.sub(f.len(), t.len()), rule.value);
+                return false;
+            }
+            _ => return false,
+        }
+        true
     }
 }
 

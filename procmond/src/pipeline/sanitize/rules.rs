@@ -31,8 +31,16 @@ pub enum Given {
     KeyWord,
     /// Every positional word, when it has the value's shape (`user/pass@db`). `flag` is empty.
     Positional,
+    /// The n-th positional word (from 1; words taken by `Skip` flags do not
+    /// count): `wpa_passphrase SSID PASS`. `flag` is empty.
+    Nth(u8),
     /// The flag's value is not a secret, whatever the generic rules say.
     NotSecret,
+    /// The flag takes the next word as a value that is not secret (and not
+    /// a positional word for `Nth`).
+    Skip,
+    /// The flag's value names the program that runs (`docker run --entrypoint mysql`).
+    Runs,
 }
 
 /// Which part of a value is the secret.
@@ -94,7 +102,7 @@ const fn p(
     }
 }
 
-pub use super::shapes::{Body, PRIVATE_KEY_MARKERS, TOKEN_FIRST_BYTES, TOKEN_SHAPES};
+pub use super::shapes::{Body, PATH_SECRETS, PRIVATE_KEY_MARKERS, TOKEN_FIRST_BYTES, TOKEN_SHAPES};
 use Given::*;
 use Value::*;
 
@@ -102,17 +110,30 @@ use Value::*;
 /// no password flag (`-W` prompts): `PGPASSWORD=` and URIs are generic rules.
 #[rustfmt::skip]
 pub const PROGRAMS: &[Program] = &[
-    p(&["mysql", "mariadb", "mysqldump", "mysqladmin", "mysqlimport", "mysqlcheck", "mysqlshow",
-        "mysqlslap", "mysqlpump", "mysqlbinlog", "mariadb-dump", "mariadb-admin", "mariadb-import",
-        "mariadb-check", "mariadb-show"],
+    p(&["mysql", "mariadb"], None, &[r("-p", Attached, Whole)],
+      "mysql/mariadb client: -pPASS; -p alone prompts and a separate word after it is the database"),
+    p(&["mysqldump", "mysqladmin", "mysqlimport", "mysqlcheck", "mysqlshow", "mysqlslap", "mysqlpump",
+        "mysqlbinlog", "mysql_upgrade", "mariadb-dump", "mariadb-admin", "mariadb-import", "mariadb-check",
+        "mariadb-show", "mariadb-upgrade", "mariadb-slap", "mariadb-binlog"],
       None, &[r("-p", Attached, Whole)],
-      "MySQL/MariaDB clients: -pPASS; -p alone prompts and a separate word after it is the database"),
+      "MySQL/MariaDB tools: -pPASS; -p alone prompts and a separate word after it is the database"),
+    p(&["mysqladmin", "mariadb-admin"], Some("password"), &[r("", Positional, Whole)],
+      "mysqladmin password NEW: the words after the command are the new password"),
+    p(&["mydumper", "myloader"], None, &[r("-p", Both, Whole)], "mydumper/myloader: -p PASS, -pPASS"),
+    p(&["pt-online-schema-change", "pt-table-checksum", "pt-table-sync", "pt-archiver", "pt-kill",
+        "pt-query-digest", "pt-heartbeat", "pt-deadlock-logger", "pt-duplicate-key-checker",
+        "pt-index-usage", "pt-upgrade", "pt-config-diff", "pt-find", "pt-fk-error-logger",
+        "pt-slave-find", "pt-slave-restart", "pt-replica-find", "pt-replica-restart", "pt-show-grants",
+        "pt-mysql-summary", "pt-stalk", "pt-variable-advisor", "pt-visual-explain", "pt-mext"],
+      None, &[r("-p", Both, Whole)], "Percona Toolkit (Getopt::Long): -p PASS, --password PASS"),
     p(&["mongo", "mongosh", "mongodump", "mongorestore", "mongoexport", "mongoimport", "mongostat",
         "mongotop", "mongofiles"],
       None, &[r("-p", Both, Whole)], "MongoDB shell and tools: -p PASS, --password PASS"),
     p(&["sshpass"], None, &[r("-p", Both, Whole)], "sshpass: -p PASS or -pPASS (-e reads SSHPASS, -f a file)"),
-    p(&["redis-cli", "valkey-cli", "keydb-cli"], None, &[r("-a", Both, Whole), r("auth", WordRest, Whole)],
-      "redis-cli: -a PASS; the AUTH command's arguments"),
+    p(&["redis-cli", "valkey-cli", "keydb-cli"], None,
+      &[r("-a", Both, Whole), r("auth", WordRest, Whole), r("requirepass", WordNext, Whole),
+        r("masterauth", WordNext, Whole)],
+      "redis-cli: -a PASS; the AUTH command's arguments; CONFIG SET requirepass/masterauth PASS"),
     p(&["redis-server", "valkey-server", "keydb-server"], None,
       &[r("--requirepass", Next, Whole), r("--masterauth", Next, Whole)],
       "redis-server: config directives on the command line"),
@@ -135,9 +156,21 @@ pub const PROGRAMS: &[Program] = &[
       "curl: -u/--user user:PASS (user alone prompts), -U/--proxy-user, --oauth2-bearer, \
        -E/--cert file:PASS, -b/--cookie name=VALUE (else a file)"),
     p(&["etcdctl"], None, &[r("--user", Next, AfterSep(b':'))], "etcdctl: --user user:PASS"),
-    p(&["smbclient", "rpcclient", "smbcacls", "smbget", "smbtree", "net"], None,
+    p(&["rpcclient", "smbcacls", "smbget", "smbtree", "net"], None,
       &[r("-U", Both, AfterSep(b'%')), r("--user", Next, AfterSep(b'%'))],
       "Samba clients: -U user%PASS (user alone prompts)"),
+    p(&["smbclient"], None,
+      &[r("-U", Both, AfterSep(b'%')), r("--user", Next, AfterSep(b'%')), r("", Nth(2), Whole),
+        r("-c", Skip, Whole), r("-D", Skip, Whole), r("-I", Skip, Whole), r("-m", Skip, Whole),
+        r("-n", Skip, Whole), r("-O", Skip, Whole), r("-p", Skip, Whole), r("-R", Skip, Whole),
+        r("-s", Skip, Whole), r("-t", Skip, Whole), r("-T", Skip, Whole), r("-W", Skip, Whole),
+        r("-A", Skip, Whole), r("-l", Skip, Whole), r("-d", Skip, Whole), r("-M", Skip, Whole),
+        r("-L", Skip, Whole), r("--command", Skip, Whole), r("--directory", Skip, Whole),
+        r("--port", Skip, Whole), r("--workgroup", Skip, Whole), r("--authentication-file", Skip, Whole),
+        r("--configfile", Skip, Whole), r("--list", Skip, Whole), r("--message", Skip, Whole)],
+      "smbclient: -U user%PASS; smbclient //server/share PASS (options with a value do not count)"),
+    p(&["wpa_passphrase"], None, &[r("", Nth(2), Whole)], "wpa_passphrase SSID PASSPHRASE"),
+    p(&["isql", "iusql"], None, &[r("", Nth(3), Whole)], "unixODBC isql DSN USER PASS"),
     p(&["smbmap"], None, &[r("-p", Next, Whole)], "smbmap: -u USER -p PASS"),
     p(&["htpasswd"], None, &[r("-b", ClusterLast, Whole)],
       "Apache htpasswd: with -b (also -bc, -cb, -nb) the password is the last argument"),
@@ -155,10 +188,25 @@ pub const PROGRAMS: &[Program] = &[
       "Java keytool/jarsigner: -storepass, -keypass and friends (-storepass:env/:file are references)"),
     p(&["docker", "podman", "nerdctl", "buildah", "skopeo", "helm", "oras", "crane"], Some("login"),
       &[r("-p", Both, Whole)], "container registry login: docker/podman/helm registry … login -p PASS"),
-    p(&["docker", "podman", "nerdctl", "buildah"], None, &[r("--secret", NotSecret, Whole)],
-      "docker build/run --secret id=…,src=… names a secret, it does not hold one"),
+    p(&["docker", "podman", "nerdctl", "buildah"], None,
+      &[r("--secret", NotSecret, Whole), r("--entrypoint", Runs, Whole)],
+      "docker build/run --secret id=…,src=… names a secret, it does not hold one; \
+       run --entrypoint PROG runs PROG with the arguments after the image"),
     p(&["gh"], Some("secret"), &[r("-b", Both, Whole), r("--body", Next, Whole)],
       "GitHub CLI: gh secret set NAME -b/--body VALUE"),
+    p(&["kubectl"], Some("secret"), &[r("--from-literal", Next, AfterSep(b'='))],
+      "kubectl create secret … --from-literal=KEY=VALUE: every value is secret data"),
+    p(&["http", "https", "xh", "xhs"], None, &[r("-a", Both, AfterSep(b':')), r("--auth", Next, AfterSep(b':'))],
+      "HTTPie and xh: -a/--auth user:PASS (user alone prompts)"),
+    p(&["twine"], None, &[r("-p", Both, Whole)], "twine upload -u USER -p PASS"),
+    p(&["snmpget", "snmpgetnext", "snmpwalk", "snmpbulkwalk", "snmpbulkget", "snmpset", "snmptrap",
+        "snmpinform", "snmptable", "snmpdelta", "snmpstatus", "snmpdf", "snmpnetstat", "snmpusm",
+        "snmpvacm", "snmptest"],
+      None, &[r("-c", Both, Whole), r("-A", Both, Whole), r("-X", Both, Whole)],
+      "Net-SNMP tools: -c COMMUNITY, -A AUTH_PASS, -X PRIV_PASS"),
+    p(&["rclone"], Some("config"), &[r("", KeyWord, Whole)],
+      "rclone config create/update NAME [TYPE] KEY VALUE …: the value of a secret key (pass, secret_access_key)"),
+    p(&["rclone"], None, &[r("obscure", WordLast, Whole)], "rclone obscure PASS"),
     p(&["az"], Some("login"), &[r("-p", Both, Whole)], "Azure CLI: az login -u ID -p PASS"),
     p(&["doctl"], None, &[r("-t", Both, Whole)], "DigitalOcean CLI: -t TOKEN"),
     p(&["useradd", "usermod"], None, &[r("-p", Next, Whole)],
@@ -167,9 +215,11 @@ pub const PROGRAMS: &[Program] = &[
       &[r("add_user", WordLast, Whole), r("change_password", WordLast, Whole),
         r("authenticate_user", WordLast, Whole)],
       "rabbitmqctl add_user/change_password/authenticate_user USER PASS"),
-    p(&["vault", "bao"], None, &[r("login", WordLast, Whole)], "HashiCorp Vault / OpenBao: vault login TOKEN"),
+    p(&["vault", "bao"], None, &[r("login", WordLast, Whole), r("secret_id=", Attached, Whole)],
+      "HashiCorp Vault / OpenBao: vault login TOKEN; AppRole login … secret_id=SECRET"),
     p(&["sqlplus", "rman", "dgmgrl", "expdp", "impdp", "sqlldr", "exp", "imp"], None,
-      &[r("", Positional, OracleLogon)], "Oracle tools: user/PASS[@connect] logon argument"),
+      &[r("", Positional, OracleLogon), r("userid=", Attached, OracleLogon)],
+      "Oracle tools: user/PASS[@connect] logon argument, or userid=user/PASS[@connect]"),
     p(&["lftp"], None, &[r("-u", Next, AfterSep(b','))], "lftp: -u user,PASS"),
     p(&["mosquitto_pub", "mosquitto_sub", "mosquitto_rr"], None,
       &[r("-P", Next, Whole), r("--pw", Next, Whole)], "Mosquitto clients: -P PASS, --pw PASS"),
@@ -274,6 +324,10 @@ pub const SECRET_KEY_PARTS: &[&str] = &[
     "ACCESS_KEY", "ACCESSKEY", "PRIVATE_KEY", "PRIVATEKEY", "CREDENTIAL", "ENCRYPTION_KEY",
     "MASTER_KEY", "SIGNING_KEY",
 ];
+
+/// Whole keys that are secret though they hold no secret part: signatures
+/// of pre-signed URLs (Azure SAS `sig=`, S3 `X-Amz-Signature=`).
+pub const SECRET_KEYS_EXACT: &[&str] = &["SIG", "X_AMZ_SIGNATURE", "X_GOOG_SIGNATURE"];
 
 /// Words that make a key secret only as its last segment (`DB_PASS`,
 /// `MYSQL_PWD`, `--auth`); `PWD` alone is the working directory.

@@ -1,6 +1,7 @@
 //! Credentials recognizable without a key or flag around them: token
-//! prefixes (`ghp_`, `AKIA`) and PEM private key markers. Data only, like
-//! `rules.rs` (which re-exports it); `scan.rs` does the matching.
+//! prefixes (`ghp_`, `AKIA`), secret segments of webhook URL paths (Slack,
+//! Discord, Telegram) and PEM private key markers. Data only, like `rules.rs`
+//! (which re-exports it); `scan.rs` does the matching.
 
 /// Bytes a token body may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +82,51 @@ pub const TOKEN_SHAPES: &[TokenShape] = &[
 
 /// PEM private key headers: what follows, up to `-----END`, is redacted.
 pub const PRIVATE_KEY_MARKERS: &[&str] = &["PRIVATE KEY-----", "PRIVATE KEY BLOCK-----"];
+
+/// A webhook URL whose path holds its credential: after `prefix`, `keep`
+/// path segments are kept and the next one is redacted (only what follows its
+/// first `after` byte, when set).
+#[derive(Debug)]
+pub struct PathSecret {
+    /// The host, or a parent domain of it (`discord.com` matches `ptb.discord.com`).
+    pub hosts: &'static [&'static str],
+    pub prefix: &'static str,
+    pub keep: u8,
+    pub after: Option<u8>,
+    /// Who issues these URLs (documentation, checked by the tests).
+    #[allow(dead_code)]
+    pub source: &'static str,
+}
+
+const fn u(
+    hosts: &'static [&'static str],
+    prefix: &'static str,
+    keep: u8,
+    after: Option<u8>,
+    source: &'static str,
+) -> PathSecret {
+    PathSecret {
+        hosts,
+        prefix,
+        keep,
+        after,
+        source,
+    }
+}
+
+const DISCORD: &[&str] = &["discord.com", "discordapp.com"];
+
+#[rustfmt::skip]
+pub const PATH_SECRETS: &[PathSecret] = &[
+    u(&["hooks.slack.com"], "/services/", 2, None, "Slack incoming webhook: /services/T…/B…/SECRET"),
+    u(&["hooks.slack.com"], "/workflows/", 3, None, "Slack workflow webhook: /workflows/T…/A…/N…/SECRET"),
+    u(&["hooks.slack.com"], "/triggers/", 3, None, "Slack trigger webhook: /triggers/T…/N…/N…/SECRET"),
+    u(DISCORD, "/api/webhooks/", 1, None, "Discord webhook: /api/webhooks/ID/TOKEN"),
+    u(DISCORD, "/api/v10/webhooks/", 1, None, "Discord webhook, versioned API: /api/v10/webhooks/ID/TOKEN"),
+    u(DISCORD, "/api/v9/webhooks/", 1, None, "Discord webhook, versioned API: /api/v9/webhooks/ID/TOKEN"),
+    u(&["api.telegram.org"], "/bot", 0, Some(b':'), "Telegram Bot API: /botID:TOKEN/method"),
+    u(&["api.telegram.org"], "/file/bot", 0, Some(b':'), "Telegram Bot API files: /file/botID:TOKEN/path"),
+];
 
 /// First bytes of the token prefixes, plus `e` for JWTs.
 pub const TOKEN_FIRST_BYTES: [bool; 256] = {

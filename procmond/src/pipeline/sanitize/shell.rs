@@ -161,6 +161,18 @@ pub fn is_flag(t: &str) -> bool {
     !number
 }
 
+/// A word that starts with `-` but holds a byte no option name holds
+/// (`-P@ss!`): a value, when a flag expects one.
+pub fn dash_value(t: &str) -> bool {
+    t.len() > 2
+        && t.starts_with('-')
+        && !t.starts_with("--")
+        && t[1..].bytes().any(|b| {
+            !(b.is_ascii_alphanumeric()
+                || matches!(b, b'-' | b'_' | b'.' | b'=' | b',' | b':' | b'/' | b'+'))
+        })
+}
+
 pub fn has_ws(t: &str) -> bool {
     t.bytes().any(|b| b.is_ascii_whitespace())
 }

@@ -491,9 +491,12 @@ fn rule_tables_are_consistent() {
             assert!(rules::is_program(name));
         }
         for r in p.rules {
-            let keyed = matches!(r.given, Given::KeyWord | Given::Positional);
+            let keyed = matches!(r.given, Given::KeyWord | Given::Positional | Given::Nth(_));
             assert_eq!(r.flag.is_empty(), keyed, "{:?} {}", p.names, r.flag);
         }
+    }
+    for u in rules::PATH_SECRETS {
+        assert!(!u.source.is_empty() && !u.hosts.is_empty() && u.prefix.starts_with('/'));
     }
     for t in rules::TOKEN_SHAPES {
         assert!(!t.source.is_empty() && !t.prefix.is_empty() && t.min > 0);
