@@ -6,6 +6,7 @@
 //! state of one command is `Cmd`: its program (after wrappers such as `sudo`),
 //! its subcommand, and what the next word is expected to be.
 
+use super::code;
 use super::keys;
 use super::rules::{self, Program, Value, Wrapper};
 use super::scan::{self, Announce, Edit, Sink};
@@ -150,6 +151,17 @@ impl<'a> Ctx<'_> {
             }
             Value::Cookie => t.find('=').map(|i| (i + 1, t.len())),
             Value::OracleLogon => scan::oracle_logon(t),
+            Value::Code | Value::Sql => {
+                let v = w.view();
+                let keys = self.keys;
+                code::scan(
+                    v.text,
+                    value == Value::Sql,
+                    keys,
+                    &mut self.sink(v.arg, v.at),
+                );
+                None
+            }
         };
         if let Some((s, e)) = range {
             self.redact_range(w, s, e);

@@ -16,6 +16,8 @@ fn value_text(v: Value, s: &str) -> String {
         Value::OpensslPass => format!("pass:{s}"),
         Value::Cookie => format!("sid={s}"),
         Value::OracleLogon => format!("scott/{s}@orcl"),
+        Value::Code => format!("import db; password = '{s}'; db.connect(password)"),
+        Value::Sql => format!("ALTER USER app WITH PASSWORD '{s}'"),
     }
 }
 

@@ -58,6 +58,12 @@ pub enum Value {
     Cookie,
     /// Oracle logon `user/PASS[@connect]`: keeps the user and `@connect`.
     OracleLogon,
+    /// Interpreter code (`python -c`, `node -e`): the string literal assigned
+    /// to a secret name (`password = "PASS"`, `auth=('u', 'PASS')`); see `code.rs`.
+    Code,
+    /// SQL (`psql -c`, `mysql -e`): the literal after `PASSWORD` or
+    /// `IDENTIFIED … BY`, and secret `key=value` pairs; see `code.rs`.
+    Sql,
 }
 
 /// One flag (or keyword) of one program.
@@ -110,8 +116,9 @@ use Value::*;
 /// no password flag (`-W` prompts): `PGPASSWORD=` and URIs are generic rules.
 #[rustfmt::skip]
 pub const PROGRAMS: &[Program] = &[
-    p(&["mysql", "mariadb"], None, &[r("-p", Attached, Whole)],
-      "mysql/mariadb client: -pPASS; -p alone prompts and a separate word after it is the database"),
+    p(&["mysql", "mariadb"], None, &[r("-p", Attached, Whole), r("-e", Both, Sql), r("--execute", Next, Sql)],
+      "mysql/mariadb client: -pPASS (-p alone prompts, a separate word after it is the database); \
+       -e/--execute SQL (IDENTIFIED BY 'PASS')"),
     p(&["mysqldump", "mysqladmin", "mysqlimport", "mysqlcheck", "mysqlshow", "mysqlslap", "mysqlpump",
         "mysqlbinlog", "mysql_upgrade", "mariadb-dump", "mariadb-admin", "mariadb-import", "mariadb-check",
         "mariadb-show", "mariadb-upgrade", "mariadb-slap", "mariadb-binlog"],
@@ -126,6 +133,8 @@ pub const PROGRAMS: &[Program] = &[
         "pt-slave-find", "pt-slave-restart", "pt-replica-find", "pt-replica-restart", "pt-show-grants",
         "pt-mysql-summary", "pt-stalk", "pt-variable-advisor", "pt-visual-explain", "pt-mext"],
       None, &[r("-p", Both, Whole)], "Percona Toolkit (Getopt::Long): -p PASS, --password PASS"),
+    p(&["psql"], None, &[r("-c", Both, Sql), r("--command", Next, Sql)],
+      "psql -c/--command SQL (ALTER USER … PASSWORD 'PASS'); psql has no password flag"),
     p(&["mongo", "mongosh", "mongodump", "mongorestore", "mongoexport", "mongoimport", "mongostat",
         "mongotop", "mongofiles"],
       None, &[r("-p", Both, Whole)], "MongoDB shell and tools: -p PASS, --password PASS"),
@@ -230,8 +239,10 @@ pub const PROGRAMS: &[Program] = &[
       "Info-ZIP: -P PASS"),
     p(&["ssh-keygen"], None, &[r("-N", Next, Whole), r("-P", Next, Whole)],
       "ssh-keygen: -N NEW_PASSPHRASE, -P OLD_PASSPHRASE"),
-    p(&["sqlcmd", "bcp", "osql"], None, &[r("-P", Both, Whole)], "SQL Server tools: -U USER -P PASS"),
-    p(&["cqlsh"], None, &[r("-p", Next, Whole)], "Cassandra cqlsh: -u USER -p PASS"),
+    p(&["sqlcmd", "bcp", "osql"], None, &[r("-P", Both, Whole), r("-Q", Both, Sql), r("-q", Both, Sql)],
+      "SQL Server tools: -U USER -P PASS; -Q/-q SQL"),
+    p(&["cqlsh"], None, &[r("-p", Next, Whole), r("-e", Next, Sql), r("--execute", Next, Sql)],
+      "Cassandra cqlsh: -u USER -p PASS; -e CQL (WITH PASSWORD = 'PASS')"),
     p(&["ipmitool"], None, &[r("-P", Next, Whole)],
       "ipmitool: -U USER -P PASS (-E reads IPMI_PASSWORD, -f a file)"),
     p(&["rdesktop"], None, &[r("-p", Both, Whole)], "rdesktop: -p PASS (-p - reads stdin)"),
@@ -246,6 +257,24 @@ pub const PROGRAMS: &[Program] = &[
     p(&["git", "npm", "pnpm", "yarn", "pip", "pip3", "poetry", "conda"], Some("config"), &[r("", KeyWord, Whole)],
       "config set KEY VALUE (git config, npm config set //registry/:_authToken, yarn npmAuthToken, \
        poetry pypi-token.*)"),
+    Program {
+        names: &["python", "python2", "python3", "python3.8", "python3.9", "python3.10", "python3.11",
+                 "python3.12", "python3.13", "python3.14", "pypy", "pypy3"],
+        sub: None, cluster: "bBdEhiIOqsSuvx", rules: &[r("-c", Both, Code)],
+        source: "Python: -c CODE (password = '…', auth=('u', '…'))",
+    },
+    p(&["node", "nodejs", "bun"], None,
+      &[r("-e", Next, Code), r("--eval", Next, Code), r("-p", Next, Code), r("--print", Next, Code)],
+      "Node.js: -e/--eval, -p/--print CODE"),
+    Program {
+        names: &["perl"], sub: None, cluster: "nlpaswTtWXUc", rules: &[r("-e", Both, Code), r("-E", Both, Code)],
+        source: "Perl: -e/-E CODE, also after -n -l -p -a (perl -lne …)",
+    },
+    Program {
+        names: &["ruby"], sub: None, cluster: "nlpaswcdvW", rules: &[r("-e", Both, Code)],
+        source: "Ruby: -e CODE",
+    },
+    p(&["php"], None, &[r("-r", Both, Code)], "PHP CLI: -r CODE"),
 ];
 
 /// A program that runs another one: after its options (and `positionals`

@@ -527,3 +527,37 @@ fn never_panics_on_multibyte_text() {
         }
     }
 }
+
+#[test]
+fn code_sql_and_dash_values() {
+    let sql = |q: &str| run(&["mysql", "-e", q])[2].clone();
+    assert_eq!(
+        sql("ALTER USER u IDENTIFIED BY 'ab''cd'"),
+        "ALTER USER u IDENTIFIED BY '[REDACTED]'"
+    );
+    // Oracle takes the password bare.
+    assert_eq!(
+        sql("ALTER USER scott IDENTIFIED BY tiger;"),
+        "ALTER USER scott IDENTIFIED BY [REDACTED];"
+    );
+    assert_eq!(
+        sql("CREATE USER u IDENTIFIED VIA ed25519 USING PASSWORD('pw1')"),
+        "CREATE USER u IDENTIFIED VIA ed25519 USING PASSWORD('[REDACTED]')"
+    );
+    let py = |c: &str| run(&["python3", "-c", c])[2].clone();
+    assert_eq!(py("x = {'token': 'pw1'}"), "x = {'token': '[REDACTED]'}");
+    assert_eq!(py("password: str = getpw()"), "password: str = getpw()");
+    assert_eq!(
+        py("pw = b'x'; TOKEN = r\"pw2\""),
+        "pw = b'[REDACTED]'; TOKEN = r\"[REDACTED]\""
+    );
+    unchanged(&["python3", "-c", "verbose = True; password = ''"]);
+    // Quoted in a cluster: perl -lne.
+    assert_eq!(
+        run(&["perl", "-lne", "$pass = 'pw1'"])[2],
+        "$pass = '[REDACTED]'"
+    );
+    // A value starting with `-` needs a byte no flag holds; `-abc` is a flag.
+    unchanged(&["app", "--password", "-abc"]);
+    assert_eq!(run(&["app", "--password", "-a!c"])[2], REDACTED);
+}
