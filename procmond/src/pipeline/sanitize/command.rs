@@ -8,7 +8,7 @@
 
 use super::code;
 use super::keys;
-use super::rules::{self, Program, Value, Wrapper};
+use super::rules::{self, Given, Program, Value, Wrapper};
 use super::scan::{self, Announce, Edit, Sink};
 use super::shell::{self, Tok, Tokens, dash_value, has_ws, is_assignment, is_empty, is_flag};
 
@@ -99,6 +99,8 @@ pub struct Cmd<'a> {
     pub(super) rest: bool,
     /// Positional words so far (for `Nth` rules).
     pub(super) npos: u8,
+    /// A `Stdin` rule fired: what `echo` pipes into this command is secret.
+    pub(super) stdin: Option<Value>,
 }
 
 impl Cmd<'_> {
@@ -108,6 +110,14 @@ impl Cmd<'_> {
     ) -> std::iter::Flatten<std::array::IntoIter<Option<&'static Program>, 2>> {
         [self.base, self.sub].into_iter().flatten()
     }
+}
+
+/// The arguments of an `echo`/`printf` (a range of the snippet).
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    start: usize,
+    end: usize,
+    printf: bool,
 }
 
 /// The rules to apply and the redactions found so far.
@@ -293,13 +303,18 @@ impl<'a> Ctx<'_> {
         self.snippet(w, depth + 1);
     }
 
-    /// Runs every command of a command line.
+    /// Runs every command of a command line. What `echo`/`printf` pipes
+    /// into a command with a `Stdin` rule is that command's secret.
     fn snippet(&mut self, w: Word<'a>, depth: u8) {
         let mut cmd = Cmd::default();
+        // The arguments of this command when it is an echo, and those piped in.
+        let (mut echo, mut piped): (Option<Source>, Option<Source>) = (None, None);
         for tok in Tokens::new(w.text) {
             match tok {
-                Tok::Sep => {
-                    self.finish(&mut cmd);
+                Tok::Sep { pipe } => {
+                    self.end_piped(&mut cmd, w, piped.take());
+                    piped = if pipe { echo.take() } else { None };
+                    echo = None;
                     cmd = Cmd::default();
                 }
                 Tok::Word {
@@ -311,13 +326,44 @@ impl<'a> Ctx<'_> {
                     word.snippet = true;
                     if redirect {
                         self.content(word.view(), false, depth);
-                    } else {
-                        self.word(&mut cmd, word, depth);
+                        continue;
+                    }
+                    let source = cmd.started && rules::PIPE_SOURCES.contains(&cmd.prog);
+                    self.word(&mut cmd, word, depth);
+                    if source {
+                        echo = Some(Source {
+                            start: echo.map_or(start, |e| e.start),
+                            end,
+                            printf: cmd.prog == "printf",
+                        });
                     }
                 }
             }
         }
-        self.finish(&mut cmd);
+        self.end_piped(&mut cmd, w, piped);
+    }
+
+    /// Ends a command of a snippet; when it reads a secret from stdin, the
+    /// words echoed into it are redacted (not flags, `$VAR`s or a printf format).
+    fn end_piped(&mut self, cmd: &mut Cmd<'a>, w: Word<'a>, piped: Option<Source>) {
+        self.finish(cmd);
+        let (Some(value), Some(src)) = (cmd.stdin, piped) else {
+            return;
+        };
+        let mut args = w.sub(src.start, src.end);
+        args.snippet = true;
+        let words = || {
+            Tokens::new(args.text).filter_map(move |t| match t {
+                Tok::Word { start, end, .. } => Some(args.sub(start, end).view()),
+                Tok::Sep { .. } => None,
+            })
+        };
+        let skip_flags = |ws: &Word<'a>| is_flag(ws.text);
+        let count = words().skip_while(skip_flags).count();
+        let skip = usize::from(src.printf && count > 1);
+        for word in words().skip_while(skip_flags).skip(skip) {
+            self.redact_value(word, value);
+        }
     }
 
     /// Ends a command: applies a pending last-positional rule.
@@ -342,5 +388,11 @@ impl<'a> Ctx<'_> {
         cmd.base = rules::program(name);
         cmd.has_subs = rules::has_subs(name);
         cmd.npos = 0;
+        cmd.stdin = cmd.base.and_then(|p| {
+            p.rules
+                .iter()
+                .find(|r| r.given == Given::Stdin && r.flag.is_empty())
+                .map(|r| r.value)
+        });
     }
 }

@@ -92,6 +92,7 @@ impl<'a> Ctx<'_> {
                 Some(_) => {}
                 None => cmd.prev = Prev::Boundary,
             },
+            Given::Stdin => cmd.stdin = Some(rule.value),
             _ => return false,
         }
         true

@@ -32,8 +32,15 @@ struct Form {
 }
 
 /// The argv words (after the program) of each form of one rule, and whether
-/// junk may follow.
-fn rule_bodies(rule: &rules::Rule, s: &str) -> Vec<(Vec<String>, bool)> {
+/// junk may follow; forms needing a whole command line of their own (`Stdin`)
+/// go straight to `forms`.
+fn rule_bodies(
+    p: &rules::Program,
+    name: &str,
+    rule: &rules::Rule,
+    s: &str,
+    forms: &mut Vec<Form>,
+) -> Vec<(Vec<String>, bool)> {
     let v = value_text(rule.value, s);
     let f = rule.flag;
     match rule.given {
@@ -86,6 +93,20 @@ fn rule_bodies(rule: &rules::Rule, s: &str) -> Vec<(Vec<String>, bool)> {
                 true,
             ),
         ],
+        Given::Stdin => {
+            let line = format!("{name} {} {f}", p.sub.unwrap_or_default());
+            forms.push(Form {
+                words: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    format!("echo '{v}' | {line}; printf '%s' {v} | {line} x"),
+                ],
+                tail: true,
+                lead: true,
+                secret: s.to_string(),
+            });
+            vec![]
+        }
         Given::NotSecret | Given::Skip => vec![],
     }
 }
@@ -101,7 +122,7 @@ fn program_forms(s: &str) -> Vec<Form> {
             for rule in p.rules {
                 let v = value_text(rule.value, s);
                 let f = rule.flag;
-                let mut bodies = rule_bodies(rule, s);
+                let mut bodies = rule_bodies(p, name, rule, s, &mut forms);
                 // Behind boolean options in one cluster (`-xw PASS`, `-xwPASS`).
                 if let (Some(c), true) = (p.cluster.chars().next(), f.len() == 2) {
                     let l = &f[1..];

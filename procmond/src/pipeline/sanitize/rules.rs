@@ -41,6 +41,9 @@ pub enum Given {
     Skip,
     /// The flag's value names the program that runs (`docker run --entrypoint mysql`).
     Runs,
+    /// The flag (or, with an empty `flag`, the program itself) reads the secret
+    /// from stdin: in a command line, what `echo`/`printf` pipes into it is the value.
+    Stdin,
 }
 
 /// Which part of a value is the secret.
@@ -196,13 +199,17 @@ pub const PROGRAMS: &[Program] = &[
         r("-new", Next, Whole)],
       "Java keytool/jarsigner: -storepass, -keypass and friends (-storepass:env/:file are references)"),
     p(&["docker", "podman", "nerdctl", "buildah", "skopeo", "helm", "oras", "crane"], Some("login"),
-      &[r("-p", Both, Whole)], "container registry login: docker/podman/helm registry … login -p PASS"),
+      &[r("-p", Both, Whole), r("--password-stdin", Stdin, Whole)],
+      "container registry login: docker/podman/helm registry … login -p PASS; echo PASS | … --password-stdin"),
     p(&["docker", "podman", "nerdctl", "buildah"], None,
       &[r("--secret", NotSecret, Whole), r("--entrypoint", Runs, Whole)],
       "docker build/run --secret id=…,src=… names a secret, it does not hold one; \
        run --entrypoint PROG runs PROG with the arguments after the image"),
     p(&["gh"], Some("secret"), &[r("-b", Both, Whole), r("--body", Next, Whole)],
       "GitHub CLI: gh secret set NAME -b/--body VALUE"),
+    p(&["gh"], Some("auth"), &[r("--with-token", Stdin, Whole)], "GitHub CLI: echo TOKEN | gh auth login --with-token"),
+    p(&["chpasswd", "chgpasswd"], None, &[r("", Stdin, AfterSep(b':'))], "shadow-utils: echo user:PASS | chpasswd"),
+    p(&["passwd"], None, &[r("--stdin", Stdin, Whole)], "passwd --stdin (Red Hat): echo PASS | passwd --stdin USER"),
     p(&["kubectl"], Some("secret"), &[r("--from-literal", Next, AfterSep(b'='))],
       "kubectl create secret … --from-literal=KEY=VALUE: every value is secret data"),
     p(&["http", "https", "xh", "xhs"], None, &[r("-a", Both, AfterSep(b':')), r("--auth", Next, AfterSep(b':'))],
@@ -332,6 +339,9 @@ pub const WRAPPERS: &[Wrapper] = &[
         "proxychains", "proxychains4", "caffeinate", "firejail", "setpriv", "unshare",
         "if", "then", "else", "elif", "do", "while", "until", "!", "{"], &[], 0),
 ];
+
+/// Programs whose arguments, piped into a `Stdin` rule's command, are its secret.
+pub const PIPE_SOURCES: &[&str] = &["echo", "printf"];
 
 /// Flags after which the next word names a program (`find … -exec CMD`); `--` too.
 pub const COMMAND_FLAGS: &[&str] = &["--", "-exec", "-execdir", "-ok", "-okdir"];
