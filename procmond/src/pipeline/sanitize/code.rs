@@ -81,6 +81,19 @@ pub fn scan(t: &str, sql: bool, extra: &[String], out: &mut Sink) {
     }
 }
 
+/// The content ranges of the string literals of interpreter code.
+pub fn literals(t: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let lexer = Lexer {
+        b: t.as_bytes(),
+        i: 0,
+        sql: false,
+    };
+    lexer.filter_map(|tok| match tok {
+        Lex::Str(s, e) => Some((s, e)),
+        _ => None,
+    })
+}
+
 /// Redacts a literal unless it is empty, a `$VAR` or a boolean.
 fn redact_literal(t: &str, s: usize, e: usize, out: &mut Sink) {
     let v = &t[s..e];

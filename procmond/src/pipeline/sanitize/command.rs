@@ -170,11 +170,29 @@ impl<'a> Ctx<'_> {
                     keys,
                     &mut self.sink(v.arg, v.at),
                 );
+                if value == Value::Code {
+                    self.code_commands(v);
+                }
                 None
             }
         };
         if let Some((s, e)) = range {
             self.redact_range(w, s, e);
+        }
+    }
+
+    /// Command lines in the string literals of code (`os.system('mysql
+    /// -pPW db')`), when their first word names a program of the rules or a
+    /// wrapper: other literals are not read as commands (`"--password is
+    /// required"` stays).
+    fn code_commands(&mut self, v: Word<'a>) {
+        for (s, e) in code::literals(v.text) {
+            let lit = v.sub(s, e);
+            let first = lit.text.split_ascii_whitespace().next().unwrap_or_default();
+            let name = first.rsplit('/').next().unwrap_or(first);
+            if has_ws(lit.text) && (rules::is_program(name) || rules::wrapper(name).is_some()) {
+                self.snippet(lit, MAX_DEPTH - 1);
+            }
         }
     }
 
@@ -388,11 +406,14 @@ impl<'a> Ctx<'_> {
         cmd.base = rules::program(name);
         cmd.has_subs = rules::has_subs(name);
         cmd.npos = 0;
-        cmd.stdin = cmd.base.and_then(|p| {
-            p.rules
-                .iter()
-                .find(|r| r.given == Given::Stdin && r.flag.is_empty())
-                .map(|r| r.value)
+        // Kept from a wrapper (`sudo -S`): the command still reads stdin.
+        cmd.stdin = cmd.stdin.or_else(|| {
+            cmd.base.and_then(|p| {
+                p.rules
+                    .iter()
+                    .find(|r| r.given == Given::Stdin && r.flag.is_empty())
+                    .map(|r| r.value)
+            })
         });
     }
 }

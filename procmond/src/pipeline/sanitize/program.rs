@@ -30,6 +30,12 @@ impl<'a> Ctx<'_> {
             if eq.is_none() && wr.value_flags.contains(&t) {
                 cmd.expect = Expect::Skip;
             }
+            if rules::WRAPPER_STDIN_FLAGS
+                .iter()
+                .any(|(n, f)| wr.names.contains(n) && *f == t)
+            {
+                cmd.stdin = Some(Value::Whole);
+            }
             return;
         }
         if self.flags.iter().any(|f| f.eq_ignore_ascii_case(name)) {

@@ -179,7 +179,11 @@ pub const PROGRAMS: &[Program] = &[
         r("-A", Skip, Whole), r("-l", Skip, Whole), r("-d", Skip, Whole), r("-M", Skip, Whole),
         r("-L", Skip, Whole), r("--command", Skip, Whole), r("--directory", Skip, Whole),
         r("--port", Skip, Whole), r("--workgroup", Skip, Whole), r("--authentication-file", Skip, Whole),
-        r("--configfile", Skip, Whole), r("--list", Skip, Whole), r("--message", Skip, Whole)],
+        r("--configfile", Skip, Whole), r("--list", Skip, Whole), r("--message", Skip, Whole),
+        r("--socket-options", Skip, Whole), r("--name-resolve", Skip, Whole), r("--max-protocol", Skip, Whole),
+        r("--netbiosname", Skip, Whole), r("--ip-address", Skip, Whole), r("--tar", Skip, Whole),
+        r("--timeout", Skip, Whole), r("--debuglevel", Skip, Whole), r("--log-basename", Skip, Whole),
+        r("--realm", Skip, Whole), r("--scope", Skip, Whole)],
       "smbclient: -U user%PASS; smbclient //server/share PASS (options with a value do not count)"),
     p(&["wpa_passphrase"], None, &[r("", Nth(2), Whole)], "wpa_passphrase SSID PASSPHRASE"),
     p(&["isql", "iusql"], None, &[r("", Nth(3), Whole)], "unixODBC isql DSN USER PASS"),
@@ -339,6 +343,10 @@ pub const WRAPPERS: &[Wrapper] = &[
         "proxychains", "proxychains4", "caffeinate", "firejail", "setpriv", "unshare",
         "if", "then", "else", "elif", "do", "while", "until", "!", "{"], &[], 0),
 ];
+
+/// Wrapper options that make the wrapper read a password from stdin
+/// (`echo PW | sudo -S cmd`): like a `Stdin` rule of a program.
+pub const WRAPPER_STDIN_FLAGS: &[(&str, &str)] = &[("sudo", "-S"), ("sudo", "--stdin")];
 
 /// Programs whose arguments, piped into a `Stdin` rule's command, are its secret.
 pub const PIPE_SOURCES: &[&str] = &["echo", "printf"];
