@@ -520,12 +520,21 @@ fn never_panics_on_multibyte_text() {
         "\u{a0}--token\u{a0}x",
         "'é",
         "\"é\\",
+        "-e",
+        "-c",
+        "password = '\\é",
+        "IDENTIFIED BY é PASSWORD 'é''",
+        "https://hooks.slack.com/services/é/é/é",
+        "https://api.telegram.org/botaé:é",
+        "echo é | chpasswd",
     ];
-    for a in texts {
-        for b in texts {
-            let mut argv = vec!["mysql".to_string(), a.to_string(), b.to_string()];
-            Sanitizer::default().sanitize_argv_truncated(&mut argv, true);
-            assert_eq!(argv.len(), 3);
+    for prog in ["mysql", "python3", "sh"] {
+        for a in texts {
+            for b in texts {
+                let mut argv = vec![prog.to_string(), a.to_string(), b.to_string()];
+                Sanitizer::default().sanitize_argv_truncated(&mut argv, true);
+                assert_eq!(argv.len(), 3);
+            }
         }
     }
 }
