@@ -6,10 +6,11 @@
 //! state of one command is `Cmd`: its program (after wrappers such as `sudo`),
 //! its subcommand, and what the next word is expected to be.
 
+use super::code;
 use super::keys;
 use super::rules::{self, Given, Program, Value, Wrapper};
 use super::scan::{self, Announce, Edit, Sink};
-use super::shell::{self, Tok, Tokens, has_ws, is_assignment, is_c_flag, is_empty, is_flag};
+use super::shell::{self, Tok, Tokens, dash_value, has_ws, is_assignment, is_empty, is_flag};
 
 /// How deep command lines nested in quotes are followed.
 const MAX_DEPTH: u8 = 4;
@@ -26,7 +27,7 @@ pub struct Word<'a> {
 }
 
 impl<'a> Word<'a> {
-    fn sub(self, start: usize, end: usize) -> Self {
+    pub(super) fn sub(self, start: usize, end: usize) -> Self {
         Self {
             at: self.at + start,
             text: &self.text[start..end],
@@ -45,7 +46,7 @@ impl<'a> Word<'a> {
 
 /// What the next word of the command is.
 #[derive(Debug, Clone, Copy, Default)]
-enum Expect {
+pub(super) enum Expect {
     #[default]
     Nothing,
     /// The value of a wrapper option: not a program, not a secret.
@@ -65,7 +66,7 @@ enum Expect {
 
 /// What the previous word was, to tell a program name from a flag's value.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-enum Prev {
+pub(super) enum Prev {
     #[default]
     Program,
     /// A flag that may take the next word as its value.
@@ -80,29 +81,43 @@ enum Prev {
 /// The state of one command (top-level argv, or one command of a snippet).
 #[derive(Debug, Default)]
 pub struct Cmd<'a> {
-    started: bool,
-    prog: &'a str,
-    base: Option<&'static Program>,
-    sub: Option<&'static Program>,
-    has_subs: bool,
-    wrapper: Option<&'static Wrapper>,
-    wrapper_left: u8,
-    expect: Expect,
-    prev: Prev,
+    pub(super) started: bool,
+    pub(super) prog: &'a str,
+    pub(super) base: Option<&'static Program>,
+    pub(super) sub: Option<&'static Program>,
+    pub(super) has_subs: bool,
+    pub(super) wrapper: Option<&'static Wrapper>,
+    pub(super) wrapper_left: u8,
+    pub(super) expect: Expect,
+    pub(super) prev: Prev,
     /// The previous word was `-c` (`sh -c`): the next is a command line.
-    after_c: bool,
+    pub(super) after_c: bool,
     /// The last positional word, for `ClusterLast` / `WordLast` rules.
-    last: Option<Word<'a>>,
-    take_last: bool,
+    pub(super) last: Option<Word<'a>>,
+    pub(super) take_last: bool,
     /// A `WordRest` rule fired: every later positional word is secret.
-    rest: bool,
+    pub(super) rest: bool,
+    /// Positional words so far (for `Nth` rules).
+    pub(super) npos: u8,
+    /// A `Stdin` rule fired: what `echo` pipes into this command is secret.
+    pub(super) stdin: Option<Value>,
 }
 
 impl Cmd<'_> {
     /// The program's rules, then its subcommand's (a copy: `cmd` stays free).
-    fn programs(&self) -> std::iter::Flatten<std::array::IntoIter<Option<&'static Program>, 2>> {
+    pub(super) fn programs(
+        &self,
+    ) -> std::iter::Flatten<std::array::IntoIter<Option<&'static Program>, 2>> {
         [self.base, self.sub].into_iter().flatten()
     }
+}
+
+/// The arguments of an `echo`/`printf` (a range of the snippet).
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    start: usize,
+    end: usize,
+    printf: bool,
 }
 
 /// The rules to apply and the redactions found so far.
@@ -127,7 +142,7 @@ impl<'a> Ctx<'_> {
     }
 
     /// Redacts the secret part of `w` as `value` describes it.
-    fn redact_value(&mut self, w: Word<'a>, value: Value) {
+    pub(super) fn redact_value(&mut self, w: Word<'a>, value: Value) {
         let t = w.text;
         if w.snippet && keys::is_var_ref(t.strip_prefix('=').unwrap_or(t)) {
             return; // `-p"$PW"` in a script: the secret is not on the command line
@@ -146,9 +161,38 @@ impl<'a> Ctx<'_> {
             }
             Value::Cookie => t.find('=').map(|i| (i + 1, t.len())),
             Value::OracleLogon => scan::oracle_logon(t),
+            Value::Code | Value::Sql => {
+                let v = w.view();
+                let keys = self.keys;
+                code::scan(
+                    v.text,
+                    value == Value::Sql,
+                    keys,
+                    &mut self.sink(v.arg, v.at),
+                );
+                if value == Value::Code {
+                    self.code_commands(v);
+                }
+                None
+            }
         };
         if let Some((s, e)) = range {
             self.redact_range(w, s, e);
+        }
+    }
+
+    /// Command lines in the string literals of code (`os.system('mysql
+    /// -pPW db')`), when their first word names a program of the rules or a
+    /// wrapper: other literals are not read as commands (`"--password is
+    /// required"` stays).
+    fn code_commands(&mut self, v: Word<'a>) {
+        for (s, e) in code::literals(v.text) {
+            let lit = v.sub(s, e);
+            let first = lit.text.split_ascii_whitespace().next().unwrap_or_default();
+            let name = first.rsplit('/').next().unwrap_or(first);
+            if has_ws(lit.text) && (rules::is_program(name) || rules::wrapper(name).is_some()) {
+                self.snippet(lit, MAX_DEPTH - 1);
+            }
         }
     }
 
@@ -173,7 +217,7 @@ impl<'a> Ctx<'_> {
                     cmd.prev = Prev::Value;
                     return;
                 }
-                if !is_flag(t) {
+                if !is_flag(t) || dash_value(t) {
                     self.value(cmd, raw, w, e);
                     cmd.prev = Prev::Value;
                     return;
@@ -277,13 +321,18 @@ impl<'a> Ctx<'_> {
         self.snippet(w, depth + 1);
     }
 
-    /// Runs every command of a command line.
+    /// Runs every command of a command line. What `echo`/`printf` pipes
+    /// into a command with a `Stdin` rule is that command's secret.
     fn snippet(&mut self, w: Word<'a>, depth: u8) {
         let mut cmd = Cmd::default();
+        // The arguments of this command when it is an echo, and those piped in.
+        let (mut echo, mut piped): (Option<Source>, Option<Source>) = (None, None);
         for tok in Tokens::new(w.text) {
             match tok {
-                Tok::Sep => {
-                    self.finish(&mut cmd);
+                Tok::Sep { pipe } => {
+                    self.end_piped(&mut cmd, w, piped.take());
+                    piped = if pipe { echo.take() } else { None };
+                    echo = None;
                     cmd = Cmd::default();
                 }
                 Tok::Word {
@@ -295,13 +344,44 @@ impl<'a> Ctx<'_> {
                     word.snippet = true;
                     if redirect {
                         self.content(word.view(), false, depth);
-                    } else {
-                        self.word(&mut cmd, word, depth);
+                        continue;
+                    }
+                    let source = cmd.started && rules::PIPE_SOURCES.contains(&cmd.prog);
+                    self.word(&mut cmd, word, depth);
+                    if source {
+                        echo = Some(Source {
+                            start: echo.map_or(start, |e| e.start),
+                            end,
+                            printf: cmd.prog == "printf",
+                        });
                     }
                 }
             }
         }
-        self.finish(&mut cmd);
+        self.end_piped(&mut cmd, w, piped);
+    }
+
+    /// Ends a command of a snippet; when it reads a secret from stdin, the
+    /// words echoed into it are redacted (not flags, `$VAR`s or a printf format).
+    fn end_piped(&mut self, cmd: &mut Cmd<'a>, w: Word<'a>, piped: Option<Source>) {
+        self.finish(cmd);
+        let (Some(value), Some(src)) = (cmd.stdin, piped) else {
+            return;
+        };
+        let mut args = w.sub(src.start, src.end);
+        args.snippet = true;
+        let words = || {
+            Tokens::new(args.text).filter_map(move |t| match t {
+                Tok::Word { start, end, .. } => Some(args.sub(start, end).view()),
+                Tok::Sep { .. } => None,
+            })
+        };
+        let skip_flags = |ws: &Word<'a>| is_flag(ws.text);
+        let count = words().skip_while(skip_flags).count();
+        let skip = usize::from(src.printf && count > 1);
+        for word in words().skip_while(skip_flags).skip(skip) {
+            self.redact_value(word, value);
+        }
     }
 
     /// Ends a command: applies a pending last-positional rule.
@@ -314,7 +394,7 @@ impl<'a> Ctx<'_> {
         cmd.take_last = false;
     }
 
-    fn set_program(&mut self, cmd: &mut Cmd<'a>, t: &'a str) {
+    pub(super) fn set_program(&mut self, cmd: &mut Cmd<'a>, t: &'a str) {
         self.finish(cmd);
         let name = t.rsplit('/').next().unwrap_or(t);
         cmd.prog = name;
@@ -325,254 +405,15 @@ impl<'a> Ctx<'_> {
         cmd.wrapper_left = cmd.wrapper.map_or(0, |w| w.positionals);
         cmd.base = rules::program(name);
         cmd.has_subs = rules::has_subs(name);
+        cmd.npos = 0;
+        // Kept from a wrapper (`sudo -S`): the command still reads stdin.
+        cmd.stdin = cmd.stdin.or_else(|| {
+            cmd.base.and_then(|p| {
+                p.rules
+                    .iter()
+                    .find(|r| r.given == Given::Stdin && r.flag.is_empty())
+                    .map(|r| r.value)
+            })
+        });
     }
-
-    fn flag(&mut self, cmd: &mut Cmd<'a>, w: Word<'a>) {
-        let t = w.text;
-        if rules::COMMAND_FLAGS.contains(&t) {
-            cmd.prev = Prev::Boundary;
-            return;
-        }
-        let (name, eq) = match t.find('=') {
-            Some(i) => (&t[..i], Some(w.sub(i + 1, t.len()))),
-            None => (t, None),
-        };
-        cmd.prev = if eq.is_some() {
-            Prev::Value
-        } else {
-            Prev::Flag
-        };
-        cmd.after_c = is_c_flag(t);
-        if let Some(wr) = cmd.wrapper {
-            if eq.is_none() && wr.value_flags.contains(&t) {
-                cmd.expect = Expect::Skip;
-            }
-            return;
-        }
-        if self.flags.iter().any(|f| f.eq_ignore_ascii_case(name)) {
-            self.flag_value(cmd, eq, Value::Whole, Some(false));
-            return;
-        }
-        // Exact program flags first, then attached values and clusters.
-        for p in cmd.programs() {
-            for rule in p.rules.iter().filter(|r| r.flag == name) {
-                match rule.given {
-                    Given::NotSecret => return,
-                    Given::Next | Given::Both => {
-                        self.flag_value(cmd, eq, rule.value, None);
-                        return;
-                    }
-                    Given::Attached => {
-                        if let Some(v) = eq {
-                            self.redact_value(v, rule.value);
-                        }
-                        return;
-                    }
-                    _ => {}
-                }
-            }
-        }
-        for p in cmd.programs() {
-            for rule in p.rules {
-                if self.flag_prefix(cmd, p, rule, w) {
-                    return;
-                }
-            }
-        }
-        // (`--key=value` forms of the key rules were handled by `scan::pairs`.)
-        let generic = rules::GENERIC_FLAGS
-            .iter()
-            .any(|f| f.eq_ignore_ascii_case(name))
-            || eq.is_none_or(|v| v.text.is_empty())
-                && if name.starts_with("--") {
-                    keys::key_secret(name, self.keys)
-                } else {
-                    name.len() >= 5
-                        && name[1..].bytes().all(keys::is_key_byte)
-                        && keys::key_secret_strong(name, self.keys)
-                };
-        if generic {
-            self.flag_value(cmd, eq, Value::Whole, Some(keys::path_valued(name)));
-        }
-    }
-
-    /// A secret flag's value: the `=` part, or the next word. `generic` is
-    /// `Some(path_ok)` for a generic rule, `None` for a program rule.
-    fn flag_value(
-        &mut self,
-        cmd: &mut Cmd<'a>,
-        eq: Option<Word<'a>>,
-        value: Value,
-        generic: Option<bool>,
-    ) {
-        match (eq, generic) {
-            (Some(v), Some(path_ok)) if keys::benign_value(path_ok, v.text, v.snippet) => {}
-            (Some(v), _) if !v.text.is_empty() || generic.is_none() => self.redact_value(v, value),
-            // `--password= PW`, like `--password "" PW`: the next word may be it.
-            _ => {
-                cmd.expect = Expect::Value {
-                    value,
-                    generic: generic.is_some(),
-                    path_ok: generic == Some(true),
-                }
-            }
-        }
-    }
-
-    /// `-pVALUE`, clusters (`-xwPASS`, `-bc`); true when `rule` matched.
-    fn flag_prefix(
-        &mut self,
-        cmd: &mut Cmd<'a>,
-        p: &Program,
-        rule: &rules::Rule,
-        w: Word<'a>,
-    ) -> bool {
-        let t = w.text;
-        let f = rule.flag;
-        match rule.given {
-            Given::Attached | Given::Both
-                if t.len() > f.len() && t.starts_with(f) && !f.is_empty() =>
-            {
-                let mut v = w.sub(f.len(), t.len());
-                if let Some(rest) = v.text.strip_prefix('=') {
-                    v = v.sub(v.text.len() - rest.len(), v.text.len());
-                }
-                if v.text != "-" {
-                    self.redact_value(v, rule.value);
-                }
-                true
-            }
-            Given::Next | Given::Attached | Given::Both
-                if f.len() == 2 && !p.cluster.is_empty() =>
-            {
-                let Some(&letter) = f.as_bytes().get(1) else {
-                    return false;
-                };
-                let body = t.as_bytes().get(1..).unwrap_or_default();
-                let Some(k) = body.iter().position(|&c| c == letter) else {
-                    return false;
-                };
-                if k == 0 || !body[..k].iter().all(|c| p.cluster.as_bytes().contains(c)) {
-                    return false;
-                }
-                if k + 2 == t.len() {
-                    if rule.given != Given::Attached {
-                        cmd.expect = Expect::Value {
-                            value: rule.value,
-                            generic: false,
-                            path_ok: false,
-                        };
-                    }
-                } else if rule.given != Given::Next {
-                    self.redact_value(w.sub(k + 2, t.len()), rule.value);
-                }
-                true
-            }
-            Given::ClusterLast => {
-                let cluster = !t.starts_with("--")
-                    && t.len() > 1
-                    && t[1..].bytes().all(|c| c.is_ascii_alphanumeric());
-                let hit = cluster
-                    && f.as_bytes()
-                        .get(1)
-                        .is_some_and(|l| t[1..].bytes().any(|c| c == *l));
-                if hit {
-                    cmd.take_last = true;
-                }
-                hit
-            }
-            _ => false,
-        }
-    }
-
-    fn positional(&mut self, cmd: &mut Cmd<'a>, raw: Word<'a>, w: Word<'a>) {
-        let t = w.text;
-        let prev = std::mem::replace(&mut cmd.prev, Prev::Positional);
-        let ws = has_ws(t);
-        if cmd.wrapper.is_some() {
-            if cmd.wrapper_left > 0 {
-                cmd.wrapper_left -= 1;
-            } else if !is_assignment(t) && !ws {
-                self.set_program(cmd, t);
-                cmd.prev = Prev::Program;
-            }
-            return;
-        }
-        if cmd.rest {
-            self.redact_value(raw, Value::Whole);
-            return;
-        }
-        if !ws {
-            if cmd.has_subs
-                && cmd.sub.is_none()
-                && let Some(p) = rules::sub_program(cmd.prog, t)
-            {
-                cmd.sub = Some(p);
-                return;
-            }
-            for p in cmd.programs() {
-                for rule in p.rules {
-                    let named = !rule.flag.is_empty() && t.eq_ignore_ascii_case(rule.flag);
-                    match rule.given {
-                        Given::WordLast if named => {
-                            cmd.take_last = true;
-                            cmd.last = None;
-                            return;
-                        }
-                        Given::WordNext if named => {
-                            cmd.expect = Expect::Value {
-                                value: rule.value,
-                                generic: false,
-                                path_ok: false,
-                            };
-                            return;
-                        }
-                        Given::WordRest if named => {
-                            cmd.rest = true;
-                            return;
-                        }
-                        Given::KeyWord if is_key_word(t, self.keys) => {
-                            cmd.expect = Expect::Value {
-                                value: rule.value,
-                                generic: false,
-                                path_ok: false,
-                            };
-                            return;
-                        }
-                        Given::Positional => self.redact_value(raw, rule.value),
-                        Given::Attached
-                            if rule.flag.starts_with('/')
-                                && t.len() > rule.flag.len()
-                                && t.starts_with(rule.flag) =>
-                        {
-                            self.redact_value(w.sub(rule.flag.len(), t.len()), rule.value);
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            // A known program run by another (`docker exec c mysql -p…`), unless
-            // the word is a flag's value or the data of a pending rule.
-            let name = t.rsplit('/').next().unwrap_or(t);
-            if prev != Prev::Flag && !cmd.take_last && rules::is_program(name) {
-                self.set_program(cmd, t);
-                cmd.prev = Prev::Program;
-                return;
-            }
-        }
-        if !t.starts_with('-') {
-            cmd.last = Some(raw);
-        }
-    }
-}
-
-/// Whether a positional word names a secret config key (`aws_secret_access_key`,
-/// `//registry.npmjs.org/:_authToken`): its last key-shaped part decides.
-fn is_key_word(t: &str, keys: &[String]) -> bool {
-    let n = t
-        .bytes()
-        .rev()
-        .take_while(|b| keys::is_key_byte(*b))
-        .count();
-    n > 0 && keys::key_secret(&t[t.len() - n..], keys)
 }

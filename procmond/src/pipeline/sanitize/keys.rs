@@ -46,6 +46,9 @@ fn classify(key: &str, extra: &[String], weak: bool) -> Option<bool> {
     if let Some(e) = extra.iter().find(|e| find_bytes(k, e.as_bytes()).is_some()) {
         return Some(k.ends_with(e.as_bytes()));
     }
+    if rules::SECRET_KEYS_EXACT.iter().any(|e| k == e.as_bytes()) {
+        return Some(true);
+    }
     if rules::BENIGN_KEY_PARTS
         .iter()
         .any(|p| find_bytes(k, p.as_bytes()).is_some())

@@ -10,10 +10,13 @@
 //! rules in `rules.rs`. It errs towards redacting, but never takes a flag for
 //! a value. Config patterns extend the built-in ones, never replace them.
 
+mod code;
 mod command;
 mod keys;
+mod program;
 mod rules;
 mod scan;
+mod shapes;
 mod shell;
 
 #[cfg(test)]

@@ -16,15 +16,99 @@ fn value_text(v: Value, s: &str) -> String {
         Value::OpensslPass => format!("pass:{s}"),
         Value::Cookie => format!("sid={s}"),
         Value::OracleLogon => format!("scott/{s}@orcl"),
+        Value::Code => format!("import db; password = '{s}'; db.connect(password)"),
+        Value::Sql => format!("ALTER USER app WITH PASSWORD '{s}'"),
     }
 }
 
 /// One way of writing a secret: the argv words, whether junk may follow
-/// (not when the value must be last), and the text that must not survive.
+/// (not when the value must be last) or precede (not when the value's
+/// position counts), and the text that must not survive.
 struct Form {
     words: Vec<String>,
     tail: bool,
+    lead: bool,
     secret: String,
+}
+
+/// The argv words (after the program) of each form of one rule, and whether
+/// junk may follow; forms needing a whole command line of their own (`Stdin`)
+/// go straight to `forms`.
+fn rule_bodies(
+    p: &rules::Program,
+    name: &str,
+    rule: &rules::Rule,
+    s: &str,
+    forms: &mut Vec<Form>,
+) -> Vec<(Vec<String>, bool)> {
+    let v = value_text(rule.value, s);
+    let f = rule.flag;
+    match rule.given {
+        Given::Next => vec![
+            (vec![f.into(), v.clone()], true),
+            (vec![format!("{f}={v}")], true),
+        ],
+        Given::Attached => vec![(vec![format!("{f}{v}")], true)],
+        Given::Both => vec![
+            (vec![f.into(), v.clone()], true),
+            (vec![format!("{f}{v}")], true),
+        ],
+        Given::ClusterLast => {
+            let l = &f[1..];
+            vec![
+                (
+                    vec![f.into(), "file".into(), "user".into(), v.clone()],
+                    false,
+                ),
+                (
+                    vec![format!("-c{l}"), "file".into(), "user".into(), v.clone()],
+                    false,
+                ),
+                (
+                    vec![format!("-{l}c"), "file".into(), "user".into(), v.clone()],
+                    false,
+                ),
+                (vec![format!("-n{l}"), "user".into(), v.clone()], false),
+            ]
+        }
+        Given::WordLast => vec![(vec![f.into(), "user".into(), v.clone()], false)],
+        Given::WordNext => vec![(vec![f.into(), v.clone()], true)],
+        Given::WordRest => vec![(vec![f.into(), "user".into(), v.clone()], true)],
+        Given::KeyWord => {
+            vec![(vec!["set".into(), "db_password".into(), v.clone()], true)]
+        }
+        Given::Positional => vec![(vec![v.clone()], true)],
+        Given::Nth(n) => {
+            let mut words: Vec<String> = (1..n).map(|i| format!("arg{i}")).collect();
+            words.push(v.clone());
+            vec![(words, true)]
+        }
+        Given::Runs => vec![
+            (
+                vec![f.into(), "mysql".into(), "img".into(), format!("-p{s}")],
+                true,
+            ),
+            (
+                vec![format!("{f}=mysql"), "img".into(), format!("-p{s}")],
+                true,
+            ),
+        ],
+        Given::Stdin => {
+            let line = format!("{name} {} {f}", p.sub.unwrap_or_default());
+            forms.push(Form {
+                words: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    format!("echo '{v}' | {line}; printf '%s' {v} | {line} x"),
+                ],
+                tail: true,
+                lead: true,
+                secret: s.to_string(),
+            });
+            vec![]
+        }
+        Given::NotSecret | Given::Skip => vec![],
+    }
 }
 
 /// Every form each rule of `rules::PROGRAMS` declares, with the secret `s`.
@@ -38,45 +122,8 @@ fn program_forms(s: &str) -> Vec<Form> {
             for rule in p.rules {
                 let v = value_text(rule.value, s);
                 let f = rule.flag;
-                let bodies: Vec<(Vec<String>, bool)> = match rule.given {
-                    Given::Next => vec![
-                        (vec![f.into(), v.clone()], true),
-                        (vec![format!("{f}={v}")], true),
-                    ],
-                    Given::Attached => vec![(vec![format!("{f}{v}")], true)],
-                    Given::Both => vec![
-                        (vec![f.into(), v.clone()], true),
-                        (vec![format!("{f}{v}")], true),
-                    ],
-                    Given::ClusterLast => {
-                        let l = &f[1..];
-                        vec![
-                            (
-                                vec![f.into(), "file".into(), "user".into(), v.clone()],
-                                false,
-                            ),
-                            (
-                                vec![format!("-c{l}"), "file".into(), "user".into(), v.clone()],
-                                false,
-                            ),
-                            (
-                                vec![format!("-{l}c"), "file".into(), "user".into(), v.clone()],
-                                false,
-                            ),
-                            (vec![format!("-n{l}"), "user".into(), v.clone()], false),
-                        ]
-                    }
-                    Given::WordLast => vec![(vec![f.into(), "user".into(), v.clone()], false)],
-                    Given::WordNext => vec![(vec![f.into(), v.clone()], true)],
-                    Given::WordRest => vec![(vec![f.into(), "user".into(), v.clone()], true)],
-                    Given::KeyWord => {
-                        vec![(vec!["set".into(), "db_password".into(), v.clone()], true)]
-                    }
-                    Given::Positional => vec![(vec![v.clone()], true)],
-                    Given::NotSecret => vec![],
-                };
+                let mut bodies = rule_bodies(p, name, rule, s, &mut forms);
                 // Behind boolean options in one cluster (`-xw PASS`, `-xwPASS`).
-                let mut bodies = bodies;
                 if let (Some(c), true) = (p.cluster.chars().next(), f.len() == 2) {
                     let l = &f[1..];
                     if matches!(rule.given, Given::Next | Given::Both) {
@@ -86,12 +133,14 @@ fn program_forms(s: &str) -> Vec<Form> {
                         bodies.push((vec![format!("-{c}{l}{v}")], true));
                     }
                 }
+                let lead = !matches!(rule.given, Given::Nth(_));
                 for (body, tail) in bodies {
                     let mut words = head.clone();
                     words.extend(body);
                     forms.push(Form {
                         words,
                         tail,
+                        lead,
                         secret: s.to_string(),
                     });
                 }
@@ -172,6 +221,7 @@ fn generic_forms(s: &str) -> Vec<Form> {
         .map(|words| Form {
             words,
             tail: true,
+            lead: true,
             secret: s.to_string(),
         })
         .collect();
@@ -188,14 +238,33 @@ fn generic_forms(s: &str) -> Vec<Form> {
         out.push(Form {
             words: vec![format!("x={}{body}", shape.prefix)],
             tail: true,
+            lead: true,
             secret: body,
         });
     }
     out.push(Form {
         words: vec![format!("eyJ{s}0000000.eyJ{s}0000000.{s}")],
         tail: true,
+        lead: true,
         secret: s.to_string(),
     });
+    for ps in rules::PATH_SECRETS {
+        let segs = "seg/".repeat(usize::from(ps.keep));
+        let sep = ps
+            .after
+            .map(|c| format!("42{}", char::from(c)))
+            .unwrap_or_default();
+        let host = ps.hosts.first().copied().unwrap_or_default();
+        out.push(Form {
+            words: vec![format!(
+                "https://{host}{}{segs}{sep}{s}/more?x=1",
+                ps.prefix
+            )],
+            tail: true,
+            lead: true,
+            secret: s.to_string(),
+        });
+    }
     out
 }
 
@@ -257,7 +326,9 @@ proptest! {
             let w = &form.words;
             let head = 1 + usize::from(w.len() > 1 && rules::sub_program(&w[0], &w[1]).is_some());
             let mut argv: Vec<String> = w[..head].to_vec();
-            argv.extend(before.iter().cloned());
+            if form.lead {
+                argv.extend(before.iter().cloned());
+            }
             argv.extend(w[head..].iter().cloned());
             if form.tail {
                 argv.extend(after.iter().cloned());

@@ -31,8 +31,19 @@ pub enum Given {
     KeyWord,
     /// Every positional word, when it has the value's shape (`user/pass@db`). `flag` is empty.
     Positional,
+    /// The n-th positional word (from 1; words taken by `Skip` flags do not
+    /// count): `wpa_passphrase SSID PASS`. `flag` is empty.
+    Nth(u8),
     /// The flag's value is not a secret, whatever the generic rules say.
     NotSecret,
+    /// The flag takes the next word as a value that is not secret (and not
+    /// a positional word for `Nth`).
+    Skip,
+    /// The flag's value names the program that runs (`docker run --entrypoint mysql`).
+    Runs,
+    /// The flag (or, with an empty `flag`, the program itself) reads the secret
+    /// from stdin: in a command line, what `echo`/`printf` pipes into it is the value.
+    Stdin,
 }
 
 /// Which part of a value is the secret.
@@ -50,6 +61,12 @@ pub enum Value {
     Cookie,
     /// Oracle logon `user/PASS[@connect]`: keeps the user and `@connect`.
     OracleLogon,
+    /// Interpreter code (`python -c`, `node -e`): the string literal assigned
+    /// to a secret name (`password = "PASS"`, `auth=('u', 'PASS')`); see `code.rs`.
+    Code,
+    /// SQL (`psql -c`, `mysql -e`): the literal after `PASSWORD` or
+    /// `IDENTIFIED … BY`, and secret `key=value` pairs; see `code.rs`.
+    Sql,
 }
 
 /// One flag (or keyword) of one program.
@@ -94,6 +111,7 @@ const fn p(
     }
 }
 
+pub use super::shapes::{Body, PATH_SECRETS, PRIVATE_KEY_MARKERS, TOKEN_FIRST_BYTES, TOKEN_SHAPES};
 use Given::*;
 use Value::*;
 
@@ -101,17 +119,33 @@ use Value::*;
 /// no password flag (`-W` prompts): `PGPASSWORD=` and URIs are generic rules.
 #[rustfmt::skip]
 pub const PROGRAMS: &[Program] = &[
-    p(&["mysql", "mariadb", "mysqldump", "mysqladmin", "mysqlimport", "mysqlcheck", "mysqlshow",
-        "mysqlslap", "mysqlpump", "mysqlbinlog", "mariadb-dump", "mariadb-admin", "mariadb-import",
-        "mariadb-check", "mariadb-show"],
+    p(&["mysql", "mariadb"], None, &[r("-p", Attached, Whole), r("-e", Both, Sql), r("--execute", Next, Sql)],
+      "mysql/mariadb client: -pPASS (-p alone prompts, a separate word after it is the database); \
+       -e/--execute SQL (IDENTIFIED BY 'PASS')"),
+    p(&["mysqldump", "mysqladmin", "mysqlimport", "mysqlcheck", "mysqlshow", "mysqlslap", "mysqlpump",
+        "mysqlbinlog", "mysql_upgrade", "mariadb-dump", "mariadb-admin", "mariadb-import", "mariadb-check",
+        "mariadb-show", "mariadb-upgrade", "mariadb-slap", "mariadb-binlog"],
       None, &[r("-p", Attached, Whole)],
-      "MySQL/MariaDB clients: -pPASS; -p alone prompts and a separate word after it is the database"),
+      "MySQL/MariaDB tools: -pPASS; -p alone prompts and a separate word after it is the database"),
+    p(&["mysqladmin", "mariadb-admin"], Some("password"), &[r("", Positional, Whole)],
+      "mysqladmin password NEW: the words after the command are the new password"),
+    p(&["mydumper", "myloader"], None, &[r("-p", Both, Whole)], "mydumper/myloader: -p PASS, -pPASS"),
+    p(&["pt-online-schema-change", "pt-table-checksum", "pt-table-sync", "pt-archiver", "pt-kill",
+        "pt-query-digest", "pt-heartbeat", "pt-deadlock-logger", "pt-duplicate-key-checker",
+        "pt-index-usage", "pt-upgrade", "pt-config-diff", "pt-find", "pt-fk-error-logger",
+        "pt-slave-find", "pt-slave-restart", "pt-replica-find", "pt-replica-restart", "pt-show-grants",
+        "pt-mysql-summary", "pt-stalk", "pt-variable-advisor", "pt-visual-explain", "pt-mext"],
+      None, &[r("-p", Both, Whole)], "Percona Toolkit (Getopt::Long): -p PASS, --password PASS"),
+    p(&["psql"], None, &[r("-c", Both, Sql), r("--command", Next, Sql)],
+      "psql -c/--command SQL (ALTER USER … PASSWORD 'PASS'); psql has no password flag"),
     p(&["mongo", "mongosh", "mongodump", "mongorestore", "mongoexport", "mongoimport", "mongostat",
         "mongotop", "mongofiles"],
       None, &[r("-p", Both, Whole)], "MongoDB shell and tools: -p PASS, --password PASS"),
     p(&["sshpass"], None, &[r("-p", Both, Whole)], "sshpass: -p PASS or -pPASS (-e reads SSHPASS, -f a file)"),
-    p(&["redis-cli", "valkey-cli", "keydb-cli"], None, &[r("-a", Both, Whole), r("auth", WordRest, Whole)],
-      "redis-cli: -a PASS; the AUTH command's arguments"),
+    p(&["redis-cli", "valkey-cli", "keydb-cli"], None,
+      &[r("-a", Both, Whole), r("auth", WordRest, Whole), r("requirepass", WordNext, Whole),
+        r("masterauth", WordNext, Whole)],
+      "redis-cli: -a PASS; the AUTH command's arguments; CONFIG SET requirepass/masterauth PASS"),
     p(&["redis-server", "valkey-server", "keydb-server"], None,
       &[r("--requirepass", Next, Whole), r("--masterauth", Next, Whole)],
       "redis-server: config directives on the command line"),
@@ -134,9 +168,25 @@ pub const PROGRAMS: &[Program] = &[
       "curl: -u/--user user:PASS (user alone prompts), -U/--proxy-user, --oauth2-bearer, \
        -E/--cert file:PASS, -b/--cookie name=VALUE (else a file)"),
     p(&["etcdctl"], None, &[r("--user", Next, AfterSep(b':'))], "etcdctl: --user user:PASS"),
-    p(&["smbclient", "rpcclient", "smbcacls", "smbget", "smbtree", "net"], None,
+    p(&["rpcclient", "smbcacls", "smbget", "smbtree", "net"], None,
       &[r("-U", Both, AfterSep(b'%')), r("--user", Next, AfterSep(b'%'))],
       "Samba clients: -U user%PASS (user alone prompts)"),
+    p(&["smbclient"], None,
+      &[r("-U", Both, AfterSep(b'%')), r("--user", Next, AfterSep(b'%')), r("", Nth(2), Whole),
+        r("-c", Skip, Whole), r("-D", Skip, Whole), r("-I", Skip, Whole), r("-m", Skip, Whole),
+        r("-n", Skip, Whole), r("-O", Skip, Whole), r("-p", Skip, Whole), r("-R", Skip, Whole),
+        r("-s", Skip, Whole), r("-t", Skip, Whole), r("-T", Skip, Whole), r("-W", Skip, Whole),
+        r("-A", Skip, Whole), r("-l", Skip, Whole), r("-d", Skip, Whole), r("-M", Skip, Whole),
+        r("-L", Skip, Whole), r("--command", Skip, Whole), r("--directory", Skip, Whole),
+        r("--port", Skip, Whole), r("--workgroup", Skip, Whole), r("--authentication-file", Skip, Whole),
+        r("--configfile", Skip, Whole), r("--list", Skip, Whole), r("--message", Skip, Whole),
+        r("--socket-options", Skip, Whole), r("--name-resolve", Skip, Whole), r("--max-protocol", Skip, Whole),
+        r("--netbiosname", Skip, Whole), r("--ip-address", Skip, Whole), r("--tar", Skip, Whole),
+        r("--timeout", Skip, Whole), r("--debuglevel", Skip, Whole), r("--log-basename", Skip, Whole),
+        r("--realm", Skip, Whole), r("--scope", Skip, Whole)],
+      "smbclient: -U user%PASS; smbclient //server/share PASS (options with a value do not count)"),
+    p(&["wpa_passphrase"], None, &[r("", Nth(2), Whole)], "wpa_passphrase SSID PASSPHRASE"),
+    p(&["isql", "iusql"], None, &[r("", Nth(3), Whole)], "unixODBC isql DSN USER PASS"),
     p(&["smbmap"], None, &[r("-p", Next, Whole)], "smbmap: -u USER -p PASS"),
     p(&["htpasswd"], None, &[r("-b", ClusterLast, Whole)],
       "Apache htpasswd: with -b (also -bc, -cb, -nb) the password is the last argument"),
@@ -153,11 +203,30 @@ pub const PROGRAMS: &[Program] = &[
         r("-new", Next, Whole)],
       "Java keytool/jarsigner: -storepass, -keypass and friends (-storepass:env/:file are references)"),
     p(&["docker", "podman", "nerdctl", "buildah", "skopeo", "helm", "oras", "crane"], Some("login"),
-      &[r("-p", Both, Whole)], "container registry login: docker/podman/helm registry … login -p PASS"),
-    p(&["docker", "podman", "nerdctl", "buildah"], None, &[r("--secret", NotSecret, Whole)],
-      "docker build/run --secret id=…,src=… names a secret, it does not hold one"),
+      &[r("-p", Both, Whole), r("--password-stdin", Stdin, Whole)],
+      "container registry login: docker/podman/helm registry … login -p PASS; echo PASS | … --password-stdin"),
+    p(&["docker", "podman", "nerdctl", "buildah"], None,
+      &[r("--secret", NotSecret, Whole), r("--entrypoint", Runs, Whole)],
+      "docker build/run --secret id=…,src=… names a secret, it does not hold one; \
+       run --entrypoint PROG runs PROG with the arguments after the image"),
     p(&["gh"], Some("secret"), &[r("-b", Both, Whole), r("--body", Next, Whole)],
       "GitHub CLI: gh secret set NAME -b/--body VALUE"),
+    p(&["gh"], Some("auth"), &[r("--with-token", Stdin, Whole)], "GitHub CLI: echo TOKEN | gh auth login --with-token"),
+    p(&["chpasswd", "chgpasswd"], None, &[r("", Stdin, AfterSep(b':'))], "shadow-utils: echo user:PASS | chpasswd"),
+    p(&["passwd"], None, &[r("--stdin", Stdin, Whole)], "passwd --stdin (Red Hat): echo PASS | passwd --stdin USER"),
+    p(&["kubectl"], Some("secret"), &[r("--from-literal", Next, AfterSep(b'='))],
+      "kubectl create secret … --from-literal=KEY=VALUE: every value is secret data"),
+    p(&["http", "https", "xh", "xhs"], None, &[r("-a", Both, AfterSep(b':')), r("--auth", Next, AfterSep(b':'))],
+      "HTTPie and xh: -a/--auth user:PASS (user alone prompts)"),
+    p(&["twine"], None, &[r("-p", Both, Whole)], "twine upload -u USER -p PASS"),
+    p(&["snmpget", "snmpgetnext", "snmpwalk", "snmpbulkwalk", "snmpbulkget", "snmpset", "snmptrap",
+        "snmpinform", "snmptable", "snmpdelta", "snmpstatus", "snmpdf", "snmpnetstat", "snmpusm",
+        "snmpvacm", "snmptest"],
+      None, &[r("-c", Both, Whole), r("-A", Both, Whole), r("-X", Both, Whole)],
+      "Net-SNMP tools: -c COMMUNITY, -A AUTH_PASS, -X PRIV_PASS"),
+    p(&["rclone"], Some("config"), &[r("", KeyWord, Whole)],
+      "rclone config create/update NAME [TYPE] KEY VALUE …: the value of a secret key (pass, secret_access_key)"),
+    p(&["rclone"], None, &[r("obscure", WordLast, Whole)], "rclone obscure PASS"),
     p(&["az"], Some("login"), &[r("-p", Both, Whole)], "Azure CLI: az login -u ID -p PASS"),
     p(&["doctl"], None, &[r("-t", Both, Whole)], "DigitalOcean CLI: -t TOKEN"),
     p(&["useradd", "usermod"], None, &[r("-p", Next, Whole)],
@@ -166,9 +235,11 @@ pub const PROGRAMS: &[Program] = &[
       &[r("add_user", WordLast, Whole), r("change_password", WordLast, Whole),
         r("authenticate_user", WordLast, Whole)],
       "rabbitmqctl add_user/change_password/authenticate_user USER PASS"),
-    p(&["vault", "bao"], None, &[r("login", WordLast, Whole)], "HashiCorp Vault / OpenBao: vault login TOKEN"),
+    p(&["vault", "bao"], None, &[r("login", WordLast, Whole), r("secret_id=", Attached, Whole)],
+      "HashiCorp Vault / OpenBao: vault login TOKEN; AppRole login … secret_id=SECRET"),
     p(&["sqlplus", "rman", "dgmgrl", "expdp", "impdp", "sqlldr", "exp", "imp"], None,
-      &[r("", Positional, OracleLogon)], "Oracle tools: user/PASS[@connect] logon argument"),
+      &[r("", Positional, OracleLogon), r("userid=", Attached, OracleLogon)],
+      "Oracle tools: user/PASS[@connect] logon argument, or userid=user/PASS[@connect]"),
     p(&["lftp"], None, &[r("-u", Next, AfterSep(b','))], "lftp: -u user,PASS"),
     p(&["mosquitto_pub", "mosquitto_sub", "mosquitto_rr"], None,
       &[r("-P", Next, Whole), r("--pw", Next, Whole)], "Mosquitto clients: -P PASS, --pw PASS"),
@@ -179,8 +250,10 @@ pub const PROGRAMS: &[Program] = &[
       "Info-ZIP: -P PASS"),
     p(&["ssh-keygen"], None, &[r("-N", Next, Whole), r("-P", Next, Whole)],
       "ssh-keygen: -N NEW_PASSPHRASE, -P OLD_PASSPHRASE"),
-    p(&["sqlcmd", "bcp", "osql"], None, &[r("-P", Both, Whole)], "SQL Server tools: -U USER -P PASS"),
-    p(&["cqlsh"], None, &[r("-p", Next, Whole)], "Cassandra cqlsh: -u USER -p PASS"),
+    p(&["sqlcmd", "bcp", "osql"], None, &[r("-P", Both, Whole), r("-Q", Both, Sql), r("-q", Both, Sql)],
+      "SQL Server tools: -U USER -P PASS; -Q/-q SQL"),
+    p(&["cqlsh"], None, &[r("-p", Next, Whole), r("-e", Next, Sql), r("--execute", Next, Sql)],
+      "Cassandra cqlsh: -u USER -p PASS; -e CQL (WITH PASSWORD = 'PASS')"),
     p(&["ipmitool"], None, &[r("-P", Next, Whole)],
       "ipmitool: -U USER -P PASS (-E reads IPMI_PASSWORD, -f a file)"),
     p(&["rdesktop"], None, &[r("-p", Both, Whole)], "rdesktop: -p PASS (-p - reads stdin)"),
@@ -195,6 +268,24 @@ pub const PROGRAMS: &[Program] = &[
     p(&["git", "npm", "pnpm", "yarn", "pip", "pip3", "poetry", "conda"], Some("config"), &[r("", KeyWord, Whole)],
       "config set KEY VALUE (git config, npm config set //registry/:_authToken, yarn npmAuthToken, \
        poetry pypi-token.*)"),
+    Program {
+        names: &["python", "python2", "python3", "python3.8", "python3.9", "python3.10", "python3.11",
+                 "python3.12", "python3.13", "python3.14", "pypy", "pypy3"],
+        sub: None, cluster: "bBdEhiIOqsSuvx", rules: &[r("-c", Both, Code)],
+        source: "Python: -c CODE (password = '…', auth=('u', '…'))",
+    },
+    p(&["node", "nodejs", "bun"], None,
+      &[r("-e", Next, Code), r("--eval", Next, Code), r("-p", Next, Code), r("--print", Next, Code)],
+      "Node.js: -e/--eval, -p/--print CODE"),
+    Program {
+        names: &["perl"], sub: None, cluster: "nlpaswTtWXUc", rules: &[r("-e", Both, Code), r("-E", Both, Code)],
+        source: "Perl: -e/-E CODE, also after -n -l -p -a (perl -lne …)",
+    },
+    Program {
+        names: &["ruby"], sub: None, cluster: "nlpaswcdvW", rules: &[r("-e", Both, Code)],
+        source: "Ruby: -e CODE",
+    },
+    p(&["php"], None, &[r("-r", Both, Code)], "PHP CLI: -r CODE"),
 ];
 
 /// A program that runs another one: after its options (and `positionals`
@@ -253,6 +344,13 @@ pub const WRAPPERS: &[Wrapper] = &[
         "if", "then", "else", "elif", "do", "while", "until", "!", "{"], &[], 0),
 ];
 
+/// Wrapper options that make the wrapper read a password from stdin
+/// (`echo PW | sudo -S cmd`): like a `Stdin` rule of a program.
+pub const WRAPPER_STDIN_FLAGS: &[(&str, &str)] = &[("sudo", "-S"), ("sudo", "--stdin")];
+
+/// Programs whose arguments, piped into a `Stdin` rule's command, are its secret.
+pub const PIPE_SOURCES: &[&str] = &["echo", "printf"];
+
 /// Flags after which the next word names a program (`find … -exec CMD`); `--` too.
 pub const COMMAND_FLAGS: &[&str] = &["--", "-exec", "-execdir", "-ok", "-okdir"];
 
@@ -273,6 +371,10 @@ pub const SECRET_KEY_PARTS: &[&str] = &[
     "ACCESS_KEY", "ACCESSKEY", "PRIVATE_KEY", "PRIVATEKEY", "CREDENTIAL", "ENCRYPTION_KEY",
     "MASTER_KEY", "SIGNING_KEY",
 ];
+
+/// Whole keys that are secret though they hold no secret part: signatures
+/// of pre-signed URLs (Azure SAS `sig=`, S3 `X-Amz-Signature=`).
+pub const SECRET_KEYS_EXACT: &[&str] = &["SIG", "X_AMZ_SIGNATURE", "X_GOOG_SIGNATURE"];
 
 /// Words that make a key secret only as its last segment (`DB_PASS`,
 /// `MYSQL_PWD`, `--auth`); `PWD` alone is the working directory.
@@ -328,86 +430,6 @@ pub const NOT_USERINFO: &[&str] = &["mailto", "sip", "sips", "tel", "xmpp", "new
 
 /// `name:tag@sha256:…` is an image reference, not userinfo.
 pub const DIGEST_PREFIXES: &[&str] = &["sha256:", "sha384:", "sha512:", "sha1:", "md5:"];
-
-/// Bytes a token body may hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Body {
-    /// `A-Z0-9`
-    UpperAlnum,
-    /// `A-Za-z0-9`
-    Alnum,
-    /// `A-Za-z0-9_`
-    Word,
-    /// `A-Za-z0-9-`
-    Dashed,
-    /// `A-Za-z0-9-_`
-    Base64Url,
-}
-
-/// A credential recognizable by its prefix, anywhere in any argument. The
-/// prefix is kept, the body redacted. `max` 0 means unbounded; a bounded
-/// body must end at a word boundary.
-#[derive(Debug)]
-pub struct TokenShape {
-    pub prefix: &'static str,
-    pub body: Body,
-    pub min: usize,
-    pub max: usize,
-    /// Who issues these tokens (documentation, checked by the tests).
-    #[allow(dead_code)]
-    pub source: &'static str,
-}
-
-const fn t(
-    prefix: &'static str,
-    body: Body,
-    min: usize,
-    max: usize,
-    source: &'static str,
-) -> TokenShape {
-    TokenShape {
-        prefix,
-        body,
-        min,
-        max,
-        source,
-    }
-}
-
-/// JSON Web Tokens (`eyJ….eyJ….sig`) are matched in `scan.rs`.
-#[rustfmt::skip]
-pub const TOKEN_SHAPES: &[TokenShape] = &[
-    t("AKIA", Body::UpperAlnum, 16, 16, "AWS access key id"),
-    t("ASIA", Body::UpperAlnum, 16, 16, "AWS temporary access key id"),
-    t("ghp_", Body::Alnum, 20, 0, "GitHub personal access token"),
-    t("gho_", Body::Alnum, 20, 0, "GitHub OAuth token"),
-    t("ghu_", Body::Alnum, 20, 0, "GitHub user-to-server token"),
-    t("ghs_", Body::Alnum, 20, 0, "GitHub server-to-server token"),
-    t("ghr_", Body::Alnum, 20, 0, "GitHub refresh token"),
-    t("github_pat_", Body::Word, 20, 0, "GitHub fine-grained token"),
-    t("glpat-", Body::Base64Url, 20, 0, "GitLab personal access token"),
-    t("gldt-", Body::Base64Url, 20, 0, "GitLab deploy token"),
-    t("glrt-", Body::Base64Url, 20, 0, "GitLab runner token"),
-    t("xoxb-", Body::Dashed, 10, 0, "Slack bot token"),
-    t("xoxa-", Body::Dashed, 10, 0, "Slack app token"),
-    t("xoxp-", Body::Dashed, 10, 0, "Slack user token"),
-    t("xoxr-", Body::Dashed, 10, 0, "Slack refresh token"),
-    t("xoxs-", Body::Dashed, 10, 0, "Slack session token"),
-    t("xapp-", Body::Dashed, 10, 0, "Slack app-level token"),
-    t("sk_live_", Body::Alnum, 16, 0, "Stripe secret key"),
-    t("rk_live_", Body::Alnum, 16, 0, "Stripe restricted key"),
-    t("sk_test_", Body::Alnum, 16, 0, "Stripe test secret key"),
-    t("whsec_", Body::Alnum, 16, 0, "Stripe webhook secret"),
-    t("npm_", Body::Alnum, 30, 0, "npm access token"),
-    t("pypi-AgE", Body::Base64Url, 40, 0, "PyPI API token"),
-    t("hf_", Body::Alnum, 30, 0, "Hugging Face token"),
-    t("AIza", Body::Base64Url, 35, 35, "Google API key"),
-    t("sk-ant-", Body::Base64Url, 20, 0, "Anthropic API key"),
-    t("sk-proj-", Body::Base64Url, 20, 0, "OpenAI project API key"),
-];
-
-/// PEM private key headers: what follows, up to `-----END`, is redacted.
-pub const PRIVATE_KEY_MARKERS: &[&str] = &["PRIVATE KEY-----", "PRIVATE KEY BLOCK-----"];
 
 /// The program entry (without a subcommand) for a basename.
 pub fn program(name: &str) -> Option<&'static Program> {
@@ -479,17 +501,5 @@ const WRAPPER_FIRST_BYTES: [bool; 256] = {
         }
         i += 1;
     }
-    set
-};
-
-/// First bytes of the token prefixes, plus `e` for JWTs.
-pub const TOKEN_FIRST_BYTES: [bool; 256] = {
-    let mut set = [false; 256];
-    let mut i = 0;
-    while i < TOKEN_SHAPES.len() {
-        set[TOKEN_SHAPES[i].prefix.as_bytes()[0] as usize] = true;
-        i += 1;
-    }
-    set[b'e' as usize] = true;
     set
 };

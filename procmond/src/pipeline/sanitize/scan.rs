@@ -305,6 +305,9 @@ pub fn anywhere(t: &str, truncated_last: bool, out: &mut Sink) {
         url_userinfo(t, out);
         bare_userinfo(b, out);
     }
+    if b.len() > 12 && b.contains(&b'/') {
+        path_secrets(b, out);
+    }
     tokens(b, truncated_last, out);
     if b.len() > 16 && b.contains(&b'-') {
         private_keys(t, out);
@@ -343,6 +346,76 @@ fn url_userinfo(t: &str, out: &mut Sink) {
             }
         }
         from = end.max(a);
+    }
+}
+
+/// Whether `c` ends a URL (or its host, with `/`).
+fn ends_url(c: u8) -> bool {
+    matches!(
+        c,
+        b'?' | b'#' | b'"' | b'\'' | b'<' | b'>' | b'`' | b'\\' | b'|'
+    ) || c.is_ascii_whitespace()
+}
+
+/// Webhook URLs holding their credential in the path (`rules::PATH_SECRETS`).
+fn path_secrets(b: &[u8], out: &mut Sink) {
+    let mut from = 0;
+    while let Some(p) = find_bytes(&b[from..], b"://") {
+        let a = from + p + 3;
+        let hend = b[a..]
+            .iter()
+            .position(|&c| c == b'/' || ends_url(c))
+            .map_or(b.len(), |n| a + n);
+        from = hend.max(a);
+        let host = &b[a..hend];
+        let host = host
+            .iter()
+            .rposition(|&c| c == b'@')
+            .map_or(host, |at| &host[at + 1..]);
+        let host = host
+            .iter()
+            .position(|&c| c == b':')
+            .map_or(host, |c| &host[..c]);
+        let path = &b[hend..];
+        for ps in rules::PATH_SECRETS {
+            let host_ok = ps.hosts.iter().any(|h| {
+                let h = h.as_bytes();
+                host.len() >= h.len()
+                    && host[host.len() - h.len()..].eq_ignore_ascii_case(h)
+                    && (host.len() == h.len() || host[host.len() - h.len() - 1] == b'.')
+            });
+            if !host_ok || !path.starts_with(ps.prefix.as_bytes()) {
+                continue;
+            }
+            let mut s = hend + ps.prefix.len();
+            let mut left = ps.keep;
+            let seg_end = |s: usize| {
+                b[s..]
+                    .iter()
+                    .position(|&c| c == b'/' || ends_url(c))
+                    .map_or(b.len(), |n| s + n)
+            };
+            while left > 0 {
+                let e = seg_end(s);
+                if b.get(e) != Some(&b'/') {
+                    break;
+                }
+                s = e + 1;
+                left -= 1;
+            }
+            if left > 0 {
+                break;
+            }
+            let e = seg_end(s);
+            if let Some(c) = ps.after {
+                s = b[s..e]
+                    .iter()
+                    .position(|&x| x == c)
+                    .map_or(e, |i| s + i + 1);
+            }
+            out.redact(s, e);
+            break;
+        }
     }
 }
 

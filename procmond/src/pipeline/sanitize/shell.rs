@@ -16,8 +16,8 @@ pub enum Tok {
         end: usize,
         redirect: bool,
     },
-    /// A command boundary.
-    Sep,
+    /// A command boundary; `pipe`: a `|` (or `|&`), stdout goes to the next command.
+    Sep { pipe: bool },
 }
 
 /// Iterator over the tokens of a snippet.
@@ -73,10 +73,11 @@ impl Iterator for Tokens<'_> {
                     self.redirect_next = true;
                 }
                 b'\n' | b';' | b'|' | b'(' | b')' | b'`' | b'&' => {
+                    let pipe = c == b'|' && b.get(self.i + 1) != Some(&b'|');
                     self.i += 1;
                     self.eat(b";|&");
                     self.redirect_next = false;
-                    return Some(Tok::Sep);
+                    return Some(Tok::Sep { pipe });
                 }
                 b'<' | b'>' => {
                     self.i += 1;
@@ -161,6 +162,18 @@ pub fn is_flag(t: &str) -> bool {
     !number
 }
 
+/// A word that starts with `-` but holds a byte no option name holds
+/// (`-P@ss!`): a value, when a flag expects one.
+pub fn dash_value(t: &str) -> bool {
+    t.len() > 2
+        && t.starts_with('-')
+        && !t.starts_with("--")
+        && t[1..].bytes().any(|b| {
+            !(b.is_ascii_alphanumeric()
+                || matches!(b, b'-' | b'_' | b'.' | b'=' | b',' | b':' | b'/' | b'+'))
+        })
+}
+
 pub fn has_ws(t: &str) -> bool {
     t.bytes().any(|b| b.is_ascii_whitespace())
 }
@@ -201,7 +214,8 @@ mod tests {
                     end,
                     redirect,
                 } => format!("{}{}", if redirect { ">" } else { "" }, &s[start..end]),
-                Tok::Sep => "|".to_string(),
+                Tok::Sep { pipe: true } => "!".to_string(),
+                Tok::Sep { pipe: false } => "|".to_string(),
             })
             .collect()
     }
@@ -218,7 +232,7 @@ mod tests {
                 "f",
                 "|",
                 "g",
-                "|",
+                "!",
                 "h",
                 ">2",
                 ">1",

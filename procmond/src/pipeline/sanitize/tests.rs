@@ -491,9 +491,14 @@ fn rule_tables_are_consistent() {
             assert!(rules::is_program(name));
         }
         for r in p.rules {
-            let keyed = matches!(r.given, Given::KeyWord | Given::Positional);
-            assert_eq!(r.flag.is_empty(), keyed, "{:?} {}", p.names, r.flag);
+            let keyed = matches!(r.given, Given::KeyWord | Given::Positional | Given::Nth(_));
+            if r.given != Given::Stdin {
+                assert_eq!(r.flag.is_empty(), keyed, "{:?} {}", p.names, r.flag);
+            }
         }
+    }
+    for u in rules::PATH_SECRETS {
+        assert!(!u.source.is_empty() && !u.hosts.is_empty() && u.prefix.starts_with('/'));
     }
     for t in rules::TOKEN_SHAPES {
         assert!(!t.source.is_empty() && !t.prefix.is_empty() && t.min > 0);
@@ -515,12 +520,62 @@ fn never_panics_on_multibyte_text() {
         "\u{a0}--token\u{a0}x",
         "'é",
         "\"é\\",
+        "-e",
+        "-c",
+        "password = '\\é",
+        "IDENTIFIED BY é PASSWORD 'é''",
+        "https://hooks.slack.com/services/é/é/é",
+        "https://api.telegram.org/botaé:é",
+        "echo é | chpasswd",
     ];
-    for a in texts {
-        for b in texts {
-            let mut argv = vec!["mysql".to_string(), a.to_string(), b.to_string()];
-            Sanitizer::default().sanitize_argv_truncated(&mut argv, true);
-            assert_eq!(argv.len(), 3);
+    for prog in ["mysql", "python3", "sh"] {
+        for a in texts {
+            for b in texts {
+                let mut argv = vec![prog.to_string(), a.to_string(), b.to_string()];
+                Sanitizer::default().sanitize_argv_truncated(&mut argv, true);
+                assert_eq!(argv.len(), 3);
+            }
         }
     }
+}
+
+#[test]
+fn code_sql_and_piped_secrets() {
+    let sql = |q: &str| run(&["mysql", "-e", q])[2].clone();
+    assert_eq!(
+        sql("ALTER USER u IDENTIFIED BY 'ab''cd'"),
+        "ALTER USER u IDENTIFIED BY '[REDACTED]'"
+    );
+    // Oracle takes the password bare.
+    assert_eq!(
+        sql("ALTER USER scott IDENTIFIED BY tiger;"),
+        "ALTER USER scott IDENTIFIED BY [REDACTED];"
+    );
+    assert_eq!(
+        sql("CREATE USER u IDENTIFIED VIA ed25519 USING PASSWORD('pw1')"),
+        "CREATE USER u IDENTIFIED VIA ed25519 USING PASSWORD('[REDACTED]')"
+    );
+    let py = |c: &str| run(&["python3", "-c", c])[2].clone();
+    assert_eq!(py("x = {'token': 'pw1'}"), "x = {'token': '[REDACTED]'}");
+    assert_eq!(py("password: str = getpw()"), "password: str = getpw()");
+    assert_eq!(
+        py("pw = b'x'; TOKEN = r\"pw2\""),
+        "pw = b'[REDACTED]'; TOKEN = r\"[REDACTED]\""
+    );
+    unchanged(&["python3", "-c", "verbose = True; password = ''"]);
+    // Quoted in a cluster: perl -lne.
+    assert_eq!(
+        run(&["perl", "-lne", "$pass = 'pw1'"])[2],
+        "$pass = '[REDACTED]'"
+    );
+    // A value starting with `-` needs a byte no flag holds; `-abc` is a flag.
+    unchanged(&["app", "--password", "-abc"]);
+    assert_eq!(run(&["app", "--password", "-a!c"])[2], REDACTED);
+    // Only `|` pipes the echo into the next command, not `;` or `||`.
+    unchanged(&["sh", "-c", "echo pw1; docker login --password-stdin r"]);
+    unchanged(&["sh", "-c", "echo pw1 || docker login --password-stdin r"]);
+    assert_eq!(
+        run(&["sh", "-c", "printf 'u:pw1\\n' | chpasswd"])[2],
+        "printf 'u:[REDACTED]' | chpasswd"
+    );
 }
