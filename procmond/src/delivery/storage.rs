@@ -425,7 +425,7 @@ mod tests {
             assert_eq!(storage.acked(3), Some(6), "the agent has seqs 3..9");
         } // stopped (or crashed) while still faulted
         let metrics = Arc::new(Metrics::default());
-        let wal = Wal::open(&dir, 1 << 24, metrics.clone()).expect("reopen");
+        let wal = crate::delivery::wal::tests::reopen(&dir, 1 << 24, metrics.clone());
         assert_eq!(wal.next_seq(), 9, "3..9 are not numbered again");
         assert_eq!(
             (wal.pending_count(), metrics.wal_lost.load(Relaxed)),

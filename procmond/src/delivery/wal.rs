@@ -525,4 +525,4 @@ impl Wal {
 
 #[cfg(test)]
 #[path = "wal_tests.rs"]
-mod tests;
+pub(crate) mod tests;

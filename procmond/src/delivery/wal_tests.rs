@@ -24,6 +24,22 @@ fn keys(wal: &Wal) -> Vec<u64> {
         .collect()
 }
 
+/// Opens the WAL in `dir` again once the previous handle has let go of it:
+/// sled's own threads release the file lock a moment after the last handle
+/// drops.
+pub(crate) fn reopen(dir: &Path, max_bytes: u64, metrics: Arc<Metrics>) -> Wal {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Wal::open(dir, max_bytes, metrics.clone()) {
+            Ok(wal) => return wal,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "reopen: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 fn temp_dir(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("procmond-wal-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -35,7 +51,7 @@ fn survives_reopen_replays_in_order_and_forgets_acked() {
     let dir = temp_dir("reopen");
     let metrics = Arc::new(Metrics::default());
     {
-        let wal = Wal::open(&dir, 1 << 20, metrics.clone()).expect("open");
+        let wal = reopen(&dir, 1 << 20, metrics.clone());
         assert_eq!(wal.next_seq(), 1);
         assert_eq!(
             wal.append(&[batch(1..=2), batch(3..=3)]).expect("append"),
@@ -44,7 +60,7 @@ fn survives_reopen_replays_in_order_and_forgets_acked() {
         assert_eq!(wal.append(&[batch(4..=5)]).expect("append"), 2);
         assert_eq!(wal.ack(3).expect("ack"), 1);
     }
-    let wal = Wal::open(&dir, 1 << 20, metrics).expect("reopen");
+    let wal = reopen(&dir, 1 << 20, metrics);
     assert_eq!(wal.next_seq(), 6);
     assert_eq!(keys(&wal), [1, 4]);
     let seqs: Vec<u64> = wal.read_from(0, 100).expect("read")[1]
@@ -89,7 +105,7 @@ fn full_wal_keeps_oldest_and_counts_drops() {
     let dir = temp_dir("full");
     let metrics = Arc::new(Metrics::default());
     let one = batch(1..=2).as_bytes().len() as u64;
-    let wal = Wal::open(&dir, one * 2, metrics.clone()).expect("open");
+    let wal = reopen(&dir, one * 2, metrics.clone());
     let batches = [batch(1..=2), batch(3..=4), batch(5..=6)];
     assert_eq!(wal.append(&batches).expect("append"), 4);
     assert_eq!(metrics.wal_dropped_full.load(Relaxed), 2);
@@ -100,7 +116,7 @@ fn full_wal_keeps_oldest_and_counts_drops() {
 
 /// Stores 3 batches of 20 events under `dir`, acknowledges the first.
 fn stored_run(dir: &Path) -> u64 {
-    let wal = Wal::open(dir, 1 << 24, Arc::new(Metrics::default())).expect("open");
+    let wal = reopen(dir, 1 << 24, Arc::new(Metrics::default()));
     for first in [1u64, 21, 41] {
         wal.append(&[batch(first..first + 20)]).expect("append");
     }
@@ -126,7 +142,7 @@ fn damaged_storage_is_counted_as_lost_and_seq_never_goes_back() {
     let len = std::fs::metadata(&db_file).expect("db file").len();
     std::fs::write(&db_file, vec![0x5a; len as usize]).expect("garble");
     let metrics = Arc::new(Metrics::default());
-    let wal = Wal::open(&dir, 1 << 24, metrics.clone()).expect("reopen");
+    let wal = reopen(&dir, 1 << 24, metrics.clone());
     let lost = metrics.wal_lost.load(Relaxed);
     assert_eq!(
         lost + wal.pending_count(),
@@ -138,7 +154,7 @@ fn damaged_storage_is_counted_as_lost_and_seq_never_goes_back() {
     drop(wal);
     // Marks are rewritten to what the tree now holds: no double count.
     let metrics = Arc::new(Metrics::default());
-    let _wal = Wal::open(&dir, 1 << 24, metrics.clone()).expect("reopen");
+    let _wal = reopen(&dir, 1 << 24, metrics.clone());
     assert_eq!(metrics.wal_lost.load(Relaxed), 0);
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -153,7 +169,7 @@ fn damaged_storage_is_counted_as_lost_and_seq_never_goes_back() {
         }
     }
     let metrics = Arc::new(Metrics::default());
-    let wal = Wal::open(&dir, 1 << 24, metrics.clone()).expect("reopen");
+    let wal = reopen(&dir, 1 << 24, metrics.clone());
     assert_eq!(
         (metrics.wal_lost.load(Relaxed), wal.pending_count()),
         (40, 0)
@@ -164,7 +180,7 @@ fn damaged_storage_is_counted_as_lost_and_seq_never_goes_back() {
     let dir = temp_dir("clean");
     stored_run(&dir);
     let metrics = Arc::new(Metrics::default());
-    let wal = Wal::open(&dir, 1 << 24, metrics.clone()).expect("reopen");
+    let wal = reopen(&dir, 1 << 24, metrics.clone());
     let epoch = wal.epoch();
     wal.reopen().expect("reopen in place");
     assert_eq!(
@@ -187,7 +203,7 @@ fn corrupt_records_are_skipped_counted_and_the_rest_replays() {
         .and_then(|w| w.append(&[batch([10]), batch([14, 15])]))
         .expect("append");
     // Reopened: what is on disk now comes from an earlier run.
-    let wal = Wal::open(&dir, 1 << 20, metrics.clone()).expect("reopen");
+    let wal = reopen(&dir, 1 << 20, metrics.clone());
     wal.insert_raw_for_test(11, b"\xff\x00garbage")
         .expect("plant");
     // A batch whose structure holds but whose first event is garbled.
@@ -245,7 +261,7 @@ fn a_wal_of_the_previous_format_replays() {
         db.flush().expect("flush");
     }
     let metrics = Arc::new(Metrics::default());
-    let wal = Wal::open(&dir, 1 << 20, metrics.clone()).expect("open");
+    let wal = reopen(&dir, 1 << 20, metrics.clone());
     assert_eq!((wal.pending_count(), wal.next_seq()), (5, 6));
     let read = wal.read_from(0, 100).expect("read");
     let mut seen = Vec::new();
@@ -292,7 +308,7 @@ fn marks_written_with_the_data_do_not_miscount_after_a_power_cut() {
     // not the acknowledgements): the marks in the tree still judge right.
     let dir = temp_dir("power-cut");
     let stale = {
-        let wal = Wal::open(&dir, 1 << 24, Arc::new(Metrics::default())).expect("open");
+        let wal = reopen(&dir, 1 << 24, Arc::new(Metrics::default()));
         for first in [1u64, 21, 41] {
             wal.append(&[batch(first..first + 20)]).expect("append");
         }
@@ -304,7 +320,7 @@ fn marks_written_with_the_data_do_not_miscount_after_a_power_cut() {
     };
     std::fs::write(dir.join(wal_marks::MARKS_FILE), &stale).expect("stale witness");
     let metrics = Arc::new(Metrics::default());
-    let wal = Wal::open(&dir, 1 << 24, metrics.clone()).expect("reopen");
+    let wal = reopen(&dir, 1 << 24, metrics.clone());
     assert_eq!(
         (metrics.wal_lost.load(Relaxed), wal.pending_count()),
         (0, 20),
@@ -320,14 +336,14 @@ fn marks_written_with_the_data_do_not_miscount_after_a_power_cut() {
         std::fs::copy(&f, snapshot.join(f.file_name().expect("name"))).expect("copy");
     }
     {
-        let wal = Wal::open(&dir, 1 << 24, Arc::new(Metrics::default())).expect("open");
+        let wal = reopen(&dir, 1 << 24, Arc::new(Metrics::default()));
         wal.append(&[batch(61..71)]).expect("append");
     }
     for f in sled_files(&snapshot) {
         std::fs::copy(&f, dir.join(f.file_name().expect("name"))).expect("restore");
     }
     let metrics = Arc::new(Metrics::default());
-    let wal = Wal::open(&dir, 1 << 24, metrics.clone()).expect("reopen");
+    let wal = reopen(&dir, 1 << 24, metrics.clone());
     assert_eq!(
         (metrics.wal_lost.load(Relaxed), wal.pending_count()),
         (10, 20)
@@ -345,7 +361,7 @@ fn crash_child() {
     let Some(dir) = std::env::var_os("PROCMOND_WAL_CRASH_DIR") else {
         return;
     };
-    let wal = Wal::open(Path::new(&dir), 1 << 26, Arc::new(Metrics::default())).expect("open");
+    let wal = reopen(Path::new(&dir), 1 << 26, Arc::new(Metrics::default()));
     let mut pending = Vec::new();
     for i in 0u64.. {
         let first = wal.next_seq();
@@ -379,7 +395,7 @@ fn a_crash_mid_stream_leaves_marks_that_agree_with_the_data() {
     child.wait().expect("reaped");
     std::fs::write(dir.join(wal_marks::MARKS_FILE), &stale).expect("stale witness");
     let metrics = Arc::new(Metrics::default());
-    let wal = Wal::open(&dir, 1 << 26, metrics.clone()).expect("reopen");
+    let wal = reopen(&dir, 1 << 26, metrics.clone());
     assert!(wal.next_seq() > 1, "the child stored events");
     assert_eq!(metrics.wal_lost.load(Relaxed), 0, "nothing miscounted");
     let held: u64 = wal
