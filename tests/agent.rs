@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::agent::{Agent, AgentDir, collector_pids, ctl};
-use common::{kill, marker, run_shell};
+use common::{kill, marker, run_shell, runtime};
 use procmond::bus::broker::Broker;
 use procmond::bus::protocol::{self, Envelope, FrameKind};
 use serde_json::Value;
@@ -261,14 +261,6 @@ fn a_local_peer_cannot_exhaust_the_broker() {
         broker["connections_evicted"].as_u64() >= Some(1),
         "{broker}"
     );
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 /// Kills the child when the test ends, pass or fail.

@@ -11,46 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use common::agent::{Agent, AgentDir, collector_pids, ctl};
-use common::{kill, marker, run_shell};
+use common::agent::{
+    Agent, AgentDir, FAST_HEARTBEAT, collector_pids, ctl, markers_in_sink, started_agent,
+};
+use common::{kill, marker, runtime};
 use procmond::bus::client::{BusReader, BusWriter, connect};
 use procmond::bus::protocol::{Envelope, FrameKind, MAX_FRAME_BYTES};
 use procmond::bus::rpc::{Heartbeat, to_payload};
-
-fn started_agent(tag: &str, top: &str) -> (AgentDir, Agent) {
-    let dir = AgentDir::new(tag);
-    let config = dir.write_config(top, "", true);
-    let mut agent = Agent::start(&config);
-    agent.wait_for_log("steady state", Duration::from_secs(60));
-    (dir, agent)
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-/// Runs `n` marker execs and waits until the sink has every one of them
-/// (paired by the marker in argv, never by pid).
-fn markers_in_sink(dir: &AgentDir, m: &str, n: usize, within: Duration) {
-    run_shell(&format!(
-        "i=0; while [ $i -lt {n} ]; do /bin/sh -c 'exit 0' {m}-$i; i=$((i+1)); done"
-    ));
-    dir.wait_for_sink(within, "every marker exec", |ev| {
-        let mut seen: Vec<&str> = ev
-            .iter()
-            .filter(|e| e["kind"] == "exec")
-            .filter_map(|e| e["argv"][3].as_str())
-            .filter(|a| a.starts_with(m))
-            .collect();
-        seen.sort_unstable();
-        seen.dedup();
-        seen.len() >= n
-    });
-}
 
 fn healthy_beat() -> Vec<u8> {
     to_payload(&Heartbeat {
@@ -64,12 +31,7 @@ fn healthy_beat() -> Vec<u8> {
 
 #[test]
 fn forged_heartbeats_do_not_hide_a_frozen_collector() {
-    let top = "heartbeat:
-  interval_secs: 1
-  missed_threshold: 3
-  health_check_timeout_secs: 1
-  graceful_shutdown_timeout_secs: 2";
-    let (dir, mut agent) = started_agent("forged-beats", top);
+    let (dir, mut agent) = started_agent("forged-beats", FAST_HEARTBEAT);
     let before = collector_pids(agent.pid());
     assert_eq!(before.len(), 1);
     // The forger beats for the collector every 100 ms every way it can:

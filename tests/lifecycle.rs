@@ -7,30 +7,10 @@ use std::collections::HashSet;
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
-use common::agent::{Agent, AgentDir, collector_pids, ctl, ids};
-use common::{kill, marker, procmond, run_shell};
-
-fn started_agent(tag: &str, top: &str) -> (AgentDir, Agent) {
-    let dir = AgentDir::new(tag);
-    let config = dir.write_config(top, "", true);
-    let mut agent = Agent::start(&config);
-    agent.wait_for_log("steady state", Duration::from_secs(60));
-    (dir, agent)
-}
-
-fn markers_in_sink(dir: &AgentDir, m: &str, n: usize) {
-    run_shell(&format!(
-        "i=0; while [ $i -lt {n} ]; do /bin/sh -c 'exit 0' {m}-$i; i=$((i+1)); done"
-    ));
-    dir.wait_for_sink(Duration::from_secs(30), "marker execs", |ev| {
-        ev.iter()
-            .filter(|e| {
-                e["kind"] == "exec" && e["argv"][3].as_str().is_some_and(|a| a.starts_with(m))
-            })
-            .count()
-            >= n
-    });
-}
+use common::agent::{
+    Agent, AgentDir, FAST_HEARTBEAT, collector_pids, ctl, ids, markers_in_sink, started_agent,
+};
+use common::{kill, marker, procmond};
 
 #[test]
 fn agent_drops_to_nobody_and_events_still_flow() {
@@ -65,7 +45,7 @@ fn agent_drops_to_nobody_and_events_still_flow() {
     let collectors = collector_pids(agent.pid());
     assert_eq!(collectors.len(), 1);
     assert_eq!(ids(collectors[0]).0, [0; 4], "the collector keeps root");
-    markers_in_sink(&dir, &marker("runas"), 50);
+    markers_in_sink(&dir, &marker("runas"), 50, Duration::from_secs(30));
     // Still able to stop its root collector through the launcher.
     let (ok, log) = agent.stop();
     assert!(ok, "{log}");
@@ -193,12 +173,7 @@ fn flood(socket: &std::path::Path, n: u64) -> Vec<String> {
 
 #[test]
 fn frozen_collector_is_escalated_killed_and_restarted() {
-    let top = "heartbeat:
-  interval_secs: 1
-  missed_threshold: 3
-  health_check_timeout_secs: 1
-  graceful_shutdown_timeout_secs: 2";
-    let (dir, mut agent) = started_agent("escalate", top);
+    let (dir, mut agent) = started_agent("escalate", FAST_HEARTBEAT);
     let before = collector_pids(agent.pid());
     assert_eq!(before.len(), 1);
     let frozen_at = Instant::now();
@@ -230,7 +205,7 @@ fn frozen_collector_is_escalated_killed_and_restarted() {
     let after = collector_pids(agent.pid());
     assert_eq!(after.len(), 1);
     assert_ne!(after, before);
-    markers_in_sink(&dir, &marker("after-restart"), 20);
+    markers_in_sink(&dir, &marker("after-restart"), 20, Duration::from_secs(30));
 }
 
 #[test]
@@ -275,7 +250,7 @@ fn a_collector_that_never_registers_fails_startup_naming_it() {
 #[test]
 fn ctl_shutdown_drains_deregisters_and_leaves_an_empty_wal() {
     let (dir, mut agent) = started_agent("shutdown", "");
-    markers_in_sink(&dir, &marker("pre-shutdown"), 20);
+    markers_in_sink(&dir, &marker("pre-shutdown"), 20, Duration::from_secs(30));
     let pid = collector_pids(agent.pid())[0];
     let (out, body) = ctl(&dir, &["shutdown"]);
     assert!(out.status.success(), "{body}");

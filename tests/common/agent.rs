@@ -269,3 +269,39 @@ pub fn ctl(dir: &AgentDir, args: &[&str]) -> (std::process::Output, Value) {
     let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     (out, json)
 }
+
+/// agent.yaml `heartbeat:` for supervision tests: 1 s beats, escalation in
+/// seconds rather than minutes.
+pub const FAST_HEARTBEAT: &str = "heartbeat:
+  interval_secs: 1
+  missed_threshold: 3
+  health_check_timeout_secs: 1
+  graceful_shutdown_timeout_secs: 2";
+
+/// An agent with one collector, in steady state.
+pub fn started_agent(tag: &str, top: &str) -> (AgentDir, Agent) {
+    let dir = AgentDir::new(tag);
+    let config = dir.write_config(top, "", true);
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("steady state", Duration::from_secs(60));
+    (dir, agent)
+}
+
+/// Runs `n` marker execs and waits until the sink has every one of them
+/// (paired by the marker in argv, never by pid).
+pub fn markers_in_sink(dir: &AgentDir, m: &str, n: usize, within: Duration) {
+    super::run_shell(&format!(
+        "i=0; while [ $i -lt {n} ]; do /bin/sh -c 'exit 0' {m}-$i; i=$((i+1)); done"
+    ));
+    dir.wait_for_sink(within, "every marker exec", |ev| {
+        let mut seen: Vec<&str> = ev
+            .iter()
+            .filter(|e| e["kind"] == "exec")
+            .filter_map(|e| e["argv"][3].as_str())
+            .filter(|a| a.starts_with(m))
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len() >= n
+    });
+}

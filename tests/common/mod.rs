@@ -67,6 +67,15 @@ pub fn ebpf_unavailable() -> Option<String> {
     }
 }
 
+/// A two-worker runtime for tests that speak the bus protocol themselves.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// A unique marker for this test's processes.
 pub fn marker(tag: &str) -> String {
     let nanos = std::time::SystemTime::now()

@@ -65,6 +65,10 @@ impl Broker {
             broker.forget(conn);
             match reason {
                 Ok(()) => tracing::debug!(conn, %peer, "connection closed"),
+                // The peer went away mid-stream: a close, not a bad frame.
+                Err(ProtocolError::Framing(e)) if is_hang_up(&e) => {
+                    tracing::debug!(conn, %peer, error = %e, "connection closed by the peer")
+                }
                 Err(e) => {
                     let n = broker.inner.stats.frames_rejected.fetch_add(1, Relaxed) + 1;
                     if worth_logging(n) {
@@ -288,6 +292,12 @@ impl Broker {
         }
         Ok(())
     }
+}
+
+/// Whether a read error only says that the peer hung up.
+fn is_hang_up(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
 }
 
 /// Writes what the broker queued for the peer until the connection ends.
