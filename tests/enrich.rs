@@ -119,6 +119,30 @@ fn containers_are_attributed_from_real_cgroups_and_host_processes_have_none() {
     );
 }
 
+/// The sha256 reported for the exec of `bin` whose argv holds `needle`:
+/// inline, or in the `modify` of the same (pid, start_time).
+fn hash_in(stdout: &str, bin: &str, needle: &str) -> Option<String> {
+    let events: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let exec = events
+        .iter()
+        .find(|e| e["kind"] == "exec" && e["argv"][0] == bin && argv_contains(e, needle))?;
+    if let Some(h) = exec["sha256"].as_str() {
+        return Some(h.to_string());
+    }
+    assert_eq!(exec["sha256_pending"], true, "{exec}");
+    events
+        .iter()
+        .find(|e| {
+            e["kind"] == "modify"
+                && e["pid"] == exec["pid"]
+                && e["start_time"] == exec["start_time"]
+        })
+        .and_then(|e| e["sha256"].as_str().map(str::to_string))
+}
+
 #[test]
 fn exec_events_carry_the_sha256_of_the_file_run_and_see_it_change() {
     if !is_root() || ebpf_unavailable().is_some() {
@@ -153,9 +177,17 @@ fn exec_events_carry_the_sha256_of_the_file_run_and_see_it_change() {
     ]);
     let first = sha256sum(&bin);
     run_shell(&format!("{} {m}-a", bin.display()));
-    watch.wait_for_stdout("the first hash", Duration::from_secs(20), |out| {
-        out.contains(&first)
-    });
+    // Other processes on the host may run /bin/true too: wait for the hash
+    // of this exec (by its pid and start time), before the file changes.
+    let bin_path = bin.display().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while hash_in(&watch.stdout_now(), &bin_path, &format!("{m}-a")).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no hash for the first exec"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Rewritten in place (same inode, new content): the next exec reports
     // the new hash.
     let mut bytes = std::fs::read(&bin).expect("read");
@@ -165,33 +197,25 @@ fn exec_events_carry_the_sha256_of_the_file_run_and_see_it_change() {
     assert_ne!(first, second);
     run_shell(&format!("{} {m}-b", bin.display()));
     run_shell(&format!("{} {m}-c", bin.display()));
-    watch.wait_for_stdout("the second hash", Duration::from_secs(20), |out| {
-        out.contains(&second)
-    });
-    std::thread::sleep(Duration::from_millis(500));
+    // Both later execs carry it, inline or in their `modify`: b's hash
+    // is computed first (a cache miss), so c may find it cached before b's
+    // `modify` is out.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for tag in ["b", "c"] {
+        while hash_in(&watch.stdout_now(), &bin_path, &format!("{m}-{tag}")).is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no hash for exec {tag}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     let out = watch.stop();
     let _ = std::fs::remove_dir_all(&dir);
     // Each exec has its hash: inline from the cache, or pending and then in
     // a `modify` event for the same (pid, start_time).
-    let bin_path = bin.display().to_string();
-    let hash_of = |tag: &str| -> Option<String> {
-        let needle = format!("{m}-{tag}");
-        let exec = out.events.iter().find(|e| {
-            e["kind"] == "exec" && e["argv"][0] == bin_path.as_str() && argv_contains(e, &needle)
-        })?;
-        if let Some(h) = exec["sha256"].as_str() {
-            return Some(h.to_string());
-        }
-        assert_eq!(exec["sha256_pending"], true, "{exec}");
-        out.events
-            .iter()
-            .find(|e| {
-                e["kind"] == "modify"
-                    && e["pid"] == exec["pid"]
-                    && e["start_time"] == exec["start_time"]
-            })
-            .and_then(|e| e["sha256"].as_str().map(str::to_string))
-    };
+    let stdout = out.stdout.clone();
+    let hash_of = |tag: &str| hash_in(&stdout, &bin_path, &format!("{m}-{tag}"));
     assert_eq!(hash_of("a").as_deref(), Some(first.as_str()));
     assert_eq!(hash_of("b").as_deref(), Some(second.as_str()));
     assert_eq!(hash_of("c").as_deref(), Some(second.as_str()));

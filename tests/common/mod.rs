@@ -165,13 +165,7 @@ impl Watch {
     /// comes, not only at the end); panics with stderr on timeout.
     pub fn wait_for_stdout(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + timeout;
-        while !self
-            .stdout
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .lines()
-            .any(&pred)
-        {
+        while !self.stdout_now().lines().any(&pred) {
             if Instant::now() > deadline {
                 panic!(
                     "timed out after {timeout:?} waiting for {what}; stderr:\n{}",
@@ -180,6 +174,14 @@ impl Watch {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// What the sensor printed on stdout so far.
+    pub fn stdout_now(&self) -> String {
+        self.stdout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn stderr(&self) -> String {
