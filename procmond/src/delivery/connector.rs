@@ -363,11 +363,13 @@ impl Connector {
                 Ok(()) = self.gate.changed() => false,
                 ack = next_ack(&mut conn) => match ack {
                     Some(seq) => {
-                        let mut result = self.acked(conn.as_mut(), &mut storage, seq);
+                        // Every ack already here is applied with it: one
+                        // WAL write for the burst.
+                        let mut keys = vec![seq];
                         while let Some(seq) = conn.as_mut().and_then(|c| c.acks.try_recv().ok()) {
-                            result = result.and(self.acked(conn.as_mut(), &mut storage, seq));
+                            keys.push(seq);
                         }
-                        if let Err(e) = result {
+                        if let Err(e) = self.acked(conn.as_mut(), &mut storage, &keys) {
                             storage.failed(&e);
                         }
                         false
@@ -461,23 +463,30 @@ impl Connector {
         Ok(())
     }
 
-    /// The broker acknowledged the batch with `key`: sent from memory while
-    /// the WAL was faulted, or stored in the WAL.
+    /// The broker acknowledged the batches with `keys`: each sent from
+    /// memory while the WAL was faulted, or stored in the WAL.
     fn acked(
         &self,
-        conn: Option<&mut Conn>,
+        mut conn: Option<&mut Conn>,
         storage: &mut Storage,
-        key: u64,
+        keys: &[u64],
     ) -> Result<(), WalError> {
-        if let Some(c) = conn
-            && let Some(len) = c.inflight.remove(&key)
-        {
-            c.inflight_bytes -= len;
+        let mut events = 0;
+        let mut stored = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(c) = conn.as_deref_mut()
+                && let Some(len) = c.inflight.remove(key)
+            {
+                c.inflight_bytes -= len;
+            }
+            match storage.acked(*key) {
+                Some(n) => events += n,
+                None => stored.push(*key),
+            }
         }
-        let events = match storage.acked(key) {
-            Some(n) => n,
-            None => self.wal.ack(key)?,
-        };
+        if !stored.is_empty() {
+            events += self.wal.ack_all(&stored)?;
+        }
         Metrics::add(&self.metrics.events_published, events);
         Ok(())
     }

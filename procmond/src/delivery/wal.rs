@@ -401,23 +401,36 @@ impl Wal {
     /// The broker acknowledged the batch stored under `key`: forget it.
     /// Returns how many events it held.
     pub fn ack(&self, key: u64) -> Result<u64, WalError> {
+        self.ack_all(&[key])
+    }
+
+    /// The broker acknowledged the batches stored under `keys`: forgets
+    /// them all in one atomic write that also carries the marks counting
+    /// them (acks arrive in bursts: one marks update per burst, not per
+    /// batch). Returns how many events they held.
+    pub fn ack_all(&self, keys: &[u64]) -> Result<u64, WalError> {
         let db = self.db()?;
-        let Some(old) = db.get(event_key(key))? else {
-            return Ok(0);
-        };
-        let n = stored_count(&old);
-        // The removal and the marks that count it: one atomic write.
-        let marks = self.next_marks(|m| m.acked += n);
+        let (mut events, mut bytes) = (0u64, 0u64);
         let mut write = sled::Batch::default();
-        write.remove(&event_key(key));
+        for key in keys {
+            if let Some(old) = db.get(event_key(*key))? {
+                events += stored_count(&old);
+                bytes += old.len() as u64;
+                write.remove(&event_key(*key));
+            }
+        }
+        if bytes == 0 {
+            return Ok(0);
+        }
+        let marks = self.next_marks(|m| m.acked += events);
         write.insert(MARKS_KEY, &marks.encode()[..]);
         db.apply_batch(write)?;
-        self.pending_bytes.fetch_sub(old.len() as u64, Relaxed);
-        self.pending_count.fetch_sub(n, Relaxed);
+        self.pending_bytes.fetch_sub(bytes, Relaxed);
+        self.pending_count.fetch_sub(events, Relaxed);
         self.set_marks(marks)?;
         self.publish_gauges();
         self.check_fill();
-        Ok(n)
+        Ok(events)
     }
 
     /// Up to `limit` stored batches with key `>= from`, in sequence order,
