@@ -232,10 +232,11 @@ pub async fn run_jsonl_file(file: JsonlFile, mut rx: mpsc::Receiver<Durable>, st
         if retry_at.is_none_or(|t| t <= Instant::now()) {
             match attempt(&file, &mut group, stats).await {
                 Ok(()) => {
-                    group.confirm(stats);
+                    // Healthy again before anyone hears of the store.
                     if stats.recovered() {
                         tracing::info!(path = %path.display(), failed_attempts = failures, "jsonl sink stores again");
                     }
+                    group.confirm(stats);
                     (failures, retry_at) = (0, None);
                     continue;
                 }
