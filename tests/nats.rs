@@ -12,10 +12,10 @@ mod prom;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::agent::{Agent, AgentDir, collector_pids, ctl};
-use common::{kill, marker, procmond, run_shell};
+use common::{kill, marker, procmond, run_shell, wait_until};
 use nats_server::{Msg, NatsServer, Reader};
 use serde_json::Value;
 
@@ -145,21 +145,6 @@ fn assert_exactly_once(msgs: &[Msg], m: &str, n: usize) {
     assert!(exits.values().all(|c| *c == 1), "each exit once");
 }
 
-/// Polls `f` until it returns `Some`, or fails naming `what`.
-fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {WAIT:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// `ctl health` answered by the collector and the agent.
 fn health(dir: &AgentDir) -> Option<Value> {
     let (out, json) = ctl(dir, &["health"]);
@@ -180,7 +165,7 @@ fn nats_stream_gets_every_marker_exec_and_exit_once() {
         all_markers_in(msgs, &m, 500)
     });
     assert_exactly_once(&reader.all(), &m, 500);
-    let json = wait_until("the sink to confirm everything", || {
+    let json = wait_until("the sink to confirm everything", WAIT, || {
         health(&dir).filter(|j| j["agent"]["sinks"][0]["counters"]["lag"] == 0)
     });
     let sink = &json["agent"]["sinks"][0];
@@ -228,12 +213,16 @@ fn nats_outage_and_collector_crash_lose_nothing_and_ack_nothing_early() {
     // B2: wholly during the outage. Nothing may be acknowledged: the
     // collector's WAL keeps every one of these events, and the sink holds them.
     spawn_markers(&m, 400, 500, "0");
-    let held = wait_until("the WAL and the sink to hold the outage's events", || {
-        health(&dir).filter(|j| {
-            j["response"]["wal_pending"].as_u64() >= Some(200)
-                && j["agent"]["sinks"][0]["counters"]["lag"].as_u64() >= Some(200)
-        })
-    });
+    let held = wait_until(
+        "the WAL and the sink to hold the outage's events",
+        WAIT,
+        || {
+            health(&dir).filter(|j| {
+                j["response"]["wal_pending"].as_u64() >= Some(200)
+                    && j["agent"]["sinks"][0]["counters"]["lag"].as_u64() >= Some(200)
+            })
+        },
+    );
     eprintln!(
         "during the outage: wal_pending={} sink={}",
         held["response"]["wal_pending"], held["agent"]["sinks"][0]
@@ -243,13 +232,17 @@ fn nats_outage_and_collector_crash_lose_nothing_and_ack_nothing_early() {
     let before = collector_pids(agent.pid());
     assert_eq!(before.len(), 1, "one collector under the agent");
     kill("KILL", before[0]);
-    wait_until("a restarted collector whose WAL still holds them", || {
-        let now = collector_pids(agent.pid());
-        (now.len() == 1 && now != before)
-            .then(|| health(&dir))
-            .flatten()
-            .filter(|j| j["response"]["wal_pending"].as_u64() >= Some(200))
-    });
+    wait_until(
+        "a restarted collector whose WAL still holds them",
+        WAIT,
+        || {
+            let now = collector_pids(agent.pid());
+            (now.len() == 1 && now != before)
+                .then(|| health(&dir))
+                .flatten()
+                .filter(|j| j["response"]["wal_pending"].as_u64() >= Some(200))
+        },
+    );
 
     // C: captured by the new collector, NATS still down.
     spawn_markers(&m, 500, 600, "0");
@@ -259,7 +252,7 @@ fn nats_outage_and_collector_crash_lose_nothing_and_ack_nothing_early() {
     });
     assert_exactly_once(&reader.all(), &m, 600);
 
-    let json = wait_until("the sink to confirm everything", || {
+    let json = wait_until("the sink to confirm everything", WAIT, || {
         health(&dir).filter(|j| j["agent"]["sinks"][0]["counters"]["lag"] == 0)
     });
     let counters = &json["agent"]["sinks"][0]["counters"];
@@ -328,7 +321,7 @@ fn mtls_reconnects_after_the_privilege_drop_with_its_key_files_gone() {
     agent.wait_for_log("privileges dropped", Duration::from_secs(60));
     let m = marker("ntls");
     spawn_markers(&m, 0, 20, "0");
-    let before = wait_until("the first markers stored over mTLS", || {
+    let before = wait_until("the first markers stored over mTLS", WAIT, || {
         sink_counters(&dir).filter(|c| c["written"].as_u64() >= Some(40) && c["lag"] == 0)
     });
 
@@ -343,7 +336,7 @@ fn mtls_reconnects_after_the_privilege_drop_with_its_key_files_gone() {
     spawn_markers(&m, 20, 40, "0");
     server.spawn();
     let written = before["written"].as_u64().unwrap_or(0);
-    let after = wait_until("events to flow again after reconnecting", || {
+    let after = wait_until("events to flow again after reconnecting", WAIT, || {
         sink_counters(&dir).filter(|c| {
             c["written"].as_u64() >= Some(written + 40)
                 && c["lag"] == 0
@@ -391,7 +384,7 @@ fn metrics_endpoint_is_strict_prometheus_text_and_counters_move() {
     let jsonl = [("type", "jsonl")];
     let nats = [("type", "nats")];
     // The first heartbeat brings the collector's figures.
-    let first = wait_until("a heartbeat's figures in /metrics", || {
+    let first = wait_until("a heartbeat's figures in /metrics", WAIT, || {
         let e = scrape();
         prom::value(&e, "procmond_collector_events_by_kind_total", &exec).map(|_| e)
     });
@@ -445,7 +438,7 @@ fn metrics_endpoint_is_strict_prometheus_text_and_counters_move() {
 
     let m = marker("metrics");
     spawn_markers(&m, 0, 100, "0");
-    let later = wait_until("the counters to move by the 100 markers", || {
+    let later = wait_until("the counters to move by the 100 markers", WAIT, || {
         let e = scrape();
         (get(&e, "procmond_collector_events_by_kind_total", &exec) >= execs0 + 100.0
             && get(&e, "procmond_sink_written_total", &jsonl) >= jsonl0 + 200.0

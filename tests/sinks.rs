@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::agent::{Agent, AgentDir, ctl};
-use common::{marker, run_shell};
+use common::{marker, run_shell, wait_until};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -101,20 +101,6 @@ fn marker_execs(events: &[Value], m: &str) -> Vec<usize> {
     found
 }
 
-fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {WAIT:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn sink_counters(dir: &AgentDir) -> Option<Value> {
     let (out, json) = ctl(dir, &["health"]);
     out.status
@@ -134,7 +120,7 @@ fn a_full_disk_delays_events_and_loses_none() {
     run_shell(&format!(
         "for i in 0 1 2 3 4 5 6 7 8 9; do /bin/true {m}-$i; done"
     ));
-    wait_until("the first 10 markers on disk", || {
+    wait_until("the first 10 markers on disk", WAIT, || {
         (marker_execs(&lines(&sink), &m).len() == 10).then_some(())
     });
 
@@ -142,7 +128,7 @@ fn a_full_disk_delays_events_and_loses_none() {
     run_shell(&format!(
         "i=10; while [ $i -lt 60 ]; do /bin/true {m}-$i; i=$((i+1)); done"
     ));
-    let degraded = wait_until("the sink to report itself degraded", || {
+    let degraded = wait_until("the sink to report itself degraded", WAIT, || {
         sink_counters(&dir).filter(|c| c["status"] == "degraded" && c["errors"].as_u64() >= Some(2))
     });
     eprintln!("disk full: {degraded}");
@@ -155,7 +141,7 @@ fn a_full_disk_delays_events_and_loses_none() {
     );
 
     std::fs::remove_file(&filler).expect("free the disk");
-    let events = wait_until("all 60 markers on disk", || {
+    let events = wait_until("all 60 markers on disk", WAIT, || {
         let events = lines(&sink);
         (marker_execs(&events, &m).len() >= 60).then_some(events)
     });
@@ -173,7 +159,7 @@ fn a_full_disk_delays_events_and_loses_none() {
         );
         assert!(keys.insert(key), "an event twice: {e}");
     }
-    let counters = wait_until("the sink to recover", || {
+    let counters = wait_until("the sink to recover", WAIT, || {
         sink_counters(&dir).filter(|c| c["status"] == "ok" && c["lag"] == 0)
     });
     assert!(

@@ -67,6 +67,22 @@ pub fn ebpf_unavailable() -> Option<String> {
     }
 }
 
+/// Polls `f` every 200 ms until it returns `Some`, or fails naming `what`
+/// after `within`.
+pub fn wait_until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A two-worker runtime for tests that speak the bus protocol themselves.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -337,18 +337,7 @@ mod tests {
 
     use std::sync::atomic::Ordering::Relaxed;
 
-    use crate::model::batch::BatchBuilder;
-    use crate::model::{EventKind, EventSource, ProcessEvent};
-
-    fn batch(seqs: std::ops::Range<u64>) -> Batch {
-        let mut b = BatchBuilder::new();
-        for seq in seqs {
-            let mut e = ProcessEvent::new(EventKind::Exec, EventSource::Ebpf, 1, 42);
-            e.seq = seq;
-            b.push(&e).expect("encodes");
-        }
-        b.finish()
-    }
+    use crate::delivery::wal::tests::batch;
 
     #[test]
     fn a_faulted_wal_publishes_from_memory_and_never_resends_what_was_acked() {

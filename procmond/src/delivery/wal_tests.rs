@@ -6,7 +6,7 @@ use crate::model::batch::BatchBuilder;
 use crate::model::{EventKind, EventSource, ProcessEvent};
 
 /// One batch of one event per seq.
-fn batch(seqs: impl IntoIterator<Item = u64>) -> Batch {
+pub(crate) fn batch(seqs: impl IntoIterator<Item = u64>) -> Batch {
     let mut b = BatchBuilder::new();
     for seq in seqs {
         let mut e = ProcessEvent::new(EventKind::Exec, EventSource::Ebpf, 1, 42);
