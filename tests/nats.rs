@@ -11,7 +11,6 @@ mod nats_server;
 mod prom;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::agent::{Agent, AgentDir, collector_pids, ctl};
@@ -20,31 +19,6 @@ use nats_server::{Msg, NatsServer, Reader};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// agent.yaml with `sinks` (YAML list items) and one collector.
-fn agent_yaml(dir: &AgentDir, sinks: &str, top: &str) -> PathBuf {
-    let text = format!(
-        "broker:
-  socket: {socket}
-  allowed_uids: [0]
-sinks:
-{sinks}{top}collectors:
-  - id: procmond
-    type: process-monitor
-    binary_path: {bin}
-    args: [run]
-    config:
-      collection_interval_secs: 30
-      wal_dir: {wal}
-",
-        socket = dir.socket().display(),
-        bin = env!("CARGO_BIN_EXE_procmond"),
-        wal = dir.wal().display(),
-    );
-    let path = dir.dir.join("agent.yaml");
-    std::fs::write(&path, text).expect("write agent.yaml");
-    path
-}
 
 fn nats_sink(url: &str) -> String {
     format!("  - type: nats\n    url: {url}\n    ack_timeout_secs: 2\n")
@@ -155,7 +129,7 @@ fn health(dir: &AgentDir) -> Option<Value> {
 fn nats_stream_gets_every_marker_exec_and_exit_once() {
     let dir = AgentDir::new("nats500");
     let server = NatsServer::start(&dir.dir.join("js"));
-    let config = agent_yaml(&dir, &nats_sink(&server.url()), "");
+    let config = dir.write_config_with_sinks(&nats_sink(&server.url()), "");
     let mut agent = Agent::start(&config);
     agent.wait_for_log("monitoring started", Duration::from_secs(60));
     let m = marker("n500");
@@ -180,7 +154,7 @@ fn nats_stream_gets_every_marker_exec_and_exit_once() {
 fn nats_outage_and_collector_crash_lose_nothing_and_ack_nothing_early() {
     let dir = AgentDir::new("natsout");
     let mut server = NatsServer::start(&dir.dir.join("js"));
-    let config = agent_yaml(&dir, &nats_sink(&server.url()), "");
+    let config = dir.write_config_with_sinks(&nats_sink(&server.url()), "");
     let mut agent = Agent::start(&config);
     agent.wait_for_log("monitoring started", Duration::from_secs(60));
     let m = marker("nout");
@@ -314,7 +288,7 @@ fn mtls_reconnects_after_the_privilege_drop_with_its_key_files_gone() {
         t("client.pem"),
         t("client.key")
     );
-    let config = agent_yaml(&dir, &sink, "run_as: nobody\n");
+    let config = dir.write_config_with_sinks(&sink, "run_as: nobody\n");
     let mut cmd = procmond();
     cmd.env("SSL_CERT_FILE", t("ca.pem"));
     let mut agent = Agent::start_with(cmd, &config);
@@ -365,7 +339,7 @@ fn metrics_endpoint_is_strict_prometheus_text_and_counters_move() {
         nats_sink(&server.url())
     );
     let top = format!("heartbeat:\n  interval_secs: 1\nmetrics:\n  listen: \"{addr}\"\n");
-    let config = agent_yaml(&dir, &sinks, &top);
+    let config = dir.write_config_with_sinks(&sinks, &top);
     let mut agent = Agent::start(&config);
     agent.wait_for_log("monitoring started", Duration::from_secs(60));
     assert!(agent.log().contains("metrics listening"), "{}", agent.log());

@@ -16,34 +16,10 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-/// agent.yaml with a jsonl sink at `sink` and one collector.
+/// agent.yaml with a jsonl sink at `sink`, 1 s heartbeats and one collector.
 fn agent_yaml(dir: &AgentDir, sink: &Path) -> PathBuf {
-    let text = format!(
-        "broker:
-  socket: {socket}
-  allowed_uids: [0]
-heartbeat:
-  interval_secs: 1
-sinks:
-  - type: jsonl
-    path: {sink}
-collectors:
-  - id: procmond
-    type: process-monitor
-    binary_path: {bin}
-    args: [run]
-    config:
-      collection_interval_secs: 30
-      wal_dir: {wal}
-",
-        socket = dir.socket().display(),
-        sink = sink.display(),
-        bin = env!("CARGO_BIN_EXE_procmond"),
-        wal = dir.wal().display(),
-    );
-    let path = dir.dir.join("agent.yaml");
-    std::fs::write(&path, text).expect("write agent.yaml");
-    path
+    let sinks = format!("  - type: jsonl\n    path: {}\n", sink.display());
+    dir.write_config_with_sinks(&sinks, "heartbeat:\n  interval_secs: 1\n")
 }
 
 /// A 1 MiB tmpfs, unmounted (lazily) when the test ends, however it ends.

@@ -270,6 +270,34 @@ pub fn ctl(dir: &AgentDir, args: &[&str]) -> (std::process::Output, Value) {
     (out, json)
 }
 
+impl AgentDir {
+    /// agent.yaml with `sinks` (YAML list items), `top` (more top-level
+    /// keys, each line ending in a newline) and one collector.
+    pub fn write_config_with_sinks(&self, sinks: &str, top: &str) -> PathBuf {
+        let text = format!(
+            "broker:
+  socket: {socket}
+  allowed_uids: [0]
+sinks:
+{sinks}{top}collectors:
+  - id: procmond
+    type: process-monitor
+    binary_path: {bin}
+    args: [run]
+    config:
+      collection_interval_secs: 30
+      wal_dir: {wal}
+",
+            socket = self.socket().display(),
+            bin = env!("CARGO_BIN_EXE_procmond"),
+            wal = self.wal().display(),
+        );
+        let path = self.dir.join("agent.yaml");
+        std::fs::write(&path, text).expect("write agent.yaml");
+        path
+    }
+}
+
 /// agent.yaml `heartbeat:` for supervision tests: 1 s beats, escalation in
 /// seconds rather than minutes.
 pub const FAST_HEARTBEAT: &str = "heartbeat:

@@ -70,6 +70,17 @@ async fn next(reader: &mut BusReader) -> Option<Envelope> {
     }
 }
 
+/// Serves `control.agent` in-process, answering every call `ok`.
+fn answer_agent_calls(broker: &Broker) -> tokio::task::JoinHandle<()> {
+    let mut agent = broker.serve_local(TOPIC_AGENT, 64).expect("serve");
+    let broker = broker.clone();
+    tokio::spawn(async move {
+        while let Some(req) = agent.recv().await {
+            broker.respond(&req, Status::Ok, b"{}".to_vec());
+        }
+    })
+}
+
 fn register(id: &str, credential: Option<String>) -> Envelope {
     let msg = Registration::Register {
         collector_id: id.into(),
@@ -236,15 +247,7 @@ async fn answered_calls_leave_no_timer_behind() {
         ..BrokerLimits::default()
     };
     let r = start("timers", limits);
-    let mut agent = r.broker.serve_local(TOPIC_AGENT, 64).expect("serve");
-    let responder = tokio::spawn({
-        let broker = r.broker.clone();
-        async move {
-            while let Some(req) = agent.recv().await {
-                broker.respond(&req, Status::Ok, b"{}".to_vec());
-            }
-        }
-    });
+    let responder = answer_agent_calls(&r.broker);
     let (mut w, mut rd) = peer(&r).await;
     let metrics = tokio::runtime::Handle::current().metrics();
     let mut ask = async |corr| {
@@ -351,15 +354,7 @@ async fn a_flood_of_idle_connections_never_locks_out_an_operator_or_a_collector(
         ..BrokerLimits::default()
     };
     let r = start("flood", limits);
-    let mut agent = r.broker.serve_local(TOPIC_AGENT, 64).expect("serve");
-    tokio::spawn({
-        let broker = r.broker.clone();
-        async move {
-            while let Some(req) = agent.recv().await {
-                broker.respond(&req, Status::Ok, b"{}".to_vec());
-            }
-        }
-    });
+    answer_agent_calls(&r.broker);
     let credential = r.broker.issue_credential("c1").expect("credential");
     let (mut collector, mut collector_rd) = peer(&r).await;
     collector
