@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::agent::{
     Agent, AgentDir, FAST_HEARTBEAT, collector_pids, ctl, ids, markers_in_sink, started_agent,
 };
-use common::{kill, marker, procmond};
+use common::{kill, marker, procmond, wait_until};
 
 #[test]
 fn agent_drops_to_nobody_and_events_still_flow() {
@@ -84,10 +84,12 @@ fn ctl_health_config_and_rate_limit() {
     assert_eq!(a["phase"], "steady_state");
     assert_eq!(a["collectors"][0]["ready"], true);
     assert!(a["broker"]["subscribers_dropped"].is_u64() && a["broker"]["frames_rejected"].is_u64());
-    assert!(
-        a["sinks"][0]["counters"]["written"].as_u64().unwrap_or(0) > 0,
-        "{a}"
-    );
+    // The sink writes on its own schedule: health may be read before its
+    // first write lands, so wait for the counter rather than race it.
+    wait_until("the sink's written counter", Duration::from_secs(30), || {
+        let (_, h) = ctl(&dir, &["health"]);
+        (h["agent"]["sinks"][0]["counters"]["written"].as_u64() > Some(0)).then_some(())
+    });
 
     let (_, detailed) = ctl(&dir, &["health", "--detailed"]);
     assert!(detailed["response"]["recent_errors"].is_array());
