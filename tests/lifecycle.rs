@@ -86,10 +86,14 @@ fn ctl_health_config_and_rate_limit() {
     assert!(a["broker"]["subscribers_dropped"].is_u64() && a["broker"]["frames_rejected"].is_u64());
     // The sink writes on its own schedule: health may be read before its
     // first write lands, so wait for the counter rather than race it.
-    wait_until("the sink's written counter", Duration::from_secs(30), || {
-        let (_, h) = ctl(&dir, &["health"]);
-        (h["agent"]["sinks"][0]["counters"]["written"].as_u64() > Some(0)).then_some(())
-    });
+    wait_until(
+        "the sink's written counter",
+        Duration::from_secs(30),
+        || {
+            let (_, h) = ctl(&dir, &["health"]);
+            (h["agent"]["sinks"][0]["counters"]["written"].as_u64() > Some(0)).then_some(())
+        },
+    );
 
     let (_, detailed) = ctl(&dir, &["health", "--detailed"]);
     assert!(detailed["response"]["recent_errors"].is_array());

@@ -41,7 +41,7 @@ const MAGIC_V1: &[u8; 4] = b"PMB1";
 const HEADER_V1: usize = 16;
 const HEADER: usize = 32;
 /// The rkyv layout of `ProcessEvent` this build writes and reads in place.
-pub const EVENT_LAYOUT: u16 = 1;
+pub const EVENT_LAYOUT: u16 = 2;
 /// Flag: sent to the agent from memory, never stored in the WAL.
 pub const UNPERSISTED: u16 = 1;
 const LAYOUT_AT: usize = 16;
@@ -105,17 +105,42 @@ fn upgrade(bytes: AlignedVec) -> Result<AlignedVec, String> {
     }
 }
 
-/// Converts a batch's events from `layout` to `EVENT_LAYOUT`. Layout 1 is
-/// the current one, so there is nothing to convert yet; a later layout adds
-/// its arm here (decode each entry as the frozen previous struct, re-encode
-/// it as the current one).
+/// Converts a batch's events from `layout` to `EVENT_LAYOUT`: layout 1
+/// (before process identity) is decoded entry by entry as the frozen
+/// `v1::ProcessEventV1` and re-encoded; the fields it did not carry stay
+/// unknown. A later layout adds its arm here.
 fn upgrade_events(layout: u16, bytes: AlignedVec) -> Result<AlignedVec, String> {
     match layout {
         EVENT_LAYOUT => Ok(bytes),
+        1 => upgrade_from_v1(&bytes),
         other => Err(format!(
             "event layout {other}: this build reads layout {EVENT_LAYOUT} and earlier"
         )),
     }
+}
+
+fn upgrade_from_v1(bytes: &[u8]) -> Result<AlignedVec, String> {
+    let count = u32_at(bytes, 4).unwrap_or(0);
+    let flags = u16_at(bytes, FLAGS_AT).unwrap_or(0);
+    let mut out = BatchBuilder::new();
+    let mut at = HEADER;
+    for i in 0..count {
+        let (len, _) = entry_header(bytes, at)
+            .ok_or_else(|| format!("layout 1 entry {i} of {count}: header out of bounds"))?;
+        let body = bytes
+            .get(at + ENTRY_HEADER..at + ENTRY_HEADER + len)
+            .ok_or_else(|| format!("layout 1 entry {i}: {len} bytes past the end"))?;
+        let aligned = super::codec::aligned_copy(body);
+        let old = rkyv::from_bytes::<super::v1::ProcessEventV1, rancor::Error>(&aligned)
+            .map_err(|e| format!("layout 1 entry {i}: {e}"))?;
+        out.push(&ProcessEvent::from(old))
+            .map_err(|e| format!("layout 1 entry {i}: re-encoding: {e}"))?;
+        at = (at + ENTRY_HEADER + len).next_multiple_of(ALIGN);
+    }
+    let mut batch = out.finish().bytes;
+    let first_seq = u64_at(bytes, 8).unwrap_or(0);
+    write_header(&mut batch, count, first_seq, flags);
+    Ok(batch)
 }
 
 fn pad(buf: &mut AlignedVec) {
@@ -507,13 +532,25 @@ mod tests {
         );
     }
 
-    /// `b` in the format before versioning (16-byte "PMB1" header).
+    /// `b` in the format before versioning: a 16-byte "PMB1" header and
+    /// its events in layout 1.
     fn as_previous_format(b: &Batch) -> Vec<u8> {
-        let mut v1 = b"PMB1".to_vec();
+        let mut v1 = AlignedVec::<16>::new();
+        v1.extend_from_slice(b"PMB1");
         v1.extend_from_slice(&(b.len() as u32).to_le_bytes());
         v1.extend_from_slice(&b.first_seq().to_le_bytes());
-        v1.extend_from_slice(&b.as_bytes()[HEADER..]);
-        v1
+        for e in b.iter() {
+            let e = e.decode().expect("valid");
+            let (seq, kind) = (e.seq, e.kind);
+            let old = crate::model::v1::ProcessEventV1::from(e);
+            let bytes = rkyv::to_bytes::<rancor::Error>(&old).expect("encodes");
+            v1.extend_from_slice(&seq.to_le_bytes());
+            v1.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            v1.extend_from_slice(&[kind.as_u8(), 0, 0, 0]);
+            v1.extend_from_slice(&bytes);
+            pad(&mut v1);
+        }
+        v1.to_vec()
     }
 
     #[test]

@@ -6,6 +6,12 @@
 
 pub mod batch;
 pub mod codec;
+pub mod identity;
+pub mod lineage;
+pub mod v1;
+
+pub use identity::EntityId;
+pub use lineage::{Creds, Parent, Session, Tty};
 
 use serde::{Serialize, Serializer};
 
@@ -39,6 +45,9 @@ pub enum EventKind {
     Stop,
     /// A live process changed its image or command line (polling).
     Modify,
+    /// A running process changed its user or group ids without an exec
+    /// (kernel source); `previous_creds` holds the ids before.
+    SetUid,
 }
 
 impl EventKind {
@@ -52,11 +61,12 @@ impl EventKind {
             Self::Start => "start",
             Self::Stop => "stop",
             Self::Modify => "modify",
+            Self::SetUid => "setuid",
         }
     }
 
     /// Every kind, in `as_u8` order.
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 8] = [
         Self::Exec,
         Self::Exit,
         Self::Fork,
@@ -64,6 +74,7 @@ impl EventKind {
         Self::Start,
         Self::Stop,
         Self::Modify,
+        Self::SetUid,
     ];
 
     /// A small stable number (batch entries carry it).
@@ -87,6 +98,7 @@ impl ArchivedEventKind {
             Self::Start => EventKind::Start,
             Self::Stop => EventKind::Stop,
             Self::Modify => EventKind::Modify,
+            Self::SetUid => EventKind::SetUid,
         }
     }
 }
@@ -229,6 +241,13 @@ pub struct ProcessEvent {
     pub collector_id: String,
     pub kind: EventKind,
     pub source: EventSource,
+    /// The process's identity from its fork to its exit, the same from every
+    /// source and across restarts (OCSF CPID, `model::identity`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entity_id: Option<EntityId>,
+    /// The identity of the image it runs: changes on each exec.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<EntityId>,
     /// When it happened, nanoseconds since the Unix epoch (RFC 3339 in JSON).
     #[serde(serialize_with = "rfc3339")]
     pub timestamp: i64,
@@ -243,6 +262,12 @@ pub struct ProcessEvent {
     pub gid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub euid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egid: Option<u32>,
+    /// The ids before a `setuid` event (its `uid`/`euid`/`gid`/`egid` are
+    /// the ids after).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_creds: Option<Creds>,
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
@@ -278,6 +303,16 @@ pub struct ProcessEvent {
     /// same `(pid, start_time)` carries it.
     #[serde(skip_serializing_if = "is_false")]
     pub sha256_pending: bool,
+    /// The parent: who it was, from the process table (`model::lineage`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Parent>,
+    /// The `entity_id`s above the parent, nearest first, as far as the
+    /// table knows them and `lineage.max_ancestors` allows.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<EntityId>,
+    /// Session, process group, their leaders, tty and login uid.
+    #[serde(skip_serializing_if = "Session::is_empty")]
+    pub session: Session,
     #[serde(skip_serializing_if = "Platform::is_empty")]
     pub platform: Platform,
 }
@@ -291,6 +326,8 @@ impl ProcessEvent {
             collector_id: String::new(),
             kind,
             source,
+            entity_id: None,
+            exec_id: None,
             timestamp,
             pid,
             ppid: None,
@@ -298,6 +335,8 @@ impl ProcessEvent {
             uid: None,
             gid: None,
             euid: None,
+            egid: None,
+            previous_creds: None,
             name: String::new(),
             exe: None,
             argv: Vec::new(),
@@ -311,6 +350,9 @@ impl ProcessEvent {
             pod_uid: None,
             sha256: None,
             sha256_pending: false,
+            parent: None,
+            ancestors: Vec::new(),
+            session: Session::default(),
             platform: Platform::default(),
         }
     }
