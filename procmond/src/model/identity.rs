@@ -125,6 +125,19 @@ impl LinuxBoot {
         })
     }
 
+    /// This boot's facts, read once; `None` where they cannot be read (the
+    /// reason is logged once). Every Linux reader computes ids with these.
+    #[cfg(target_os = "linux")]
+    pub fn get() -> Option<&'static Self> {
+        static BOOT: std::sync::OnceLock<Option<LinuxBoot>> = std::sync::OnceLock::new();
+        BOOT.get_or_init(|| {
+            Self::read()
+                .inspect_err(|e| tracing::error!(error = %e, "no entity_id on any event: the boot id cannot be read"))
+                .ok()
+        })
+        .as_ref()
+    }
+
     /// The start time in clock ticks since boot, as `/proc/PID/stat`
     /// field 22 gives it.
     pub fn ticks(&self, start_boottime_ns: u64) -> u64 {

@@ -6,7 +6,7 @@
 //! on FreeBSD from sysctl `kern.proc.*` (`freebsd::kinfo`); elsewhere from
 //! the sysinfo crate.
 
-use crate::model::{EventKind, EventSource, ProcessEvent};
+use crate::model::{EntityId, EventKind, EventSource, Parent, ProcessEvent, Session};
 
 /// Most argv bytes kept per process, in every source (docs/reference.md §2
 /// "bounded"): what the probes copy (`ARGS_MAX_LEN - 1` in
@@ -35,6 +35,19 @@ pub struct ProcessInfo {
     pub cgroup_id: Option<u64>,
     /// FreeBSD jail id (`ki_jid`), absent on the host.
     pub jail_id: Option<i32>,
+    pub egid: Option<u32>,
+    /// The process's identity (`model::identity`), where the reader can
+    /// compute it from the platform's facts.
+    pub entity_id: Option<EntityId>,
+    /// The identity of its current image, where the reader knows the
+    /// platform's exec count.
+    pub exec_id: Option<EntityId>,
+    /// The parent's identity: from the kernel (task iterator), or from the
+    /// parent's entry in the same enumeration (procfs).
+    pub parent_entity_id: Option<EntityId>,
+    /// Session id, process group, tty and login uid (the leaders' ids are
+    /// filled by the process table, `pipeline::lineage`).
+    pub session: Session,
 }
 
 impl ProcessInfo {
@@ -58,6 +71,17 @@ impl ProcessInfo {
         e.start_time = self.start_time;
         e.platform.cgroup_id = self.cgroup_id;
         e.platform.jail_id = self.jail_id;
+        e.egid = self.egid;
+        e.entity_id = self.entity_id;
+        e.exec_id = self.exec_id;
+        e.session = self.session.clone();
+        if let Some(ppid) = self.ppid {
+            e.parent = Some(Parent {
+                entity_id: self.parent_entity_id,
+                pid: ppid,
+                ..Parent::default()
+            });
+        }
         e
     }
 }

@@ -67,6 +67,7 @@ pub fn snapshot(options: SnapshotOptions) -> std::io::Result<Snapshot> {
                 ),
                 cgroup_id: None,
                 jail_id: None,
+                ..ProcessInfo::default()
             }
         })
         .collect();

@@ -175,6 +175,7 @@ impl KernelRecord<'_> {
             start_time: Some(clock::start_from_boot_ns(self.start_boottime_ns)),
             cgroup_id: Some(self.cgroup_id),
             jail_id: None,
+            ..ProcessInfo::default()
         }
     }
 
