@@ -561,8 +561,29 @@ fn task_iterator_reads_what_procfs_reads() {
             continue; // the pid was reused between the reads
         }
         assert_eq!(
-            (k.ppid, k.uid, k.gid, k.euid),
-            (p.ppid, p.uid, p.gid, p.euid),
+            (k.ppid, k.uid, k.gid, k.euid, k.egid),
+            (p.ppid, p.uid, p.gid, p.euid, p.egid),
+            "pid {}",
+            p.pid
+        );
+        // The same process gets the same id from both (OCSF CPID from the
+        // same facts), and the same session facts.
+        assert!(k.entity_id.is_some(), "pid {}: no entity_id", p.pid);
+        assert_eq!(k.entity_id, p.entity_id, "pid {}", p.pid);
+        assert_eq!(k.parent_entity_id, p.parent_entity_id, "pid {}", p.pid);
+        assert_eq!(
+            (
+                k.session.id,
+                k.session.pgid,
+                k.session.tty,
+                k.session.login_uid
+            ),
+            (
+                p.session.id,
+                p.session.pgid,
+                p.session.tty,
+                p.session.login_uid
+            ),
             "pid {}",
             p.pid
         );

@@ -48,6 +48,45 @@ struct cred {
 	kuid_t uid;
 	kgid_t gid;
 	kuid_t euid;
+	kgid_t egid;
+};
+
+/* Process identity (the CPID's facts) and session: include/linux/pid.h,
+ * pid_namespace.h, ns_common.h. */
+struct ns_common {
+	unsigned int inum;
+};
+
+struct pid_namespace {
+	struct ns_common ns;
+};
+
+struct upid {
+	int nr;
+	struct pid_namespace *ns;
+};
+
+struct pid {
+	unsigned int level;
+	struct upid numbers[1];
+};
+
+enum pid_type {
+	PIDTYPE_PID,
+	PIDTYPE_TGID,
+	PIDTYPE_PGID,
+	PIDTYPE_SID,
+	PIDTYPE_MAX,
+};
+
+struct tty_driver {
+	int major;
+	int minor_start;
+};
+
+struct tty_struct {
+	struct tty_driver *driver;
+	int index;
 };
 
 struct file;
@@ -60,6 +99,8 @@ struct mm_struct {
 
 struct signal_struct {
 	atomic_t live;
+	struct pid *pids[PIDTYPE_MAX];
+	struct tty_struct *tty;
 };
 
 struct qstr {
@@ -131,6 +172,12 @@ struct task_struct {
 	struct css_set *cgroups;
 	unsigned int flags;
 	char comm[16];
+	struct task_struct *group_leader;
+	struct pid *thread_pid;
+	/* Incremented by every exec, copied by fork (u64 since Linux 5.7). */
+	__u64 self_exec_id;
+	/* CONFIG_AUDIT; probes check bpf_core_field_exists first. */
+	kuid_t loginuid;
 };
 
 /* BPF iterator context (include/linux/bpf.h, kernel/bpf/task_iter.c). */
@@ -144,6 +191,20 @@ struct bpf_iter__task {
 	struct bpf_iter_meta *meta;
 	struct task_struct *task;
 };
+
+/* The syscall's registers at sys_exit: its number (arch/x86 ptrace.h,
+ * arch/arm64 ptrace.h). */
+#if defined(__TARGET_ARCH_arm64)
+struct pt_regs {
+	int syscallno;
+};
+#define SYSCALL_NR(regs) BPF_CORE_READ(regs, syscallno)
+#else
+struct pt_regs {
+	unsigned long orig_ax;
+};
+#define SYSCALL_NR(regs) BPF_CORE_READ(regs, orig_ax)
+#endif
 
 struct linux_binprm {
 	const char *filename;

@@ -12,7 +12,7 @@
 #ifndef PROCMOND_RECORD_H
 #define PROCMOND_RECORD_H
 
-#define RECORD_VERSION 3
+#define RECORD_VERSION 4
 
 #define RECORD_KIND_EXEC 1
 #define RECORD_KIND_EXIT 2
@@ -20,6 +20,11 @@
 /* A live process, from the task iterator (the inventory and reconciliation
  * snapshot): the filename slot holds its exe as path components. */
 #define RECORD_KIND_TASK 4
+/* A running process changed its uid/gid without exec: the header's ids are
+ * the new ones, prev_* the ones before. */
+#define RECORD_KIND_SETUID 5
+/* prev_* of a setuid record when the probe could not read them. */
+#define PREV_UNKNOWN 0xffffffffu
 
 #define RECORD_FLAG_ARGS_TRUNCATED (1u << 0)
 #define RECORD_FLAG_FILENAME_TRUNCATED (1u << 1)
@@ -56,10 +61,25 @@ struct record_header {
 	__u16 _pad[3];
 	__u64 exe_ino;           /* exec and task: inode of mm->exe_file, else 0 */
 	__u32 exe_dev;           /* its superblock's dev_t, kernel encoding */
-	__u32 _pad2;
+	__u32 egid;
+	/* Identity (the OCSF CPID's facts) and lineage, version 4. */
+	__u64 exec_count;        /* task->self_exec_id */
+	__u64 parent_start_boottime_ns;
+	__u32 pid_ns;            /* inum of the pid namespace it was created in */
+	__u32 ns_tgid;           /* its tgid there */
+	__u32 parent_pid_ns;
+	__u32 parent_ns_tgid;
+	__u32 sid;               /* session id, root namespace */
+	__u32 pgid;              /* process group id, root namespace */
+	__u32 tty_nr;            /* /proc/PID/stat field 7 encoding; 0: none */
+	__u32 loginuid;          /* (u32)-1: unset or no CONFIG_AUDIT */
+	__u32 prev_uid;          /* setuid records: the ids before */
+	__u32 prev_euid;
+	__u32 prev_gid;
+	__u32 prev_egid;
 };
 
-_Static_assert(sizeof(struct record_header) == 104, "record header layout");
+_Static_assert(sizeof(struct record_header) == 168, "record header layout");
 
 struct exec_record {
 	struct record_header hdr;

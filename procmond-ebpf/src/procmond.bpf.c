@@ -15,6 +15,7 @@
 #include "procmond_record.h"
 #include "procmond_path.h"
 #include "procmond_maps.h"
+#include "procmond_identity.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -55,7 +56,8 @@ static __always_inline void fill_header(struct record_header *hdr, __u16 kind,
 	hdr->kind = kind;
 	hdr->flags = 0;
 	hdr->ktime_boot_ns = bpf_ktime_get_boot_ns();
-	hdr->start_boottime_ns = BPF_CORE_READ(task, start_boottime);
+	/* The process's start: an exit or setuid may come from a thread. */
+	hdr->start_boottime_ns = BPF_CORE_READ(task, group_leader, start_boottime);
 	hdr->cgroup_id = bpf_get_current_cgroup_id();
 	hdr->pid = BPF_CORE_READ(task, tgid);
 	hdr->tid = BPF_CORE_READ(task, pid);
@@ -69,8 +71,9 @@ static __always_inline void fill_header(struct record_header *hdr, __u16 kind,
 	hdr->cwd_len = 0;
 	hdr->exe_ino = 0;
 	hdr->exe_dev = 0;
-	hdr->_pad2 = 0;
+	hdr->egid = BPF_CORE_READ(cred, egid.val);
 	BPF_CORE_READ_STR_INTO(&hdr->comm, task, comm);
+	fill_identity(hdr, task);
 }
 
 /* The executable the task now runs (its mm's exe_file): what userspace may
@@ -223,6 +226,119 @@ int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
 	fill_header(hdr, RECORD_KIND_FORK, child);
 	/* The child inherits its parent's credentials at this point. */
 	bpf_ringbuf_submit(hdr, 0);
+	return 0;
+}
+
+/* setuid family: the LSM hooks every setuid/setreuid/setresuid/setfsuid
+ * (and setgid family) call passes through before the new credentials are
+ * committed. exec's credential change does not pass here, so a setuid
+ * record is always a change without exec. Only a change of uid, euid, gid
+ * or egid is reported, and only when no earlier LSM refused it (`ret`).
+ * Attached as BPF LSM programs where the kernel runs the BPF LSM, else as
+ * fexit programs (which need ftrace trampolines). Never refuses anything:
+ * the LSM programs return what the hooks before them decided. */
+static __always_inline void emit_cred_change(const struct cred *new, const struct cred *old,
+					     int ret)
+{
+	struct record_header *hdr;
+	__u32 uid, euid, gid, egid;
+
+	if (ret != 0)
+		return;
+	uid = BPF_CORE_READ(new, uid.val);
+	euid = BPF_CORE_READ(new, euid.val);
+	gid = BPF_CORE_READ(new, gid.val);
+	egid = BPF_CORE_READ(new, egid.val);
+	if (uid == BPF_CORE_READ(old, uid.val) && euid == BPF_CORE_READ(old, euid.val) &&
+	    gid == BPF_CORE_READ(old, gid.val) && egid == BPF_CORE_READ(old, egid.val))
+		return;
+	hdr = reserve_small();
+	if (!hdr)
+		return;
+	fill_header(hdr, RECORD_KIND_SETUID, (struct task_struct *)bpf_get_current_task());
+	hdr->prev_uid = BPF_CORE_READ(old, uid.val);
+	hdr->prev_euid = BPF_CORE_READ(old, euid.val);
+	hdr->prev_gid = BPF_CORE_READ(old, gid.val);
+	hdr->prev_egid = BPF_CORE_READ(old, egid.val);
+	hdr->uid = uid;
+	hdr->euid = euid;
+	hdr->gid = gid;
+	hdr->egid = egid;
+	bpf_ringbuf_submit(hdr, 0);
+}
+
+SEC("lsm/task_fix_setuid")
+int BPF_PROG(lsm_setuid, struct cred *new, const struct cred *old, int flags, int ret)
+{
+	emit_cred_change(new, old, ret);
+	return ret;
+}
+
+SEC("lsm/task_fix_setgid")
+int BPF_PROG(lsm_setgid, struct cred *new, const struct cred *old, int flags, int ret)
+{
+	emit_cred_change(new, old, ret);
+	return ret;
+}
+
+/* The last resort where neither LSM nor fexit programs may load: the
+ * sys_exit tracepoint, filtered to the uid/gid-setting syscalls that
+ * succeeded. The ids before are not at hand here: the record carries
+ * PREV_UNKNOWN and procmond takes them from its process table. It runs on
+ * every syscall's exit, so it costs more than the hooks above; the number
+ * test is the first thing it does. Native syscalls only (not the 32-bit
+ * compat table). */
+#if defined(__TARGET_ARCH_arm64)
+#define NR_SETUID 146
+#define NR_SETGID 144
+#define NR_SETREUID 145
+#define NR_SETREGID 143
+#define NR_SETRESUID 147
+#define NR_SETRESGID 149
+#else
+#define NR_SETUID 105
+#define NR_SETGID 106
+#define NR_SETREUID 113
+#define NR_SETREGID 114
+#define NR_SETRESUID 117
+#define NR_SETRESGID 119
+#endif
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
+{
+	struct record_header *hdr;
+	long nr;
+
+	if (ret != 0)
+		return 0;
+	nr = SYSCALL_NR(regs);
+	if (nr != NR_SETUID && nr != NR_SETGID && nr != NR_SETREUID && nr != NR_SETREGID &&
+	    nr != NR_SETRESUID && nr != NR_SETRESGID)
+		return 0;
+	hdr = reserve_small();
+	if (!hdr)
+		return 0;
+	fill_header(hdr, RECORD_KIND_SETUID, (struct task_struct *)bpf_get_current_task());
+	hdr->prev_uid = PREV_UNKNOWN;
+	hdr->prev_euid = PREV_UNKNOWN;
+	hdr->prev_gid = PREV_UNKNOWN;
+	hdr->prev_egid = PREV_UNKNOWN;
+	bpf_ringbuf_submit(hdr, 0);
+	return 0;
+}
+
+SEC("fexit/security_task_fix_setuid")
+int BPF_PROG(handle_setuid, struct cred *new, const struct cred *old, int flags, int ret)
+{
+	emit_cred_change(new, old, ret);
+	return 0;
+}
+
+SEC("fexit/security_task_fix_setgid")
+int BPF_PROG(handle_setgid, struct cred *new, const struct cred *old, int flags, int ret)
+{
+	emit_cred_change(new, old, ret);
 	return 0;
 }
 

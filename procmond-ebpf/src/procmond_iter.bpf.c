@@ -16,6 +16,7 @@
 #include "procmond_record.h"
 #include "procmond_path.h"
 #include "procmond_maps.h"
+#include "procmond_identity.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -70,8 +71,9 @@ int snapshot_task(struct bpf_iter__task *ctx)
 	rec->hdr.cwd_len = 0;
 	rec->hdr.exe_ino = 0;
 	rec->hdr.exe_dev = 0;
-	rec->hdr._pad2 = 0;
+	rec->hdr.egid = BPF_CORE_READ(cred, egid.val);
 	BPF_CORE_READ_STR_INTO(&rec->hdr.comm, task, comm);
+	fill_identity(&rec->hdr, task);
 
 	mm = BPF_CORE_READ(task, mm);
 	if (mm && !(BPF_CORE_READ(task, flags) & PF_KTHREAD)) {

@@ -74,7 +74,15 @@ pub struct Metrics {
     /// Files hashed.
     pub hashes_computed: AtomicU64,
     /// Events encoded, by kind (`EventKind::ALL` order).
-    pub events_by_kind: [AtomicU64; 7],
+    pub events_by_kind: [AtomicU64; crate::model::EventKind::ALL.len()],
+    /// Live processes the full process table dropped to make room: their
+    /// children's `parent` and `ancestors` are then unknown.
+    pub lineage_evicted: AtomicU64,
+    /// Events whose parent the process table did not hold (never seen, or
+    /// evicted): `parent.unknown` is set on them.
+    pub lineage_parent_unknown: AtomicU64,
+    /// Processes in the table, live and recently exited (gauge).
+    pub lineage_entries: AtomicU64,
     /// Events encoded, by source (`EventSource::ALL` order).
     pub events_by_source: [AtomicU64; 6],
     /// `losses()` when the last heartbeat was sent: health is judged on the
@@ -96,7 +104,7 @@ pub enum CounterKind {
 impl Metrics {
     /// Every counter with its name and kind: the one list that health
     /// checks, heartbeats, `watch`'s closing line and the loss total read.
-    pub fn counters(&self) -> [(&'static str, &AtomicU64, CounterKind); 28] {
+    pub fn counters(&self) -> [(&'static str, &AtomicU64, CounterKind); 31] {
         use CounterKind::{Count, Gauge, Loss};
         [
             ("kernel_lost", &self.kernel_lost, Loss),
@@ -107,6 +115,7 @@ impl Metrics {
             ("wal_lost", &self.wal_lost, Loss),
             ("events_output_dropped", &self.events_output_dropped, Loss),
             ("events_encode_failed", &self.events_encode_failed, Loss),
+            ("lineage_evicted", &self.lineage_evicted, Loss),
             ("events_observed", &self.events_observed, Count),
             ("events_encoded", &self.events_encoded, Count),
             ("events_emitted", &self.events_emitted, Count),
@@ -129,7 +138,13 @@ impl Metrics {
             ("hash_skipped", &self.hash_skipped, Count),
             ("hashes_computed", &self.hashes_computed, Count),
             ("broker_disconnects", &self.broker_disconnects, Count),
+            (
+                "lineage_parent_unknown",
+                &self.lineage_parent_unknown,
+                Count,
+            ),
             ("processes_seen", &self.processes_seen, Gauge),
+            ("lineage_entries", &self.lineage_entries, Gauge),
             ("wal_pending", &self.wal_pending, Gauge),
             ("wal_pending_bytes", &self.wal_pending_bytes, Gauge),
             ("wal_faulted", &self.wal_faulted, Gauge),

@@ -43,6 +43,27 @@ pub struct ProcmondConfig {
     pub buffer_bytes: u64,
     /// Redaction patterns added to the built-in ones.
     pub sanitize: SanitizeConfig,
+    /// The process table behind `parent`, `ancestors` and the leaders.
+    pub lineage: LineageConfig,
+}
+
+/// `lineage:` (docs/reference.md §5): bounds of the process table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LineageConfig {
+    /// Processes the table holds, live and recently exited, 1024 – 4194304.
+    pub max_processes: usize,
+    /// `entity_id`s in an event's `ancestors`, 0 – 64.
+    pub max_ancestors: usize,
+}
+
+impl Default for LineageConfig {
+    fn default() -> Self {
+        Self {
+            max_processes: 65_536,
+            max_ancestors: 16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -75,6 +96,7 @@ impl Default for ProcmondConfig {
             wal_max_bytes: 100 * 1024 * 1024,
             buffer_bytes: 10 * 1024 * 1024,
             sanitize: SanitizeConfig::default(),
+            lineage: LineageConfig::default(),
         }
     }
 }
@@ -175,6 +197,24 @@ impl ProcmondConfig {
                 format!(
                     "must be at least buffer_bytes ({}), got {}",
                     self.buffer_bytes, self.wal_max_bytes
+                ),
+            ));
+        }
+        if !(1024..=4 << 20).contains(&self.lineage.max_processes) {
+            return Err(ConfigError::invalid(
+                "lineage.max_processes",
+                format!(
+                    "must be between 1024 and 4194304, got {}",
+                    self.lineage.max_processes
+                ),
+            ));
+        }
+        if self.lineage.max_ancestors > 64 {
+            return Err(ConfigError::invalid(
+                "lineage.max_ancestors",
+                format!(
+                    "must be between 0 and 64, got {}",
+                    self.lineage.max_ancestors
                 ),
             ));
         }

@@ -47,6 +47,7 @@ pub enum EventKind {
     Modify,
     /// A running process changed its user or group ids without an exec
     /// (kernel source); `previous_creds` holds the ids before.
+    #[serde(rename = "setuid")]
     SetUid,
 }
 

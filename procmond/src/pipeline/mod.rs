@@ -1,6 +1,7 @@
 //! The pipeline every event goes through, whatever its source:
-//! enrich → sanitize → stamp (collector id, seq) → encode once with rkyv,
-//! straight into the open batch.
+//! enrich → sanitize → lineage (the process table: parent, ancestors,
+//! leaders) → stamp (collector id, seq) → encode once with rkyv, straight
+//! into the open batch.
 //!
 //! What comes out is a `Batch`: what the WAL stores under one key, the bus
 //! carries in one frame and a sink stores with one fsync; JSON is rendered
@@ -12,6 +13,7 @@ pub mod container;
 pub mod enrich;
 #[cfg(unix)]
 pub mod hash;
+pub mod lineage;
 pub mod sanitize;
 
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::model::ProcessEvent;
 use crate::model::batch::{Batch, BatchBuilder};
 use enrich::Enricher;
+use lineage::ProcessTable;
 use sanitize::Sanitizer;
 
 #[derive(Debug)]
@@ -30,6 +33,7 @@ pub struct Pipeline {
     next_seq: u64,
     enricher: Enricher,
     sanitizer: Sanitizer,
+    table: ProcessTable,
     batch: BatchBuilder,
     metrics: Arc<Metrics>,
     /// Executable hashing, while a kernel source runs with `compute_hashes`.
@@ -47,6 +51,7 @@ impl Pipeline {
             next_seq,
             enricher: Enricher::new(config.enhanced_metadata),
             sanitizer: Sanitizer::new(&config.sanitize.extra_flags, &config.sanitize.extra_keys),
+            table: ProcessTable::new(config.lineage.max_processes, config.lineage.max_ancestors),
             batch: BatchBuilder::new(),
             metrics,
             #[cfg(unix)]
@@ -58,22 +63,58 @@ impl Pipeline {
     pub fn reconfigure(&mut self, config: &ProcmondConfig) {
         self.enricher.set_enhanced(config.enhanced_metadata);
         self.sanitizer = Sanitizer::new(&config.sanitize.extra_flags, &config.sanitize.extra_keys);
+        self.table
+            .set_limits(config.lineage.max_processes, config.lineage.max_ancestors);
     }
 
     /// Runs one event through every stage into the open batch. Returns true
     /// when the batch is full and should be taken. An event that cannot be
     /// encoded is counted and logged.
     pub fn push(&mut self, mut event: ProcessEvent) -> bool {
-        self.enricher.enrich(&mut event);
+        if self.prepare(&mut event) {
+            self.push_prepared(event)
+        } else {
+            self.batch.is_full()
+        }
+    }
+
+    /// Prepares a whole enumeration before any of it is encoded, so each
+    /// process finds its parent and leaders in the table whatever the order
+    /// (pids wrap: a child can come before its parent). Then each goes to
+    /// `push_prepared`.
+    pub fn prepare_all(&mut self, events: &mut Vec<ProcessEvent>) {
+        events.retain_mut(|e| self.prepare(e));
+    }
+
+    /// Enrich, sanitize, and take the event into the process table. False
+    /// for an event not worth sending (a setuid call that changed nothing).
+    fn prepare(&mut self, event: &mut ProcessEvent) -> bool {
+        self.enricher.enrich(event);
         #[cfg(unix)]
         if let Some(hasher) = &self.hasher {
-            hasher.annotate(&mut event);
+            hasher.annotate(event);
         }
         let redacted = self
             .sanitizer
             .sanitize_argv_truncated(&mut event.argv, event.argv_truncated);
         if redacted > 0 {
             Metrics::add(&self.metrics.redactions, redacted as u64);
+        }
+        let recorded = self.table.record(event);
+        if recorded.evicted > 0 {
+            Metrics::add(&self.metrics.lineage_evicted, recorded.evicted);
+        }
+        self.metrics.lineage_entries.store(
+            self.table.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        !recorded.unchanged_setuid
+    }
+
+    /// Lineage, stamp, encode: the rest of `push` for a prepared event.
+    pub fn push_prepared(&mut self, mut event: ProcessEvent) -> bool {
+        if self.table.annotate(&mut event) {
+            Metrics::incr(&self.metrics.lineage_parent_unknown);
         }
         event.collector_id.clone_from(&self.collector_id);
         event.epoch = self.epoch;

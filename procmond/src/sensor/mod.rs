@@ -208,9 +208,16 @@ impl Sensor {
     }
 
     async fn emit_inventory(&mut self, inventory: &Snapshot, source: EventSource) {
-        for p in &inventory.processes {
-            let event = p.to_event(EventKind::Snapshot, source, inventory.taken_at);
-            self.emit(event).await;
+        let mut events: Vec<ProcessEvent> = inventory
+            .processes
+            .iter()
+            .map(|p| p.to_event(EventKind::Snapshot, source, inventory.taken_at))
+            .collect();
+        self.pipeline.prepare_all(&mut events);
+        for event in events {
+            if self.pipeline.push_prepared(event) {
+                self.flush().await;
+            }
         }
         self.flush().await;
     }

@@ -1,8 +1,10 @@
 //! Fast procfs reader (Linux): the snapshot behind inventory, reconciliation
 //! and polling.
 //!
-//! Per process it reads `stat` (name, parent, start time), `status` (ids),
-//! `cmdline` and the `exe` and `cwd` links. Nearly all the time goes to the
+//! Per process it reads `stat` (name, parent, start time, session, group,
+//! tty), `status` (ids, the tgid in the process's own pid namespace),
+//! `cmdline`, `loginuid`, the `exe` and `cwd` links and the `ns/pid` inode
+//! (with the start time and that tgid: the `entity_id`'s facts). Nearly all the time goes to the
 //! kernel (docs/benchmarks.md), so the reader is built to make few, cheap
 //! system calls and to use every CPU:
 //!
@@ -37,6 +39,8 @@ use rustix::path::DecInt;
 
 use super::snapshot::{ARGV_MAX_BYTES, ProcessInfo, Snapshot, SnapshotOptions, split_argv};
 use crate::clock;
+use crate::model::identity::LinuxBoot;
+use crate::model::{EntityId, Session, Tty};
 
 /// Most bytes kept of `stat` (about 300 in practice).
 const STAT_MAX: usize = 1024;
@@ -64,7 +68,8 @@ pub fn snapshot(proc_root: &Path, options: SnapshotOptions) -> io::Result<Snapsh
         Mode::empty(),
     )?;
     let pids = list_pids(&root);
-    let processes = read_all(&root, &pids, options, worker_count(pids.len()));
+    let mut processes = read_all(&root, &pids, options, worker_count(pids.len()));
+    link_parents(&mut processes);
     Ok(Snapshot {
         taken_at,
         taken_at_boot_ns: Some(taken_at_boot_ns),
@@ -174,16 +179,29 @@ pub fn read_process(
     };
 
     let n = read_file(dir, c"stat", &mut buf[..STAT_MAX]).ok()?;
-    let (name, ppid, start_ticks) = parse_stat(&buf[..n])?;
-    info.name = name;
-    info.ppid = Some(ppid);
-    info.start_time = Some(clock::start_from_ticks(start_ticks));
+    let stat = parse_stat(&buf[..n])?;
+    info.ppid = Some(stat.ppid);
+    info.start_time = Some(clock::start_from_ticks(stat.start_ticks));
+    info.session = Session {
+        id: (stat.session > 0).then_some(stat.session as u32),
+        pgid: (stat.pgrp > 0).then_some(stat.pgrp as u32),
+        tty: Tty::from_tty_nr(stat.tty_nr as u32),
+        ..Session::default()
+    };
+    let start_ticks = stat.start_ticks;
+    info.name = stat.name;
 
+    let mut ids = StatusIds::default();
     if let Ok(n) = read_file(dir, c"status", &mut buf[..STATUS_MAX]) {
-        let (uid, euid, gid) = parse_status_ids(&buf[..n]);
-        info.uid = uid;
-        info.euid = euid;
-        info.gid = gid;
+        ids = parse_status_ids(&buf[..n]);
+        (info.uid, info.euid, info.gid, info.egid) = (ids.uid, ids.euid, ids.gid, ids.egid);
+    }
+    info.entity_id = entity_id(dir, start_ticks, &ids);
+    if let Ok(n) = read_file(dir, c"loginuid", &mut buf[..16]) {
+        info.session.login_uid = std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .filter(|uid| *uid != u32::MAX);
     }
 
     if let Ok(n) = read_file(dir, c"cmdline", &mut buf[..CMDLINE_MAX]) {
@@ -197,6 +215,50 @@ pub fn read_process(
         info.cwd = read_link(dir, c"cwd", buf);
     }
     Some(info)
+}
+
+/// The process's CPID from its pid namespace (the `ns/pid` link's inode,
+/// which `stat` follows), its tgid there and its start ticks. Where the
+/// link may not be read (a process that is not dumpable) but `NStgid` has
+/// one entry, the namespace is this reader's own.
+fn entity_id(dir: BorrowedFd<'_>, start_ticks: u64, ids: &StatusIds) -> Option<EntityId> {
+    let boot = LinuxBoot::get()?;
+    let ns = match rustix::fs::statat(dir, c"ns/pid", rustix::fs::AtFlags::empty()) {
+        Ok(st) => st.st_ino,
+        Err(_) if ids.ns_depth == 1 => own_pid_ns()?,
+        Err(_) => return None,
+    };
+    Some(boot.entity_id_ticks(ns, start_ticks, u64::from(ids.ns_tgid?)))
+}
+
+/// The inode of this process's pid namespace, read once.
+fn own_pid_ns() -> Option<u64> {
+    static NS: OnceLock<Option<u64>> = OnceLock::new();
+    *NS.get_or_init(|| {
+        std::fs::metadata("/proc/self/ns/pid").ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.ino()
+        })
+    })
+}
+
+/// Fills each process's `parent_entity_id` from its parent's entry in the
+/// same enumeration, unless that pid's holder started after the child (the
+/// parent exited and its pid was reused).
+pub fn link_parents(processes: &mut [ProcessInfo]) {
+    let by_pid: std::collections::HashMap<u32, (Option<EntityId>, Option<i64>)> = processes
+        .iter()
+        .map(|p| (p.pid, (p.entity_id, p.start_time)))
+        .collect();
+    for p in processes.iter_mut() {
+        let Some((id, start)) = p.ppid.and_then(|pp| by_pid.get(&pp)) else {
+            continue;
+        };
+        if start.is_some_and(|s| p.start_time.is_some_and(|c| s > c)) {
+            continue;
+        }
+        p.parent_entity_id = *id;
+    }
 }
 
 /// Reads `name` under `dir` into `buf`; returns the length read. One `read`:
@@ -224,9 +286,22 @@ fn read_link(dir: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> Option<String>
     Some(target.to_string_lossy().into_owned())
 }
 
-/// `(name, ppid, starttime ticks)` from `/proc/PID/stat`. The name sits between
+/// What procmond keeps of `/proc/PID/stat`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatFields {
+    pub name: String,
+    pub ppid: u32,
+    pub pgrp: i64,
+    pub session: i64,
+    /// The controlling tty, kernel `dev_t` encoding (0: none).
+    pub tty_nr: i64,
+    /// Start, clock ticks since boot.
+    pub start_ticks: u64,
+}
+
+/// The fields of `/proc/PID/stat` procmond keeps. The name sits between
 /// the first `(` and the *last* `)`, since a name may itself contain `)`.
-pub fn parse_stat(stat: &[u8]) -> Option<(String, u32, u64)> {
+pub fn parse_stat(stat: &[u8]) -> Option<StatFields> {
     let open = stat.iter().position(|b| *b == b'(')?;
     let close = stat.iter().rposition(|b| *b == b')')?;
     if close < open {
@@ -235,26 +310,57 @@ pub fn parse_stat(stat: &[u8]) -> Option<(String, u32, u64)> {
     let name = String::from_utf8_lossy(&stat[open + 1..close]).into_owned();
     let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
     let mut fields = rest.split_ascii_whitespace();
-    // After the name: state(0) ppid(1) … starttime(19).
+    // After the name: state(0) ppid(1) pgrp(2) session(3) tty_nr(4) …
+    // starttime(19).
     let ppid = fields.nth(1)?.parse().ok()?;
-    let start = fields.nth(17)?.parse().ok()?;
-    Some((name, ppid, start))
+    let pgrp = fields.next()?.parse().ok()?;
+    let session = fields.next()?.parse().ok()?;
+    let tty_nr = fields.next()?.parse().ok()?;
+    let start_ticks = fields.nth(14)?.parse().ok()?;
+    Some(StatFields {
+        name,
+        ppid,
+        pgrp,
+        session,
+        tty_nr,
+        start_ticks,
+    })
 }
 
-/// `(uid, euid, gid)` from `/proc/PID/status`.
-pub fn parse_status_ids(status: &[u8]) -> (Option<u32>, Option<u32>, Option<u32>) {
-    let (mut uid, mut euid, mut gid) = (None, None, None);
+/// What procmond keeps of `/proc/PID/status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusIds {
+    pub uid: Option<u32>,
+    pub euid: Option<u32>,
+    pub gid: Option<u32>,
+    pub egid: Option<u32>,
+    /// The last `NStgid` entry: the tgid in the process's own namespace.
+    pub ns_tgid: Option<u32>,
+    /// How many `NStgid` entries: 1 when the process's pid namespace is
+    /// the reader's.
+    pub ns_depth: usize,
+}
+
+/// Ids from `/proc/PID/status` (`Uid`, `Gid`, `NStgid`, in that order).
+pub fn parse_status_ids(status: &[u8]) -> StatusIds {
+    let mut out = StatusIds::default();
     for line in status.split(|b| *b == b'\n') {
         if let Some(rest) = line.strip_prefix(b"Uid:") {
             let mut ids = ids(rest);
-            uid = ids.next();
-            euid = ids.next();
+            out.uid = ids.next();
+            out.euid = ids.next();
         } else if let Some(rest) = line.strip_prefix(b"Gid:") {
-            gid = ids(rest).next();
-            break; // Gid follows Uid
+            let mut ids = ids(rest);
+            out.gid = ids.next();
+            out.egid = ids.next();
+        } else if let Some(rest) = line.strip_prefix(b"NStgid:") {
+            let all: Vec<u32> = ids(rest).collect();
+            out.ns_tgid = all.last().copied();
+            out.ns_depth = all.len();
+            break; // NStgid follows Uid and Gid
         }
     }
-    (uid, euid, gid)
+    out
 }
 
 fn ids(rest: &[u8]) -> impl Iterator<Item = u32> + '_ {
@@ -271,8 +377,12 @@ mod tests {
     #[test]
     fn parses_stat_with_hostile_names() {
         let stat = b"42 (a) b\n(c) S 7 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 98765 1 2";
-        let (name, ppid, start) = parse_stat(stat).expect("parses");
-        assert_eq!((name.as_str(), ppid, start), ("a) b\n(c", 7, 98765));
+        let f = parse_stat(stat).expect("parses");
+        assert_eq!(
+            (f.name.as_str(), f.ppid, f.start_ticks),
+            ("a) b\n(c", 7, 98765)
+        );
+        assert_eq!((f.pgrp, f.session, f.tty_nr), (42, 42, 0));
         assert!(parse_stat(b"42 (trunc").is_none());
         assert!(parse_stat(b"42 (x) S notanumber").is_none());
         assert!(parse_stat(b"").is_none());
@@ -280,9 +390,14 @@ mod tests {
 
     #[test]
     fn parses_ids() {
-        let s = b"Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t100\t100\t100\t100\n";
-        assert_eq!(parse_status_ids(s), (Some(1000), Some(0), Some(100)));
-        assert_eq!(parse_status_ids(b"garbage"), (None, None, None));
+        let s = b"Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t100\t5\t100\t100\nNStgid:\t8165\t25\n";
+        let ids = parse_status_ids(s);
+        assert_eq!(
+            (ids.uid, ids.euid, ids.gid, ids.egid),
+            (Some(1000), Some(0), Some(100), Some(5))
+        );
+        assert_eq!(ids.ns_tgid, Some(25), "the innermost namespace's tgid");
+        assert_eq!(parse_status_ids(b"garbage"), StatusIds::default());
     }
 
     #[test]

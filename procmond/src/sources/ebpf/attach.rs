@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use aya::programs::{BtfTracePoint, ProgramError, TracePoint};
+use aya::programs::{BtfTracePoint, FExit, Lsm, ProgramError, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use super::iter::TaskIter;
@@ -25,6 +25,19 @@ const BTF_PROGRAMS: [(&str, &str); 3] = [
     ("handle_exec", "sched_process_exec"),
     ("handle_exit", "sched_process_exit"),
     ("handle_fork", "sched_process_fork"),
+];
+/// (program, LSM hook) for credential changes: the hooks of the setuid and
+/// setgid families, as BPF LSM programs.
+const CRED_LSM_PROGRAMS: [(&str, &str); 2] = [
+    ("lsm_setuid", "task_fix_setuid"),
+    ("lsm_setgid", "task_fix_setgid"),
+];
+/// The same as fexit programs on the hooks' functions, where the BPF LSM
+/// is not running. Both optional: without them the source runs and says it
+/// sees no `setuid` events.
+const CRED_FEXIT_PROGRAMS: [(&str, &str); 2] = [
+    ("handle_setuid", "security_task_fix_setuid"),
+    ("handle_setgid", "security_task_fix_setgid"),
 ];
 /// (program, tracepoint) for classic tracepoints (category `sched`).
 const CLASSIC_PROGRAMS: [(&str, &str); 2] = [
@@ -49,20 +62,22 @@ pub enum AttachMode {
 /// How the probes ended up attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttachKind {
-    Btf,
+    /// BTF tracepoints; `setuid_error` says why credential changes are not
+    /// seen, when they are not.
+    Btf { setuid_error: Option<String> },
     /// Classic tracepoints; `btf_error` says why BTF ones were not used.
-    Classic {
-        btf_error: Option<String>,
-    },
+    Classic { btf_error: Option<String> },
 }
 
 impl AttachKind {
     /// The degraded reason this attach implies, if any.
     pub fn degraded_reason(&self) -> Option<String> {
         match self {
-            Self::Btf => None,
+            Self::Btf { setuid_error } => setuid_error
+                .as_deref()
+                .map(|e| format!("eBPF without credential probes: no setuid events ({e})")),
             Self::Classic { btf_error } => Some(format!(
-                "eBPF on classic tracepoints: no fork events{}",
+                "eBPF on classic tracepoints: no fork or setuid events{}",
                 btf_error
                     .as_deref()
                     .map(|e| format!(" (BTF tracepoints failed: {e})"))
@@ -119,6 +134,66 @@ fn attach_btf(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), EbpfError> {
             .map_err(|e: ProgramError| fail(chain(&e)))?;
         prog.load(tracepoint, btf).map_err(|e| fail(chain(&e)))?;
         prog.attach().map_err(|e| fail(chain(&e)))?;
+    }
+    Ok(())
+}
+
+/// Attaches the credential probes, as BPF LSM programs or else as fexit
+/// programs; when neither attaches, both failures come back as text.
+fn attach_cred(ebpf: &mut Ebpf, btf: &Btf) -> Option<String> {
+    let lsm = attach_all(CRED_LSM_PROGRAMS, |program, hook| {
+        let prog: &mut Lsm = ebpf
+            .program_mut(program)
+            .ok_or_else(|| "not in the probe object".to_string())?
+            .try_into()
+            .map_err(|e: ProgramError| chain(&e))?;
+        prog.load(hook, btf).map_err(|e| chain(&e))?;
+        prog.attach().map(|_| ()).map_err(|e| chain(&e))
+    });
+    let Err(lsm) = lsm else { return None };
+    let fexit = attach_all(CRED_FEXIT_PROGRAMS, |program, function| {
+        let prog: &mut FExit = ebpf
+            .program_mut(program)
+            .ok_or_else(|| "not in the probe object".to_string())?
+            .try_into()
+            .map_err(|e: ProgramError| chain(&e))?;
+        prog.load(function, btf).map_err(|e| chain(&e))?;
+        prog.attach().map(|_| ()).map_err(|e| chain(&e))
+    });
+    let Err(fexit) = fexit else { return None };
+    let fail = |e: String| format!("{CRED_SYS_EXIT} (sys_exit): {e}");
+    let sys_exit = (|| {
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(CRED_SYS_EXIT)
+            .ok_or_else(|| fail("not in the probe object".into()))?
+            .try_into()
+            .map_err(|e: ProgramError| fail(chain(&e)))?;
+        prog.load("sys_exit", btf).map_err(|e| fail(chain(&e)))?;
+        prog.attach().map(|_| ()).map_err(|e| fail(chain(&e)))
+    })();
+    match sys_exit {
+        Ok(()) => {
+            tracing::info!(%lsm, %fexit, "credential changes read at sys_exit (the LSM and fexit probes could not load)");
+            None
+        }
+        Err(sys_exit) => {
+            tracing::warn!(%lsm, %fexit, %sys_exit, "credential probes unavailable: no setuid events");
+            Some(format!("BPF LSM: {lsm}; fexit: {fexit}; {sys_exit}"))
+        }
+    }
+}
+
+/// The last resort for credential changes: a BTF tracepoint on every
+/// syscall's exit, filtered in the probe to the setuid family.
+const CRED_SYS_EXIT: &str = "handle_sys_exit";
+
+/// Runs `attach` for each (program, target); the first failure, named.
+fn attach_all(
+    programs: [(&str, &str); 2],
+    mut attach: impl FnMut(&str, &str) -> Result<(), String>,
+) -> Result<(), String> {
+    for (program, target) in programs {
+        attach(program, target).map_err(|e| format!("{program} ({target}): {e}"))?;
     }
     Ok(())
 }
@@ -205,7 +280,10 @@ fn attach_probes(
     } else {
         let mut ebpf = load(btf, ring_buffer_bytes)?;
         match attach_btf(&mut ebpf, btf) {
-            Ok(()) => return Ok((ebpf, AttachKind::Btf)),
+            Ok(()) => {
+                let setuid_error = attach_cred(&mut ebpf, btf);
+                return Ok((ebpf, AttachKind::Btf { setuid_error }));
+            }
             Err(e) if mode == AttachMode::Btf => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "BTF tracepoints unavailable: trying classic tracepoints");

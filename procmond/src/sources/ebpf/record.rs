@@ -6,16 +6,23 @@
 //! here can panic or read out of bounds.
 
 use crate::clock;
-use crate::model::{EventKind, EventSource, ProcessEvent};
+use crate::model::identity::{self, LinuxBoot, LinuxProcessFacts};
+use crate::model::{Creds, EntityId, EventKind, EventSource, Parent, ProcessEvent, Session, Tty};
 use crate::sources::snapshot::{ProcessInfo, split_argv};
 
-pub const RECORD_VERSION: u16 = 3;
-pub const HEADER_LEN: usize = 104;
+pub const RECORD_VERSION: u16 = 4;
+pub const HEADER_LEN: usize = 168;
 const KIND_EXEC: u16 = 1;
 const KIND_EXIT: u16 = 2;
 const KIND_FORK: u16 = 3;
 /// A live process from the task iterator (`procmond_iter.bpf.c`).
 const KIND_TASK: u16 = 4;
+/// A uid/gid change without exec; `prev` holds the ids before.
+const KIND_SETUID: u16 = 5;
+/// `prev` of a setuid record whose probe could not read the ids before.
+const PREV_UNKNOWN: u32 = u32::MAX;
+/// `loginuid` when it was never set (or the kernel has no audit).
+const LOGINUID_UNSET: u32 = u32::MAX;
 const FLAG_ARGS_TRUNCATED: u32 = 1 << 0;
 const FLAG_FILENAME_TRUNCATED: u32 = 1 << 1;
 const FLAG_CWD_TRUNCATED: u32 = 1 << 2;
@@ -57,6 +64,28 @@ pub struct KernelRecord<'a> {
     pub exe_ino: u64,
     /// Its device, kernel `dev_t` encoding (major << 20 | minor).
     pub exe_dev: u32,
+    pub egid: u32,
+    pub ident: KernelIdentity,
+}
+
+/// The identity, parent and session facts every record carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KernelIdentity {
+    /// `task->self_exec_id`: execs along the process's line.
+    pub exec_count: u64,
+    pub parent_start_boottime_ns: u64,
+    /// The pid namespace the process was created in (inode number).
+    pub pid_ns: u32,
+    /// Its tgid in that namespace.
+    pub ns_tgid: u32,
+    pub parent_pid_ns: u32,
+    pub parent_ns_tgid: u32,
+    pub sid: u32,
+    pub pgid: u32,
+    pub tty_nr: u32,
+    pub loginuid: u32,
+    /// uid, euid, gid, egid before a setuid record's change.
+    pub prev: [u32; 4],
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -97,6 +126,7 @@ pub fn parse(b: &[u8]) -> Result<KernelRecord<'_>, RecordError> {
         KIND_EXIT => EventKind::Exit,
         KIND_FORK => EventKind::Fork,
         KIND_TASK => EventKind::Snapshot,
+        KIND_SETUID => EventKind::SetUid,
         other => return Err(RecordError::Kind(other)),
     };
     let filename_len = usize::from(u16_at(b, 60));
@@ -128,6 +158,25 @@ pub fn parse(b: &[u8]) -> Result<KernelRecord<'_>, RecordError> {
         comm,
         exe_ino: u64_at(b, 88),
         exe_dev: u32_at(b, 96),
+        egid: u32_at(b, 100),
+        ident: KernelIdentity {
+            exec_count: u64_at(b, 104),
+            parent_start_boottime_ns: u64_at(b, 112),
+            pid_ns: u32_at(b, 120),
+            ns_tgid: u32_at(b, 124),
+            parent_pid_ns: u32_at(b, 128),
+            parent_ns_tgid: u32_at(b, 132),
+            sid: u32_at(b, 136),
+            pgid: u32_at(b, 140),
+            tty_nr: u32_at(b, 144),
+            loginuid: u32_at(b, 148),
+            prev: [
+                u32_at(b, 152),
+                u32_at(b, 156),
+                u32_at(b, 160),
+                u32_at(b, 164),
+            ],
+        },
         filename: &payload[..filename_len],
         args: &payload[filename_len..filename_len + args_len],
         cwd: &payload[filename_len + args_len..claimed],
@@ -148,10 +197,68 @@ fn retitled(args: &[u8], truncated: bool) -> &[u8] {
     }
 }
 
+/// What the record's identity facts name, computed with this boot's facts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Identities {
+    pub entity_id: Option<EntityId>,
+    pub exec_id: Option<EntityId>,
+    pub parent_entity_id: Option<EntityId>,
+}
+
+impl KernelIdentity {
+    /// The process's, its image's and its parent's ids; `None` for what the
+    /// kernel could not say (a namespace of 0: the read failed).
+    pub fn identities(&self, boot: Option<&LinuxBoot>, start_boottime_ns: u64) -> Identities {
+        let Some(boot) = boot else {
+            return Identities::default();
+        };
+        let id = |pid_ns: u32, ns_tgid: u32, start: u64| {
+            (pid_ns != 0 && ns_tgid != 0).then(|| {
+                boot.entity_id(&LinuxProcessFacts {
+                    pid_ns: u64::from(pid_ns),
+                    ns_tgid: u64::from(ns_tgid),
+                    start_boottime_ns: start,
+                })
+            })
+        };
+        let entity_id = id(self.pid_ns, self.ns_tgid, start_boottime_ns);
+        Identities {
+            entity_id,
+            exec_id: entity_id.map(|e| identity::exec_id(e, self.exec_count)),
+            parent_entity_id: id(
+                self.parent_pid_ns,
+                self.parent_ns_tgid,
+                self.parent_start_boottime_ns,
+            ),
+        }
+    }
+
+    /// Session id, group, tty and login uid (leaders come from the table).
+    pub fn session(&self) -> Session {
+        Session {
+            id: (self.sid != 0).then_some(self.sid),
+            pgid: (self.pgid != 0).then_some(self.pgid),
+            tty: Tty::from_tty_nr(self.tty_nr),
+            login_uid: (self.loginuid != LOGINUID_UNSET).then_some(self.loginuid),
+            ..Session::default()
+        }
+    }
+}
+
 impl KernelRecord<'_> {
+    fn identities(&self, boot: Option<&LinuxBoot>) -> Identities {
+        self.ident.identities(boot, self.start_boottime_ns)
+    }
+
     /// The live process a task-iterator record describes; its filename slot
     /// holds the exe as path components, like the cwd.
     pub fn to_process_info(&self) -> ProcessInfo {
+        self.to_process_info_with(LinuxBoot::get())
+    }
+
+    /// As `to_process_info`, with the boot's facts given (tests).
+    pub fn to_process_info_with(&self, boot: Option<&LinuxBoot>) -> ProcessInfo {
+        let ids = self.identities(boot);
         let truncated = self.flags & FLAG_ARGS_TRUNCATED != 0;
         let (argv, argv_truncated) = split_argv(retitled(self.args, truncated), truncated);
         let components = |raw: &[u8], cut: u32| {
@@ -175,12 +282,21 @@ impl KernelRecord<'_> {
             start_time: Some(clock::start_from_boot_ns(self.start_boottime_ns)),
             cgroup_id: Some(self.cgroup_id),
             jail_id: None,
-            ..ProcessInfo::default()
+            egid: Some(self.egid),
+            entity_id: ids.entity_id,
+            exec_id: ids.exec_id,
+            parent_entity_id: ids.parent_entity_id,
+            session: self.ident.session(),
         }
     }
 
     /// The event this record describes (before enrichment and sanitizing).
     pub fn to_event(&self) -> ProcessEvent {
+        self.to_event_with(LinuxBoot::get())
+    }
+
+    /// As `to_event`, with the boot's facts given (tests).
+    pub fn to_event_with(&self, boot: Option<&LinuxBoot>) -> ProcessEvent {
         let mut e = ProcessEvent::new(
             self.kind,
             EventSource::Ebpf,
@@ -195,6 +311,18 @@ impl KernelRecord<'_> {
         e.name = String::from_utf8_lossy(self.comm).into_owned();
         e.start_time = Some(clock::start_from_boot_ns(self.start_boottime_ns));
         e.platform.cgroup_id = Some(self.cgroup_id);
+        e.egid = Some(self.egid);
+        let ids = self.identities(boot);
+        e.entity_id = ids.entity_id;
+        e.exec_id = ids.exec_id;
+        e.parent = Some(Parent {
+            entity_id: ids.parent_entity_id,
+            pid: self.ppid,
+            start_time: (self.ident.parent_start_boottime_ns != 0)
+                .then(|| clock::start_from_boot_ns(self.ident.parent_start_boottime_ns)),
+            ..Parent::default()
+        });
+        e.session = self.ident.session();
         match self.kind {
             EventKind::Exec => {
                 let filename = String::from_utf8_lossy(self.filename).into_owned();
@@ -224,6 +352,16 @@ impl KernelRecord<'_> {
                     e.platform.signal = Some(signal as i32);
                     e.platform.core_dumped = Some(self.exit_status & 0x80 != 0);
                 }
+            }
+            // PREV_UNKNOWN (sys_exit probe): the process table fills them.
+            EventKind::SetUid if self.ident.prev != [PREV_UNKNOWN; 4] => {
+                let [uid, euid, gid, egid] = self.ident.prev;
+                e.previous_creds = Some(Creds {
+                    uid,
+                    euid,
+                    gid,
+                    egid,
+                });
             }
             _ => {}
         }
@@ -274,6 +412,16 @@ pub fn fixture(kind: u16, filename: &[u8], args: &[u8], cwd: &[u8]) -> Vec<u8> {
     b[80..82].copy_from_slice(&len16(cwd));
     b[88..96].copy_from_slice(&4242u64.to_le_bytes());
     b[96..100].copy_from_slice(&((8u32 << 20) | 1).to_le_bytes());
+    b[104..112].copy_from_slice(&2u64.to_le_bytes());
+    b[112..120].copy_from_slice(&1_000_000_000u64.to_le_bytes());
+    b[120..124].copy_from_slice(&4_026_531_836u32.to_le_bytes());
+    b[124..128].copy_from_slice(&1234u32.to_le_bytes());
+    b[128..132].copy_from_slice(&4_026_531_836u32.to_le_bytes());
+    b[132..136].copy_from_slice(&1u32.to_le_bytes());
+    b[136..140].copy_from_slice(&1234u32.to_le_bytes());
+    b[140..144].copy_from_slice(&1234u32.to_le_bytes());
+    b[144..148].copy_from_slice(&34819u32.to_le_bytes());
+    b[148..152].copy_from_slice(&1000u32.to_le_bytes());
     b.extend_from_slice(filename);
     b.extend_from_slice(args);
     b.extend_from_slice(cwd);
@@ -381,6 +529,73 @@ mod tests {
         );
     }
 
+    fn boot() -> LinuxBoot {
+        LinuxBoot {
+            boot_id: [7; 16],
+            clock_ticks_per_sec: 100,
+        }
+    }
+
+    #[test]
+    fn records_name_the_process_its_image_and_its_parent() {
+        let mut b = record(KIND_EXEC, b"/bin/ls", b"ls\0");
+        b[16..24].copy_from_slice(&5_000_000_000u64.to_le_bytes());
+        let r = parse(&b).expect("valid");
+        let e = r.to_event_with(Some(&boot()));
+        let own = boot().entity_id_ticks(4_026_531_836, 500, 1234);
+        assert_eq!(e.entity_id, Some(own));
+        assert_eq!(e.exec_id, Some(identity::exec_id(own, 2)));
+        let parent = e.parent.expect("parent");
+        assert_eq!(
+            (parent.entity_id, parent.pid),
+            (Some(boot().entity_id_ticks(4_026_531_836, 100, 1)), 1)
+        );
+        assert_eq!(e.session.id, Some(1234));
+        assert_eq!(
+            e.session.tty,
+            Some(Tty {
+                major: 136,
+                minor: 3
+            })
+        );
+        assert_eq!(e.session.login_uid, Some(1000));
+        // The iterator's record of the same process names it the same way.
+        let mut t = record(KIND_TASK, b"", b"");
+        t[16..24].copy_from_slice(&5_000_000_000u64.to_le_bytes());
+        let p = parse(&t)
+            .expect("valid")
+            .to_process_info_with(Some(&boot()));
+        assert_eq!((p.entity_id, p.exec_id), (e.entity_id, e.exec_id));
+        assert_eq!(p.parent_entity_id, parent.entity_id);
+        // A namespace the kernel could not read: no id rather than a wrong one.
+        let mut unread = b.clone();
+        unread[120..124].fill(0);
+        let u = parse(&unread).expect("valid").to_event_with(Some(&boot()));
+        assert_eq!((u.entity_id, u.exec_id), (None, None));
+        // No boot facts: nothing computed.
+        assert_eq!(r.to_event_with(None).entity_id, None);
+        // An unset login uid is absent.
+        let mut nologin = b.clone();
+        nologin[148..152].copy_from_slice(&u32::MAX.to_le_bytes());
+        let n = parse(&nologin).expect("valid").to_event_with(None);
+        assert_eq!(n.session.login_uid, None);
+    }
+
+    #[test]
+    fn setuid_records_carry_the_ids_before_and_after() {
+        let mut b = record(KIND_SETUID, b"", b"");
+        b[44..48].copy_from_slice(&65534u32.to_le_bytes());
+        b[52..56].copy_from_slice(&65534u32.to_le_bytes());
+        b[152..156].copy_from_slice(&0u32.to_le_bytes());
+        b[156..160].copy_from_slice(&0u32.to_le_bytes());
+        b[160..164].copy_from_slice(&0u32.to_le_bytes());
+        b[164..168].copy_from_slice(&0u32.to_le_bytes());
+        let e = parse(&b).expect("valid").to_event_with(None);
+        assert_eq!(e.kind, EventKind::SetUid);
+        assert_eq!((e.uid, e.euid), (Some(65534), Some(65534)));
+        assert_eq!(e.previous_creds, Some(Creds::default()));
+    }
+
     #[test]
     fn refuses_malformed_records() {
         assert_eq!(parse(&[0; 10]), Err(RecordError::TooShort(10)));
@@ -390,6 +605,10 @@ mod tests {
         let mut b = record(KIND_EXEC, b"/x", b"a\0");
         b[2] = 77;
         assert_eq!(parse(&b), Err(RecordError::Kind(77)));
+        // A record of the previous layout is refused by its version.
+        let mut old = record(KIND_EXEC, b"/x", b"a\0");
+        old[0..2].copy_from_slice(&3u16.to_le_bytes());
+        assert_eq!(parse(&old), Err(RecordError::Version(3)));
         let mut b = record(KIND_EXEC, b"/x", b"a\0");
         b.truncate(HEADER_LEN + 1);
         assert!(matches!(parse(&b), Err(RecordError::Length { .. })));
