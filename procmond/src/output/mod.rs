@@ -87,20 +87,6 @@ impl serde::Serialize for EventFormat {
     }
 }
 
-/// Accepts only the names of `ALL`; the error names the key and the choices
-/// (serde cannot say which key an internally tagged sink entry failed on).
-impl<'de> serde::Deserialize<'de> for EventFormat {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(d)?;
-        Self::parse(&name).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "format: must be one of {}, got {name:?}",
-                Self::allowed()
-            ))
-        })
-    }
-}
-
 /// Facts about this host that the ECS and OCSF documents carry, read once:
 /// every event an agent or `watch` renders was observed on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -48,6 +48,8 @@ pub struct Prepared {
     pub(super) subject_base: String,
     /// `<host>.<boot>`: what makes a `Nats-Msg-Id` this host's own.
     pub(super) id_prefix: String,
+    /// How each event is written (`format:`).
+    pub(super) format: crate::output::EventFormat,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -177,6 +179,7 @@ pub fn prepare(config: &NatsSinkConfig) -> Result<Prepared, NatsSinkError> {
         subject_base: format!("{}.{host}.process", config.subject_prefix),
         id_prefix: format!("{host}.{boot}"),
         prefix: config.subject_prefix.clone(),
+        format: config.event_format(),
     })
 }
 

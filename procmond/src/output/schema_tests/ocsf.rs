@@ -393,7 +393,7 @@ fn check_one(schema: &Schema, at: &str, a: &Attr, v: &Value, errors: &mut Vec<St
     if !ok {
         errors.push(format!("{at}: {v} is not of OCSF type {}", a.kind));
     }
-    if a.kind == "uuid_t" && !v.as_str().is_some_and(|s| EntityId::parse(s).is_some()) {
+    if a.kind == "uuid_t" && v.as_str().and_then(EntityId::parse).is_none() {
         errors.push(format!("{at}: {v} is not a UUID"));
     }
     if !a.enum_values.is_empty() && !a.enum_values.contains(&v.to_string()) {
