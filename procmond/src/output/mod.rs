@@ -241,6 +241,26 @@ mod tests {
     use crate::model::{EventKind, EventSource};
 
     #[test]
+    fn format_names() {
+        use clap::ValueEnum;
+        for (name, format) in [
+            ("json", Format::Json),
+            ("native", Format::Json),
+            ("text", Format::Text),
+            ("ecs", Format::Ecs),
+            ("ocsf", Format::Ocsf),
+        ] {
+            assert_eq!(Format::from_str(name, false), Ok(format), "{name}");
+        }
+        assert!(Format::from_str("xml", false).is_err());
+        for f in EventFormat::ALL {
+            assert_eq!(EventFormat::parse(f.as_str()), Some(f));
+        }
+        assert_eq!(EventFormat::parse("json"), None);
+        assert_eq!(EventFormat::allowed(), "native, ecs, ocsf");
+    }
+
+    #[test]
     fn hostile_strings_stay_on_one_line() {
         let mut e = ProcessEvent::new(EventKind::Exec, EventSource::Ebpf, 0, 1);
         e.name = "a\nb\u{1b}[2J\u{fffd}".into();
