@@ -329,6 +329,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn prepare_carries_the_format() {
+        use crate::output::EventFormat;
+        for (format, expect) in [
+            (None, EventFormat::Native),
+            (Some("ecs"), EventFormat::Ecs),
+            (Some("ocsf"), EventFormat::Ocsf),
+        ] {
+            let mut json = serde_json::json!({ "url": "nats://127.0.0.1:4222" });
+            if let Some(f) = format {
+                json["format"] = f.into();
+            }
+            let config: NatsSinkConfig = serde_json::from_value(json).expect("config");
+            assert_eq!(prepare(&config).expect("prepared").format, expect);
+        }
+    }
+
+    #[test]
     fn host_names_become_one_subject_token() {
         assert_eq!(host_token("web-01.example.com"), "web-01_example_com");
         assert_eq!(host_token("a b*>c"), "a_b__c");
