@@ -30,6 +30,7 @@ use procmond::bus::protocol::{Envelope, FrameKind, TOPIC_EVENT_BATCH, TOPIC_EVEN
 use procmond::config::agent::NatsSinkConfig;
 use procmond::model::batch::BatchBuilder;
 use procmond::model::{EventKind, EventSource, ProcessEvent};
+use procmond::output::EventFormat;
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 
@@ -120,7 +121,9 @@ impl Rig {
                 Kind::Jsonl => {
                     let path = dir.join("events.jsonl");
                     tokio::spawn(async move {
-                        sink::run_jsonl(&path, rx, &s).await.expect("jsonl sink")
+                        sink::run_jsonl(&path, EventFormat::Native, rx, &s)
+                            .await
+                            .expect("jsonl sink")
                     });
                 }
                 Kind::Nats => {

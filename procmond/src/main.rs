@@ -30,6 +30,8 @@ enum Command {
         /// auto = eBPF when it can start, else polling.
         #[arg(long, value_enum)]
         source: Option<SourceChoice>,
+        /// json (procmond's own, also `native`), text, ecs (ECS 8.x) or
+        /// ocsf (OCSF 1.x Process Activity).
         #[arg(long, value_enum, default_value = "json")]
         format: Format,
         /// Stop after this many seconds (flushing everything).
@@ -44,6 +46,7 @@ enum Command {
     },
     /// One enumeration of all processes, then exit.
     Snapshot {
+        /// json (also `native`), text, ecs or ocsf, as for watch.
         #[arg(long, value_enum, default_value = "json")]
         format: Format,
     },

@@ -264,14 +264,14 @@ fn start_sinks(config: &AgentConfig, broker: &Broker) -> Result<Sinks, AgentErro
                     }
                 })
             }
-            SinkConfig::Jsonl { path } => {
+            SinkConfig::Jsonl { path, .. } => {
                 // Opened now, as root before the privilege drop, and never again.
                 let file = sink::JsonlFile::open(path)
                     .map_err(|source| AgentError::Jsonl { index, source })?;
                 let rx = broker.subscribe_durable(TOPIC_EVENTS, 4096)?;
-                let p = path.clone();
+                let (p, format) = (path.clone(), sink.format());
                 tokio::spawn(async move {
-                    sink::run_jsonl_file(file, rx, &s).await;
+                    sink::run_jsonl_file(file, format, rx, &s).await;
                     tracing::info!(path = %p.display(), stats = %s.to_json(), "sink closed")
                 })
             }
@@ -345,9 +345,10 @@ fn agent_health(
             let mut v = serde_json::json!({
                 "type": s.config.kind(),
                 "target": s.config.target(),
+                "format": s.config.format(),
                 "counters": s.stats.to_json(),
             });
-            if let SinkConfig::Jsonl { path } = &s.config {
+            if let SinkConfig::Jsonl { path, .. } = &s.config {
                 v["path"] = serde_json::json!(path);
             }
             v

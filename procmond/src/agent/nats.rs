@@ -17,7 +17,7 @@
 //! backoff after a reconnection, and the collectors keep their events in
 //! their WALs, where backpressure and `wal_dropped_full` report a long
 //! outage. Subjects are `<subject_prefix>.<host>.process.<kind>`; the payload
-//! is the event as the jsonl sink writes it (one JSON object, no newline).
+//! is the event in the sink's `format` (one JSON object, no newline).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -34,7 +34,6 @@ use tokio::time::Instant;
 use super::sink::{Dedupe, SinkStats};
 use crate::bus::broker::Durable;
 use crate::model::batch::Batch;
-use crate::output::{Format, render};
 
 mod setup;
 use setup::{BACKOFF_MIN, backoff, ensure_stream, on_event};
@@ -109,10 +108,7 @@ impl State<'_> {
                 continue;
             }
             self.line.clear();
-            render(&event, Format::Json, &mut self.line);
-            if self.line.last() == Some(&b'\n') {
-                self.line.pop();
-            }
+            self.prepared.format.write_json(&event, &mut self.line);
             bytes += self.line.len();
             count += 1;
             self.queue.push_back(Item {

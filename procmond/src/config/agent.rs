@@ -223,8 +223,9 @@ impl AgentConfig {
             })?;
         }
         for (i, s) in self.sinks.iter().enumerate() {
+            s.validate_format(&format!("sinks[{i}]"))?;
             match s {
-                SinkConfig::Jsonl { path } => {
+                SinkConfig::Jsonl { path, .. } => {
                     if !path.is_absolute() {
                         return Err(ConfigError::invalid(
                             format!("sinks[{i}].path"),

@@ -48,6 +48,8 @@ pub struct Prepared {
     pub(super) subject_base: String,
     /// `<host>.<boot>`: what makes a `Nats-Msg-Id` this host's own.
     pub(super) id_prefix: String,
+    /// How each event is written (`format:`).
+    pub(super) format: crate::output::EventFormat,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -177,6 +179,7 @@ pub fn prepare(config: &NatsSinkConfig) -> Result<Prepared, NatsSinkError> {
         subject_base: format!("{}.{host}.process", config.subject_prefix),
         id_prefix: format!("{host}.{boot}"),
         prefix: config.subject_prefix.clone(),
+        format: config.event_format(),
     })
 }
 
@@ -324,6 +327,23 @@ pub(super) async fn ensure_stream(js: &jetstream::Context, p: &Prepared) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prepare_carries_the_format() {
+        use crate::output::EventFormat;
+        for (format, expect) in [
+            (None, EventFormat::Native),
+            (Some("ecs"), EventFormat::Ecs),
+            (Some("ocsf"), EventFormat::Ocsf),
+        ] {
+            let mut json = serde_json::json!({ "url": "nats://127.0.0.1:4222" });
+            if let Some(f) = format {
+                json["format"] = f.into();
+            }
+            let config: NatsSinkConfig = serde_json::from_value(json).expect("config");
+            assert_eq!(prepare(&config).expect("prepared").format, expect);
+        }
+    }
 
     #[test]
     fn host_names_become_one_subject_token() {

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use super::{Dedupe, SinkStats, backoff};
 use crate::bus::broker::Durable;
 use crate::model::batch::Batch;
-use crate::output::{Format, render};
+use crate::output::{EventFormat, dedupe_key};
 
 const SEED_BYTES: u64 = 4 * 1024 * 1024;
 /// Event lines held unwritten at most; beyond it the sink stops taking
@@ -115,11 +115,12 @@ fn open_windows(path: &Path) -> std::io::Result<File> {
 /// Opens `path` and writes deliveries from `rx` to it until `rx` closes.
 pub async fn run_jsonl(
     path: &Path,
+    format: EventFormat,
     rx: mpsc::Receiver<Durable>,
     stats: &SinkStats,
 ) -> Result<(), JsonlError> {
     let file = JsonlFile::open(path)?;
-    run_jsonl_file(file, rx, stats).await;
+    run_jsonl_file(file, format, rx, stats).await;
     Ok(())
 }
 
@@ -141,6 +142,7 @@ impl Group {
     fn accept(
         &mut self,
         Durable { envelope, done }: Durable,
+        format: EventFormat,
         dedupe: &mut Dedupe,
         stats: &SinkStats,
     ) {
@@ -153,13 +155,11 @@ impl Group {
                 return;
             }
         };
-        let mut line = Vec::with_capacity(1024);
         for entry in batch.iter() {
             match entry.decode() {
                 Ok(event) if dedupe.is_new(&event.collector_id, event.epoch, event.seq) => {
-                    line.clear();
-                    render(&event, Format::Json, &mut line);
-                    self.bytes.extend_from_slice(&line);
+                    format.write_json(&event, &mut self.bytes);
+                    self.bytes.push(b'\n');
                     self.lines += 1;
                     stats.lag.fetch_add(1, Relaxed);
                 }
@@ -201,8 +201,14 @@ fn store(file: &File, start: &mut Option<u64>, bytes: &[u8]) -> std::io::Result<
 }
 
 /// Writes deliveries from `rx` to `file` until `rx` closes (then at most
-/// `DRAIN_AT_CLOSE` more); never gives up on a failed write.
-pub async fn run_jsonl_file(file: JsonlFile, mut rx: mpsc::Receiver<Durable>, stats: &SinkStats) {
+/// `DRAIN_AT_CLOSE` more); never gives up on a failed write. Each event is
+/// one line in `format`.
+pub async fn run_jsonl_file(
+    file: JsonlFile,
+    format: EventFormat,
+    mut rx: mpsc::Receiver<Durable>,
+    stats: &SinkStats,
+) {
     let JsonlFile { file, path } = file;
     let mut dedupe = Dedupe::default();
     seed(&file, &mut dedupe);
@@ -216,13 +222,13 @@ pub async fn run_jsonl_file(file: JsonlFile, mut rx: mpsc::Receiver<Durable>, st
                 break;
             }
             match rx.recv().await {
-                Some(d) => group.accept(d, &mut dedupe, stats),
+                Some(d) => group.accept(d, format, &mut dedupe, stats),
                 None => break,
             }
         }
         while closing.is_none() && group.bytes.len() < HOLD_BYTES {
             match rx.try_recv() {
-                Ok(d) => group.accept(d, &mut dedupe, stats),
+                Ok(d) => group.accept(d, format, &mut dedupe, stats),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     closing = Some(Instant::now() + DRAIN_AT_CLOSE);
@@ -254,7 +260,7 @@ pub async fn run_jsonl_file(file: JsonlFile, mut rx: mpsc::Receiver<Durable>, st
         let taking = closing.is_none() && group.bytes.len() < HOLD_BYTES;
         tokio::select! {
             d = rx.recv(), if taking => match d {
-                Some(d) => group.accept(d, &mut dedupe, stats),
+                Some(d) => group.accept(d, format, &mut dedupe, stats),
                 None => closing = Some(Instant::now() + DRAIN_AT_CLOSE),
             },
             () = sleep_until(retry_at) => {}
@@ -336,11 +342,12 @@ fn seed(file: &File, dedupe: &mut Dedupe) {
             tail.truncate((keep - start) as usize);
         }
     }
+    // Whichever format wrote them (the sink's format may have changed).
     for line in tail.split(|b| *b == b'\n') {
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line)
-            && let (Some(c), Some(s)) = (v["collector_id"].as_str(), v["seq"].as_u64())
+            && let Some((c, epoch, seq)) = dedupe_key(&v)
         {
-            dedupe.is_new(c, v["epoch"].as_u64().unwrap_or(0), s);
+            dedupe.is_new(c, epoch, seq);
         }
     }
 }

@@ -95,7 +95,7 @@ async fn a_full_disk_holds_deliveries_and_stores_them_once_it_clears() {
     let (tx, rx) = mpsc::channel(64);
     let sink = tokio::spawn({
         let stats = stats.clone();
-        async move { run_jsonl_file(file, rx, &stats).await }
+        async move { run_jsonl_file(file, EventFormat::Native, rx, &stats).await }
     });
     let (d, mut first) = delivery(1..11);
     tx.send(d).await.expect("send");
@@ -206,12 +206,56 @@ async fn a_partial_last_line_is_cut_before_new_lines() {
     let (d, mut c) = delivery(1..4);
     tx.send(d).await.expect("send");
     drop(tx);
-    run_jsonl_file(file, rx, &stats).await;
+    run_jsonl_file(file, EventFormat::Native, rx, &stats).await;
     assert!(c.try_recv().is_ok(), "confirmed");
     assert_eq!(
         seqs_in(&path),
         [1, 2, 3],
         "seq 1 was already there; the partial line is gone"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Each format writes its own documents, and a restart (in any format)
+/// finds what they stored and skips it.
+#[tokio::test]
+async fn every_format_is_written_and_deduplicated_after_a_restart() {
+    let dir = std::env::temp_dir().join(format!("procmond-jsonl-formats-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let formats = [EventFormat::Native, EventFormat::Ecs, EventFormat::Ocsf];
+    for (i, format) in formats.into_iter().enumerate() {
+        let path = dir.join(format!("{}.jsonl", format.as_str()));
+        for restart in [format, formats[(i + 1) % 3]] {
+            let file = JsonlFile::open(&path).expect("opens");
+            let stats = SinkStats::default();
+            let (tx, rx) = mpsc::channel(4);
+            tx.send(delivery(1..4).0).await.expect("send");
+            drop(tx);
+            run_jsonl_file(file, restart, rx, &stats).await;
+            let expect = if restart == format { (3, 0) } else { (0, 3) };
+            assert_eq!(
+                (stats.written.load(Relaxed), stats.duplicates.load(Relaxed)),
+                expect,
+                "{} then {}",
+                format.as_str(),
+                restart.as_str()
+            );
+        }
+        let text = std::fs::read_to_string(&path).expect("sink file");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+            .collect();
+        assert_eq!(lines.len(), 3, "{}", format.as_str());
+        let keys: Vec<_> = lines.iter().filter_map(crate::output::dedupe_key).collect();
+        assert_eq!(keys, [("c", 7, 1), ("c", 7, 2), ("c", 7, 3)]);
+        let marker = match format {
+            EventFormat::Native => lines[0]["kind"] == "exec",
+            EventFormat::Ecs => lines[0]["ecs"]["version"].is_string(),
+            EventFormat::Ocsf => lines[0]["class_uid"] == 1007,
+        };
+        assert!(marker, "{}: {}", format.as_str(), lines[0]);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,12 +8,19 @@ use serde::{Deserialize, Serialize};
 
 use super::{in_range, yes};
 use crate::config::ConfigError;
+use crate::output::EventFormat;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
 pub enum SinkConfig {
     /// Every `events.process.*` event as one JSON line, deduplicated.
-    Jsonl { path: PathBuf },
+    Jsonl {
+        path: PathBuf,
+        /// `native` (default), `ecs` or `ocsf`: how each event is written.
+        /// Kept as written; `validate` refuses a name that is not a format.
+        #[serde(default)]
+        format: Option<String>,
+    },
     /// Every event to a NATS JetStream stream, acknowledged to the
     /// collector only after JetStream's PublishAck (`agent/nats.rs`).
     /// Boxed: it is far larger than `Jsonl` (clippy's large_enum_variant
@@ -30,10 +37,40 @@ impl SinkConfig {
         }
     }
 
+    /// How it writes each event (`format:`; validated, so never a name
+    /// that is not a format).
+    pub fn format(&self) -> EventFormat {
+        match self {
+            Self::Jsonl { format, .. } => format
+                .as_deref()
+                .and_then(EventFormat::parse)
+                .unwrap_or_default(),
+            Self::Nats(n) => n.event_format(),
+        }
+    }
+
+    fn format_name(&self) -> Option<&str> {
+        match self {
+            Self::Jsonl { format, .. } => format.as_deref(),
+            Self::Nats(n) => n.format.as_deref(),
+        }
+    }
+
+    /// `format:` names one of `EventFormat::ALL`; `at` is `sinks[i]`.
+    pub(super) fn validate_format(&self, at: &str) -> Result<(), ConfigError> {
+        match self.format_name() {
+            Some(name) if EventFormat::parse(name).is_none() => Err(ConfigError::invalid(
+                format!("{at}.format"),
+                format!("must be one of {}, got {name:?}", EventFormat::allowed()),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Where it writes, without secrets: a path, or `<url> stream <name>`.
     pub fn target(&self) -> String {
         match self {
-            Self::Jsonl { path } => path.display().to_string(),
+            Self::Jsonl { path, .. } => path.display().to_string(),
             Self::Nats(n) => format!("{} stream {}", n.url, n.stream),
         }
     }
@@ -83,6 +120,10 @@ pub struct NatsSinkConfig {
     pub token: Option<Secret>,
     #[serde(default)]
     pub tls: Option<NatsTlsConfig>,
+    /// `native` (default), `ecs` or `ocsf`: the payload of each message
+    /// (`SinkConfig::format`).
+    #[serde(default)]
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,6 +195,14 @@ fn is_plain_token(s: &str, max: usize) -> bool {
 }
 
 impl NatsSinkConfig {
+    /// `format:` (validated with the rest of agent.yaml).
+    pub fn event_format(&self) -> EventFormat {
+        self.format
+            .as_deref()
+            .and_then(EventFormat::parse)
+            .unwrap_or_default()
+    }
+
     pub(super) fn validate(&self, at: &str) -> Result<(), ConfigError> {
         let key = |field: &str| format!("{at}.{field}");
         if self.url.trim().is_empty() {
@@ -301,6 +350,35 @@ mod tests {
             !format!("{c:?}").contains("hunter2"),
             "secrets stay out of Debug"
         );
+    }
+
+    #[test]
+    fn sink_format_defaults_to_native_and_takes_ecs_and_ocsf() {
+        let c = parse(&with_nats("")).expect("valid");
+        assert_eq!(c.sinks[0].format(), EventFormat::Native);
+        assert_eq!(c.sinks[1].format(), EventFormat::Native);
+        let text = with_nats("    format: ocsf\n").replace(
+            "path: /var/lib/procmond/events.jsonl\n",
+            "path: /var/lib/procmond/events.jsonl\n    format: ecs\n",
+        );
+        let c = parse(&text).expect("valid");
+        assert_eq!(c.sinks[0].format(), EventFormat::Ecs);
+        assert_eq!(c.sinks[1].format(), EventFormat::Ocsf);
+        for bad in ["json", "ECS", "\"\""] {
+            let e = parse(&with_nats(&format!("    format: {bad}\n"))).expect_err(bad);
+            assert!(
+                e.starts_with("sinks[1].format: must be one of native, ecs, ocsf"),
+                "{bad}: {e}"
+            );
+            let jsonl = REFERENCE_EXAMPLE.replace(
+                "path: /var/lib/procmond/events.jsonl\n",
+                &format!("path: /var/lib/procmond/events.jsonl\n    format: {bad}\n"),
+            );
+            let e = parse(&jsonl).expect_err(bad);
+            assert!(e.starts_with("sinks[0].format: "), "{bad}: {e}");
+        }
+        let e = parse(&with_nats("    format: [ecs]\n")).expect_err("a list");
+        assert!(e.contains("format") || e.contains("sinks"), "{e}");
     }
 
     #[test]
