@@ -1,4 +1,6 @@
-//! `procmond snapshot`: one enumeration, rendered like `watch` output.
+//! `procmond snapshot`: one enumeration, rendered like `watch` output. On
+//! Linux it reads the BPF task iterator where it can load (the kernel's
+//! view, with each process's `exec_id`), else procfs, as the sensor does.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -13,17 +15,23 @@ use procmond::sources::snapshot::{self, SnapshotOptions};
 
 pub fn run(format: Format) -> Result<()> {
     let config = ProcmondConfig::default();
-    let snap =
-        snapshot::take(SnapshotOptions { cwd: true }).context("reading the process table")?;
+    let snap = read(SnapshotOptions { cwd: true }).context("reading the process table")?;
     let mut pipeline = Pipeline::new(&config, 0, 1, Arc::new(Metrics::default()));
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut line = Vec::with_capacity(1024);
-    let mut processes = snap.processes.iter().peekable();
-    while processes.peek().is_some() {
-        for p in processes.by_ref() {
-            let event = p.to_event(EventKind::Snapshot, EventSource::Poll, snap.taken_at);
-            if pipeline.push(event) {
+    let mut events: Vec<_> = snap
+        .processes
+        .iter()
+        .map(|p| p.to_event(EventKind::Snapshot, EventSource::Poll, snap.taken_at))
+        .collect();
+    // Every process in the table first: parents and leaders resolve
+    // whatever the order (pids wrap).
+    pipeline.prepare_all(&mut events);
+    let mut events = events.into_iter().peekable();
+    while events.peek().is_some() {
+        for event in events.by_ref() {
+            if pipeline.push_prepared(event) {
                 break;
             }
         }
@@ -38,4 +46,15 @@ pub fn run(format: Format) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// The task iterator's enumeration where it loads (Linux, privileged),
+/// else the platform's reader.
+fn read(options: SnapshotOptions) -> std::io::Result<snapshot::Snapshot> {
+    #[cfg(target_os = "linux")]
+    match procmond::sources::ebpf::iter::TaskIter::load_standalone() {
+        Ok(mut iter) => return iter.snapshot(options),
+        Err(e) => tracing::debug!(error = %e, "task iterator unavailable: reading procfs"),
+    }
+    snapshot::take(options)
 }
