@@ -20,7 +20,8 @@ use std::collections::HashMap;
 
 use super::bsm::{BsmError, Record};
 use super::kinfo::Kinfo;
-use crate::model::{EventKind, EventSource, ProcessEvent};
+use crate::model::identity::FreeBsdBoot;
+use crate::model::{EventKind, EventSource, Parent, ProcessEvent};
 use crate::sources::snapshot::split_argv;
 
 /// `AUE_*` event numbers procmond reports.
@@ -177,6 +178,8 @@ pub struct Tracker {
     known: HashMap<u32, Known>,
     /// Read the cwd of exec'd processes (`enhanced_metadata` at start).
     cwd: bool,
+    /// This boot's facts for `entity_id`; `None` leaves ids out.
+    boot: Option<FreeBsdBoot>,
 }
 
 impl Tracker {
@@ -184,7 +187,14 @@ impl Tracker {
         Self {
             known: HashMap::new(),
             cwd,
+            boot: None,
         }
+    }
+
+    /// Computes `entity_id` (the process's and its parent's) with `boot`.
+    pub fn with_boot(mut self, boot: Option<FreeBsdBoot>) -> Self {
+        self.boot = boot;
+        self
     }
 
     /// Processes remembered.
@@ -213,6 +223,43 @@ impl Tracker {
     /// Fills in what the record lacks. `had_argv`: the record carried an
     /// exec_args token (else argv is read from the process, after the fact).
     pub fn complete(&mut self, e: &mut ProcessEvent, table: &mut impl ProcTable, had_argv: bool) {
+        self.complete_fields(e, table, had_argv);
+        self.identify(e, table);
+    }
+
+    /// `entity_id` from the pid and start time; the parent from its own
+    /// (remembered, else read from the table; a parent gone by now and
+    /// never seen keeps no id). No `exec_id`: FreeBSD keeps no count of a
+    /// process's execs that procmond could read after a restart.
+    fn identify(&mut self, e: &mut ProcessEvent, table: &mut impl ProcTable) {
+        let Some(boot) = self.boot else {
+            return;
+        };
+        e.entity_id = super::kinfo::entity_id(&boot, e.pid, e.start_time);
+        let Some(ppid) = e.ppid else {
+            return;
+        };
+        let parent_start = match self.known.get(&ppid) {
+            Some(k) => k.start_time,
+            None => table
+                .process(ppid)
+                .filter(|(k, _)| k.pid == ppid)
+                .and_then(|(_, start)| start),
+        };
+        e.parent = Some(Parent {
+            entity_id: super::kinfo::entity_id(&boot, ppid, parent_start),
+            pid: ppid,
+            start_time: parent_start,
+            ..Parent::default()
+        });
+    }
+
+    fn complete_fields(
+        &mut self,
+        e: &mut ProcessEvent,
+        table: &mut impl ProcTable,
+        had_argv: bool,
+    ) {
         match e.kind {
             EventKind::Exec => self.complete_exec(e, table, had_argv),
             EventKind::Fork => {

@@ -432,6 +432,77 @@ fn tracker_completes_events() {
     assert!(t.is_empty());
 }
 
+/// Ids on audit events: the process's from its start time, the parent's
+/// from what the tracker remembers or the table, none without a boot.
+#[test]
+fn tracker_names_processes_and_parents() {
+    use crate::model::identity::{FreeBsdBoot, Timeval};
+    let boot = FreeBsdBoot {
+        hostuuid: [9; 16],
+        boottime: Timeval { sec: 1, usec: 0 },
+    };
+    let id = |pid, start_ns: i64| super::kinfo::entity_id(&boot, pid, Some(start_ns));
+    let mut table = FakeTable(vec![
+        (kinfo(10, 1, "sh", 0), Some(5_000_111_000)),
+        (kinfo(11, 10, "sh", 0), Some(6_000_222_000)),
+        (kinfo(12, 77, "orphan", 0), Some(7_000_000_000)),
+    ]);
+    let fork_of = |child: u32, parent: u32| {
+        event_of(&record(
+            Hdr::H32,
+            aue::FORK,
+            1,
+            0,
+            &[
+                arg32(0, child, "child PID"),
+                subject32(parent, 0, 0, 0),
+                ret32(0, child),
+            ],
+        ))
+        .expect("fork")
+    };
+    let mut t = Tracker::new(false).with_boot(Some(boot));
+    t.seed([(kinfo(10, 1, "sh", 0), Some(5_000_111_000))]);
+    let mut fork = fork_of(11, 10);
+    t.complete(&mut fork, &mut table, false);
+    assert_eq!(fork.entity_id, id(11, 6_000_222_000));
+    let parent = fork.parent.clone().expect("parent");
+    assert_eq!((parent.pid, parent.entity_id), (10, id(10, 5_000_111_000)));
+    assert_eq!(parent.start_time, Some(5_000_111_000));
+    assert_ne!(fork.entity_id, parent.entity_id);
+    assert_eq!(fork.exec_id, None, "FreeBSD has no exec count");
+    // The exec keeps the id of the process it replaces the image of.
+    let mut exec = event_of(&record(
+        Hdr::H32,
+        aue::EXECVE,
+        1,
+        0,
+        &[counted(token::PATH, b"/bin/ls"), subject32(11, 0, 0, 0)],
+    ))
+    .expect("exec");
+    t.complete(&mut exec, &mut table, false);
+    assert_eq!(exec.entity_id, fork.entity_id);
+    assert_eq!(exec.parent.and_then(|p| p.entity_id), parent.entity_id);
+    // A parent neither remembered nor in the table: pid only.
+    let mut exec = event_of(&record(
+        Hdr::H32,
+        aue::EXECVE,
+        1,
+        0,
+        &[counted(token::PATH, b"/bin/ls"), subject32(12, 0, 0, 0)],
+    ))
+    .expect("exec");
+    t.complete(&mut exec, &mut table, false);
+    assert_eq!(exec.entity_id, id(12, 7_000_000_000));
+    let p = exec.parent.expect("parent pid");
+    assert_eq!((p.pid, p.entity_id), (77, None));
+    // Without the boot's facts, no ids at all.
+    let mut t = Tracker::new(false);
+    let mut fork = fork_of(11, 10);
+    t.complete(&mut fork, &mut table, false);
+    assert_eq!((fork.entity_id, fork.parent), (None, None));
+}
+
 fn arb_text() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(1u8..=255, 0..40)
 }
