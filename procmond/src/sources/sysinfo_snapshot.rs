@@ -74,6 +74,8 @@ pub fn snapshot(options: SnapshotOptions) -> std::io::Result<Snapshot> {
         .collect();
     #[cfg(target_os = "macos")]
     super::endpoint_security::fill_snapshot_ids(&mut processes);
+    #[cfg(windows)]
+    super::etw::fill_snapshot_ids(&mut processes);
     Ok(Snapshot {
         taken_at,
         taken_at_boot_ns: None,
