@@ -86,9 +86,7 @@ impl Identities {
         e.parent = Some(Parent {
             entity_id: parent_time.map(|t| self.boot.entity_id(t, ppid)),
             pid: ppid,
-            start_time: parent_time
-                .and_then(filetime_to_unix_ns)
-                .map(whole_seconds),
+            start_time: parent_time.and_then(filetime_to_unix_ns).map(whole_seconds),
             ..Parent::default()
         });
     }

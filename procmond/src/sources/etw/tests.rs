@@ -468,3 +468,34 @@ fn classic_only_events_have_no_ids() {
         Some((900, None))
     );
 }
+
+/// The boot's facts and a real snapshot's ids (Windows; under wine when
+/// the System process cannot be opened, only that is checked).
+#[cfg(windows)]
+#[test]
+fn snapshot_ids_from_the_system() {
+    use crate::sys::windows::process_create_time;
+    let Some(boot) = super::boot() else {
+        let system = process_create_time(super::identity::SYSTEM_PID);
+        assert!(
+            crate::sys::windows::under_wine(),
+            "boot facts unreadable: {system:?}"
+        );
+        eprintln!("wine: no System process to read ({system:?}); snapshot ids not exercised");
+        return;
+    };
+    let mut snapshot =
+        crate::sources::sysinfo_snapshot::snapshot(Default::default()).expect("snapshot");
+    let own = std::process::id();
+    let me = snapshot
+        .processes
+        .iter_mut()
+        .find(|p| p.pid == own)
+        .expect("this process is in the snapshot");
+    let created = process_create_time(own).expect("own creation time");
+    assert_eq!(me.entity_id, Some(boot.entity_id(created, own)));
+    assert!(me.exec_id.is_some());
+    let one = std::slice::from_mut(me);
+    super::fill_snapshot_ids(one);
+    assert_eq!(one[0].entity_id, Some(boot.entity_id(created, own)));
+}
