@@ -14,14 +14,15 @@
 //!
 //! Event numbers are FreeBSD's (`AUE_*` in OpenBSM's
 //! `sys/bsm/audit_kevents.h`); rfork(2) is 43043 on FreeBSD (353 is
-//! Darwin's).
+//! Darwin's). The set*id(2) calls are `setuid` events: the record's subject
+//! holds the ids before the call, the process table those after.
 
 use std::collections::HashMap;
 
 use super::bsm::{BsmError, Record};
 use super::kinfo::Kinfo;
 use crate::model::identity::FreeBsdBoot;
-use crate::model::{EventKind, EventSource, Parent, ProcessEvent};
+use crate::model::{Creds, EventKind, EventSource, Parent, ProcessEvent};
 use crate::sources::snapshot::split_argv;
 
 /// `AUE_*` event numbers procmond reports.
@@ -35,10 +36,19 @@ pub mod aue {
     pub const MAC_EXECVE: u16 = 43131;
     pub const FEXECVE: u16 = 43144;
     pub const PDFORK: u16 = 43197;
+    pub const SETREUID: u16 = 40;
+    pub const SETREGID: u16 = 41;
+    pub const SETUID: u16 = 200;
+    pub const SETGID: u16 = 205;
+    pub const SETEGID: u16 = 214;
+    pub const SETEUID: u16 = 215;
+    pub const SETRESUID: u16 = 43057;
+    pub const SETRESGID: u16 = 43059;
 
     /// Every event the audit pipe is asked for.
-    pub const ALL: [u16; 9] = [
-        EXIT, FORK, EXEC, EXECVE, VFORK, RFORK, MAC_EXECVE, FEXECVE, PDFORK,
+    pub const ALL: [u16; 17] = [
+        EXIT, FORK, EXEC, EXECVE, VFORK, RFORK, MAC_EXECVE, FEXECVE, PDFORK, SETUID, SETEUID,
+        SETREUID, SETRESUID, SETGID, SETEGID, SETREGID, SETRESGID,
     ];
 }
 
@@ -53,6 +63,14 @@ pub fn kind_of(event: u16) -> Option<EventKind> {
         aue::EXEC | aue::EXECVE | aue::MAC_EXECVE | aue::FEXECVE => Some(EventKind::Exec),
         aue::FORK | aue::VFORK | aue::RFORK | aue::PDFORK => Some(EventKind::Fork),
         aue::EXIT => Some(EventKind::Exit),
+        aue::SETUID
+        | aue::SETEUID
+        | aue::SETREUID
+        | aue::SETRESUID
+        | aue::SETGID
+        | aue::SETEGID
+        | aue::SETREGID
+        | aue::SETRESGID => Some(EventKind::SetUid),
         _ => None,
     }
 }
@@ -111,6 +129,19 @@ pub fn to_event(r: &Record<'_>) -> Result<Option<ProcessEvent>, BsmError> {
         _ => subject.pid,
     };
     let mut e = ProcessEvent::new(kind, EventSource::Audit, r.header.unix_ns(), pid);
+    if kind == EventKind::SetUid {
+        // The subject is the credential the kernel copied when the system
+        // call began (`audit_record_ctor`: `td->td_ucred`), so before the
+        // change; the ids after it are read from the process table
+        // (`Tracker::complete`).
+        e.previous_creds = Some(Creds {
+            uid: subject.ruid,
+            euid: subject.euid,
+            gid: subject.rgid,
+            egid: subject.egid,
+        });
+        return Ok(Some(e));
+    }
     // The child of a fork starts with its parent's credentials.
     e.uid = Some(subject.ruid);
     e.euid = Some(subject.euid);
@@ -284,6 +315,29 @@ impl Tracker {
                 e.name.clone_from(&known.name);
                 e.platform.jail_id = known.jail_id;
                 self.remember(e.pid, known);
+            }
+            EventKind::SetUid => {
+                // The ids now, as the table shows them (a later change
+                // before this read shows through); unknown when the process
+                // is gone.
+                let found = table.process(e.pid);
+                if let Some((k, _)) = &found {
+                    e.uid = Some(k.ruid);
+                    e.euid = Some(k.euid);
+                    e.gid = Some(k.rgid);
+                    e.egid = Some(k.egid);
+                }
+                let known = self
+                    .known
+                    .get(&e.pid)
+                    .cloned()
+                    .or_else(|| found.map(|(k, start)| Known::from_kinfo(&k, start)));
+                if let Some(k) = known {
+                    e.start_time = k.start_time;
+                    e.ppid = k.ppid;
+                    e.name = k.name;
+                    e.platform.jail_id = k.jail_id;
+                }
             }
             EventKind::Exit => {
                 let known = self.known.remove(&e.pid).or_else(|| {

@@ -31,6 +31,8 @@ pub mod off {
     pub const UID: usize = 168;
     pub const RUID: usize = 172;
     pub const RGID: usize = 180;
+    /// `ki_groups[0]`, the effective gid (what `KERN_PROC_GID` matches).
+    pub const GROUPS: usize = 192;
     /// `ki_start`, a `struct timeval` (two i64: seconds, microseconds).
     pub const START: usize = 336;
     pub const STAT: usize = 388;
@@ -53,6 +55,8 @@ pub struct Kinfo {
     pub euid: u32,
     pub ruid: u32,
     pub rgid: u32,
+    /// `ki_groups[0]`: the effective gid.
+    pub egid: u32,
     /// `ki_start` in µs since the epoch; `None` when the kernel left it 0.
     pub start_us: Option<i64>,
     pub comm: String,
@@ -126,6 +130,7 @@ pub fn parse_kinfo_proc(b: &[u8]) -> Result<Kinfo, KinfoError> {
         euid: u32_at(off::UID)?,
         ruid: u32_at(off::RUID)?,
         rgid: u32_at(off::RGID)?,
+        egid: u32_at(off::GROUPS)?,
         start_us: (sec != 0 || usec != 0).then(|| timeval_us(sec, usec)),
         comm: c_string(comm).unwrap_or_default(),
         jid: i32_at(b, off::JID).ok_or_else(short)?,
@@ -218,6 +223,7 @@ pub fn to_process_info(
         uid: Some(k.ruid),
         gid: Some(k.rgid),
         euid: Some(k.euid),
+        egid: Some(k.egid),
         name: k.comm.clone(),
         exe,
         argv,
@@ -359,6 +365,7 @@ mod tests {
         put(off::UID, &0i32.to_ne_bytes());
         put(off::RUID, &1001i32.to_ne_bytes());
         put(off::RGID, &20i32.to_ne_bytes());
+        put(off::GROUPS, &21i32.to_ne_bytes());
         put(off::START, &start.0.to_ne_bytes());
         put(off::START + 8, &start.1.to_ne_bytes());
         put(off::STAT, &[2]);
@@ -375,6 +382,7 @@ mod tests {
             (k.pid, k.ppid, k.ruid, k.euid, k.rgid),
             (42, 1, 1001, 0, 20)
         );
+        assert_eq!(k.egid, 21);
         assert_eq!(k.comm, "sshd");
         assert_eq!((k.jid, k.zombie), (3, false));
         assert_eq!(k.start_us, Some(1_700_000_000_123_456));

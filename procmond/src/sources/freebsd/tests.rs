@@ -354,6 +354,7 @@ fn kinfo(pid: u32, ppid: u32, comm: &str, jid: i32) -> Kinfo {
         euid: 0,
         ruid: 0,
         rgid: 0,
+        egid: 0,
         start_us: Some(1),
         comm: comm.into(),
         jid,
@@ -501,6 +502,77 @@ fn tracker_names_processes_and_parents() {
     let mut fork = fork_of(11, 10);
     t.complete(&mut fork, &mut table, false);
     assert_eq!((fork.entity_id, fork.parent), (None, None));
+}
+
+/// set*id(2): a `setuid` event with the ids before (the record's subject)
+/// and after (the table); a failed call reports nothing.
+#[test]
+fn setuid_records_report_before_and_after() {
+    use crate::model::Creds;
+    let setuid = |event: u16, error: u8| {
+        record(
+            Hdr::H32,
+            event,
+            1,
+            0,
+            &[
+                arg32(1, 0, "uid"),
+                subject32(11, 1001, 1001, 20),
+                ret32(error, 0),
+            ],
+        )
+    };
+    for event in [
+        aue::SETUID,
+        aue::SETEUID,
+        aue::SETREUID,
+        aue::SETRESUID,
+        aue::SETGID,
+        aue::SETEGID,
+        aue::SETREGID,
+        aue::SETRESGID,
+    ] {
+        assert!(aue::ALL.contains(&event), "{event} is asked for");
+        let e = event_of(&setuid(event, 0)).expect("a setuid event");
+        assert_eq!((e.kind, e.pid), (EventKind::SetUid, 11), "{event}");
+        assert_eq!(
+            e.previous_creds,
+            Some(Creds {
+                uid: 1001,
+                euid: 1001,
+                gid: 20,
+                egid: 21,
+            })
+        );
+        assert_eq!((e.uid, e.euid, e.gid, e.egid), (None, None, None, None));
+    }
+    let r = setuid(aue::SETUID, 1);
+    let r = bsm::parse_record(&r).expect("parses");
+    assert_eq!(
+        event::to_event(&r).expect("attributable"),
+        None,
+        "failed call"
+    );
+    // Completed from the table: the ids now, the start time and the name.
+    let mut after = kinfo(11, 10, "su", 0);
+    (after.ruid, after.euid, after.rgid, after.egid) = (0, 0, 5, 6);
+    let mut table = FakeTable(vec![(after, Some(222))]);
+    let mut t = Tracker::new(false);
+    let mut e = event_of(&setuid(aue::SETUID, 0)).expect("event");
+    t.complete(&mut e, &mut table, false);
+    assert_eq!(
+        (e.uid, e.euid, e.gid, e.egid),
+        (Some(0), Some(0), Some(5), Some(6))
+    );
+    assert_eq!(
+        (e.start_time, e.ppid, e.name.as_str()),
+        (Some(222), Some(10), "su")
+    );
+    // The process is gone: the ids after stay unknown.
+    let mut e = event_of(&setuid(aue::SETUID, 0)).expect("event");
+    t.complete(&mut e, &mut FakeTable::default(), false);
+    assert_eq!((e.uid, e.euid), (None, None));
+    assert!(e.previous_creds.is_some());
 }
 
 fn arb_text() -> impl Strategy<Value = Vec<u8>> {
