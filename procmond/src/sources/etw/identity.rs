@@ -6,9 +6,10 @@
 //!
 //! ProcessStart names the parent by pid (and, from version 3, its sequence
 //! number) but not by creation time. The parent's time is read when the
-//! event leaves the correlator: first from the system (`lookup`, i.e.
-//! OpenProcess + GetProcessTimes on Windows), else from the ProcessStart
-//! this source saw for that pid, still live. A time later than the child's
+//! event leaves the correlator: from the ProcessStart this source saw for
+//! that pid when its sequence number is the parent's, else from the system
+//! (`lookup`, i.e. OpenProcess + GetProcessTimes on Windows), else from
+//! that seen ProcessStart when no sequence numbers tell. A time later than the child's
 //! creation belongs to a process that reused the parent's pid and is not
 //! used: the parent's id is then left out, as it is when the child's own
 //! creation time is unknown (an event only the classic provider reported).
@@ -31,9 +32,9 @@ pub type CreateTimeLookup = Box<dyn FnMut(u32) -> Option<u64> + Send>;
 /// What the correlator needs to name processes.
 pub struct Identities {
     boot: WindowsBoot,
-    /// Creation times of the processes whose start this source reported
-    /// and whose stop it has not, by pid.
-    created: HashMap<u32, u64>,
+    /// Creation times and sequence numbers of the processes whose start
+    /// this source reported and whose stop it has not, by pid.
+    created: HashMap<u32, (u64, Option<u64>)>,
     lookup: CreateTimeLookup,
 }
 
@@ -63,7 +64,7 @@ impl Identities {
             if self.created.len() >= MAX_CREATED && !self.created.contains_key(&e.pid) {
                 self.created.clear();
             }
-            self.created.insert(e.pid, t);
+            self.created.insert(e.pid, (t, e.platform.sequence_number));
         }
         self.name(e, create_time);
     }
@@ -71,7 +72,7 @@ impl Identities {
     /// Names a process stop (`create_time` from ProcessStop).
     pub fn exit(&mut self, e: &mut ProcessEvent, create_time: Option<u64>) {
         self.name(e, create_time);
-        if create_time.is_some() && self.created.get(&e.pid) == create_time.as_ref() {
+        if create_time.is_some() && self.created.get(&e.pid).map(|c| c.0) == create_time {
             self.created.remove(&e.pid);
         }
     }
@@ -82,7 +83,7 @@ impl Identities {
         let Some(ppid) = e.ppid else {
             return;
         };
-        let parent_time = self.parent_time(ppid, create_time);
+        let parent_time = self.parent_time(ppid, e.platform.parent_sequence_number, create_time);
         e.parent = Some(Parent {
             entity_id: parent_time.map(|t| self.boot.entity_id(t, ppid)),
             pid: ppid,
@@ -95,14 +96,32 @@ impl Identities {
     /// created at `child` (FILETIME); `None` when it cannot be known —
     /// also when the child's own creation time is unknown, since nothing
     /// then tells the parent from a later holder of its pid.
-    fn parent_time(&mut self, ppid: u32, child: Option<u64>) -> Option<u64> {
+    ///
+    /// The start this source saw for `ppid` is taken first when its
+    /// sequence number is the `ParentProcessSequenceNumber` the child's
+    /// ProcessStart gave (the kernel numbers processes once per boot, so
+    /// that is the parent itself); one with another sequence number is
+    /// another process and is never taken.
+    fn parent_time(
+        &mut self,
+        ppid: u32,
+        parent_seq: Option<u64>,
+        child: Option<u64>,
+    ) -> Option<u64> {
         let child = child?;
         if ppid == SYSTEM_PID {
             return Some(self.boot.system_create_time);
         }
+        let seen = self.created.get(&ppid).copied();
+        if let (Some((t, Some(seq))), Some(want)) = (seen, parent_seq) {
+            return (seq == want && t <= child).then_some(t).or_else(|| {
+                // Not the parent: the system's answer still may be.
+                (self.lookup)(ppid).filter(|t| *t <= child && *t != seen.map_or(0, |s| s.0))
+            });
+        }
         let before_child = |t: &u64| *t <= child;
         (self.lookup)(ppid)
             .filter(before_child)
-            .or_else(|| self.created.get(&ppid).copied().filter(before_child))
+            .or_else(|| seen.map(|s| s.0).filter(before_child))
     }
 }

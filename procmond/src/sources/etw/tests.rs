@@ -399,7 +399,11 @@ fn events_carry_cpids_and_their_parents() {
         .with_identities(Identities::new(boot, Box::new(lookup)));
     c.modern_start(modern(40, 900, CREATED_NS), 0);
     c.modern_start(modern(41, 901, CREATED_NS), 0);
-    c.modern_start(modern(42, 40, CREATED_NS + SEC as i64), 0);
+    // 42's parent is 40 (whose ProcessStart carried sequence number 7001).
+    let child_of_40 = start_props(42, 40, CREATED_NS + SEC as i64)
+        .with("ProcessSequenceNumber", Value::U64(7002))
+        .with("ParentProcessSequenceNumber", Value::U64(7001));
+    c.modern_start(kp_start(&child_of_40).expect("decodes"), 0);
     c.modern_start(modern(43, 4, CREATED_NS), 0);
     let out = c.ready(0);
     assert_eq!(out.len(), 4);
@@ -498,4 +502,40 @@ fn snapshot_ids_from_the_system() {
     let one = std::slice::from_mut(me);
     super::fill_snapshot_ids(one);
     assert_eq!(one[0].entity_id, Some(boot.entity_id(created, own)));
+}
+
+/// ProcessStart's parent sequence number picks the start this source saw
+/// when it names that process, and refuses one that names another.
+#[test]
+fn parent_sequence_numbers_decide_between_seen_starts() {
+    use super::identity::Identities;
+    let boot = win_boot();
+    let with_seqs = |pid: u32, ppid: u32, created: i64, seq: u64, parent_seq: u64| {
+        let props = start_props(pid, ppid, created)
+            .with("ProcessSequenceNumber", Value::U64(seq))
+            .with("ParentProcessSequenceNumber", Value::U64(parent_seq));
+        kp_start(&props).expect("decodes")
+    };
+    let modern_only = CorrelateConfig {
+        classic: false,
+        ..CorrelateConfig::default()
+    };
+    // The system answers nothing: only the seen starts can name parents.
+    let mut c = Correlator::new(modern_only, devices())
+        .with_identities(Identities::new(boot, Box::new(|_| None)));
+    let parent_at = CREATED_NS - 10 * SEC as i64;
+    c.modern_start(with_seqs(60, 1, parent_at, 500, 1), 0);
+    c.modern_start(with_seqs(61, 60, CREATED_NS, 501, 500), 0);
+    c.modern_start(with_seqs(62, 60, CREATED_NS, 502, 499), 0);
+    let out = c.ready(0);
+    assert_eq!(
+        out[1].parent.clone().and_then(|p| p.entity_id),
+        Some(boot.entity_id(ft(parent_at), 60)),
+        "the seen start with the parent's sequence number"
+    );
+    assert_eq!(
+        out[2].parent.clone().map(|p| (p.pid, p.entity_id)),
+        Some((60, None)),
+        "the seen start is another process than sequence number 499"
+    );
 }
