@@ -238,6 +238,10 @@ pub fn identify(
         e.parent = Some(Parent {
             entity_id: parent_start.map(|s| boot.entity_id(s, pid)),
             pid,
+            // Whole seconds, as `start_time` is on macOS.
+            start_time: parent_start
+                .and_then(|s| i64::try_from(s.sec).ok())
+                .map(|s| s.saturating_mul(1_000_000_000)),
             ..Parent::default()
         });
     }

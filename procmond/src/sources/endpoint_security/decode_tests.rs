@@ -321,6 +321,7 @@ fn ids_of_an_exec_a_fork_and_an_exit() {
     let parent = e.parent.clone().expect("parent");
     assert_eq!(parent.pid, 1);
     assert_eq!(parent.entity_id, Some(boot.entity_id(parent_start, 1)));
+    assert_eq!(parent.start_time, Some(1_699_999_000_000_000_000));
     // The next exec of the same process: same entity, new image id.
     let mut msg2 = exec(b"/bin/cat", vec![b"cat"], b"/");
     if let EsEvent::Exec { target, .. } = &mut msg2.event {
