@@ -25,7 +25,8 @@ pub fn snapshot(options: SnapshotOptions) -> std::io::Result<Snapshot> {
     let taken_at = clock::now_unix_ns();
     let mut system = System::new().map_err(std::io::Error::other)?;
     system.refresh_processes_specifics(ProcessesToUpdate::All, true, refresh_kind(options));
-    let processes = system
+    #[cfg_attr(not(any(target_os = "macos", windows)), allow(unused_mut))]
+    let mut processes: Vec<ProcessInfo> = system
         .processes()
         .values()
         .map(|p| {
@@ -71,6 +72,10 @@ pub fn snapshot(options: SnapshotOptions) -> std::io::Result<Snapshot> {
             }
         })
         .collect();
+    #[cfg(target_os = "macos")]
+    super::endpoint_security::fill_snapshot_ids(&mut processes);
+    #[cfg(windows)]
+    super::etw::fill_snapshot_ids(&mut processes);
     Ok(Snapshot {
         taken_at,
         taken_at_boot_ns: None,

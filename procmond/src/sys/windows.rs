@@ -1,8 +1,9 @@
 //! Every Win32 call procmond makes itself, and therefore every `unsafe`
 //! block of the Windows build: the named pipe's client identity and DACL,
 //! token queries (user SID, elevation, privileges), directory ACLs, the
-//! ETW loss query (`ControlTraceW`), and the DOS device map that turns NT
-//! paths into drive paths.
+//! ETW loss query (`ControlTraceW`), the DOS device map that turns NT
+//! paths into drive paths, and the facts process ids are computed with
+//! (`MachineGuid`, process creation times).
 //!
 //! Each function hands back owned Rust values (strings, numbers, RAII
 //! wrappers); no raw pointer or handle leaves this module except where the
@@ -15,7 +16,7 @@ use std::io;
 use std::os::windows::io::RawHandle;
 
 use windows_sys::Win32::Foundation::{
-    CloseHandle, ERROR_INSUFFICIENT_BUFFER, ERROR_SUCCESS, HANDLE, LUID, LocalFree,
+    CloseHandle, ERROR_INSUFFICIENT_BUFFER, ERROR_SUCCESS, FILETIME, HANDLE, LUID, LocalFree,
 };
 use windows_sys::Win32::Security::Authorization::{
     ConvertSecurityDescriptorToStringSecurityDescriptorW, ConvertSidToStringSidW,
@@ -34,8 +35,12 @@ use windows_sys::Win32::System::Diagnostics::Etw::{
     WNODE_FLAG_TRACED_GUID,
 };
 use windows_sys::Win32::System::Pipes::GetNamedPipeClientProcessId;
+use windows_sys::Win32::System::Registry::{
+    HKEY_LOCAL_MACHINE, RRF_RT_REG_SZ, RRF_SUBKEY_WOW6464KEY, RegGetValueW,
+};
 use windows_sys::Win32::System::Threading::{
-    GetCurrentProcess, OpenProcess, OpenProcessToken, PROCESS_QUERY_LIMITED_INFORMATION,
+    GetCurrentProcess, GetProcessTimes, OpenProcess, OpenProcessToken,
+    PROCESS_QUERY_LIMITED_INFORMATION,
 };
 
 /// `s` as a NUL-terminated UTF-16 string.
@@ -161,13 +166,7 @@ pub fn own_user_sid() -> io::Result<String> {
 
 /// The user SID of process `pid` (its primary token).
 pub fn process_user_sid(pid: u32) -> io::Result<String> {
-    // SAFETY: plain call; a null result is checked before use.
-    let process = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
-    if process.is_null() {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("OpenProcess({pid}): {e}")));
-    }
-    let process = Handle(process);
+    let process = open_process_query(pid)?;
     let mut token: HANDLE = std::ptr::null_mut();
     // SAFETY: `process` is an open handle with query access; `token` is a
     // valid out-pointer.
@@ -176,6 +175,71 @@ pub fn process_user_sid(pid: u32) -> io::Result<String> {
         "OpenProcessToken(client)",
     )?;
     token_user_sid(&Handle(token))
+}
+
+/// Opens process `pid` with `PROCESS_QUERY_LIMITED_INFORMATION`.
+fn open_process_query(pid: u32) -> io::Result<Handle> {
+    // SAFETY: plain call; a null result is checked before use.
+    let process = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+    if process.is_null() {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("OpenProcess({pid}): {e}")));
+    }
+    Ok(Handle(process))
+}
+
+/// The creation time of process `pid` (GetProcessTimes), as FILETIME ticks
+/// (100 ns since 1601) in one u64: what the CPID hashes.
+pub fn process_create_time(pid: u32) -> io::Result<u64> {
+    let process = open_process_query(pid)?;
+    let zero = FILETIME {
+        dwLowDateTime: 0,
+        dwHighDateTime: 0,
+    };
+    let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
+    // SAFETY: `process` is open with PROCESS_QUERY_LIMITED_INFORMATION, the
+    // access GetProcessTimes documents; the four out-pointers are live
+    // FILETIMEs owned here.
+    check(
+        unsafe { GetProcessTimes(process.0, &mut created, &mut exited, &mut kernel, &mut user) },
+        "GetProcessTimes",
+    )?;
+    Ok(u64::from(created.dwHighDateTime) << 32 | u64::from(created.dwLowDateTime))
+}
+
+/// `HKLM\SOFTWARE\Microsoft\Cryptography\MachineGuid` (REG_SZ), from the
+/// 64-bit view of the registry whatever this build's bitness.
+pub fn machine_guid() -> io::Result<String> {
+    let key = wide(r"SOFTWARE\Microsoft\Cryptography");
+    let value = wide("MachineGuid");
+    let mut buf = [0u16; 128];
+    let mut bytes = u32::try_from(std::mem::size_of_val(&buf)).map_err(io::Error::other)?;
+    // SAFETY: `key` and `value` are NUL-terminated UTF-16; `buf` is `bytes`
+    // writable bytes, and RegGetValueW writes at most that many (with
+    // RRF_RT_REG_SZ the string comes back NUL-terminated) and stores the
+    // count in `bytes`; the type out-pointer may be null.
+    let rc = unsafe {
+        RegGetValueW(
+            HKEY_LOCAL_MACHINE,
+            key.as_ptr(),
+            value.as_ptr(),
+            RRF_RT_REG_SZ | RRF_SUBKEY_WOW6464KEY,
+            std::ptr::null_mut(),
+            buf.as_mut_ptr().cast(),
+            &mut bytes,
+        )
+    };
+    if rc != ERROR_SUCCESS {
+        let e = io::Error::from_raw_os_error(rc as i32);
+        return Err(io::Error::new(
+            e.kind(),
+            format!("RegGetValueW(MachineGuid): {e}"),
+        ));
+    }
+    let units = (bytes as usize / 2).min(buf.len());
+    let text = &buf[..units];
+    let end = text.iter().position(|c| *c == 0).unwrap_or(text.len());
+    Ok(String::from_utf16_lossy(&text[..end]))
 }
 
 /// The process id at the other end of the named pipe `pipe` (a handle the

@@ -52,3 +52,21 @@ fn drive_letters_map_to_devices() {
     let c = devices.iter().find(|(_, d)| d == "C:");
     assert!(c.is_some(), "{devices:?}");
 }
+
+#[test]
+fn identity_facts_are_readable() {
+    let guid = machine_guid().expect("MachineGuid");
+    assert!(
+        crate::model::identity::guid_memory_from_text(&guid).is_some(),
+        "{guid:?}"
+    );
+    let own = process_create_time(std::process::id()).expect("own creation time");
+    // FILETIME now, from the Unix clock: the process started before it.
+    let now_ft = crate::clock::now_unix_ns() / 100 + 116_444_736_000_000_000;
+    assert!(
+        own > 116_444_736_000_000_000 && own as i64 <= now_ft,
+        "{own}"
+    );
+    assert_eq!(process_create_time(std::process::id()).ok(), Some(own));
+    assert!(process_create_time(0x7fff_fff0).is_err(), "no such process");
+}

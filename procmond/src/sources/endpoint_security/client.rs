@@ -36,6 +36,7 @@ use super::reason::{EsError, NewClientFailure};
 use super::seq::GapCounter;
 use crate::metrics::Metrics;
 use crate::model::ProcessEvent;
+use crate::model::identity::MacBoot;
 use crate::sources::SourceMsg;
 use crate::sources::stream::{ReaderThread, StartedStream};
 
@@ -168,6 +169,7 @@ fn run(
         "EndpointSecurity client subscribed to NOTIFY_EXEC, NOTIFY_FORK, NOTIFY_EXIT"
     );
     let mut reader = Reader {
+        boot: super::boot(),
         tx,
         metrics,
         gaps: GapCounter::default(),
@@ -217,6 +219,9 @@ fn run(
 
 /// The reader's state.
 struct Reader<'a> {
+    /// This boot's facts for `entity_id` (`super::boot`); `None` leaves ids
+    /// out.
+    boot: Option<&'static MacBoot>,
     tx: &'a mpsc::Sender<SourceMsg>,
     metrics: &'a Metrics,
     gaps: GapCounter,
@@ -276,9 +281,22 @@ impl Reader<'_> {
                 "EndpointSecurity sequence numbers started over; counting from the new ones"
             );
         }
+        let boot = self.boot;
         let decoded = view(msg)
             .ok_or_else(|| format!("unexpected event type {}", msg.event_type().0))
-            .and_then(|m| decode::to_event(&m).map_err(|e| e.to_string()));
+            .and_then(|m| {
+                let mut event = decode::to_event(&m).map_err(|e| e.to_string())?;
+                if let Some(boot) = boot {
+                    // A fork names its parent itself; otherwise the parent's
+                    // start is read now (it may have exited: no id then).
+                    let parent_start = match m.event {
+                        EsEvent::Fork { .. } => None,
+                        _ => event.ppid.and_then(|p| super::ffi::start_time(p).ok()),
+                    };
+                    decode::identify(&mut event, &m, boot, parent_start);
+                }
+                Ok(event)
+            });
         match decoded {
             Ok(event) => Some(event),
             Err(error) => {
@@ -350,6 +368,7 @@ fn process<'a>(p: &Process<'a>) -> EsProcess<'a> {
     let token = p.audit_token();
     EsProcess {
         pid: token.pid(),
+        pidversion: token.pidversion(),
         ruid: token.ruid(),
         euid: token.euid(),
         rgid: token.rgid(),

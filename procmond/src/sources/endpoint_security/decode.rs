@@ -13,7 +13,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::model::{EventKind, EventSource, Platform, ProcessEvent};
+use crate::model::identity::{MacBoot, Timeval, exec_id};
+use crate::model::{EventKind, EventSource, Parent, Platform, ProcessEvent};
 use crate::sources::snapshot::{ARGV_MAX_ARGS, ARGV_MAX_BYTES, split_argv};
 
 /// Longest path kept for `exe`, `cwd` and `exec_filename`, in bytes
@@ -38,6 +39,9 @@ pub struct EsFile<'a> {
 pub struct EsProcess<'a> {
     /// `audit_token_to_pid`.
     pub pid: i32,
+    /// `audit_token_to_pidversion`: XNU gives each process a new one at
+    /// fork and again at every exec (bsd/kern/kern_exec.c).
+    pub pidversion: i32,
     /// `audit_token_to_ruid`, `_euid`, `_rgid`.
     pub ruid: u32,
     pub euid: u32,
@@ -166,6 +170,81 @@ pub fn start_time_ns(t: SystemTime) -> Option<i64> {
         return None;
     }
     Some(i64::try_from(secs).unwrap_or(i64::MAX / 1_000_000_000) * 1_000_000_000)
+}
+
+/// A start time as the CPID reads it (`p_start`: seconds and µs); `None`
+/// for the crate's overflow value (the epoch) and times before it.
+pub fn start_timeval(t: SystemTime) -> Option<Timeval> {
+    let d = t.duration_since(UNIX_EPOCH).ok()?;
+    (d.as_secs() != 0).then(|| Timeval {
+        sec: d.as_secs(),
+        usec: u64::from(d.subsec_micros()),
+    })
+}
+
+/// `kp_proc.p_starttime` from a `kern.proc.pid.PID` answer (64-bit
+/// `struct kinfo_proc`, bsd/sys/proc.h: `p_un.__p_starttime` — an i64
+/// seconds and an i32 µs — at offset 0, `p_pid` at 40), when the entry is
+/// `pid`'s and the time is set (the kernel answers an empty buffer for a
+/// pid that does not exist).
+pub fn parse_kinfo_proc_start(b: &[u8], pid: u32) -> Option<Timeval> {
+    const P_PID: usize = 40;
+    let sec = i64::from_ne_bytes(b.get(0..8)?.try_into().ok()?);
+    let usec = i32::from_ne_bytes(b.get(8..12)?.try_into().ok()?);
+    let found = i32::from_ne_bytes(b.get(P_PID..P_PID + 4)?.try_into().ok()?);
+    if u32::try_from(found).ok() != Some(pid) || sec <= 0 || !(0..1_000_000).contains(&usec) {
+        return None;
+    }
+    Some(Timeval {
+        sec: u64::try_from(sec).ok()?,
+        usec: u64::try_from(usec).ok()?,
+    })
+}
+
+/// The ids of an event `to_event` made from `msg`: the subject's
+/// `entity_id` (CPID: `boot`, its start, its pid) and `exec_id` (its audit
+/// token's pid version, which every exec changes); the parent's `entity_id`
+/// from the message itself on a fork (the forking process is the parent),
+/// else from `parent_start`, the parent's start as the caller read it —
+/// used only when it is not later than the subject's (a later one belongs
+/// to a process that reused the parent's pid).
+pub fn identify(
+    e: &mut ProcessEvent,
+    msg: &EsMessage<'_>,
+    boot: &MacBoot,
+    parent_start: Option<Timeval>,
+) {
+    let subject = match &msg.event {
+        EsEvent::Exec { target, .. } => target,
+        EsEvent::Fork { child } => child,
+        EsEvent::Exit { .. } => &msg.process,
+    };
+    let start = subject.start_time.and_then(start_timeval);
+    e.entity_id = start.map(|s| boot.entity_id(s, e.pid));
+    e.exec_id = e
+        .entity_id
+        .map(|id| exec_id(id, u64::from(subject.pidversion.cast_unsigned())));
+    let (ppid, parent_start) = match &msg.event {
+        EsEvent::Fork { .. } => (
+            u32::try_from(msg.process.pid).ok(),
+            msg.process.start_time.and_then(start_timeval),
+        ),
+        _ => (
+            e.ppid,
+            parent_start.filter(|p| start.is_none_or(|s| (p.sec, p.usec) <= (s.sec, s.usec))),
+        ),
+    };
+    if let Some(pid) = ppid {
+        e.parent = Some(Parent {
+            entity_id: parent_start.map(|s| boot.entity_id(s, pid)),
+            pid,
+            // Whole seconds, as `start_time` is on macOS.
+            start_time: parent_start
+                .and_then(|s| i64::try_from(s.sec).ok())
+                .map(|s| s.saturating_mul(1_000_000_000)),
+            ..Parent::default()
+        });
+    }
 }
 
 /// `bytes`, cut to `max`, and whether it was cut.

@@ -16,6 +16,7 @@ fn at(secs: u64, nanos: u32) -> SystemTime {
 fn process(pid: i32, path: &[u8]) -> EsProcess<'_> {
     EsProcess {
         pid,
+        pidversion: 31,
         ruid: 501,
         euid: 0,
         rgid: 20,
@@ -282,4 +283,119 @@ proptest::proptest! {
         let e = to_event(&msg).expect("pid is positive");
         proptest::prop_assert!(e.exit_code.is_some() as u8 + e.platform.signal.is_some() as u8 <= 1);
     }
+}
+
+fn mac_boot() -> MacBoot {
+    MacBoot {
+        serial: MacBoot::serial_field("C02ZX0ABCDEF").expect("serial"),
+        hardware_uuid: [3; 16],
+        kernel_task_start: Timeval {
+            sec: 1_699_990_000,
+            usec: 1,
+        },
+        launchd_start: Timeval {
+            sec: 1_699_990_000,
+            usec: 70_000,
+        },
+    }
+}
+
+#[test]
+fn ids_of_an_exec_a_fork_and_an_exit() {
+    let boot = mac_boot();
+    // process(): started 1_700_000_000 s + 987_654 µs, pid version 31.
+    let start = Timeval {
+        sec: 1_700_000_000,
+        usec: 987_654,
+    };
+    let msg = exec(b"/bin/ls", vec![b"ls"], b"/");
+    let mut e = to_event(&msg).expect("decodes");
+    let parent_start = Timeval {
+        sec: 1_699_999_000,
+        usec: 5,
+    };
+    identify(&mut e, &msg, &boot, Some(parent_start));
+    let id = boot.entity_id(start, 900);
+    assert_eq!(e.entity_id, Some(id));
+    assert_eq!(e.exec_id, Some(exec_id(id, 31)));
+    let parent = e.parent.clone().expect("parent");
+    assert_eq!(parent.pid, 1);
+    assert_eq!(parent.entity_id, Some(boot.entity_id(parent_start, 1)));
+    assert_eq!(parent.start_time, Some(1_699_999_000_000_000_000));
+    // The next exec of the same process: same entity, new image id.
+    let mut msg2 = exec(b"/bin/cat", vec![b"cat"], b"/");
+    if let EsEvent::Exec { target, .. } = &mut msg2.event {
+        target.pidversion = 32;
+    }
+    let mut e2 = to_event(&msg2).expect("decodes");
+    identify(&mut e2, &msg2, &boot, Some(parent_start));
+    assert_eq!(e2.entity_id, e.entity_id);
+    assert_ne!(e2.exec_id, e.exec_id);
+    // A "parent" started after the child is a reuse of its pid: no id.
+    let later = Timeval {
+        sec: 1_700_000_001,
+        usec: 0,
+    };
+    let mut e3 = to_event(&msg).expect("decodes");
+    identify(&mut e3, &msg, &boot, Some(later));
+    assert_eq!(e3.parent.map(|p| (p.pid, p.entity_id)), Some((1, None)));
+    // A fork: the message's process is the parent, with its own start.
+    let mut forker = process(900, b"/bin/zsh");
+    forker.start_time = Some(at(1_699_999_999, 250_000_000));
+    let mut child = process(1001, b"/bin/zsh");
+    child.ppid = 900;
+    child.start_time = Some(at(1_700_000_100, 7_000));
+    let fork = message(FORK, forker, EsEvent::Fork { child });
+    let mut f = to_event(&fork).expect("decodes");
+    identify(&mut f, &fork, &boot, None);
+    let child_start = Timeval {
+        sec: 1_700_000_100,
+        usec: 7,
+    };
+    assert_eq!(f.entity_id, Some(boot.entity_id(child_start, 1001)));
+    let fp = f.parent.expect("parent");
+    let forker_start = Timeval {
+        sec: 1_699_999_999,
+        usec: 250_000,
+    };
+    assert_eq!(
+        (fp.pid, fp.entity_id),
+        (900, Some(boot.entity_id(forker_start, 900)))
+    );
+    // An exit names the exiting process; without a start time, no ids.
+    let mut quitter = process(900, b"/bin/zsh");
+    quitter.start_time = Some(UNIX_EPOCH);
+    let exit = message(EXIT, quitter, EsEvent::Exit { stat: 0 });
+    let mut x = to_event(&exit).expect("decodes");
+    identify(&mut x, &exit, &boot, None);
+    assert_eq!((x.entity_id, x.exec_id), (None, None));
+    assert_eq!(x.parent.map(|p| (p.pid, p.entity_id)), Some((1, None)));
+}
+
+#[test]
+fn kinfo_proc_start_time() {
+    let mut b = vec![0u8; 648];
+    b[..8].copy_from_slice(&1_703_173_115i64.to_ne_bytes());
+    b[8..12].copy_from_slice(&282_857i32.to_ne_bytes());
+    b[40..44].copy_from_slice(&1i32.to_ne_bytes());
+    assert_eq!(
+        parse_kinfo_proc_start(&b, 1),
+        Some(Timeval {
+            sec: 1_703_173_115,
+            usec: 282_857
+        })
+    );
+    assert_eq!(parse_kinfo_proc_start(&b, 2), None, "another pid's entry");
+    assert_eq!(parse_kinfo_proc_start(&b[..40], 1), None, "cut short");
+    assert_eq!(parse_kinfo_proc_start(&[], 1), None, "no such process");
+    b[8..12].copy_from_slice(&1_000_000i32.to_ne_bytes());
+    assert_eq!(parse_kinfo_proc_start(&b, 1), None, "µs out of range");
+    b[8..12].copy_from_slice(&0i32.to_ne_bytes());
+    b[..8].copy_from_slice(&0i64.to_ne_bytes());
+    assert_eq!(parse_kinfo_proc_start(&b, 1), None, "no start time");
+    assert_eq!(start_timeval(UNIX_EPOCH), None);
+    assert_eq!(
+        start_timeval(at(5, 1_999)),
+        Some(Timeval { sec: 5, usec: 1 })
+    );
 }

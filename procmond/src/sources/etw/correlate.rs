@@ -23,6 +23,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::decode::{Classic, KpStart, KpStop, file_name, split_command_line, whole_seconds};
+use super::identity::Identities;
 use super::ntpath::DeviceMap;
 use crate::model::{EventKind, EventSource, ProcessEvent};
 
@@ -93,6 +94,8 @@ pub struct Correlator {
     head_id: u64,
     /// Incomplete entries by (kind, pid).
     open: HashMap<(Kind, u32), Vec<u64>>,
+    /// Names the processes (`identity`); `None` leaves ids out.
+    ids: Option<Identities>,
     pub stats: CorrelateStats,
 }
 
@@ -104,8 +107,15 @@ impl Correlator {
             queue: VecDeque::new(),
             head_id: 0,
             open: HashMap::new(),
+            ids: None,
             stats: CorrelateStats::default(),
         }
+    }
+
+    /// Gives every event leaving the correlator its ids.
+    pub fn with_identities(mut self, ids: Identities) -> Self {
+        self.ids = Some(ids);
+        self
     }
 
     /// The id the next entry will get: a barrier asked now is answered
@@ -264,14 +274,25 @@ impl Correlator {
             (true, false) => self.stats.modern_only += 1,
             _ => self.stats.classic_only += 1,
         }
-        match (e.kind, e.modern) {
-            (Kind::Start, Some(Modern::Start(kp))) => {
-                exec_event(Some(&kp), e.classic.as_ref(), &self.devices)
+        let (mut event, created) = match (e.kind, e.modern) {
+            (Kind::Start, Some(Modern::Start(kp))) => (
+                exec_event(Some(&kp), e.classic.as_ref(), &self.devices),
+                kp.create_filetime,
+            ),
+            (Kind::Stop, Some(Modern::Stop(kp))) => (
+                exit_event(Some(&kp), e.classic.as_ref()),
+                kp.create_filetime,
+            ),
+            (Kind::Start, _) => (exec_event(None, e.classic.as_ref(), &self.devices), None),
+            (Kind::Stop, _) => (exit_event(None, e.classic.as_ref()), None),
+        };
+        if let Some(ids) = &mut self.ids {
+            match e.kind {
+                Kind::Start => ids.exec(&mut event, created),
+                Kind::Stop => ids.exit(&mut event, created),
             }
-            (Kind::Stop, Some(Modern::Stop(kp))) => exit_event(Some(&kp), e.classic.as_ref()),
-            (Kind::Start, _) => exec_event(None, e.classic.as_ref(), &self.devices),
-            (Kind::Stop, _) => exit_event(None, e.classic.as_ref()),
         }
+        event
     }
 }
 

@@ -146,6 +146,8 @@ pub struct KpStart {
     pub ppid: Option<u32>,
     /// Unix ns, full precision.
     pub create_time: Option<i64>,
+    /// `CreateTime` as the event gave it (FILETIME ticks): the CPID input.
+    pub create_filetime: Option<u64>,
     pub session: Option<u32>,
     /// NT path (`\Device\HarddiskVolume3\…`).
     pub image: Option<String>,
@@ -158,6 +160,8 @@ pub struct KpStart {
 pub struct KpStop {
     pub pid: u32,
     pub create_time: Option<i64>,
+    /// `CreateTime` as the event gave it (FILETIME ticks).
+    pub create_filetime: Option<u64>,
     pub exit_time: Option<i64>,
     pub exit_code: Option<u32>,
     /// The short image name (the kernel's 15-character copy).
@@ -211,6 +215,9 @@ pub fn kp_start(p: &Props) -> Result<KpStart, DecodeError> {
         })?,
         ppid: p.u32("ParentProcessID"),
         create_time: p.u64("CreateTime").and_then(filetime_to_unix_ns),
+        create_filetime: p
+            .u64("CreateTime")
+            .filter(|t| filetime_to_unix_ns(*t).is_some()),
         session: p.u32("SessionID"),
         image: p.str("ImageName").map(str::to_string),
         seq: p.u64("ProcessSequenceNumber"),
@@ -226,6 +233,9 @@ pub fn kp_stop(p: &Props) -> Result<KpStop, DecodeError> {
             field: "ProcessID",
         })?,
         create_time: p.u64("CreateTime").and_then(filetime_to_unix_ns),
+        create_filetime: p
+            .u64("CreateTime")
+            .filter(|t| filetime_to_unix_ns(*t).is_some()),
         exit_time: p.u64("ExitTime").and_then(filetime_to_unix_ns),
         exit_code: p.u32("ExitCode"),
         image_name: p.str("ImageName").map(str::to_string),

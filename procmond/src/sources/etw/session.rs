@@ -43,6 +43,7 @@ use tokio::sync::mpsc;
 use super::access::{self, session_names};
 use super::correlate::{CorrelateConfig, Correlator};
 use super::decode::{self, Kind, Props, Value};
+use super::identity::Identities;
 use super::ntpath::DeviceMap;
 use super::rundown::Rundown;
 use crate::metrics::Metrics;
@@ -361,9 +362,15 @@ pub fn start(
     };
     let names = sessions.names.clone();
     let shared = rundown.clone();
+    let ids = super::boot().map(|boot| {
+        Identities::new(
+            *boot,
+            Box::new(|pid| crate::sys::windows::process_create_time(pid).ok()),
+        )
+    });
     let correlator = std::thread::Builder::new()
         .name("etw-correlator".into())
-        .spawn(move || correlate_loop(&rx, &tx, &metrics, correlate, &names, &shared))
+        .spawn(move || correlate_loop(&rx, &tx, &metrics, correlate, ids, &names, &shared))
         .map_err(|e| format!("starting the ETW correlator thread: {e}"))?;
     Ok(StartedStream {
         source: crate::model::EventSource::Etw,
@@ -397,12 +404,16 @@ fn correlate_loop(
     tx: &mpsc::Sender<SourceMsg>,
     metrics: &Metrics,
     config: CorrelateConfig,
+    ids: Option<Identities>,
     names: &[String],
     rundown: &Mutex<Rundown>,
 ) {
     let began = Instant::now();
     let now = || began.elapsed().as_nanos() as u64;
     let mut corr = Correlator::new(config, DeviceMap::current());
+    if let Some(ids) = ids {
+        corr = corr.with_identities(ids);
+    }
     let mut barriers: VecDeque<(u64, u64)> = VecDeque::new();
     let mut last_loss = Instant::now();
     let mut stopping = false;

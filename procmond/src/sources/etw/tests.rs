@@ -248,6 +248,7 @@ fn stops_join_and_never_overtake_their_start() {
     let stop = KpStop {
         pid: 30,
         create_time: Some(CREATED_NS),
+        create_filetime: Some(ft(CREATED_NS)),
         exit_time: Some(CREATED_NS + SEC as i64),
         exit_code: Some(0xC000_0005),
         image_name: Some("notepad.exe".into()),
@@ -362,4 +363,179 @@ fn the_probe_starts_or_says_why_not() {
             "{why}"
         ),
     }
+}
+
+fn win_boot() -> crate::model::identity::WindowsBoot {
+    crate::model::identity::WindowsBoot {
+        machine_guid: crate::model::identity::guid_memory_from_text(
+            "b3b44fe1-8a3b-4191-a91e-d3581e766fac",
+        )
+        .expect("guid"),
+        system_create_time: ft(CREATED_NS - 3_600 * SEC as i64),
+    }
+}
+
+/// Ids on correlated events: the CPID from ProcessStart's CreateTime, exec
+/// id 0, the parent's from the system's answer, or from the start this
+/// source saw, never from a process younger than the child.
+#[test]
+fn events_carry_cpids_and_their_parents() {
+    use super::identity::Identities;
+    use crate::model::identity::exec_id;
+    let boot = win_boot();
+    // The "system": pid 900 started an hour ago; 901 started after the
+    // child (a reuse of the parent's pid); nothing else answers.
+    let parent_ft = ft(CREATED_NS - 3_000 * SEC as i64);
+    let lookup = move |pid: u32| match pid {
+        900 => Some(parent_ft),
+        901 => Some(ft(CREATED_NS + SEC as i64)),
+        _ => None,
+    };
+    let modern_only = CorrelateConfig {
+        classic: false,
+        ..CorrelateConfig::default()
+    };
+    let mut c = Correlator::new(modern_only, devices())
+        .with_identities(Identities::new(boot, Box::new(lookup)));
+    c.modern_start(modern(40, 900, CREATED_NS), 0);
+    c.modern_start(modern(41, 901, CREATED_NS), 0);
+    // 42's parent is 40 (whose ProcessStart carried sequence number 7001).
+    let child_of_40 = start_props(42, 40, CREATED_NS + SEC as i64)
+        .with("ProcessSequenceNumber", Value::U64(7002))
+        .with("ParentProcessSequenceNumber", Value::U64(7001));
+    c.modern_start(kp_start(&child_of_40).expect("decodes"), 0);
+    c.modern_start(modern(43, 4, CREATED_NS), 0);
+    let out = c.ready(0);
+    assert_eq!(out.len(), 4);
+    let id40 = boot.entity_id(ft(CREATED_NS), 40);
+    assert_eq!(out[0].entity_id, Some(id40));
+    assert_eq!(out[0].exec_id, Some(exec_id(id40, 0)));
+    let p = out[0].parent.clone().expect("parent");
+    assert_eq!(
+        (p.pid, p.entity_id),
+        (900, Some(boot.entity_id(parent_ft, 900)))
+    );
+    assert_eq!(
+        p.start_time,
+        filetime_to_unix_ns(parent_ft).map(whole_seconds)
+    );
+    assert_eq!(
+        out[1].parent.clone().map(|p| (p.pid, p.entity_id)),
+        Some((901, None)),
+        "a parent younger than the child is another process"
+    );
+    // 40 is not known to the system here: its start, seen above, names it.
+    assert_eq!(out[2].parent.clone().and_then(|p| p.entity_id), Some(id40));
+    assert_eq!(
+        out[3].parent.clone().and_then(|p| p.entity_id),
+        Some(boot.entity_id(boot.system_create_time, 4))
+    );
+    // The stop names the same process, and forgets its start.
+    let stop = KpStop {
+        pid: 40,
+        create_time: Some(CREATED_NS),
+        create_filetime: Some(ft(CREATED_NS)),
+        exit_time: Some(CREATED_NS + 2 * SEC as i64),
+        exit_code: Some(0),
+        image_name: Some("notepad.exe".into()),
+        seq: Some(7001),
+    };
+    c.modern_stop(stop, 0);
+    let out = c.ready(0);
+    assert_eq!(out[0].kind, EventKind::Exit);
+    assert_eq!(out[0].entity_id, Some(id40));
+    c.modern_start(modern(44, 40, CREATED_NS + 3 * SEC as i64), 0);
+    let out = c.ready(0);
+    assert_eq!(
+        out[0].parent.clone().map(|p| (p.pid, p.entity_id)),
+        Some((40, None)),
+        "an exited parent the system no longer knows"
+    );
+}
+
+/// An event only the classic provider reported has no creation time: no
+/// ids, and the parent by pid only.
+#[test]
+fn classic_only_events_have_no_ids() {
+    use super::identity::Identities;
+    let classic_only = CorrelateConfig {
+        modern: false,
+        ..CorrelateConfig::default()
+    };
+    let mut c = Correlator::new(classic_only, devices())
+        .with_identities(Identities::new(win_boot(), Box::new(|_| Some(1))));
+    c.classic(classic_at(50, 900, CREATED_NS), false, 0);
+    let out = c.ready(0);
+    assert_eq!((out[0].entity_id, out[0].exec_id), (None, None));
+    assert_eq!(
+        out[0].parent.clone().map(|p| (p.pid, p.entity_id)),
+        Some((900, None))
+    );
+}
+
+/// The boot's facts and a real snapshot's ids (Windows; under wine when
+/// the System process cannot be opened, only that is checked).
+#[cfg(windows)]
+#[test]
+fn snapshot_ids_from_the_system() {
+    use crate::sys::windows::process_create_time;
+    let Some(boot) = super::boot() else {
+        let system = process_create_time(super::identity::SYSTEM_PID);
+        assert!(
+            crate::sys::windows::under_wine(),
+            "boot facts unreadable: {system:?}"
+        );
+        eprintln!("wine: no System process to read ({system:?}); snapshot ids not exercised");
+        return;
+    };
+    let mut snapshot =
+        crate::sources::sysinfo_snapshot::snapshot(Default::default()).expect("snapshot");
+    let own = std::process::id();
+    let me = snapshot
+        .processes
+        .iter_mut()
+        .find(|p| p.pid == own)
+        .expect("this process is in the snapshot");
+    let created = process_create_time(own).expect("own creation time");
+    assert_eq!(me.entity_id, Some(boot.entity_id(created, own)));
+    assert!(me.exec_id.is_some());
+    let one = std::slice::from_mut(me);
+    super::fill_snapshot_ids(one);
+    assert_eq!(one[0].entity_id, Some(boot.entity_id(created, own)));
+}
+
+/// ProcessStart's parent sequence number picks the start this source saw
+/// when it names that process, and refuses one that names another.
+#[test]
+fn parent_sequence_numbers_decide_between_seen_starts() {
+    use super::identity::Identities;
+    let boot = win_boot();
+    let with_seqs = |pid: u32, ppid: u32, created: i64, seq: u64, parent_seq: u64| {
+        let props = start_props(pid, ppid, created)
+            .with("ProcessSequenceNumber", Value::U64(seq))
+            .with("ParentProcessSequenceNumber", Value::U64(parent_seq));
+        kp_start(&props).expect("decodes")
+    };
+    let modern_only = CorrelateConfig {
+        classic: false,
+        ..CorrelateConfig::default()
+    };
+    // The system answers nothing: only the seen starts can name parents.
+    let mut c = Correlator::new(modern_only, devices())
+        .with_identities(Identities::new(boot, Box::new(|_| None)));
+    let parent_at = CREATED_NS - 10 * SEC as i64;
+    c.modern_start(with_seqs(60, 1, parent_at, 500, 1), 0);
+    c.modern_start(with_seqs(61, 60, CREATED_NS, 501, 500), 0);
+    c.modern_start(with_seqs(62, 60, CREATED_NS, 502, 499), 0);
+    let out = c.ready(0);
+    assert_eq!(
+        out[1].parent.clone().and_then(|p| p.entity_id),
+        Some(boot.entity_id(ft(parent_at), 60)),
+        "the seen start with the parent's sequence number"
+    );
+    assert_eq!(
+        out[2].parent.clone().map(|p| (p.pid, p.entity_id)),
+        Some((60, None)),
+        "the seen start is another process than sequence number 499"
+    );
 }

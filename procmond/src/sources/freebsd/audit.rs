@@ -234,7 +234,7 @@ pub fn start(
 ) -> Result<StartedStream, String> {
     let (pipe, degraded_reason) = open_pipe()?;
     let mut table = SysctlTable::new();
-    let mut tracker = Tracker::new(config.enhanced_metadata);
+    let mut tracker = Tracker::new(config.enhanced_metadata).with_boot(kinfo::boot().copied());
     // Read after the pipe opened: a process is either in it or in a record.
     match kinfo::processes() {
         Ok(all) => tracker.seed(all.into_iter().map(|k| table.with_start(k))),

@@ -14,13 +14,15 @@
 //!
 //! Event numbers are FreeBSD's (`AUE_*` in OpenBSM's
 //! `sys/bsm/audit_kevents.h`); rfork(2) is 43043 on FreeBSD (353 is
-//! Darwin's).
+//! Darwin's). The set*id(2) calls are `setuid` events: the record's subject
+//! holds the ids before the call, the process table those after.
 
 use std::collections::HashMap;
 
 use super::bsm::{BsmError, Record};
 use super::kinfo::Kinfo;
-use crate::model::{EventKind, EventSource, ProcessEvent};
+use crate::model::identity::FreeBsdBoot;
+use crate::model::{Creds, EventKind, EventSource, Parent, ProcessEvent};
 use crate::sources::snapshot::split_argv;
 
 /// `AUE_*` event numbers procmond reports.
@@ -34,10 +36,19 @@ pub mod aue {
     pub const MAC_EXECVE: u16 = 43131;
     pub const FEXECVE: u16 = 43144;
     pub const PDFORK: u16 = 43197;
+    pub const SETREUID: u16 = 40;
+    pub const SETREGID: u16 = 41;
+    pub const SETUID: u16 = 200;
+    pub const SETGID: u16 = 205;
+    pub const SETEGID: u16 = 214;
+    pub const SETEUID: u16 = 215;
+    pub const SETRESUID: u16 = 43057;
+    pub const SETRESGID: u16 = 43059;
 
     /// Every event the audit pipe is asked for.
-    pub const ALL: [u16; 9] = [
-        EXIT, FORK, EXEC, EXECVE, VFORK, RFORK, MAC_EXECVE, FEXECVE, PDFORK,
+    pub const ALL: [u16; 17] = [
+        EXIT, FORK, EXEC, EXECVE, VFORK, RFORK, MAC_EXECVE, FEXECVE, PDFORK, SETUID, SETEUID,
+        SETREUID, SETRESUID, SETGID, SETEGID, SETREGID, SETRESGID,
     ];
 }
 
@@ -52,6 +63,14 @@ pub fn kind_of(event: u16) -> Option<EventKind> {
         aue::EXEC | aue::EXECVE | aue::MAC_EXECVE | aue::FEXECVE => Some(EventKind::Exec),
         aue::FORK | aue::VFORK | aue::RFORK | aue::PDFORK => Some(EventKind::Fork),
         aue::EXIT => Some(EventKind::Exit),
+        aue::SETUID
+        | aue::SETEUID
+        | aue::SETREUID
+        | aue::SETRESUID
+        | aue::SETGID
+        | aue::SETEGID
+        | aue::SETREGID
+        | aue::SETRESGID => Some(EventKind::SetUid),
         _ => None,
     }
 }
@@ -110,6 +129,19 @@ pub fn to_event(r: &Record<'_>) -> Result<Option<ProcessEvent>, BsmError> {
         _ => subject.pid,
     };
     let mut e = ProcessEvent::new(kind, EventSource::Audit, r.header.unix_ns(), pid);
+    if kind == EventKind::SetUid {
+        // The subject is the credential the kernel copied when the system
+        // call began (`audit_record_ctor`: `td->td_ucred`), so before the
+        // change; the ids after it are read from the process table
+        // (`Tracker::complete`).
+        e.previous_creds = Some(Creds {
+            uid: subject.ruid,
+            euid: subject.euid,
+            gid: subject.rgid,
+            egid: subject.egid,
+        });
+        return Ok(Some(e));
+    }
     // The child of a fork starts with its parent's credentials.
     e.uid = Some(subject.ruid);
     e.euid = Some(subject.euid);
@@ -177,6 +209,8 @@ pub struct Tracker {
     known: HashMap<u32, Known>,
     /// Read the cwd of exec'd processes (`enhanced_metadata` at start).
     cwd: bool,
+    /// This boot's facts for `entity_id`; `None` leaves ids out.
+    boot: Option<FreeBsdBoot>,
 }
 
 impl Tracker {
@@ -184,7 +218,14 @@ impl Tracker {
         Self {
             known: HashMap::new(),
             cwd,
+            boot: None,
         }
+    }
+
+    /// Computes `entity_id` (the process's and its parent's) with `boot`.
+    pub fn with_boot(mut self, boot: Option<FreeBsdBoot>) -> Self {
+        self.boot = boot;
+        self
     }
 
     /// Processes remembered.
@@ -213,6 +254,43 @@ impl Tracker {
     /// Fills in what the record lacks. `had_argv`: the record carried an
     /// exec_args token (else argv is read from the process, after the fact).
     pub fn complete(&mut self, e: &mut ProcessEvent, table: &mut impl ProcTable, had_argv: bool) {
+        self.complete_fields(e, table, had_argv);
+        self.identify(e, table);
+    }
+
+    /// `entity_id` from the pid and start time; the parent from its own
+    /// (remembered, else read from the table; a parent gone by now and
+    /// never seen keeps no id). No `exec_id`: FreeBSD keeps no count of a
+    /// process's execs that procmond could read after a restart.
+    fn identify(&mut self, e: &mut ProcessEvent, table: &mut impl ProcTable) {
+        let Some(boot) = self.boot else {
+            return;
+        };
+        e.entity_id = super::kinfo::entity_id(&boot, e.pid, e.start_time);
+        let Some(ppid) = e.ppid else {
+            return;
+        };
+        let parent_start = match self.known.get(&ppid) {
+            Some(k) => k.start_time,
+            None => table
+                .process(ppid)
+                .filter(|(k, _)| k.pid == ppid)
+                .and_then(|(_, start)| start),
+        };
+        e.parent = Some(Parent {
+            entity_id: super::kinfo::entity_id(&boot, ppid, parent_start),
+            pid: ppid,
+            start_time: parent_start,
+            ..Parent::default()
+        });
+    }
+
+    fn complete_fields(
+        &mut self,
+        e: &mut ProcessEvent,
+        table: &mut impl ProcTable,
+        had_argv: bool,
+    ) {
         match e.kind {
             EventKind::Exec => self.complete_exec(e, table, had_argv),
             EventKind::Fork => {
@@ -237,6 +315,29 @@ impl Tracker {
                 e.name.clone_from(&known.name);
                 e.platform.jail_id = known.jail_id;
                 self.remember(e.pid, known);
+            }
+            EventKind::SetUid => {
+                // The ids now, as the table shows them (a later change
+                // before this read shows through); unknown when the process
+                // is gone.
+                let found = table.process(e.pid);
+                if let Some((k, _)) = &found {
+                    e.uid = Some(k.ruid);
+                    e.euid = Some(k.euid);
+                    e.gid = Some(k.rgid);
+                    e.egid = Some(k.egid);
+                }
+                let known = self
+                    .known
+                    .get(&e.pid)
+                    .cloned()
+                    .or_else(|| found.map(|(k, start)| Known::from_kinfo(&k, start)));
+                if let Some(k) = known {
+                    e.start_time = k.start_time;
+                    e.ppid = k.ppid;
+                    e.name = k.name;
+                    e.platform.jail_id = k.jail_id;
+                }
             }
             EventKind::Exit => {
                 let known = self.known.remove(&e.pid).or_else(|| {

@@ -28,6 +28,7 @@ const _: () = {
     assert!(offset_of!(libc::kinfo_proc, ki_uid) == off::UID);
     assert!(offset_of!(libc::kinfo_proc, ki_ruid) == off::RUID);
     assert!(offset_of!(libc::kinfo_proc, ki_rgid) == off::RGID);
+    assert!(offset_of!(libc::kinfo_proc, ki_groups) == off::GROUPS);
     assert!(offset_of!(libc::kinfo_proc, ki_start) == off::START);
     assert!(offset_of!(libc::kinfo_proc, ki_stat) == off::STAT);
     assert!(offset_of!(libc::kinfo_proc, ki_comm) == off::COMM);

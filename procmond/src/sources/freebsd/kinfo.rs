@@ -13,6 +13,8 @@
 //! fixtures); `ffi.rs` asserts at compile time, on FreeBSD builds, that
 //! these offsets are the libc crate's `kinfo_proc` / `kinfo_file` ones.
 
+use crate::model::EntityId;
+use crate::model::identity::{FreeBsdBoot, Timeval};
 use crate::sources::snapshot::{ProcessInfo, split_argv};
 
 /// `KINFO_PROC_SIZE` on LP64 FreeBSD (sys/sys/user.h): `ki_structsize`
@@ -29,6 +31,8 @@ pub mod off {
     pub const UID: usize = 168;
     pub const RUID: usize = 172;
     pub const RGID: usize = 180;
+    /// `ki_groups[0]`, the effective gid (what `KERN_PROC_GID` matches).
+    pub const GROUPS: usize = 192;
     /// `ki_start`, a `struct timeval` (two i64: seconds, microseconds).
     pub const START: usize = 336;
     pub const STAT: usize = 388;
@@ -51,6 +55,8 @@ pub struct Kinfo {
     pub euid: u32,
     pub ruid: u32,
     pub rgid: u32,
+    /// `ki_groups[0]`: the effective gid.
+    pub egid: u32,
     /// `ki_start` in µs since the epoch; `None` when the kernel left it 0.
     pub start_us: Option<i64>,
     pub comm: String,
@@ -124,6 +130,7 @@ pub fn parse_kinfo_proc(b: &[u8]) -> Result<Kinfo, KinfoError> {
         euid: u32_at(off::UID)?,
         ruid: u32_at(off::RUID)?,
         rgid: u32_at(off::RGID)?,
+        egid: u32_at(off::GROUPS)?,
         start_us: (sec != 0 || usec != 0).then(|| timeval_us(sec, usec)),
         comm: c_string(comm).unwrap_or_default(),
         jid: i32_at(b, off::JID).ok_or_else(short)?,
@@ -165,6 +172,40 @@ pub fn start_time_ns(start_us: i64, boottime_now_us: i64, boottime_first_us: i64
         .saturating_mul(1_000)
 }
 
+/// A process's id from its pid and its start time as events and snapshots
+/// carry it (`start_time_ns`: `ki_start` re-based on the boot time first
+/// seen, so the id survives a clock step while procmond runs). `None`
+/// without a start time.
+pub fn entity_id(boot: &FreeBsdBoot, pid: u32, start_time: Option<i64>) -> Option<EntityId> {
+    let start = Timeval::from_us(start_time?.div_euclid(1_000))?;
+    Some(boot.entity_id(start, pid))
+}
+
+/// `kern.hostuuid` (text, NUL-terminated) as 16 RFC 9562 bytes; `None`
+/// for text that is no UUID, and for the all-zero UUID a host without one
+/// reports (it would name every such host alike).
+pub fn parse_hostuuid(b: &[u8]) -> Option<[u8; 16]> {
+    let text = c_string(b)?;
+    EntityId::parse(text.trim())
+        .map(|u| u.0)
+        .filter(|u| u.iter().any(|b| *b != 0))
+}
+
+/// Fills each entry's `entity_id` and its parent's (from the parent's
+/// entry in the same table).
+pub fn fill_identity(boot: &FreeBsdBoot, processes: &mut [ProcessInfo]) {
+    let mut by_pid = std::collections::HashMap::with_capacity(processes.len());
+    for p in processes.iter_mut() {
+        p.entity_id = entity_id(boot, p.pid, p.start_time);
+        if let Some(id) = p.entity_id {
+            by_pid.insert(p.pid, id);
+        }
+    }
+    for p in processes.iter_mut() {
+        p.parent_entity_id = p.ppid.and_then(|pp| by_pid.get(&pp).copied());
+    }
+}
+
 /// The snapshot entry for a process: its `kinfo_proc`, the start time
 /// (`start_time_ns`), and what the per-process sysctls gave (argv bytes as
 /// `kern.proc.args` returns them, exe, cwd); missing ones stay `None`.
@@ -182,6 +223,7 @@ pub fn to_process_info(
         uid: Some(k.ruid),
         gid: Some(k.rgid),
         euid: Some(k.euid),
+        egid: Some(k.egid),
         name: k.comm.clone(),
         exe,
         argv,
@@ -228,6 +270,28 @@ mod live {
         *FIRST.get_or_init(|| boottime_us().unwrap_or(0))
     }
 
+    /// This boot's facts for process ids (`kern.hostuuid`, the boot time
+    /// first seen), read once; `None` (logged once) when the host has no
+    /// usable hostuuid.
+    pub fn boot() -> Option<&'static FreeBsdBoot> {
+        static BOOT: OnceLock<Option<FreeBsdBoot>> = OnceLock::new();
+        BOOT.get_or_init(|| {
+            let hostuuid = ffi::sysctl_by_name(c"kern.hostuuid")
+                .inspect_err(|e| tracing::error!(error = %e, "no entity_id on any event: kern.hostuuid cannot be read"))
+                .ok()
+                .and_then(|b| {
+                    let id = parse_hostuuid(&b);
+                    if id.is_none() {
+                        tracing::error!(value = ?c_string(&b), "no entity_id on any event: kern.hostuuid is not a usable UUID");
+                    }
+                    id
+                })?;
+            let boottime = Timeval::from_us(boottime_first_us())?;
+            Some(FreeBsdBoot { hostuuid, boottime })
+        })
+        .as_ref()
+    }
+
     /// A process's start time as events and snapshots report it.
     pub fn start_time(k: &Kinfo, boottime_now_us: i64) -> Option<i64> {
         k.start_us
@@ -267,7 +331,7 @@ mod live {
         let taken_at = clock::now_unix_ns();
         let boot = boottime_us().unwrap_or_else(boottime_first_us);
         let table = processes()?;
-        let processes = table
+        let mut processes: Vec<ProcessInfo> = table
             .iter()
             .map(|k| {
                 let args = if k.zombie { None } else { args(k.pid) };
@@ -276,6 +340,9 @@ mod live {
                 to_process_info(k, start_time(k, boot), args.as_deref(), exe, cwd)
             })
             .collect();
+        if let Some(ids) = self::boot() {
+            fill_identity(ids, &mut processes);
+        }
         Ok(Snapshot {
             taken_at,
             taken_at_boot_ns: None,
@@ -298,6 +365,7 @@ mod tests {
         put(off::UID, &0i32.to_ne_bytes());
         put(off::RUID, &1001i32.to_ne_bytes());
         put(off::RGID, &20i32.to_ne_bytes());
+        put(off::GROUPS, &21i32.to_ne_bytes());
         put(off::START, &start.0.to_ne_bytes());
         put(off::START + 8, &start.1.to_ne_bytes());
         put(off::STAT, &[2]);
@@ -314,6 +382,7 @@ mod tests {
             (k.pid, k.ppid, k.ruid, k.euid, k.rgid),
             (42, 1, 1001, 0, 20)
         );
+        assert_eq!(k.egid, 21);
         assert_eq!(k.comm, "sshd");
         assert_eq!((k.jid, k.zombie), (3, false));
         assert_eq!(k.start_us, Some(1_700_000_000_123_456));
@@ -376,6 +445,57 @@ mod tests {
             start_time_ns(1_065_000_000, stepped, first),
             1_005_000_000_000
         );
+    }
+
+    #[test]
+    fn identity_from_start_time_and_parent_in_the_table() {
+        let boot = FreeBsdBoot {
+            hostuuid: [7; 16],
+            boottime: Timeval {
+                sec: 1_000,
+                usec: 0,
+            },
+        };
+        let k = |pid, ppid| {
+            let e = entry(pid, ppid, b"sh\0", 0, (1_005, 250));
+            parse_kinfo_proc(&e).expect("parses")
+        };
+        let mut table = vec![
+            to_process_info(&k(1, 0), Some(1_000_500_000_000), None, None, None),
+            to_process_info(&k(50, 1), Some(1_005_000_250_000), None, None, None),
+            to_process_info(&k(51, 99), Some(1_005_000_250_000), None, None, None),
+            to_process_info(&k(52, 50), None, None, None, None),
+        ];
+        fill_identity(&boot, &mut table);
+        let start = Timeval {
+            sec: 1_005,
+            usec: 250,
+        };
+        assert_eq!(table[1].entity_id, Some(boot.entity_id(start, 50)));
+        assert_eq!(table[1].parent_entity_id, table[0].entity_id);
+        assert!(table[0].entity_id.is_some());
+        assert_eq!(table[2].parent_entity_id, None, "parent not in the table");
+        assert_eq!(table[3].entity_id, None, "no start time, no id");
+        assert_eq!(table[3].parent_entity_id, table[1].entity_id);
+        let e = table[1].to_event(
+            crate::model::EventKind::Snapshot,
+            crate::model::EventSource::Poll,
+            1,
+        );
+        assert_eq!(e.parent.and_then(|p| p.entity_id), table[0].entity_id);
+        // kern.hostuuid as the kernel answers it.
+        let mut text = b"5a3e1b2c-9d4f-11ee-8c90-0242ac120002".to_vec();
+        text.push(0);
+        assert_eq!(
+            parse_hostuuid(&text).map(|u| u[0]),
+            Some(0x5a),
+            "text to RFC bytes"
+        );
+        assert_eq!(
+            parse_hostuuid(b"00000000-0000-0000-0000-000000000000\0"),
+            None
+        );
+        assert_eq!(parse_hostuuid(b"not a uuid\0"), None);
     }
 
     #[test]

@@ -354,6 +354,7 @@ fn kinfo(pid: u32, ppid: u32, comm: &str, jid: i32) -> Kinfo {
         euid: 0,
         ruid: 0,
         rgid: 0,
+        egid: 0,
         start_us: Some(1),
         comm: comm.into(),
         jid,
@@ -430,6 +431,148 @@ fn tracker_completes_events() {
     t.complete(&mut exit, &mut table, false);
     assert_eq!((exit.start_time, exit.platform.jail_id), (Some(111), None));
     assert!(t.is_empty());
+}
+
+/// Ids on audit events: the process's from its start time, the parent's
+/// from what the tracker remembers or the table, none without a boot.
+#[test]
+fn tracker_names_processes_and_parents() {
+    use crate::model::identity::{FreeBsdBoot, Timeval};
+    let boot = FreeBsdBoot {
+        hostuuid: [9; 16],
+        boottime: Timeval { sec: 1, usec: 0 },
+    };
+    let id = |pid, start_ns: i64| super::kinfo::entity_id(&boot, pid, Some(start_ns));
+    let mut table = FakeTable(vec![
+        (kinfo(10, 1, "sh", 0), Some(5_000_111_000)),
+        (kinfo(11, 10, "sh", 0), Some(6_000_222_000)),
+        (kinfo(12, 77, "orphan", 0), Some(7_000_000_000)),
+    ]);
+    let fork_of = |child: u32, parent: u32| {
+        event_of(&record(
+            Hdr::H32,
+            aue::FORK,
+            1,
+            0,
+            &[
+                arg32(0, child, "child PID"),
+                subject32(parent, 0, 0, 0),
+                ret32(0, child),
+            ],
+        ))
+        .expect("fork")
+    };
+    let mut t = Tracker::new(false).with_boot(Some(boot));
+    t.seed([(kinfo(10, 1, "sh", 0), Some(5_000_111_000))]);
+    let mut fork = fork_of(11, 10);
+    t.complete(&mut fork, &mut table, false);
+    assert_eq!(fork.entity_id, id(11, 6_000_222_000));
+    let parent = fork.parent.clone().expect("parent");
+    assert_eq!((parent.pid, parent.entity_id), (10, id(10, 5_000_111_000)));
+    assert_eq!(parent.start_time, Some(5_000_111_000));
+    assert_ne!(fork.entity_id, parent.entity_id);
+    assert_eq!(fork.exec_id, None, "FreeBSD has no exec count");
+    // The exec keeps the id of the process it replaces the image of.
+    let mut exec = event_of(&record(
+        Hdr::H32,
+        aue::EXECVE,
+        1,
+        0,
+        &[counted(token::PATH, b"/bin/ls"), subject32(11, 0, 0, 0)],
+    ))
+    .expect("exec");
+    t.complete(&mut exec, &mut table, false);
+    assert_eq!(exec.entity_id, fork.entity_id);
+    assert_eq!(exec.parent.and_then(|p| p.entity_id), parent.entity_id);
+    // A parent neither remembered nor in the table: pid only.
+    let mut exec = event_of(&record(
+        Hdr::H32,
+        aue::EXECVE,
+        1,
+        0,
+        &[counted(token::PATH, b"/bin/ls"), subject32(12, 0, 0, 0)],
+    ))
+    .expect("exec");
+    t.complete(&mut exec, &mut table, false);
+    assert_eq!(exec.entity_id, id(12, 7_000_000_000));
+    let p = exec.parent.expect("parent pid");
+    assert_eq!((p.pid, p.entity_id), (77, None));
+    // Without the boot's facts, no ids at all.
+    let mut t = Tracker::new(false);
+    let mut fork = fork_of(11, 10);
+    t.complete(&mut fork, &mut table, false);
+    assert_eq!((fork.entity_id, fork.parent), (None, None));
+}
+
+/// set*id(2): a `setuid` event with the ids before (the record's subject)
+/// and after (the table); a failed call reports nothing.
+#[test]
+fn setuid_records_report_before_and_after() {
+    use crate::model::Creds;
+    let setuid = |event: u16, error: u8| {
+        record(
+            Hdr::H32,
+            event,
+            1,
+            0,
+            &[
+                arg32(1, 0, "uid"),
+                subject32(11, 1001, 1001, 20),
+                ret32(error, 0),
+            ],
+        )
+    };
+    for event in [
+        aue::SETUID,
+        aue::SETEUID,
+        aue::SETREUID,
+        aue::SETRESUID,
+        aue::SETGID,
+        aue::SETEGID,
+        aue::SETREGID,
+        aue::SETRESGID,
+    ] {
+        assert!(aue::ALL.contains(&event), "{event} is asked for");
+        let e = event_of(&setuid(event, 0)).expect("a setuid event");
+        assert_eq!((e.kind, e.pid), (EventKind::SetUid, 11), "{event}");
+        assert_eq!(
+            e.previous_creds,
+            Some(Creds {
+                uid: 1001,
+                euid: 1001,
+                gid: 20,
+                egid: 21,
+            })
+        );
+        assert_eq!((e.uid, e.euid, e.gid, e.egid), (None, None, None, None));
+    }
+    let r = setuid(aue::SETUID, 1);
+    let r = bsm::parse_record(&r).expect("parses");
+    assert_eq!(
+        event::to_event(&r).expect("attributable"),
+        None,
+        "failed call"
+    );
+    // Completed from the table: the ids now, the start time and the name.
+    let mut after = kinfo(11, 10, "su", 0);
+    (after.ruid, after.euid, after.rgid, after.egid) = (0, 0, 5, 6);
+    let mut table = FakeTable(vec![(after, Some(222))]);
+    let mut t = Tracker::new(false);
+    let mut e = event_of(&setuid(aue::SETUID, 0)).expect("event");
+    t.complete(&mut e, &mut table, false);
+    assert_eq!(
+        (e.uid, e.euid, e.gid, e.egid),
+        (Some(0), Some(0), Some(5), Some(6))
+    );
+    assert_eq!(
+        (e.start_time, e.ppid, e.name.as_str()),
+        (Some(222), Some(10), "su")
+    );
+    // The process is gone: the ids after stay unknown.
+    let mut e = event_of(&setuid(aue::SETUID, 0)).expect("event");
+    t.complete(&mut e, &mut FakeTable::default(), false);
+    assert_eq!((e.uid, e.euid), (None, None));
+    assert!(e.previous_creds.is_some());
 }
 
 fn arb_text() -> impl Strategy<Value = Vec<u8>> {
