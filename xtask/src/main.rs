@@ -73,6 +73,10 @@ enum Task {
         /// Interleaved rounds (medians are reported).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Another procmond binary whose `watch` runs in the same rounds
+        /// (an A/B against an earlier build).
+        #[arg(long)]
+        compare: Option<std::path::PathBuf>,
     },
 }
 
@@ -103,6 +107,7 @@ fn main() -> Result<()> {
             spawners,
             spawns,
             rounds,
+            compare,
         } => {
             let root = ebpf_dir()?
                 .parent()
@@ -114,6 +119,7 @@ fn main() -> Result<()> {
                 spawns,
                 rounds,
                 procmond: root.join("target/release/procmond"),
+                compare,
             })
         }
     }

@@ -27,6 +27,8 @@ enum Variant {
     Baseline,
     Execsnoop,
     Watch,
+    /// `watch` of another build (`--compare`): the same run's A/B.
+    WatchCompare,
     Agent,
 }
 
@@ -36,6 +38,7 @@ impl Variant {
             Self::Baseline => "workload alone",
             Self::Execsnoop => "execsnoop (libbpf-tools)",
             Self::Watch => "procmond watch --format json > file",
+            Self::WatchCompare => "the same, comparison build (--compare)",
             Self::Agent => "procmond agent + collector, jsonl sink",
         }
     }
@@ -57,6 +60,8 @@ pub struct Options {
     pub spawns: usize,
     pub rounds: usize,
     pub procmond: PathBuf,
+    /// Another procmond binary whose `watch` is measured in the same rounds.
+    pub compare: Option<PathBuf>,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
@@ -64,15 +69,19 @@ pub fn run(opts: &Options) -> Result<()> {
     let work = std::env::temp_dir().join(format!("procmond-overhead-{}", std::process::id()));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
-    let variants = [
+    let variants: Vec<Variant> = [
         Variant::Baseline,
         Variant::Execsnoop,
         Variant::Watch,
+        Variant::WatchCompare,
         Variant::Agent,
-    ];
+    ]
+    .into_iter()
+    .filter(|v| *v != Variant::WatchCompare || opts.compare.is_some())
+    .collect();
     let mut results: HashMap<&'static str, Vec<Sample>> = HashMap::new();
     for round in 1..=opts.rounds {
-        for v in variants {
+        for &v in &variants {
             let s = measure(v, opts, &work.join(format!("r{round}")))
                 .with_context(|| format!("round {round}, {}", v.label()))?;
             eprintln!(
@@ -190,11 +199,17 @@ fn measure(v: Variant, opts: &Options, dir: &Path) -> Result<Sample> {
             &out,
             &err,
         )?),
-        Variant::Watch => Some(spawn(
-            Command::new(&opts.procmond).args(["watch", "--format", "json"]),
-            &out,
-            &err,
-        )?),
+        Variant::Watch | Variant::WatchCompare => {
+            let bin = match (&opts.compare, v) {
+                (Some(other), Variant::WatchCompare) => other,
+                _ => &opts.procmond,
+            };
+            Some(spawn(
+                Command::new(bin).args(["watch", "--format", "json"]),
+                &out,
+                &err,
+            )?)
+        }
         Variant::Agent => {
             let config = write_agent_config(dir, &opts.procmond)?;
             Some(spawn(
@@ -209,7 +224,7 @@ fn measure(v: Variant, opts: &Options, dir: &Path) -> Result<Sample> {
     };
     let (events, ready_text, ready_file): (PathBuf, &str, &Path) = match v {
         Variant::Execsnoop => (out.clone(), "PCOMM", &out),
-        Variant::Watch => (out.clone(), "monitoring started", &err),
+        Variant::Watch | Variant::WatchCompare => (out.clone(), "monitoring started", &err),
         Variant::Agent => (dir.join("events.jsonl"), "steady state", &err),
         Variant::Baseline => (out.clone(), "", &out),
     };
@@ -271,7 +286,7 @@ fn measure(v: Variant, opts: &Options, dir: &Path) -> Result<Sample> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    if v == Variant::Watch {
+    if matches!(v, Variant::Watch | Variant::WatchCompare) {
         sample.lost = closing_lost(&err);
     }
     Ok(sample)

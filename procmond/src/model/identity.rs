@@ -56,15 +56,29 @@ impl EntityId {
     }
 }
 
-impl std::fmt::Display for EntityId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl EntityId {
+    /// The 36 bytes of the UUID text (lowercase hex, dashes at 8-4-4-4-12).
+    pub fn text(&self) -> [u8; 36] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [b'-'; 36];
+        let mut at = 0;
         for (i, byte) in self.0.iter().enumerate() {
             if matches!(i, 4 | 6 | 8 | 10) {
-                f.write_str("-")?;
+                at += 1;
             }
-            write!(f, "{byte:02x}")?;
+            out[at] = HEX[usize::from(byte >> 4)];
+            out[at + 1] = HEX[usize::from(byte & 0x0f)];
+            at += 2;
         }
-        Ok(())
+        out
+    }
+}
+
+impl std::fmt::Display for EntityId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.text();
+        // Hex digits and dashes only: always UTF-8.
+        f.write_str(std::str::from_utf8(&text).unwrap_or_default())
     }
 }
 
@@ -82,7 +96,8 @@ impl std::fmt::Display for ArchivedEntityId {
 
 impl Serialize for EntityId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        let text = self.text();
+        s.serialize_str(std::str::from_utf8(&text).unwrap_or_default())
     }
 }
 
