@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::agent::{Agent, AgentDir, collector_pids, ctl};
-use common::{kill, marker, run_shell, runtime};
+use common::{entity_id, exits_of, kill, marker, run_shell, runtime};
 use procmond::bus::broker::Broker;
 use procmond::bus::protocol::{self, Envelope, FrameKind};
 use serde_json::Value;
@@ -47,23 +47,21 @@ fn agent_sink_gets_every_marker_exec_and_exit_once() {
     ));
     let events = dir.wait_for_sink(Duration::from_secs(30), "300 exec and 300 exit", |ev| {
         let execs = marker_execs(ev, &m);
-        let pids: HashSet<_> = execs.iter().map(|e| e["pid"].clone()).collect();
+        let ids: HashSet<&str> = execs.iter().map(|e| entity_id(e)).collect();
         execs.len() >= 300
             && ev
                 .iter()
-                .filter(|e| e["kind"] == "exit" && pids.contains(&e["pid"]))
+                .filter(|e| e["kind"] == "exit" && ids.contains(entity_id(e)))
                 .count()
                 >= 300
     });
     let execs = marker_execs(&events, &m);
     assert_eq!(execs.len(), 300);
-    let pids: HashSet<_> = execs.iter().map(|e| e["pid"].clone()).collect();
-    let exits: Vec<_> = events
-        .iter()
-        .filter(|e| e["kind"] == "exit" && pids.contains(&e["pid"]))
-        .collect();
+    // Each exec's exit by entity_id: exactly one each, never by pid.
+    let all_exits: Vec<&Value> = events.iter().filter(|e| e["kind"] == "exit").collect();
+    let exits = exits_of("the agent's marker processes", &execs, &all_exits);
     assert_eq!(exits.len(), 300);
-    assert!(exits.iter().all(|e| e["exit_code"] == 3));
+    assert!(exits.iter().all(|e| e["exit_code"] == 3), "{exits:?}");
     assert_unique_seq(&events);
     let (ok, log) = agent.stop();
     assert!(ok, "agent exit status; log:\n{log}");

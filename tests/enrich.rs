@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::{Watch, argv_contains, ebpf_unavailable, is_root, marker, run_shell};
+use common::{Watch, argv_contains, ebpf_unavailable, entity_id, is_root, marker, run_shell};
 
 /// The cgroup v2 mount, from /proc/self/mountinfo.
 fn cgroup2_mount() -> Option<PathBuf> {
@@ -120,7 +120,10 @@ fn containers_are_attributed_from_real_cgroups_and_host_processes_have_none() {
 }
 
 /// The sha256 reported for the exec of `bin` whose argv holds `needle`:
-/// inline, or in the `modify` of the same (pid, start_time).
+/// inline, or in the `modify` of the same (pid, start_time). That pair, not
+/// the entity_id, is the hasher's documented key (`sha256_pending`): its
+/// `modify` carries no entity_id (`pipeline::hash::pending_template`); one
+/// that does must carry the exec's.
 fn hash_in(stdout: &str, bin: &str, needle: &str) -> Option<String> {
     let events: Vec<Value> = stdout
         .lines()
@@ -133,14 +136,15 @@ fn hash_in(stdout: &str, bin: &str, needle: &str) -> Option<String> {
         return Some(h.to_string());
     }
     assert_eq!(exec["sha256_pending"], true, "{exec}");
-    events
-        .iter()
-        .find(|e| {
-            e["kind"] == "modify"
-                && e["pid"] == exec["pid"]
-                && e["start_time"] == exec["start_time"]
-        })
-        .and_then(|e| e["sha256"].as_str().map(str::to_string))
+    let id = entity_id(exec);
+    let modify = events.iter().find(|e| {
+        e["kind"] == "modify" && e["pid"] == exec["pid"] && e["start_time"] == exec["start_time"]
+    })?;
+    assert!(
+        modify["entity_id"].is_null() || modify["entity_id"] == id,
+        "the hash's modify names another process than its exec:\n{exec}\n{modify}"
+    );
+    modify["sha256"].as_str().map(str::to_string)
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::agent::{Agent, AgentDir, collector_pids, ctl};
-use common::{kill, marker, procmond, run_shell, wait_until};
+use common::{entity_id, kill, marker, procmond, run_shell, wait_until};
 use nats_server::{Msg, NatsServer, Reader};
 use serde_json::Value;
 
@@ -60,10 +60,10 @@ fn all_markers_in(msgs: &[Msg], m: &str, n: usize) -> bool {
         .iter()
         .filter_map(|x| x.event["argv"][1].as_str())
         .collect();
-    let pids: HashSet<&Value> = execs.iter().map(|x| &x.event["pid"]).collect();
+    let ids: HashSet<&str> = execs.iter().map(|x| entity_id(&x.event)).collect();
     let exits = msgs
         .iter()
-        .filter(|x| x.event["kind"] == "exit" && pids.contains(&x.event["pid"]))
+        .filter(|x| x.event["kind"] == "exit" && ids.contains(entity_id(&x.event)))
         .count();
     args.len() >= n && exits >= n
 }
@@ -106,17 +106,19 @@ fn assert_exactly_once(msgs: &[Msg], m: &str, n: usize) {
     assert_eq!(args.len(), n, "every marker");
     assert!(args.iter().all(|a| want.contains(*a)), "only our markers");
     assert_eq!(execs.len(), n, "each marker exec once");
-    let pids: HashSet<&Value> = execs.iter().map(|x| &x.event["pid"]).collect();
-    let mut exits: HashMap<&Value, usize> = HashMap::new();
+    // Exits paired with their execs by entity_id, never by pid.
+    let ids: HashSet<&str> = execs.iter().map(|x| entity_id(&x.event)).collect();
+    assert_eq!(ids.len(), n, "one entity_id per marker exec");
+    let mut exits: HashMap<&str, usize> = HashMap::new();
     for x in msgs
         .iter()
-        .filter(|x| x.event["kind"] == "exit" && pids.contains(&x.event["pid"]))
+        .filter(|x| x.event["kind"] == "exit" && ids.contains(entity_id(&x.event)))
     {
-        *exits.entry(&x.event["pid"]).or_default() += 1;
+        *exits.entry(entity_id(&x.event)).or_default() += 1;
         assert_eq!(x.event["exit_code"], 0, "{}", x.event);
     }
     assert_eq!(exits.len(), n, "an exit for every marker");
-    assert!(exits.values().all(|c| *c == 1), "each exit once");
+    assert!(exits.values().all(|c| *c == 1), "each exit once: {exits:?}");
 }
 
 /// `ctl health` answered by the collector and the agent.

@@ -211,13 +211,27 @@ fn agent_over_a_named_pipe_delivers_marker_start_and_stop() {
                 .iter()
                 .find(|e| e["kind"] == "start" && with_nonce(e))?
                 .clone();
+            // The Windows poll source computes no entity_id (sysinfo lists
+            // no CPID facts, `sources::sysinfo_snapshot`): the stop is paired
+            // with the start by (pid, start_time), the poll's own key, and
+            // the nonce; checked below.
             let stop = all
                 .iter()
-                .find(|e| e["kind"] == "stop" && e["pid"] == start["pid"] && with_nonce(e))?
+                .find(|e| {
+                    e["kind"] == "stop"
+                        && e["pid"] == start["pid"]
+                        && e["start_time"] == start["start_time"]
+                        && with_nonce(e)
+                })?
                 .clone();
             Some((start, stop))
         },
     );
+    assert!(
+        start.get("entity_id").is_none() && stop.get("entity_id").is_none(),
+        "the Windows poll source now reports an entity_id: pair by it\n{start}\n{stop}"
+    );
+    assert!(start["start_time"].is_string(), "{start}");
     assert_eq!(start["source"], "poll", "{start}");
     assert_eq!(start["collector_id"], id.as_str());
     assert_eq!(stop["source"], "poll");

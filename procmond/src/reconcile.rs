@@ -173,14 +173,22 @@ impl Reconciler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::EntityId;
 
+    /// A process as the kernel iterator lists it: with its entity_id (here
+    /// from `pid/start`, a stand-in for the CPID facts).
     fn info(pid: u32, start: i64) -> ProcessInfo {
         ProcessInfo {
             pid,
             start_time: Some(start),
             name: format!("p{pid}"),
+            entity_id: Some(id(pid, start)),
             ..ProcessInfo::default()
         }
+    }
+
+    fn id(pid: u32, start: i64) -> EntityId {
+        EntityId::from_digest_input(format!("{pid}/{start}").as_bytes())
     }
 
     fn snap(p: Vec<ProcessInfo>) -> Snapshot {
@@ -219,19 +227,19 @@ mod tests {
         let mut r = Reconciler::from_inventory(&snap(vec![info(1, 1), info(2, 2), info(5, 5)]), 10);
         r.begin_pass();
         let events = r.reconcile(&snap(vec![info(1, 1), info(3, 3), info(5, 50)]), 100);
-        let got: HashSet<_> = events
-            .iter()
-            .map(|e| (e.kind, e.pid, e.start_time))
-            .collect();
+        // By entity_id: the reused pid 5 is two processes, the old one's
+        // stop and the new one's start.
+        let got: Vec<_> = events.iter().map(|e| (e.kind, e.entity_id)).collect();
         let want: HashSet<_> = [
-            (EventKind::Stop, 2, Some(2)),
-            (EventKind::Start, 3, Some(3)),
-            (EventKind::Stop, 5, Some(5)),
-            (EventKind::Start, 5, Some(50)),
+            (EventKind::Stop, Some(id(2, 2))),
+            (EventKind::Start, Some(id(3, 3))),
+            (EventKind::Stop, Some(id(5, 5))),
+            (EventKind::Start, Some(id(5, 50))),
         ]
         .into_iter()
         .collect();
-        assert_eq!(got, want);
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        assert_eq!(got.into_iter().collect::<HashSet<_>>(), want);
         assert!(events.iter().all(|e| e.source == EventSource::Reconcile));
         r.begin_pass();
         assert!(

@@ -136,6 +136,57 @@ impl Output {
     }
 }
 
+/// The `entity_id` of `e` (OCSF CPID: one process from fork to exit, never
+/// shared by two processes that reuse a pid): the key that pairs the events
+/// of one process. Panics, printing the event, when it has none or it is not
+/// a UUID: every event a Linux source (ebpf, reconcile, procfs polling)
+/// reports carries one, so a missing id is a bug, never a reason to fall
+/// back to the pid.
+pub fn entity_id(e: &Value) -> &str {
+    let id = e["entity_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("event without an entity_id: {e}"));
+    assert!(
+        id.len() == 36 && id.bytes().filter(|b| *b == b'-').count() == 4,
+        "entity_id is not a UUID: {e}"
+    );
+    id
+}
+
+/// Pairs `exits` with `execs` by `entity_id`: checks that no two execs share
+/// an entity_id, that every exec has an exit with its entity_id, and that no
+/// entity_id of `execs` has two exits. Exits of other processes are ignored,
+/// so `exits` may hold every exit of the run (no prefilter by pid: the ids
+/// decide). Returns the exits in the order of `execs`; `what` names the
+/// processes in the messages.
+pub fn exits_of<'a>(what: &str, execs: &[&'a Value], exits: &[&'a Value]) -> Vec<&'a Value> {
+    use std::collections::HashMap;
+    let mut by_id: HashMap<&str, &Value> = HashMap::with_capacity(execs.len());
+    for e in execs {
+        if let Some(first) = by_id.insert(entity_id(e), e) {
+            panic!("{what}: two execs with one entity_id:\n{first}\n{e}");
+        }
+    }
+    let mut exit_of: HashMap<&str, &Value> = HashMap::with_capacity(exits.len());
+    for x in exits {
+        let id = entity_id(x);
+        if !by_id.contains_key(id) {
+            continue;
+        }
+        if let Some(first) = exit_of.insert(id, x) {
+            panic!("{what}: two exits for entity_id {id}:\n{first}\n{x}");
+        }
+    }
+    execs
+        .iter()
+        .map(|e| {
+            *exit_of
+                .get(entity_id(e))
+                .unwrap_or_else(|| panic!("{what}: no exit with the entity_id of {e}"))
+        })
+        .collect()
+}
+
 /// Whether an event's argv contains `needle` in some argument.
 pub fn argv_contains(e: &Value, needle: &str) -> bool {
     e["argv"].as_array().is_some_and(|a| {

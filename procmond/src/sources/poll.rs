@@ -112,6 +112,14 @@ mod tests {
                 proc(4, 95, "/d"),
             ],
         ));
+        // Synthetic processes without an entity_id, as a platform that cannot
+        // compute one lists them (FreeBSD, Windows, macOS polling): this
+        // collector diffs by (pid, start_time), so the test names each event
+        // by pid and exe, and pid 3's reuse is told apart by its exe.
+        assert!(
+            events.iter().all(|e| e.entity_id.is_none()),
+            "the synthetic data has no entity_id: {events:?}"
+        );
         let got: Vec<_> = events
             .iter()
             .map(|e| (e.kind, e.pid, e.exe.clone().unwrap_or_default()))
