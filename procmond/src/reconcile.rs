@@ -85,6 +85,10 @@ impl Reconciler {
                 entry.info.ppid = event.ppid;
                 entry.info.name.clone_from(&event.name);
                 entry.info.start_time = event.start_time;
+                // A stop found later names the process the stream named.
+                entry.info.entity_id = event.entity_id;
+                entry.info.exec_id = event.exec_id;
+                entry.info.parent_entity_id = event.parent.as_ref().and_then(|p| p.entity_id);
                 if event.kind == EventKind::Exec {
                     entry.info.exe.clone_from(&event.exe);
                     entry.info.argv.clone_from(&event.argv);

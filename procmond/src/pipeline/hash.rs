@@ -166,6 +166,16 @@ fn pending_template(exec: &ProcessEvent) -> ProcessEvent {
     e.name.clone_from(&exec.name);
     e.exe.clone_from(&exec.exe);
     e.start_time = exec.start_time;
+    e.egid = exec.egid;
+    e.entity_id = exec.entity_id;
+    e.exec_id = exec.exec_id;
+    e.parent = exec.parent.as_ref().map(|p| crate::model::Parent {
+        entity_id: p.entity_id,
+        pid: p.pid,
+        start_time: p.start_time,
+        ..crate::model::Parent::default()
+    });
+    e.session = exec.session.clone();
     e.platform.exe_inode = exec.platform.exe_inode;
     e.platform.exe_dev = exec.platform.exe_dev;
     e
