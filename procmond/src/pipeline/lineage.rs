@@ -14,6 +14,7 @@
 //! before.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use crate::model::{Creds, EntityId, EventKind, ProcessEvent, Tty};
@@ -53,12 +54,39 @@ pub struct Recorded {
     pub unchanged_setuid: bool,
 }
 
+/// Entity ids are SHA-256 output: their first 8 bytes are already a
+/// uniform hash, and nobody outside the kernel chooses them, so the table
+/// hashes them by taking those bytes (pids, the other key, are mixed).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
 /// The bounded table; one per pipeline.
 #[derive(Debug)]
 pub struct ProcessTable {
-    entries: HashMap<EntityId, Entry>,
+    entries: FastMap<EntityId, Entry>,
     /// The live process holding each pid.
-    live: HashMap<u32, EntityId>,
+    live: FastMap<u32, EntityId>,
     /// Exited processes, oldest first.
     exited: VecDeque<EntityId>,
     max_processes: usize,
@@ -68,12 +96,17 @@ pub struct ProcessTable {
 
 /// Hops walked up the tree at most (a cycle or a very deep tree ends there).
 const MAX_WALK: usize = 128;
+/// Exited processes kept: this share of the table (4 096 of the default
+/// 65 536). A child's exec is read milliseconds after it happens, so its
+/// parent is almost always still here; a storm of short-lived processes
+/// does not grow the table past it.
+const EXITED_SHARE: usize = 16;
 
 impl ProcessTable {
     pub fn new(max_processes: usize, max_ancestors: usize) -> Self {
         Self {
-            entries: HashMap::new(),
-            live: HashMap::new(),
+            entries: FastMap::default(),
+            live: FastMap::default(),
             exited: VecDeque::new(),
             max_processes: max_processes.max(16),
             max_ancestors,
@@ -148,7 +181,7 @@ impl ProcessTable {
                 self.live.remove(&e.pid);
             }
             self.exited.push_back(id);
-            self.retire_exited(self.max_processes / 4);
+            self.retire_exited(self.max_processes / EXITED_SHARE);
         } else if !exited && !entry.exited {
             self.live.insert(e.pid, id);
         }
@@ -195,7 +228,9 @@ impl ProcessTable {
                     parent_unknown = true;
                 }
             }
-            e.ancestors = self.ancestors(parent_id);
+            if describes_image(e.kind) {
+                e.ancestors = self.ancestors(parent_id);
+            }
         }
         self.leaders(e, parent_id);
         parent_unknown
@@ -289,6 +324,17 @@ impl ProcessTable {
         }
         n as u64
     }
+}
+
+/// Events that describe a process's image (exec, inventory, a start
+/// found by reconciliation or polling) carry `ancestors`; the others
+/// (fork, exit, stop, modify, setuid) name the parent only: a consumer
+/// joins them to the exec by `entity_id`.
+fn describes_image(kind: EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Exec | EventKind::Snapshot | EventKind::Start
+    )
 }
 
 /// Name, image, argv, session and start from the event (a fork runs its

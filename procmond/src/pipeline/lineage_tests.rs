@@ -114,7 +114,7 @@ fn exited_entries_retire_first_and_are_not_counted_as_evictions() {
         evicted += t.record(&mut x).evicted;
     }
     assert_eq!(evicted, 0);
-    assert!(t.len() <= 4, "a quarter of the table for exited ones");
+    assert!(t.len() <= 1, "a sixteenth of the table for exited ones");
 }
 
 #[test]
