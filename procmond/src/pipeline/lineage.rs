@@ -218,9 +218,13 @@ impl ProcessTable {
                 Some(entry) => {
                     p.name = Some(entry.name.clone()).filter(|n| !n.is_empty());
                     p.exe.clone_from(&entry.exe);
-                    p.start_time = p.start_time.or(entry.start_time);
+                    // The full parent (start, argv) on exec events; the
+                    // others name it, and join to its exec by entity_id.
                     if e.kind == EventKind::Exec {
+                        p.start_time = p.start_time.or(entry.start_time);
                         p.argv = entry.argv.to_vec();
+                    } else {
+                        p.start_time = None;
                     }
                 }
                 None => {
