@@ -236,7 +236,9 @@ impl ProcessTable {
                 e.ancestors = self.ancestors(parent_id);
             }
         }
-        self.leaders(e, parent_id);
+        if describes_image(e.kind) {
+            self.leaders(e, parent_id);
+        }
         parent_unknown
     }
 
@@ -331,9 +333,9 @@ impl ProcessTable {
 }
 
 /// Events that describe a process's image (exec, inventory, a start
-/// found by reconciliation or polling) carry `ancestors`; the others
-/// (fork, exit, stop, modify, setuid) name the parent only: a consumer
-/// joins them to the exec by `entity_id`.
+/// found by reconciliation or polling) carry `ancestors` and the leaders'
+/// ids; the others (fork, exit, stop, modify, setuid) name the parent
+/// only: a consumer joins them to the exec by `entity_id`.
 fn describes_image(kind: EventKind) -> bool {
     matches!(
         kind,
