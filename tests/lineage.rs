@@ -284,3 +284,43 @@ fn a_uid_change_without_exec_is_reported_with_the_ids_before_and_after() {
         .expect("exit");
     assert_eq!(exit["uid"], 65534);
 }
+
+#[test]
+fn setuid_events_can_be_turned_off() {
+    if !kernel_or_skip() {
+        return;
+    }
+    let m = marker("nosetuid");
+    let config = std::env::temp_dir().join(format!("{m}.yaml"));
+    std::fs::write(&config, "setuid_events: false\n").expect("config");
+    let watch = Watch::start(&[
+        "--source",
+        "ebpf",
+        "--format",
+        "json",
+        "--config",
+        config.to_str().expect("utf-8"),
+    ]);
+    let status = Command::new("perl")
+        .args(["-e", "$( = $) = 65534; $< = $> = 65534; exit 0", &m])
+        .status()
+        .expect("perl");
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(500));
+    let out = watch.stop();
+    let _ = std::fs::remove_file(&config);
+    let exec = exec_with_marker(&out.events, &m)
+        .into_iter()
+        .next()
+        .expect("perl's exec");
+    assert!(
+        !out.of_kind("setuid")
+            .any(|e| e["entity_id"] == exec["entity_id"]),
+        "no setuid events when they are off"
+    );
+    assert!(out.stderr.contains("setuid events off"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("degraded"),
+        "an operator's choice is not a degradation"
+    );
+}

@@ -20,6 +20,10 @@ pub struct ProcmondConfig {
     /// How eBPF probes attach: `auto` (BTF tracepoints, else classic), `btf`, `tracepoint`.
     #[cfg(target_os = "linux")]
     pub ebpf_attach: crate::sources::ebpf::AttachMode,
+    /// `setuid` events from the kernel (Linux). Where only the `sys_exit`
+    /// fallback loads, it runs on every system call's exit on the host:
+    /// `false` saves that, and reports no setuid events.
+    pub setuid_events: bool,
     /// Reconciliation / polling interval, 1–3600 s.
     pub collection_interval_secs: u64,
     /// Read cwd, cgroup and container id for each process.
@@ -82,6 +86,7 @@ impl Default for ProcmondConfig {
             source: SourceChoice::Auto,
             #[cfg(target_os = "linux")]
             ebpf_attach: crate::sources::ebpf::AttachMode::Auto,
+            setuid_events: true,
             collection_interval_secs: 30,
             enhanced_metadata: true,
             heartbeat_interval_secs: 30,

@@ -172,9 +172,13 @@ pub fn probe(config: &ProcmondConfig) -> Result<(), String> {
     }
     #[cfg(target_os = "linux")]
     {
-        super::ebpf::attach(config.ring_buffer_bytes, config.ebpf_attach)
-            .map(drop)
-            .map_err(|e| e.to_string())
+        super::ebpf::attach(
+            config.ring_buffer_bytes,
+            config.ebpf_attach,
+            config.setuid_events,
+        )
+        .map(drop)
+        .map_err(|e| e.to_string())
     }
     #[cfg(target_os = "macos")]
     {

@@ -257,9 +257,10 @@ fn ensure_tracefs() -> Result<bool, EbpfError> {
 pub fn load_and_attach(
     ring_buffer_bytes: u32,
     mode: AttachMode,
+    setuid_events: bool,
 ) -> Result<(Ebpf, AttachKind, Option<TaskIter>), EbpfError> {
     let btf = Btf::from_sys_fs().map_err(|e| EbpfError::Btf(chain(&e)))?;
-    let (ebpf, kind) = attach_probes(&btf, ring_buffer_bytes, mode)?;
+    let (ebpf, kind) = attach_probes(&btf, ring_buffer_bytes, mode, setuid_events)?;
     let iter = match TaskIter::load(&btf) {
         Ok(i) => Some(i),
         Err(e) => {
@@ -274,6 +275,7 @@ fn attach_probes(
     btf: &Btf,
     ring_buffer_bytes: u32,
     mode: AttachMode,
+    setuid_events: bool,
 ) -> Result<(Ebpf, AttachKind), EbpfError> {
     let btf_error = if mode == AttachMode::Tracepoint {
         None
@@ -281,7 +283,14 @@ fn attach_probes(
         let mut ebpf = load(btf, ring_buffer_bytes)?;
         match attach_btf(&mut ebpf, btf) {
             Ok(()) => {
-                let setuid_error = attach_cred(&mut ebpf, btf);
+                let setuid_error = if setuid_events {
+                    attach_cred(&mut ebpf, btf)
+                } else {
+                    tracing::info!(
+                        "setuid events off (setuid_events: false): no credential probes"
+                    );
+                    None
+                };
                 return Ok((ebpf, AttachKind::Btf { setuid_error }));
             }
             Err(e) if mode == AttachMode::Btf => return Err(e),

@@ -74,8 +74,15 @@ impl std::fmt::Debug for EbpfSource {
 
 /// Loads and attaches the probes (see `attach`); `ring_buffer_bytes` sizes
 /// the ring buffer (a power of two, multiple of the page size).
-pub fn attach(ring_buffer_bytes: u32, mode: AttachMode) -> Result<EbpfSource, EbpfError> {
-    let (mut ebpf, kind, task_iter) = attach::load_and_attach(ring_buffer_bytes, mode)?;
+/// `setuid_events` attaches the credential probes too (`setuid_events`
+/// in procmond.yaml).
+pub fn attach(
+    ring_buffer_bytes: u32,
+    mode: AttachMode,
+    setuid_events: bool,
+) -> Result<EbpfSource, EbpfError> {
+    let (mut ebpf, kind, task_iter) =
+        attach::load_and_attach(ring_buffer_bytes, mode, setuid_events)?;
     let ring = ebpf
         .take_map("EVENTS")
         .ok_or_else(|| EbpfError::Map("EVENTS", "missing".into()))
@@ -115,8 +122,12 @@ pub fn start(
     tx: mpsc::Sender<SourceMsg>,
     metrics: Arc<Metrics>,
 ) -> Result<super::stream::StartedStream, String> {
-    let mut source =
-        attach(config.ring_buffer_bytes, config.ebpf_attach).map_err(|e| e.to_string())?;
+    let mut source = attach(
+        config.ring_buffer_bytes,
+        config.ebpf_attach,
+        config.setuid_events,
+    )
+    .map_err(|e| e.to_string())?;
     let snapshot_reader = source
         .take_task_iter()
         .map(super::snapshot::SnapshotReader::with_task_iter);
