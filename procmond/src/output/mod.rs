@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::model::batch::Batch;
 use crate::model::{ProcessEvent, format_rfc3339};
 
+pub mod archived;
 pub mod ecs;
 mod ext;
 pub mod ocsf;
@@ -78,6 +79,29 @@ impl EventFormat {
             Self::Ecs => serde_json::to_writer(&mut *out, &ecs::Document::new(event, host())),
             Self::Ocsf => serde_json::to_writer(&mut *out, &ocsf::Event::new(event, host())),
         };
+    }
+}
+
+impl EventFormat {
+    /// `write_json` for an archived (already validated) event: the native
+    /// format is written from it in place (`archived::Native`, no
+    /// allocation per string); ECS and OCSF build from the decoded event.
+    pub fn write_archived(
+        self,
+        event: &crate::model::ArchivedProcessEvent,
+        out: &mut Vec<u8>,
+    ) -> Result<(), rkyv::rancor::Error> {
+        match self {
+            Self::Native => {
+                // Serializing into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *out, &archived::Native(event));
+            }
+            Self::Ecs | Self::Ocsf => {
+                let owned = rkyv::deserialize::<ProcessEvent, rkyv::rancor::Error>(event)?;
+                self.write_json(&owned, out);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -207,10 +231,26 @@ pub async fn write_events<W: AsyncWrite + Unpin>(
                     Metrics::incr(&metrics.events_output_dropped);
                     continue;
                 }
-                match entry.decode() {
-                    Ok(event) => {
+                let rendered = match (format, entry.event()) {
+                    (Format::Json, Ok(archived)) => {
                         line.clear();
-                        render(&event, format, &mut line);
+                        EventFormat::Native
+                            .write_archived(archived, &mut line)
+                            .map(|()| line.push(b'\n'))
+                            .map_err(|e| e.to_string())
+                    }
+                    (_, Ok(archived)) => {
+                        rkyv::deserialize::<ProcessEvent, rkyv::rancor::Error>(archived)
+                            .map(|event| {
+                                line.clear();
+                                render(&event, format, &mut line);
+                            })
+                            .map_err(|e| e.to_string())
+                    }
+                    (_, Err(e)) => Err(e.to_string()),
+                };
+                match rendered {
+                    Ok(()) => {
                         if let Err(e) = out.write_all(&line).await {
                             tracing::error!(error = %e, "output closed: later events are counted as dropped");
                             broken = true;

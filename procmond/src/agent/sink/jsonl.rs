@@ -156,14 +156,33 @@ impl Group {
             }
         };
         for entry in batch.iter() {
-            match entry.decode() {
-                Ok(event) if dedupe.is_new(&event.collector_id, event.epoch, event.seq) => {
-                    format.write_json(&event, &mut self.bytes);
+            // Validated and read in place: the native format is written
+            // from the archived event without decoding it.
+            let written = entry.event().map_err(|e| e.to_string()).and_then(|event| {
+                let (collector, epoch, seq) = (
+                    event.collector_id.as_str(),
+                    event.epoch.to_native(),
+                    event.seq.to_native(),
+                );
+                if !dedupe.is_new(collector, epoch, seq) {
+                    return Ok(false);
+                }
+                let mark = self.bytes.len();
+                format
+                    .write_archived(event, &mut self.bytes)
+                    .map_err(|e| {
+                        self.bytes.truncate(mark);
+                        e.to_string()
+                    })
+                    .map(|()| true)
+            });
+            match written {
+                Ok(true) => {
                     self.bytes.push(b'\n');
                     self.lines += 1;
                     stats.lag.fetch_add(1, Relaxed);
                 }
-                Ok(_) => {
+                Ok(false) => {
                     stats.duplicates.fetch_add(1, Relaxed);
                 }
                 Err(e) => {
