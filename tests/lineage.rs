@@ -61,6 +61,16 @@ fn spawn_marked(m: &str) -> u32 {
     pid
 }
 
+/// A process (argv carries `m`) that changes its ids to nobody's without
+/// exec, then exits. perl is in Debian's base system.
+fn drop_to_nobody(m: &str) {
+    let status = Command::new("perl")
+        .args(["-e", "$( = $) = 65534; $< = $> = 65534; exit 0", m])
+        .status()
+        .expect("perl");
+    assert!(status.success());
+}
+
 #[test]
 fn a_reused_pid_gives_two_entities_and_each_exit_joins_its_own_exec() {
     if !kernel_or_skip() {
@@ -247,12 +257,7 @@ fn a_uid_change_without_exec_is_reported_with_the_ids_before_and_after() {
     }
     let m = marker("setuid");
     let watch = Watch::start(&["--source", "ebpf", "--format", "json"]);
-    // perl is in Debian's base system: drop to nobody, then exit.
-    let status = Command::new("perl")
-        .args(["-e", "$( = $) = 65534; $< = $> = 65534; exit 0", &m])
-        .status()
-        .expect("perl");
-    assert!(status.success());
+    drop_to_nobody(&m);
     std::thread::sleep(Duration::from_millis(500));
     let out = watch.stop();
     let exec = exec_with_marker(&out.events, &m)
@@ -301,11 +306,7 @@ fn setuid_events_can_be_turned_off() {
         "--config",
         config.to_str().expect("utf-8"),
     ]);
-    let status = Command::new("perl")
-        .args(["-e", "$( = $) = 65534; $< = $> = 65534; exit 0", &m])
-        .status()
-        .expect("perl");
-    assert!(status.success());
+    drop_to_nobody(&m);
     std::thread::sleep(Duration::from_millis(500));
     let out = watch.stop();
     let _ = std::fs::remove_file(&config);
