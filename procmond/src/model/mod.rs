@@ -357,11 +357,6 @@ impl ProcessEvent {
             platform: Platform::default(),
         }
     }
-
-    /// `(pid, start_time)`: names one process even across PID reuse.
-    pub fn identity(&self) -> (u32, Option<i64>) {
-        (self.pid, self.start_time)
-    }
 }
 
 fn is_zero(v: &u64) -> bool {
