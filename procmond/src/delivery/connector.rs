@@ -412,6 +412,13 @@ impl Connector {
                     }
                     false
                 }
+                _ = sleep_opt(self.wal.settle_at().map(Instant::from_std)) => {
+                    // Acknowledged batches no append carried out of the tree.
+                    if let Err(e) = self.wal.settle() {
+                        storage.failed(&e);
+                    }
+                    false
+                }
                 _ = sleep_opt(drain_deadline) => {
                     tracing::warn!(pending = self.wal.pending_count(), "stopping with unacknowledged events; they stay in the WAL and replay on the next start");
                     storage.abandon_held();

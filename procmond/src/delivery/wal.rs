@@ -21,15 +21,26 @@
 //! and counts what they say was stored and is gone as `wal_lost`. After a write error sled refuses every further operation;
 //! `reopen` closes and opens it again (the connector retries with backoff).
 //!
+//! Acknowledgements cost no sled write of their own. Every `apply_batch`
+//! costs sled two extra log-buffer writes (it seals the buffer around the
+//! batch's manifest), each waking sled's I/O pool, so acknowledged batches
+//! are forgotten at once in memory (counts, replay cursor) and leave the
+//! tree in the next append's atomic write, with the marks that count them;
+//! with no append for `SETTLE_AFTER`, `settle` writes them alone, and a clean
+//! close does too. A crash before that replays them: at-least-once, as an
+//! ack lost on the wire would, and never counted as lost.
+//!
 //! Bounded: pending bytes are capped (`max_bytes`); at 80 % a warning is
 //! logged, and when full the oldest unacknowledged batches are kept and new
 //! ones are counted as dropped, event by event. On replay a record that is
 //! not a batch is counted and removed; in a batch, events that fail
 //! validation are counted and skipped, and the rest replays.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::wal_dir::{self, dir_error, restrict_files};
 use super::wal_marks::{self, Found, Marks, MarksFile};
@@ -48,7 +59,25 @@ const MARKS_KEY: &[u8] = b"m:marks";
 /// (batches are written once and read back at most once).
 const CACHE_BYTES: u64 = 2 * 1024 * 1024;
 /// How long a failed WAL may take to close before a reopen gives up.
-const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Acknowledged batches wait at most this long for an append to carry
+/// their removal before `settle` writes it alone.
+pub const SETTLE_AFTER: Duration = Duration::from_secs(1);
+/// ... or until this many are waiting.
+const SETTLE_KEYS: usize = 4096;
+
+/// Acknowledged batches still in the tree: key → (events, bytes).
+#[derive(Debug, Default)]
+struct Deferred {
+    keys: BTreeMap<u64, (u64, u64)>,
+    since: Option<Instant>,
+}
+
+impl Deferred {
+    fn events(&self) -> u64 {
+        self.keys.values().map(|(n, _)| n).sum()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -116,6 +145,8 @@ pub struct Wal {
     written_here_from: AtomicU64,
     marks: Mutex<Marks>,
     marks_file: MarksFile,
+    /// Acknowledged, forgotten in memory, removed with the next write.
+    deferred: Mutex<Deferred>,
     metrics: Arc<Metrics>,
 }
 
@@ -150,6 +181,7 @@ impl Wal {
             written_here_from: AtomicU64::new(1),
             marks: Mutex::new(Marks::default()),
             marks_file,
+            deferred: Mutex::new(Deferred::default()),
             metrics,
         };
         wal.load(db, &found, None)?;
@@ -208,6 +240,9 @@ impl Wal {
             }
         };
         let (mut bytes, mut count, mut last) = (0u64, 0u64, 0u64);
+        let (mut settled_bytes, mut settled_count) = (0u64, 0u64);
+        let deferred = self.deferred_keys();
+        let mut still_held = Vec::new();
         for item in db.scan_prefix([EVENT_PREFIX]) {
             let (k, v) = item?;
             if let Some(seq) = key_seq(&k) {
@@ -215,7 +250,16 @@ impl Wal {
                 bytes += v.len() as u64;
                 count += n;
                 last = last.max(seq + n.saturating_sub(1));
+                if deferred.contains_key(&seq) {
+                    settled_bytes += v.len() as u64;
+                    settled_count += n;
+                    still_held.push(seq);
+                }
             }
+        }
+        // A removal must not count events the tree no longer holds.
+        if let Ok(mut d) = self.deferred.lock() {
+            d.keys.retain(|k, _| still_held.binary_search(k).is_ok());
         }
         let in_tree = db
             .get(MARKS_KEY)?
@@ -244,8 +288,10 @@ impl Wal {
         self.epoch.store(epoch, Relaxed);
         self.next_seq.store(next_seq, Relaxed);
         self.written_here_from.store(next_seq, Relaxed);
-        self.pending_bytes.store(bytes, Relaxed);
-        self.pending_count.store(count, Relaxed);
+        // Acknowledged batches still in the tree (a reopen in this
+        // process) are not pending; the marks count them until removed.
+        self.pending_bytes.store(bytes - settled_bytes, Relaxed);
+        self.pending_count.store(count - settled_count, Relaxed);
         if let Ok(mut slot) = self.db.lock() {
             *slot = Some(db);
         }
@@ -374,13 +420,21 @@ impl Wal {
         let Some(next) = next else { return Ok(0) };
         let next = next.max(self.next_seq());
         write.insert(NEXT_SEQ_KEY, &next.to_be_bytes());
+        let settled = self.take_deferred();
+        for key in settled.keys.keys() {
+            write.remove(&event_key(*key));
+        }
         let marks = self.next_marks(|m| {
             m.next_seq = next;
             m.stored += stored;
+            m.acked += settled.events();
         });
         write.insert(MARKS_KEY, &marks.encode()[..]);
-        db.apply_batch(write)?;
-        db.flush()?;
+        let written = db.apply_batch(write).and_then(|()| db.flush().map(drop));
+        if let Err(e) = written {
+            self.restore_deferred(settled);
+            return Err(e.into());
+        }
         self.next_seq.store(next, Relaxed);
         self.pending_bytes.fetch_add(added, Relaxed);
         self.pending_count.fetch_add(stored, Relaxed);
@@ -405,32 +459,99 @@ impl Wal {
     }
 
     /// The broker acknowledged the batches stored under `keys`: forgets
-    /// them all in one atomic write that also carries the marks counting
-    /// them (acks arrive in bursts: one marks update per burst, not per
-    /// batch). Returns how many events they held.
+    /// them at once (counts, replay) and removes them from the tree with
+    /// the next write, in the same atomic write as the marks counting them
+    /// (module doc). Returns how many events they held.
     pub fn ack_all(&self, keys: &[u64]) -> Result<u64, WalError> {
         let db = self.db()?;
         let (mut events, mut bytes) = (0u64, 0u64);
-        let mut write = sled::Batch::default();
-        for key in keys {
-            if let Some(old) = db.get(event_key(*key))? {
-                events += stored_count(&old);
-                bytes += old.len() as u64;
-                write.remove(&event_key(*key));
+        let waiting = {
+            let mut d = self.deferred.lock().map_err(|_| WalError::Closed)?;
+            for key in keys {
+                if d.keys.contains_key(key) {
+                    continue;
+                }
+                if let Some(old) = db.get(event_key(*key))? {
+                    let n = stored_count(&old);
+                    events += n;
+                    bytes += old.len() as u64;
+                    d.keys.insert(*key, (n, old.len() as u64));
+                }
             }
-        }
+            if bytes > 0 && d.since.is_none() {
+                d.since = Some(Instant::now());
+            }
+            d.keys.len()
+        };
         if bytes == 0 {
             return Ok(0);
         }
-        let marks = self.next_marks(|m| m.acked += events);
-        write.insert(MARKS_KEY, &marks.encode()[..]);
-        db.apply_batch(write)?;
         self.pending_bytes.fetch_sub(bytes, Relaxed);
         self.pending_count.fetch_sub(events, Relaxed);
-        self.set_marks(marks)?;
         self.publish_gauges();
         self.check_fill();
+        if waiting >= SETTLE_KEYS {
+            self.settle()?;
+        }
         Ok(events)
+    }
+
+    /// When `settle` is due: `SETTLE_AFTER` after the first acknowledgement
+    /// no append has carried yet.
+    pub fn settle_at(&self) -> Option<Instant> {
+        self.deferred.lock().ok()?.since.map(|t| t + SETTLE_AFTER)
+    }
+
+    /// Removes the acknowledged batches no append carried, with the marks
+    /// counting them, in one write of their own.
+    pub fn settle(&self) -> Result<(), WalError> {
+        let settled = self.take_deferred();
+        if settled.keys.is_empty() {
+            return Ok(());
+        }
+        let db = self.db()?;
+        let mut write = sled::Batch::default();
+        for key in settled.keys.keys() {
+            write.remove(&event_key(*key));
+        }
+        let marks = self.next_marks(|m| m.acked += settled.events());
+        write.insert(MARKS_KEY, &marks.encode()[..]);
+        if let Err(e) = db.apply_batch(write) {
+            self.restore_deferred(settled);
+            return Err(e.into());
+        }
+        self.set_marks(marks)
+    }
+
+    fn take_deferred(&self) -> Deferred {
+        self.deferred
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default()
+    }
+
+    /// A write that was to carry `settled` failed: they wait for the next.
+    fn restore_deferred(&self, settled: Deferred) {
+        if let Ok(mut d) = self.deferred.lock() {
+            d.keys.extend(settled.keys);
+            d.since = match (d.since, settled.since) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+    }
+
+    fn deferred_keys(&self) -> BTreeMap<u64, (u64, u64)> {
+        self.deferred
+            .lock()
+            .map(|d| d.keys.clone())
+            .unwrap_or_default()
+    }
+
+    fn is_deferred(&self, key: u64) -> bool {
+        self.deferred
+            .lock()
+            .is_ok_and(|d| d.keys.contains_key(&key))
     }
 
     /// Up to `limit` stored batches with key `>= from`, in sequence order,
@@ -445,6 +566,9 @@ impl Wal {
             }
             let (k, v) = item?;
             let Some(key) = key_seq(&k) else { continue };
+            if self.is_deferred(key) {
+                continue;
+            }
             let batch = match Batch::parse(codec::aligned_copy(&v)) {
                 Ok(b) => b,
                 Err(e) => {
@@ -477,16 +601,18 @@ impl Wal {
 
     /// The lowest stored key, if any.
     pub fn first_seq(&self) -> Result<Option<u64>, WalError> {
-        Ok(self
-            .db()?
-            .scan_prefix([EVENT_PREFIX])
-            .next()
-            .transpose()?
-            .and_then(|(k, _)| key_seq(&k)))
+        for item in self.db()?.scan_prefix([EVENT_PREFIX]) {
+            let (k, _) = item?;
+            if let Some(key) = key_seq(&k).filter(|k| !self.is_deferred(*k)) {
+                return Ok(Some(key));
+            }
+        }
+        Ok(None)
     }
 
     /// Writes everything to disk (also done by every `append`).
     pub fn flush(&self) -> Result<(), WalError> {
+        self.settle()?;
         self.db()?.flush()?;
         Ok(())
     }
@@ -533,6 +659,15 @@ impl Wal {
         self.metrics
             .wal_pending_bytes
             .store(self.pending_bytes(), Relaxed);
+    }
+}
+
+/// A clean close writes the removals no append carried.
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Err(e) = self.settle() {
+            tracing::warn!(error = %e, "acknowledged batches stay in the WAL and replay on the next start");
+        }
     }
 }
 

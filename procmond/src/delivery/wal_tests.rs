@@ -100,6 +100,50 @@ fn survives_reopen_replays_in_order_and_forgets_acked() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Every batch key in the tree, acknowledged or not.
+fn tree_keys(wal: &Wal) -> Vec<u64> {
+    wal.db()
+        .expect("db")
+        .scan_prefix([EVENT_PREFIX])
+        .map(|item| key_seq(&item.expect("item").0).expect("key"))
+        .collect()
+}
+
+#[test]
+fn an_ack_leaves_the_tree_with_the_next_write_and_is_forgotten_at_once() {
+    let dir = temp_dir("deferred-ack");
+    let wal = reopen(&dir, 1 << 20, Arc::new(Metrics::default()));
+    wal.append(&[batch(1..=2)]).expect("append");
+    wal.append(&[batch(3..=3)]).expect("append");
+    assert_eq!(wal.ack(1).expect("ack"), 2);
+    assert_eq!(wal.ack(1).expect("ack again"), 0, "an ack counts once");
+    // No write of its own: still in the tree, gone for everyone else.
+    assert_eq!(tree_keys(&wal), [1, 3]);
+    assert_eq!((keys(&wal), wal.first_seq().expect("first")), (vec![3], Some(3)));
+    assert_eq!(wal.pending_count(), 1);
+    assert!(wal.settle_at().is_some());
+    // The next append carries the removal and the marks that count it.
+    wal.append(&[batch(4..=4)]).expect("append");
+    assert_eq!(tree_keys(&wal), [3, 4]);
+    assert_eq!(wal.settle_at(), None);
+    assert_eq!(wal.current_marks().pending(), 2);
+    // With no append to carry it, `settle` writes it alone.
+    wal.ack(3).expect("ack");
+    wal.settle().expect("settle");
+    assert_eq!(tree_keys(&wal), [4]);
+    assert_eq!(wal.current_marks().pending(), 1);
+    // A reopen in this process (after a storage error) keeps them apart.
+    wal.ack(4).expect("ack");
+    wal.reopen().expect("reopen");
+    assert_eq!((wal.pending_count(), keys(&wal)), (0, vec![]));
+    drop(wal);
+    let metrics = Arc::new(Metrics::default());
+    let wal = reopen(&dir, 1 << 20, metrics.clone());
+    assert_eq!((tree_keys(&wal), wal.pending_count()), (vec![], 0), "closed cleanly: settled");
+    assert_eq!(metrics.wal_lost.load(Relaxed), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn full_wal_keeps_oldest_and_counts_drops() {
     let dir = temp_dir("full");
