@@ -29,3 +29,5 @@ mod token;
 mod fixtures;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_reader;
