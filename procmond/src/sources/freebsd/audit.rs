@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::auditpipe::{self as ap, AuMask};
-use super::bsm::{self, BsmError, RecordStream};
+use super::bsm::{BsmError, RecordStream};
 use super::event::{self, ProcTable, Tracker, aue};
 use super::ffi;
 use super::kinfo::{self, Kinfo};
@@ -349,11 +349,7 @@ impl ReadLoop {
             read += n;
             self.stream.feed(buf.get(..n).unwrap_or_default());
             while let Some(next) = self.stream.next_record() {
-                match next.and_then(|rec| {
-                    let record = bsm::parse_record(rec)?;
-                    let had_argv = record.exec_args.is_some();
-                    Ok(event::to_event(&record)?.map(|e| (e, had_argv)))
-                }) {
+                match next.and_then(event::record_event) {
                     Ok(Some((mut e, had_argv))) => {
                         self.tracker.complete(&mut e, &mut self.table, had_argv);
                         batch.push(e);

@@ -186,6 +186,20 @@ pub fn to_event(r: &Record<'_>) -> Result<Option<ProcessEvent>, BsmError> {
     Ok(Some(e))
 }
 
+/// One framed record from the pipe as the reader takes it: the event it
+/// reports, and whether it carried argv (`exec_args`). Records of other
+/// events are skipped by their header's event number before any token is
+/// parsed: the pipe's classes hold many other events, and every pipe also
+/// gets every user record submitted with audit(2).
+pub fn record_event(rec: &[u8]) -> Result<Option<(ProcessEvent, bool)>, BsmError> {
+    if super::bsm::header_event(rec).and_then(kind_of).is_none() {
+        return Ok(None);
+    }
+    let record = super::bsm::parse_record(rec)?;
+    let had_argv = record.exec_args.is_some();
+    Ok(to_event(&record)?.map(|e| (e, had_argv)))
+}
+
 /// Where the tracker looks processes up (sysctl on FreeBSD).
 pub trait ProcTable {
     /// The live (or zombie) process, with its start time as snapshots

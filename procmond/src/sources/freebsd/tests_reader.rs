@@ -152,3 +152,29 @@ fn late_fork_of_a_gone_child() {
     t.complete(&mut exit, &mut table, false);
     assert_eq!((exit.name.as_str(), exit.start_time), ("ls", Some(222)));
 }
+
+/// Records of other events (the `pc` class's chdir, wait4, kill …, and
+/// user records, which every pipe gets) are skipped by the header's event
+/// number, before their tokens are parsed: a token procmond cannot size in
+/// one of them is not a malformed process record.
+#[test]
+fn other_events_are_skipped_unparsed() {
+    let wait4 = record(
+        Hdr::H32,
+        19, // AUE_WAIT4
+        1,
+        0,
+        &[subject32(5, 1, 1, 1), vec![0xfe, 1, 2, 3], ret32(0, 0)],
+    );
+    assert!(
+        bsm::parse_record(&wait4).is_err(),
+        "the body is not parseable"
+    );
+    assert_eq!(event::record_event(&wait4), Ok(None));
+    // A process record is still parsed (and refused when damaged).
+    let exec = exec_record(7, "/bin/sh", &[b"sh"]);
+    let (e, had_argv) = event::record_event(&exec).expect("parses").expect("exec");
+    assert_eq!((e.pid, had_argv), (7, true));
+    let bad = record(Hdr::H32, aue::EXIT, 1, 0, &[vec![0xfe, 1, 2, 3]]);
+    assert!(event::record_event(&bad).is_err());
+}
