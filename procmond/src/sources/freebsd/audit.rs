@@ -38,6 +38,7 @@ use super::bsm::{BsmError, RecordStream};
 use super::event::{self, ProcTable, Tracker, aue};
 use super::ffi;
 use super::kinfo::{self, Kinfo};
+use super::reason::{self, Auditon};
 use crate::config::ProcmondConfig;
 use crate::metrics::Metrics;
 use crate::model::{EventSource, ProcessEvent};
@@ -75,20 +76,25 @@ pub fn unavailable_reason() -> Option<String> {
                 "auditing is off (audit condition {cond}): the kernel records events only while auditd runs; set auditd_enable=\"YES\" in /etc/rc.conf and run `service auditd start`"
             ));
         }
-        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
-            return Some("this kernel has no audit support (options AUDIT)".into());
+        Err(e) => {
+            let how = match e.raw_os_error() {
+                Some(libc::ENOSYS) => Auditon::NoSys,
+                Some(libc::EPERM) => Auditon::Perm,
+                _ => Auditon::Other,
+            };
+            return Some(reason::auditon_failed(how, jailed(), &e.to_string()));
         }
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            return Some(format!(
-                "auditon(2) refused: {e} (audit cannot be configured from inside a jail)"
-            ));
-        }
-        Err(e) => return Some(format!("auditon(A_GETCOND): {e}")),
     }
     if !std::path::Path::new(AUDITPIPE).exists() {
         return Some(format!("{AUDITPIPE} does not exist (device auditpipe)"));
     }
     None
+}
+
+/// `security.jail.jailed` (kern_jail.c): whether this process is in a jail.
+fn jailed() -> Option<bool> {
+    let b = ffi::sysctl_by_name(c"security.jail.jailed").ok()?;
+    Some(i32::from_ne_bytes(b.get(..4)?.try_into().ok()?) != 0)
 }
 
 /// Whether /dev/auditpipe is readable with this process's effective ids.
@@ -245,7 +251,7 @@ pub fn start(
         stream: RecordStream::default(),
         table,
         tracker,
-        lost_total: 0,
+        losses: ap::Losses::default(),
     };
     let thread = ReaderThread::spawn("audit-reader", move |stop, barriers| {
         reader.run(&tx, &metrics, stop, barriers)
@@ -265,8 +271,8 @@ struct ReadLoop {
     stream: RecordStream,
     table: SysctlTable,
     tracker: Tracker,
-    /// drops + truncates last read from the pipe.
-    lost_total: u64,
+    /// The pipe's loss counters as last read.
+    losses: ap::Losses,
 }
 
 impl ReadLoop {
@@ -371,26 +377,30 @@ impl ReadLoop {
     /// Adds what the pipe dropped since the last look to `kernel_lost`.
     fn update_lost(&mut self, metrics: &Metrics) {
         let fd = self.pipe.as_fd();
-        let counters = ffi::get_u64(fd, ap::GET_DROPS)
-            .and_then(|d| Ok(d.saturating_add(ffi::get_u64(fd, ap::GET_TRUNCATES)?)));
-        let total = match counters {
-            Ok(total) => total,
+        let read = |request| ffi::get_counter(fd, request).map(ap::counter);
+        let now = match read(ap::GET_DROPS).and_then(|drops| {
+            Ok(ap::Losses {
+                drops,
+                truncates: read(ap::GET_TRUNCATES)?,
+            })
+        }) {
+            Ok(now) => now,
             Err(e) => {
                 tracing::debug!(error = %e, "reading the audit pipe's loss counters");
                 return;
             }
         };
-        if total > self.lost_total {
-            let lost = total - self.lost_total;
+        let lost = now.since(self.losses);
+        self.losses = now;
+        if lost > 0 {
             Metrics::add(&metrics.kernel_lost, lost);
             tracing::warn!(
                 lost,
-                total,
+                drops = now.drops,
+                truncates = now.truncates,
                 "audit pipe queue full: records dropped (reconciliation will catch long-lived processes)"
             );
         }
-        // The kernel's counters are 32-bit and may wrap: follow them.
-        self.lost_total = total;
     }
 }
 

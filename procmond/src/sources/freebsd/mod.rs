@@ -23,6 +23,7 @@ pub mod event;
 #[cfg(target_os = "freebsd")]
 mod ffi;
 pub mod kinfo;
+pub mod reason;
 mod token;
 
 #[cfg(test)]

@@ -178,3 +178,48 @@ fn other_events_are_skipped_unparsed() {
     let bad = record(Hdr::H32, aue::EXIT, 1, 0, &[vec![0xfe, 1, 2, 3]]);
     assert!(event::record_event(&bad).is_err());
 }
+
+/// GET_DROPS and GET_TRUNCATES are declared with a `u_int64_t`, but the
+/// kernel stores a `u_int` at the start of the buffer (audit_pipe.c), and
+/// the count wraps at 2^32.
+#[test]
+fn loss_counters_are_32_bit_and_wrap() {
+    use super::auditpipe::{Losses, counter};
+    let mut buf = [0xa5u8; 8];
+    buf[..4].copy_from_slice(&5u32.to_ne_bytes());
+    assert_eq!(counter(buf), 5, "only the u_int the kernel wrote");
+    let prev = Losses {
+        drops: u32::MAX - 1,
+        truncates: 0,
+    };
+    let now = Losses {
+        drops: 3,
+        truncates: 0,
+    };
+    assert_eq!(now.since(prev), 5, "across the wrap");
+    let later = Losses {
+        drops: 3,
+        truncates: 2,
+    };
+    assert_eq!(later.since(now), 2);
+    assert_eq!(now.since(now), 0);
+}
+
+/// Inside a jail auditon(2) fails with ENOSYS, as on a kernel without
+/// audit: `security.jail.jailed` tells them apart.
+#[test]
+fn enosys_in_a_jail_is_the_jail() {
+    use super::reason::{Auditon, auditon_failed};
+    let jailed = auditon_failed(Auditon::NoSys, Some(true), "ENOSYS");
+    assert!(jailed.contains("jail"), "{jailed}");
+    assert!(!jailed.contains("options AUDIT"), "{jailed}");
+    let host = auditon_failed(Auditon::NoSys, Some(false), "ENOSYS");
+    assert!(host.contains("options AUDIT"), "{host}");
+    let unknown = auditon_failed(Auditon::NoSys, None, "ENOSYS");
+    assert!(
+        unknown.contains("options AUDIT") && unknown.contains("jail"),
+        "{unknown}"
+    );
+    let perm = auditon_failed(Auditon::Perm, Some(false), "EPERM");
+    assert!(perm.contains("PRIV_AUDIT_CONTROL"), "{perm}");
+}
