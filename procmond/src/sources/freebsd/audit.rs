@@ -3,10 +3,13 @@
 //!
 //! Opening the pipe gives this process its own queue of audit records. It
 //! is set to local preselection with, for both attributable and
-//! non-attributable events (daemons started at boot have no audit user),
-//! the classes the kernel maps exec, fork and exit to (auditon A_GETCLASS:
-//! `ex` and `pc` with the stock /etc/security/audit_event), successes only,
-//! and its queue limit raised to the maximum. The kernel builds records
+//! non-attributable events (daemons started at boot have no audit user), a
+//! class of procmond's own that only the reported events carry
+//! (`preselect`: auditon A_SETCLASS adds it, the reader keeps it there
+//! after auditd reloads the map), or else the classes the kernel maps them
+//! to (auditon A_GETCLASS: `ex` and `pc` with the stock
+//! /etc/security/audit_event), successes only, and its queue limit raised
+//! to the maximum. The kernel builds records
 //! only while an audit trail is open, so auditd must run; the trail's own
 //! flags do not matter to the pipe.
 //!
@@ -38,6 +41,7 @@ use super::bsm::{BsmError, RecordStream};
 use super::event::{self, ProcTable, Tracker, aue};
 use super::ffi;
 use super::kinfo::{self, Kinfo};
+use super::preselect::{self, PRIVATE_CLASS};
 use super::reason::{self, Auditon};
 use crate::config::ProcmondConfig;
 use crate::metrics::Metrics;
@@ -45,6 +49,8 @@ use crate::model::{EventSource, ProcessEvent};
 use crate::sources::SourceMsg;
 use crate::sources::stream::{ReaderThread, StartedStream};
 
+/// The audit class names (audit_class(5)).
+const AUDIT_CLASS: &str = "/etc/security/audit_class";
 /// The audit pipe device (a cloning device: each open is a new pipe).
 pub const AUDITPIPE: &str = "/dev/auditpipe";
 /// How long the reader sleeps in poll(2) between checks of its stop flag.
@@ -114,29 +120,79 @@ pub fn see_other_uids() -> Option<i32> {
     Some(i32::from_ne_bytes(b.get(..4)?.try_into().ok()?))
 }
 
-/// The class bits of the events procmond reports, as the kernel maps them
-/// (auditd loads the map from /etc/security/audit_event).
-fn class_mask() -> Result<u32, String> {
-    let mut mask = 0;
-    for ev in aue::ALL {
-        let class = ffi::event_class(ev).map_err(|e| format!("auditon(A_GETCLASS, {ev}): {e}"))?;
+/// The classes the kernel maps the reported events to (auditon
+/// A_GETCLASS; auditd loads the map from /etc/security/audit_event).
+fn event_classes() -> Result<Vec<(u16, u32)>, String> {
+    aue::ALL
+        .iter()
+        .map(|&ev| {
+            ffi::event_class(ev)
+                .map(|class| (ev, class))
+                .map_err(|e| format!("auditon(A_GETCLASS, {ev}): {e}"))
+        })
+        .collect()
+}
+
+/// Adds `PRIVATE_CLASS` to the events that lack it (auditon A_SETCLASS);
+/// how many were marked.
+fn mark_events(classes: &[(u16, u32)]) -> Result<usize, String> {
+    let todo = preselect::to_mark(classes, PRIVATE_CLASS);
+    for &(ev, class) in &todo {
+        ffi::set_event_class(ev, class)
+            .map_err(|e| format!("auditon(A_SETCLASS, {ev}, {class:#x}): {e}"))?;
+    }
+    Ok(todo.len())
+}
+
+/// The pipe's class mask, and whether it is the private class (which the
+/// reader then keeps in the kernel's map): the private class unless the
+/// host's audit_class uses its bit or marking the events failed, then the
+/// stock classes of the reported events.
+fn class_mask() -> Result<(u32, bool), String> {
+    let classes = event_classes()?;
+    for &(ev, class) in &classes {
         let essential = matches!(ev, aue::EXECVE | aue::FORK | aue::EXIT);
         if class == 0 && essential {
             return Err(format!(
                 "audit event {ev} has no class in the kernel's event map: auditd loads it from /etc/security/audit_event when it starts"
             ));
         }
-        mask |= class;
     }
-    Ok(mask)
+    let stock = preselect::stock_mask(&classes);
+    let used = std::fs::read_to_string(AUDIT_CLASS)
+        .map(|text| preselect::classes_using(&text, PRIVATE_CLASS))
+        .unwrap_or_default();
+    if !used.is_empty() {
+        tracing::warn!(
+            classes = ?used,
+            "{AUDIT_CLASS} names class bit {PRIVATE_CLASS:#x}: the audit pipe selects the stock classes, and their other events may crowd out process records"
+        );
+        return Ok((stock, false));
+    }
+    match mark_events(&classes) {
+        Ok(_) => Ok((PRIVATE_CLASS, true)),
+        Err(e) => {
+            tracing::warn!(error = %e, "marking procmond's audit events with a private class failed: the pipe selects the stock classes");
+            Ok((stock, false))
+        }
+    }
 }
 
-/// Opens and configures a pipe; a degraded reason when argv is not audited.
-fn open_pipe() -> Result<(File, Option<String>), String> {
+/// A configured pipe.
+struct Opened {
+    pipe: File,
+    /// Set when argv is not audited.
+    degraded: Option<String>,
+    /// The pipe selects `PRIVATE_CLASS`.
+    private: bool,
+}
+
+/// Opens and configures a pipe.
+fn open_pipe() -> Result<Opened, String> {
     if let Some(reason) = unavailable_reason() {
         return Err(reason);
     }
-    let mask = class_mask()?;
+    let (mask, private) = class_mask()?;
     let pipe = File::open(AUDITPIPE).map_err(|e| format!("opening {AUDITPIPE}: {e}"))?;
     let fd = pipe.as_fd();
     let setup =
@@ -176,15 +232,20 @@ fn open_pipe() -> Result<(File, Option<String>), String> {
     };
     tracing::info!(
         class_mask = format_args!("{mask:#x}"),
+        private,
         queue_limit = qmax,
         "audit pipe configured"
     );
-    Ok((pipe, degraded))
+    Ok(Opened {
+        pipe,
+        degraded,
+        private,
+    })
 }
 
 /// Opens and configures a pipe, then closes it (`procmond capabilities`).
 pub fn probe() -> Result<(), String> {
-    open_pipe().map(drop)
+    open_pipe().map(|_| ())
 }
 
 /// The process table through sysctl, with `kern.boottime` read at most
@@ -238,7 +299,11 @@ pub fn start(
     tx: mpsc::Sender<SourceMsg>,
     metrics: Arc<Metrics>,
 ) -> Result<StartedStream, String> {
-    let (pipe, degraded_reason) = open_pipe()?;
+    let Opened {
+        pipe,
+        degraded: degraded_reason,
+        private,
+    } = open_pipe()?;
     let mut table = SysctlTable::new();
     let mut tracker = Tracker::new(config.enhanced_metadata).with_boot(kinfo::boot().copied());
     // Read after the pipe opened: a process is either in it or in a record.
@@ -252,6 +317,7 @@ pub fn start(
         table,
         tracker,
         losses: ap::Losses::default(),
+        private,
     };
     let thread = ReaderThread::spawn("audit-reader", move |stop, barriers| {
         reader.run(&tx, &metrics, stop, barriers)
@@ -273,6 +339,8 @@ struct ReadLoop {
     tracker: Tracker,
     /// The pipe's loss counters as last read.
     losses: ap::Losses,
+    /// The pipe selects `PRIVATE_CLASS`, which auditd's reloads remove.
+    private: bool,
 }
 
 impl ReadLoop {
@@ -302,6 +370,7 @@ impl ReadLoop {
             }
             if stopping || losses_read.elapsed() >= LOSS_INTERVAL {
                 self.update_lost(metrics);
+                self.keep_private_class();
                 losses_read = Instant::now();
             }
             while let Some(&(id, asked)) = pending.front() {
@@ -372,6 +441,22 @@ impl ReadLoop {
             send(tx, metrics, batch)?;
         }
         Some(())
+    }
+
+    /// Marks the reported events with `PRIVATE_CLASS` again after auditd
+    /// reloaded the kernel's event map (it starts, or `audit -s`).
+    fn keep_private_class(&self) {
+        if !self.private {
+            return;
+        }
+        match event_classes().and_then(|classes| mark_events(&classes)) {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                events = n,
+                "the kernel's audit event classes were reloaded (auditd started, or `audit -s`): procmond's events are marked again; their records since the reload were not selected (reconciliation will catch long-lived processes)"
+            ),
+            Err(e) => tracing::error!(error = %e, "re-marking procmond's audit events"),
+        }
     }
 
     /// Adds what the pipe dropped since the last look to `kernel_lost`.

@@ -41,7 +41,8 @@ pub struct AuMask {
     pub failure: u32,
 }
 
-/// `struct au_evclass_map` for auditon(A_GETCLASS): event in, class out.
+/// `struct au_evclass_map` for auditon(A_GETCLASS): event in, class out;
+/// for A_SETCLASS both in.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EvClassMap {
@@ -68,6 +69,8 @@ pub const PRESELECT_MODE_LOCAL: i32 = 2;
 
 /// auditon(2) commands.
 pub const A_GETCLASS: i32 = 22;
+/// Sets one event's class mask in the kernel's map (`au_evclassmap_insert`).
+pub const A_SETCLASS: i32 = 23;
 pub const A_GETPOLICY: i32 = 33;
 pub const A_GETCOND: i32 = 37;
 /// The audit condition while a trail is being written.

@@ -204,3 +204,9 @@ pub fn event_class(event: u16) -> io::Result<u32> {
     let map = EvClassMap { event, class: 0 };
     auditon_io(super::auditpipe::A_GETCLASS, map).map(|m| m.class)
 }
+
+/// Sets the class bits the kernel maps `event` to (auditon A_SETCLASS).
+pub fn set_event_class(event: u16, class: u32) -> io::Result<()> {
+    let map = EvClassMap { event, class };
+    auditon_io(super::auditpipe::A_SETCLASS, map).map(drop)
+}
