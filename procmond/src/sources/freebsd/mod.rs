@@ -31,6 +31,8 @@ mod token;
 
 #[cfg(test)]
 mod fixtures;
+#[cfg(all(test, unix))]
+mod rc_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
