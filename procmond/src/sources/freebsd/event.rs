@@ -14,8 +14,9 @@
 //!
 //! Event numbers are FreeBSD's (`AUE_*` in OpenBSM's
 //! `sys/bsm/audit_kevents.h`); rfork(2) is 43043 on FreeBSD (353 is
-//! Darwin's), and posix_spawn(3) is an rfork (`RFSPAWN`) there. The set*id(2) calls are `setuid` events: the record's subject
-//! holds the ids before the call, the process table those after.
+//! Darwin's), and posix_spawn(3) is an rfork (`RFSPAWN`) there. The
+//! set*id(2) calls are `setuid` events: the record's subject holds the ids
+//! before the call, the process table those after.
 
 use std::collections::HashMap;
 
