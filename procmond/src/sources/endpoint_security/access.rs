@@ -79,6 +79,38 @@ impl EsAccess {
     }
 }
 
+/// How to get the entitlement honoured.
+const SIGN_HINT: &str = "ship it as procmond.app/Contents/MacOS/procmond with an embedded provisioning profile and sign it with config/macos/procmond.entitlements (with SIP off, for development, the bare binary signed with config/procmond.entitlements); docs/platforms.md, macOS";
+
+/// Where the provisioning profile of the app-like bundle `exe` runs from
+/// would be (`X.app/Contents/MacOS/exe` → `X.app/Contents/
+/// embedded.provisionprofile`); `None` when `exe` is not in a bundle.
+pub fn embedded_profile(exe: &Path) -> Option<std::path::PathBuf> {
+    let macos = exe.parent()?;
+    let contents = macos.parent()?;
+    let bundle = contents.parent()?;
+    let is_bundle = macos.file_name()? == "MacOS"
+        && contents.file_name()? == "Contents"
+        && bundle.extension()? == "app";
+    is_bundle.then(|| contents.join("embedded.provisionprofile"))
+}
+
+/// What the profile means for the entitlement: `present` is whether the
+/// bundle's profile exists (`None`: `exe` is not in a bundle). A restricted
+/// entitlement without a profile that authorises it gets the process
+/// killed by AMFI at launch unless SIP is off; whether the profile does
+/// authorise it, `es_new_client` decides.
+fn profile_note(exe: &Path, present: Option<bool>) -> String {
+    match present {
+        Some(true) => "the bundle embeds a provisioning profile (Contents/embedded.provisionprofile), which must authorise it".into(),
+        Some(false) => format!(
+            "the bundle has no Contents/embedded.provisionprofile: honoured only with SIP off ({} would be killed at launch otherwise)",
+            exe.display()
+        ),
+        None => "not inside an app bundle, so no provisioning profile can authorise it: honoured only with SIP off".into(),
+    }
+}
+
 /// The entitlement check for the executable at `exe`, slice `cpu`.
 pub fn entitlement_check(exe: &Path, cpu: u32) -> Check {
     let read = std::fs::File::open(exe)
@@ -89,18 +121,17 @@ pub fn entitlement_check(exe: &Path, cpu: u32) -> Check {
         Ok(e) if e.grants(ENTITLEMENT) => Check::new(
             State::Yes,
             format!(
-                "{shown} is signed with {ENTITLEMENT} (honoured only with a matching provisioning profile, or with SIP off)"
+                "{shown} is signed with {ENTITLEMENT}; {}",
+                profile_note(exe, embedded_profile(exe).map(|p| p.exists()))
             ),
         ),
         Ok(Entitlements::Unsigned) => Check::new(
             State::No,
-            format!("{shown} has no code signature; sign it with config/procmond.entitlements"),
+            format!("{shown} has no code signature; {SIGN_HINT}"),
         ),
         Ok(_) => Check::new(
             State::No,
-            format!(
-                "{shown} is signed without {ENTITLEMENT}; sign it with config/procmond.entitlements"
-            ),
+            format!("{shown} is signed without {ENTITLEMENT}; {SIGN_HINT}"),
         ),
         Err(e) => Check::new(
             State::Unknown,
@@ -197,6 +228,28 @@ mod tests {
         let c = entitlement_check(Path::new("/nonexistent/procmond"), macho::CPU_TYPE_ARM64);
         assert_eq!(c.state, State::Unknown);
         assert!(c.detail.contains("/nonexistent/procmond"));
+    }
+
+    #[test]
+    fn the_profile_is_looked_for_in_the_bundle() {
+        let exe =
+            Path::new("/Library/Application Support/procmond/procmond.app/Contents/MacOS/procmond");
+        assert_eq!(
+            embedded_profile(exe).as_deref(),
+            Some(Path::new(
+                "/Library/Application Support/procmond/procmond.app/Contents/embedded.provisionprofile"
+            ))
+        );
+        for bare in [
+            "/usr/local/bin/procmond",
+            "/x/Contents/MacOS/procmond",
+            "procmond",
+        ] {
+            assert_eq!(embedded_profile(Path::new(bare)), None, "{bare}");
+        }
+        assert!(profile_note(exe, Some(false)).contains("SIP off"));
+        assert!(profile_note(exe, None).contains("SIP off"));
+        assert!(!profile_note(exe, Some(true)).contains("SIP off"));
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //! subscribed to NOTIFY_EXEC, NOTIFY_FORK and NOTIFY_EXIT, and the thread
 //! that owns it.
 //!
-//! ES calls the handler on its own serial dispatch queue, and kills a
-//! client that keeps it waiting, so the handler only hands the message on:
+//! ES calls the handler on its own serial dispatch queue. It kills only
+//! clients that miss an AUTH message's deadline (`es_message_t.deadline`),
+//! and procmond subscribes to NOTIFY events only; but while the handler
+//! runs, ES queues further messages for this client and drops them when
+//! that queue is full (the gaps `seq` counts). So the handler only hands
+//! the message on:
 //! `try_send` of the retained `Message` (a reference-count bump on macOS
 //! 11+, no copy) into a bounded, preallocated queue (`HANDOFF_CAPACITY`).
 //! It never blocks and never allocates. When the queue is full the message
@@ -45,6 +49,14 @@ const SUBSCRIPTIONS: [es_event_type_t; 3] = [
     es_event_type_t::ES_EVENT_TYPE_NOTIFY_FORK,
     es_event_type_t::ES_EVENT_TYPE_NOTIFY_EXIT,
 ];
+// The numbers the platform-neutral modules and their tests use are the
+// SDK's (endpoint-sec-sys mirrors ESTypes.h).
+const _: () = {
+    use super::decode::event_type;
+    assert!(es_event_type_t::ES_EVENT_TYPE_NOTIFY_EXEC.0 == event_type::NOTIFY_EXEC);
+    assert!(es_event_type_t::ES_EVENT_TYPE_NOTIFY_FORK.0 == event_type::NOTIFY_FORK);
+    assert!(es_event_type_t::ES_EVENT_TYPE_NOTIFY_EXIT.0 == event_type::NOTIFY_EXIT);
+};
 /// Messages the handler may queue ahead of the reader (about a second of a
 /// fork storm); each slot holds a retained pointer.
 const HANDOFF_CAPACITY: usize = 16_384;

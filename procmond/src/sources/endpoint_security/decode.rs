@@ -60,6 +60,15 @@ pub struct EsProcess<'a> {
     pub is_platform_binary: bool,
 }
 
+/// `es_event_type_t` numbers of the three events procmond subscribes to
+/// (ESTypes.h; `client.rs` checks them against endpoint-sec-sys at compile
+/// time on macOS).
+pub mod event_type {
+    pub const NOTIFY_EXEC: u32 = 9;
+    pub const NOTIFY_FORK: u32 = 11;
+    pub const NOTIFY_EXIT: u32 = 15;
+}
+
 /// The three events procmond subscribes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EsEvent<'a> {
@@ -92,7 +101,9 @@ pub struct EsMessage<'a> {
     pub seq_num: Option<u64>,
     /// Per client, every type (message version ≥ 4).
     pub global_seq_num: Option<u64>,
-    /// The Mach thread id that caused it (message version ≥ 4).
+    /// The Mach thread id that caused it (`es_thread_t.thread_id`, message
+    /// version ≥ 4): a 64-bit id unique per boot, not a BSD thread id, so
+    /// it is not reported as `tid`.
     pub thread_id: Option<u64>,
     pub process: EsProcess<'a>,
     pub event: EsEvent<'a>,
@@ -119,7 +130,9 @@ pub fn to_event(msg: &EsMessage<'_>) -> Result<ProcessEvent, DecodeError> {
         unix_ns(msg.time).unwrap_or(0),
         pid,
     );
-    e.tid = msg.thread_id.and_then(|t| u32::try_from(t).ok());
+    // `tid` stays empty: `msg.thread_id` is a 64-bit Mach thread id (unique
+    // per boot), not the 32-bit BSD thread id `tid` holds on the other
+    // platforms.
     e.ppid = u32::try_from(subject.ppid).ok();
     e.uid = Some(subject.ruid);
     e.euid = Some(subject.euid);
@@ -260,8 +273,8 @@ fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// The short name: the executable's last path component (what macOS keeps
-/// in `p_comm`, uncut).
+/// The short name: the executable's last path component, whole. (The
+/// kernel keeps it cut: `p_comm` holds MAXCOMLEN = 16 bytes, `p_name` 32.)
 fn basename(path: &[u8]) -> String {
     let leaf = path.rsplit(|b| *b == b'/').next().unwrap_or(path);
     lossy(leaf)

@@ -5,9 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
 
-const EXEC: u32 = 9; // ES_EVENT_TYPE_NOTIFY_EXEC
-const FORK: u32 = 11; // ES_EVENT_TYPE_NOTIFY_FORK
-const EXIT: u32 = 14; // ES_EVENT_TYPE_NOTIFY_EXIT
+use super::event_type::{NOTIFY_EXEC as EXEC, NOTIFY_EXIT as EXIT, NOTIFY_FORK as FORK};
 
 fn at(secs: u64, nanos: u32) -> SystemTime {
     UNIX_EPOCH + Duration::new(secs, nanos)
@@ -71,7 +69,8 @@ fn exec_with_args_maps_every_field() {
     assert_eq!(e.kind, EventKind::Exec);
     assert_eq!(e.source, EventSource::EndpointSecurity);
     assert_eq!(e.timestamp, 1_700_000_123_456_789_000);
-    assert_eq!((e.pid, e.ppid, e.tid), (900, Some(1), Some(4242)));
+    assert_eq!((e.pid, e.ppid), (900, Some(1)));
+    assert_eq!(e.tid, None, "a Mach thread id is not a BSD tid");
     assert_eq!((e.uid, e.euid, e.gid), (Some(501), Some(0), Some(20)));
     assert_eq!(e.name, "ls");
     assert_eq!(e.exe.as_deref(), Some("/bin/ls"));
@@ -234,7 +233,7 @@ fn ids_times_and_hashes_at_their_edges() {
     assert_eq!(to_event(&msg), Err(DecodeError::NegativePid(-5)));
 
     let mut msg = exec(b"/bin/ls", vec![], b"/");
-    msg.thread_id = Some(u64::MAX); // a Mach thread id beyond u32: left out
+    msg.thread_id = Some(u64::MAX); // a Mach thread id: never a `tid`
     msg.time = UNIX_EPOCH - Duration::from_secs(1);
     if let EsEvent::Exec { target, .. } = &mut msg.event {
         target.ppid = -1;

@@ -28,6 +28,9 @@ pub mod macho;
 pub mod reason;
 pub mod seq;
 
+#[cfg(test)]
+mod layout_tests;
+
 #[cfg(target_os = "macos")]
 pub use client::{probe, start};
 

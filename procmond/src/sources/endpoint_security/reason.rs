@@ -20,7 +20,7 @@ pub enum NewClientFailure {
     )]
     Internal,
     #[error(
-        "es_new_client: not entitled (ES_NEW_CLIENT_RESULT_ERR_NOT_ENTITLED): this binary is not signed with the com.apple.developer.endpoint-security.client entitlement, or the system does not honour it; sign it with config/procmond.entitlements (docs/platforms.md, macOS)"
+        "es_new_client: not entitled (ES_NEW_CLIENT_RESULT_ERR_NOT_ENTITLED): this binary is not signed with the com.apple.developer.endpoint-security.client entitlement, or no provisioning profile authorises it; run it from procmond.app with its embedded provisioning profile, signed with config/macos/procmond.entitlements (docs/platforms.md, macOS)"
     )]
     NotEntitled,
     #[error(

@@ -125,9 +125,9 @@ fn step(last: &mut Option<u64>, now: u64) -> (u64, bool) {
 mod tests {
     use super::*;
 
-    const EXEC: u32 = 9;
-    const FORK: u32 = 11;
-    const EXIT: u32 = 14;
+    use crate::sources::endpoint_security::decode::event_type::{
+        NOTIFY_EXEC as EXEC, NOTIFY_EXIT as EXIT, NOTIFY_FORK as FORK,
+    };
 
     #[test]
     fn consecutive_numbers_lose_nothing() {

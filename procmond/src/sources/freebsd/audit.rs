@@ -3,10 +3,13 @@
 //!
 //! Opening the pipe gives this process its own queue of audit records. It
 //! is set to local preselection with, for both attributable and
-//! non-attributable events (daemons started at boot have no audit user),
-//! the classes the kernel maps exec, fork and exit to (auditon A_GETCLASS:
-//! `ex` and `pc` with the stock /etc/security/audit_event), successes only,
-//! and its queue limit raised to the maximum. The kernel builds records
+//! non-attributable events (daemons started at boot have no audit user), a
+//! class of procmond's own that only the reported events carry
+//! (`preselect`: auditon A_SETCLASS adds it, the reader keeps it there
+//! after auditd reloads the map), or else the classes the kernel maps them
+//! to (auditon A_GETCLASS: `ex` and `pc` with the stock
+//! /etc/security/audit_event), successes only, and its queue limit raised
+//! to the maximum. The kernel builds records
 //! only while an audit trail is open, so auditd must run; the trail's own
 //! flags do not matter to the pipe.
 //!
@@ -34,16 +37,20 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::auditpipe::{self as ap, AuMask};
-use super::bsm::{self, BsmError, RecordStream};
+use super::bsm::{BsmError, RecordStream};
 use super::event::{self, ProcTable, Tracker, aue};
 use super::ffi;
 use super::kinfo::{self, Kinfo};
+use super::preselect::{self, PRIVATE_CLASS};
+use super::reason::{self, Auditon};
 use crate::config::ProcmondConfig;
 use crate::metrics::Metrics;
 use crate::model::{EventSource, ProcessEvent};
 use crate::sources::SourceMsg;
 use crate::sources::stream::{ReaderThread, StartedStream};
 
+/// The audit class names (audit_class(5)).
+const AUDIT_CLASS: &str = "/etc/security/audit_class";
 /// The audit pipe device (a cloning device: each open is a new pipe).
 pub const AUDITPIPE: &str = "/dev/auditpipe";
 /// How long the reader sleeps in poll(2) between checks of its stop flag.
@@ -75,20 +82,25 @@ pub fn unavailable_reason() -> Option<String> {
                 "auditing is off (audit condition {cond}): the kernel records events only while auditd runs; set auditd_enable=\"YES\" in /etc/rc.conf and run `service auditd start`"
             ));
         }
-        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
-            return Some("this kernel has no audit support (options AUDIT)".into());
+        Err(e) => {
+            let how = match e.raw_os_error() {
+                Some(libc::ENOSYS) => Auditon::NoSys,
+                Some(libc::EPERM) => Auditon::Perm,
+                _ => Auditon::Other,
+            };
+            return Some(reason::auditon_failed(how, jailed(), &e.to_string()));
         }
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            return Some(format!(
-                "auditon(2) refused: {e} (audit cannot be configured from inside a jail)"
-            ));
-        }
-        Err(e) => return Some(format!("auditon(A_GETCOND): {e}")),
     }
     if !std::path::Path::new(AUDITPIPE).exists() {
         return Some(format!("{AUDITPIPE} does not exist (device auditpipe)"));
     }
     None
+}
+
+/// `security.jail.jailed` (kern_jail.c): whether this process is in a jail.
+fn jailed() -> Option<bool> {
+    let b = ffi::sysctl_by_name(c"security.jail.jailed").ok()?;
+    Some(i32::from_ne_bytes(b.get(..4)?.try_into().ok()?) != 0)
 }
 
 /// Whether /dev/auditpipe is readable with this process's effective ids.
@@ -108,29 +120,79 @@ pub fn see_other_uids() -> Option<i32> {
     Some(i32::from_ne_bytes(b.get(..4)?.try_into().ok()?))
 }
 
-/// The class bits of the events procmond reports, as the kernel maps them
-/// (auditd loads the map from /etc/security/audit_event).
-fn class_mask() -> Result<u32, String> {
-    let mut mask = 0;
-    for ev in aue::ALL {
-        let class = ffi::event_class(ev).map_err(|e| format!("auditon(A_GETCLASS, {ev}): {e}"))?;
+/// The classes the kernel maps the reported events to (auditon
+/// A_GETCLASS; auditd loads the map from /etc/security/audit_event).
+fn event_classes() -> Result<Vec<(u16, u32)>, String> {
+    aue::ALL
+        .iter()
+        .map(|&ev| {
+            ffi::event_class(ev)
+                .map(|class| (ev, class))
+                .map_err(|e| format!("auditon(A_GETCLASS, {ev}): {e}"))
+        })
+        .collect()
+}
+
+/// Adds `PRIVATE_CLASS` to the events that lack it (auditon A_SETCLASS);
+/// how many were marked.
+fn mark_events(classes: &[(u16, u32)]) -> Result<usize, String> {
+    let todo = preselect::to_mark(classes, PRIVATE_CLASS);
+    for &(ev, class) in &todo {
+        ffi::set_event_class(ev, class)
+            .map_err(|e| format!("auditon(A_SETCLASS, {ev}, {class:#x}): {e}"))?;
+    }
+    Ok(todo.len())
+}
+
+/// The pipe's class mask, and whether it is the private class (which the
+/// reader then keeps in the kernel's map): the private class unless the
+/// host's audit_class uses its bit or marking the events failed, then the
+/// stock classes of the reported events.
+fn class_mask() -> Result<(u32, bool), String> {
+    let classes = event_classes()?;
+    for &(ev, class) in &classes {
         let essential = matches!(ev, aue::EXECVE | aue::FORK | aue::EXIT);
         if class == 0 && essential {
             return Err(format!(
                 "audit event {ev} has no class in the kernel's event map: auditd loads it from /etc/security/audit_event when it starts"
             ));
         }
-        mask |= class;
     }
-    Ok(mask)
+    let stock = preselect::stock_mask(&classes);
+    let used = std::fs::read_to_string(AUDIT_CLASS)
+        .map(|text| preselect::classes_using(&text, PRIVATE_CLASS))
+        .unwrap_or_default();
+    if !used.is_empty() {
+        tracing::warn!(
+            classes = ?used,
+            "{AUDIT_CLASS} names class bit {PRIVATE_CLASS:#x}: the audit pipe selects the stock classes, and their other events may crowd out process records"
+        );
+        return Ok((stock, false));
+    }
+    match mark_events(&classes) {
+        Ok(_) => Ok((PRIVATE_CLASS, true)),
+        Err(e) => {
+            tracing::warn!(error = %e, "marking procmond's audit events with a private class failed: the pipe selects the stock classes");
+            Ok((stock, false))
+        }
+    }
 }
 
-/// Opens and configures a pipe; a degraded reason when argv is not audited.
-fn open_pipe() -> Result<(File, Option<String>), String> {
+/// A configured pipe.
+struct Opened {
+    pipe: File,
+    /// Set when argv is not audited.
+    degraded: Option<String>,
+    /// The pipe selects `PRIVATE_CLASS`.
+    private: bool,
+}
+
+/// Opens and configures a pipe.
+fn open_pipe() -> Result<Opened, String> {
     if let Some(reason) = unavailable_reason() {
         return Err(reason);
     }
-    let mask = class_mask()?;
+    let (mask, private) = class_mask()?;
     let pipe = File::open(AUDITPIPE).map_err(|e| format!("opening {AUDITPIPE}: {e}"))?;
     let fd = pipe.as_fd();
     let setup =
@@ -170,15 +232,20 @@ fn open_pipe() -> Result<(File, Option<String>), String> {
     };
     tracing::info!(
         class_mask = format_args!("{mask:#x}"),
+        private,
         queue_limit = qmax,
         "audit pipe configured"
     );
-    Ok((pipe, degraded))
+    Ok(Opened {
+        pipe,
+        degraded,
+        private,
+    })
 }
 
 /// Opens and configures a pipe, then closes it (`procmond capabilities`).
 pub fn probe() -> Result<(), String> {
-    open_pipe().map(drop)
+    open_pipe().map(|_| ())
 }
 
 /// The process table through sysctl, with `kern.boottime` read at most
@@ -232,7 +299,11 @@ pub fn start(
     tx: mpsc::Sender<SourceMsg>,
     metrics: Arc<Metrics>,
 ) -> Result<StartedStream, String> {
-    let (pipe, degraded_reason) = open_pipe()?;
+    let Opened {
+        pipe,
+        degraded: degraded_reason,
+        private,
+    } = open_pipe()?;
     let mut table = SysctlTable::new();
     let mut tracker = Tracker::new(config.enhanced_metadata).with_boot(kinfo::boot().copied());
     // Read after the pipe opened: a process is either in it or in a record.
@@ -245,7 +316,8 @@ pub fn start(
         stream: RecordStream::default(),
         table,
         tracker,
-        lost_total: 0,
+        losses: ap::Losses::default(),
+        private,
     };
     let thread = ReaderThread::spawn("audit-reader", move |stop, barriers| {
         reader.run(&tx, &metrics, stop, barriers)
@@ -265,8 +337,10 @@ struct ReadLoop {
     stream: RecordStream,
     table: SysctlTable,
     tracker: Tracker,
-    /// drops + truncates last read from the pipe.
-    lost_total: u64,
+    /// The pipe's loss counters as last read.
+    losses: ap::Losses,
+    /// The pipe selects `PRIVATE_CLASS`, which auditd's reloads remove.
+    private: bool,
 }
 
 impl ReadLoop {
@@ -296,6 +370,7 @@ impl ReadLoop {
             }
             if stopping || losses_read.elapsed() >= LOSS_INTERVAL {
                 self.update_lost(metrics);
+                self.keep_private_class();
                 losses_read = Instant::now();
             }
             while let Some(&(id, asked)) = pending.front() {
@@ -349,11 +424,7 @@ impl ReadLoop {
             read += n;
             self.stream.feed(buf.get(..n).unwrap_or_default());
             while let Some(next) = self.stream.next_record() {
-                match next.and_then(|rec| {
-                    let record = bsm::parse_record(rec)?;
-                    let had_argv = record.exec_args.is_some();
-                    Ok(event::to_event(&record)?.map(|e| (e, had_argv)))
-                }) {
+                match next.and_then(event::record_event) {
                     Ok(Some((mut e, had_argv))) => {
                         self.tracker.complete(&mut e, &mut self.table, had_argv);
                         batch.push(e);
@@ -372,29 +443,49 @@ impl ReadLoop {
         Some(())
     }
 
+    /// Marks the reported events with `PRIVATE_CLASS` again after auditd
+    /// reloaded the kernel's event map (it starts, or `audit -s`).
+    fn keep_private_class(&self) {
+        if !self.private {
+            return;
+        }
+        match event_classes().and_then(|classes| mark_events(&classes)) {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                events = n,
+                "the kernel's audit event classes were reloaded (auditd started, or `audit -s`): procmond's events are marked again; their records since the reload were not selected (reconciliation will catch long-lived processes)"
+            ),
+            Err(e) => tracing::error!(error = %e, "re-marking procmond's audit events"),
+        }
+    }
+
     /// Adds what the pipe dropped since the last look to `kernel_lost`.
     fn update_lost(&mut self, metrics: &Metrics) {
         let fd = self.pipe.as_fd();
-        let counters = ffi::get_u64(fd, ap::GET_DROPS)
-            .and_then(|d| Ok(d.saturating_add(ffi::get_u64(fd, ap::GET_TRUNCATES)?)));
-        let total = match counters {
-            Ok(total) => total,
+        let read = |request| ffi::get_counter(fd, request).map(ap::counter);
+        let now = match read(ap::GET_DROPS).and_then(|drops| {
+            Ok(ap::Losses {
+                drops,
+                truncates: read(ap::GET_TRUNCATES)?,
+            })
+        }) {
+            Ok(now) => now,
             Err(e) => {
                 tracing::debug!(error = %e, "reading the audit pipe's loss counters");
                 return;
             }
         };
-        if total > self.lost_total {
-            let lost = total - self.lost_total;
+        let lost = now.since(self.losses);
+        self.losses = now;
+        if lost > 0 {
             Metrics::add(&metrics.kernel_lost, lost);
             tracing::warn!(
                 lost,
-                total,
+                drops = now.drops,
+                truncates = now.truncates,
                 "audit pipe queue full: records dropped (reconciliation will catch long-lived processes)"
             );
         }
-        // The kernel's counters are 32-bit and may wrap: follow them.
-        self.lost_total = total;
     }
 }
 

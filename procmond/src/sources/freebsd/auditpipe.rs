@@ -41,7 +41,8 @@ pub struct AuMask {
     pub failure: u32,
 }
 
-/// `struct au_evclass_map` for auditon(A_GETCLASS): event in, class out.
+/// `struct au_evclass_map` for auditon(A_GETCLASS): event in, class out;
+/// for A_SETCLASS both in.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EvClassMap {
@@ -56,9 +57,8 @@ pub const SET_PRESELECT_FLAGS: u64 = iow::<AuMask>(7);
 pub const SET_PRESELECT_NAFLAGS: u64 = iow::<AuMask>(9);
 pub const FLUSH_PRESELECT_AUID: u64 = io(13);
 pub const SET_PRESELECT_MODE: u64 = iow::<i32>(15);
-/// Declared with a `u_int64_t`; the kernel stores a `u_int` in the
-/// zeroed 8-byte buffer (audit_pipe.c), which reads right on
-/// little-endian machines.
+/// Declared with a `u_int64_t`; the kernel stores a `u_int` at the start
+/// of the 8-byte buffer (audit_pipe.c): read it with `counter`.
 pub const GET_DROPS: u64 = ior::<u64>(102);
 /// Records cut because a read was too short: 0 on kernels whose pipe
 /// continues a record on the next read.
@@ -69,9 +69,38 @@ pub const PRESELECT_MODE_LOCAL: i32 = 2;
 
 /// auditon(2) commands.
 pub const A_GETCLASS: i32 = 22;
+/// Sets one event's class mask in the kernel's map (`au_evclassmap_insert`).
+pub const A_SETCLASS: i32 = 23;
 pub const A_GETPOLICY: i32 = 33;
 pub const A_GETCOND: i32 = 37;
 /// The audit condition while a trail is being written.
 pub const AUC_AUDITING: i32 = 1;
 /// Policy bit: exec records carry argv.
 pub const AUDIT_ARGV: i32 = 0x0004;
+
+/// One loss counter as GET_DROPS / GET_TRUNCATES leave it in their 8-byte
+/// buffer: the ioctls are declared with a `u_int64_t`, but the kernel
+/// stores a `u_int` at the buffer's start (audit_pipe.c:
+/// `*(u_int *)data = ap->ap_drops`), in the machine's byte order. The
+/// other four bytes are not the counter's (zero on kernels that clear an
+/// `_IOR` buffer; reading all eight as one number is wrong on big-endian
+/// machines).
+pub fn counter(buf: [u8; 8]) -> u32 {
+    u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]])
+}
+
+/// The pipe's two loss counters, as last read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Losses {
+    pub drops: u32,
+    pub truncates: u32,
+}
+
+impl Losses {
+    /// Records lost between `prev` and `self`: the counters are 32 bits
+    /// wide and wrap, so a smaller value is a wrap, not a reset.
+    pub fn since(self, prev: Losses) -> u64 {
+        u64::from(self.drops.wrapping_sub(prev.drops))
+            + u64::from(self.truncates.wrapping_sub(prev.truncates))
+    }
+}

@@ -313,6 +313,14 @@ fn check_trailer(record: &[u8]) -> Result<(), BsmError> {
     Ok(())
 }
 
+/// The event number of a framed record, read from its header without
+/// parsing anything else: every header variant starts with the token id
+/// (1), the record length (4), the version (1) and the event (2).
+pub fn header_event(rec: &[u8]) -> Option<u16> {
+    let b = rec.get(6..8)?;
+    Some(u16::from_be_bytes([b[0], b[1]]))
+}
+
 /// Cuts the audit pipe's byte stream into records. Reads may end inside a
 /// record (the pipe continues it on the next read), so bytes are buffered
 /// until a record is complete. After bytes that are not a record, the next

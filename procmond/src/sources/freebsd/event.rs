@@ -14,8 +14,9 @@
 //!
 //! Event numbers are FreeBSD's (`AUE_*` in OpenBSM's
 //! `sys/bsm/audit_kevents.h`); rfork(2) is 43043 on FreeBSD (353 is
-//! Darwin's). The set*id(2) calls are `setuid` events: the record's subject
-//! holds the ids before the call, the process table those after.
+//! Darwin's), and posix_spawn(3) is an rfork (`RFSPAWN`) there. The
+//! set*id(2) calls are `setuid` events: the record's subject holds the ids
+//! before the call, the process table those after.
 
 use std::collections::HashMap;
 
@@ -54,6 +55,11 @@ pub mod aue {
 
 /// `RFPROC` (sys/sys/unistd.h): rfork(2) creates a process only with it.
 pub const RFPROC: u64 = 1 << 4;
+/// `RFSPAWN` (sys/sys/unistd.h, `1U << 31`, FreeBSD 13+): libc's
+/// posix_spawn(3) calls rfork(RFSPAWN), and the record carries exactly this
+/// flag (sys_rfork audits the flags before turning them into
+/// `RFFDG | RFPROC | RFPPWAIT | RFMEM`).
+pub const RFSPAWN: u64 = 1 << 31;
 /// `MAXCOMLEN` (sys/sys/param.h): the kernel's command name is at most this.
 pub const MAXCOMLEN: usize = 19;
 
@@ -86,24 +92,28 @@ pub fn comm_of(path: &str) -> String {
     base[..end].to_string()
 }
 
-/// The child a fork record created: the "child PID" arg token (arg 0), or
-/// the parent's return value for fork/vfork/rfork (pdfork returns a
-/// descriptor). `None` for an rfork without `RFPROC`.
+/// The child a fork record created: the "child PID" arg token (arg 0),
+/// which the kernel writes whenever fork1() made a process (`AUDIT_ARG_PID`
+/// in do_fork; audit_bsm.c writes it for fork, vfork and rfork), else the
+/// parent's return value for fork/vfork and an rfork that asked for a
+/// process (`RFPROC`, or `RFSPAWN`); pdfork returns a descriptor. `None`
+/// for an rfork that created no process.
 fn child_pid(r: &Record<'_>) -> Option<u32> {
-    if r.header.event == aue::RFORK
-        && let Some(flags) = r.args.iter().find(|a| a.num == 1 && a.text == b"flags")
-        && flags.value & RFPROC == 0
-    {
-        return None;
-    }
     let from_arg = r
         .args
         .iter()
         .find(|a| a.num == 0 && a.text.eq_ignore_ascii_case(b"child PID"))
         .map(|a| a.value);
-    let from_ret = (r.header.event != aue::PDFORK)
-        .then(|| r.ret.map(|ret| ret.value))
-        .flatten();
+    let creates = match r.header.event {
+        aue::PDFORK => false,
+        aue::RFORK => r
+            .args
+            .iter()
+            .find(|a| a.num == 1 && a.text == b"flags")
+            .is_none_or(|flags| flags.value & (RFPROC | RFSPAWN) != 0),
+        _ => true,
+    };
+    let from_ret = creates.then(|| r.ret.map(|ret| ret.value)).flatten();
     from_arg
         .or(from_ret)
         .and_then(|v| u32::try_from(v).ok())
@@ -175,6 +185,20 @@ pub fn to_event(r: &Record<'_>) -> Result<Option<ProcessEvent>, BsmError> {
         _ => {}
     }
     Ok(Some(e))
+}
+
+/// One framed record from the pipe as the reader takes it: the event it
+/// reports, and whether it carried argv (`exec_args`). Records of other
+/// events are skipped by their header's event number before any token is
+/// parsed: the pipe's classes hold many other events, and every pipe also
+/// gets every user record submitted with audit(2).
+pub fn record_event(rec: &[u8]) -> Result<Option<(ProcessEvent, bool)>, BsmError> {
+    if super::bsm::header_event(rec).and_then(kind_of).is_none() {
+        return Ok(None);
+    }
+    let record = super::bsm::parse_record(rec)?;
+    let had_argv = record.exec_args.is_some();
+    Ok(to_event(&record)?.map(|e| (e, had_argv)))
 }
 
 /// Where the tracker looks processes up (sysctl on FreeBSD).
@@ -293,29 +317,7 @@ impl Tracker {
     ) {
         match e.kind {
             EventKind::Exec => self.complete_exec(e, table, had_argv),
-            EventKind::Fork => {
-                let found = table.process(e.pid);
-                let parent = e.ppid.and_then(|p| self.known.get(&p)).cloned();
-                let mut known = match &found {
-                    Some((k, start)) => Known::from_kinfo(k, *start),
-                    None => Known {
-                        start_time: None,
-                        ppid: e.ppid,
-                        name: parent.as_ref().map(|p| p.name.clone()).unwrap_or_default(),
-                        jail_id: parent.as_ref().and_then(|p| p.jail_id),
-                    },
-                };
-                known.ppid = e.ppid.or(known.ppid);
-                // At the fork the child bears its parent's name (the table
-                // may already show what it exec'd since).
-                if let Some(name) = parent.map(|p| p.name).filter(|n| !n.is_empty()) {
-                    known.name = name;
-                }
-                e.start_time = known.start_time;
-                e.name.clone_from(&known.name);
-                e.platform.jail_id = known.jail_id;
-                self.remember(e.pid, known);
-            }
+            EventKind::Fork => self.complete_fork(e, table),
             EventKind::SetUid => {
                 // The ids now, as the table shows them (a later change
                 // before this read shows through); unknown when the process
@@ -354,6 +356,39 @@ impl Tracker {
             }
             _ => {}
         }
+    }
+
+    fn complete_fork(&mut self, e: &mut ProcessEvent, table: &mut impl ProcTable) {
+        let found = table.process(e.pid);
+        let parent = e.ppid.and_then(|p| self.known.get(&p)).cloned();
+        // The child's exec record may have come first (records are queued
+        // as the calls return): what that exec remembered is this child's
+        // when the start times agree, or when the child is gone already.
+        let execd = self.known.get(&e.pid).cloned().filter(|k| match &found {
+            Some((_, start)) => start.is_some() && k.start_time == *start,
+            None => true,
+        });
+        let mut known = match (&found, &execd) {
+            (Some((k, start)), _) => Known::from_kinfo(k, *start),
+            (None, Some(k)) => k.clone(),
+            (None, None) => Known {
+                start_time: None,
+                ppid: e.ppid,
+                name: parent.as_ref().map(|p| p.name.clone()).unwrap_or_default(),
+                jail_id: parent.as_ref().and_then(|p| p.jail_id),
+            },
+        };
+        known.ppid = e.ppid.or(known.ppid);
+        // At the fork the child bears its parent's name (the table may
+        // already show what it exec'd since); afterwards, what it exec'd.
+        let at_fork = parent.map(|p| p.name).filter(|n| !n.is_empty());
+        e.name = at_fork.clone().unwrap_or_else(|| known.name.clone());
+        if let Some(name) = execd.map(|k| k.name).or(at_fork) {
+            known.name = name;
+        }
+        e.start_time = known.start_time;
+        e.platform.jail_id = known.jail_id;
+        self.remember(e.pid, known);
     }
 
     fn complete_exec(&mut self, e: &mut ProcessEvent, table: &mut impl ProcTable, had_argv: bool) {

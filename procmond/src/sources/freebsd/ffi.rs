@@ -48,7 +48,7 @@ unsafe extern "C" {
 trait Pod: Copy + Default {}
 impl Pod for u32 {}
 impl Pod for i32 {}
-impl Pod for u64 {}
+impl Pod for [u8; 8] {}
 impl Pod for AuMask {}
 impl Pod for EvClassMap {}
 
@@ -162,7 +162,9 @@ fn ioctl_void(fd: BorrowedFd<'_>, request: u64) -> io::Result<()> {
 pub fn get_u32(fd: BorrowedFd<'_>, request: u64) -> io::Result<u32> {
     ioctl_get(fd, request)
 }
-pub fn get_u64(fd: BorrowedFd<'_>, request: u64) -> io::Result<u64> {
+/// The 8-byte buffer of GET_DROPS / GET_TRUNCATES (decoded by
+/// `auditpipe::counter`).
+pub fn get_counter(fd: BorrowedFd<'_>, request: u64) -> io::Result<[u8; 8]> {
     ioctl_get(fd, request)
 }
 pub fn set_u32(fd: BorrowedFd<'_>, request: u64, value: u32) -> io::Result<()> {
@@ -201,4 +203,10 @@ pub fn auditon_int(cmd: c_int) -> io::Result<c_int> {
 pub fn event_class(event: u16) -> io::Result<u32> {
     let map = EvClassMap { event, class: 0 };
     auditon_io(super::auditpipe::A_GETCLASS, map).map(|m| m.class)
+}
+
+/// Sets the class bits the kernel maps `event` to (auditon A_SETCLASS).
+pub fn set_event_class(event: u16, class: u32) -> io::Result<()> {
+    let map = EvClassMap { event, class };
+    auditon_io(super::auditpipe::A_SETCLASS, map).map(drop)
 }

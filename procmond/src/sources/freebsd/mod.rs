@@ -8,6 +8,8 @@
 //!   `ProcessInfo` (pure); on FreeBSD also the sysctl reads and the
 //!   snapshot the polling collector and reconciliation use.
 //! * `auditpipe` — auditpipe(4) ioctl and auditon(2) numbers (pure).
+//! * `preselect` — the private audit class the pipe selects (pure).
+//! * `reason` — why the audit source cannot run (pure).
 //! * `ffi` — every unsafe call (sysctl, ioctl, auditon), FreeBSD only.
 //! * `audit` — the /dev/auditpipe reader, `KernelStream`, FreeBSD only.
 //!
@@ -23,9 +25,15 @@ pub mod event;
 #[cfg(target_os = "freebsd")]
 mod ffi;
 pub mod kinfo;
+pub mod preselect;
+pub mod reason;
 mod token;
 
 #[cfg(test)]
 mod fixtures;
+#[cfg(all(test, unix))]
+mod rc_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_reader;

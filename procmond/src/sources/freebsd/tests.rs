@@ -329,7 +329,7 @@ fn ioctl_numbers() {
 
 /// A process table that answers from a list.
 #[derive(Default)]
-struct FakeTable(Vec<(Kinfo, Option<i64>)>);
+pub(super) struct FakeTable(pub(super) Vec<(Kinfo, Option<i64>)>);
 
 impl ProcTable for FakeTable {
     fn process(&mut self, pid: u32) -> Option<(Kinfo, Option<i64>)> {
@@ -347,7 +347,7 @@ impl ProcTable for FakeTable {
     }
 }
 
-fn kinfo(pid: u32, ppid: u32, comm: &str, jid: i32) -> Kinfo {
+pub(super) fn kinfo(pid: u32, ppid: u32, comm: &str, jid: i32) -> Kinfo {
     Kinfo {
         pid,
         ppid,
