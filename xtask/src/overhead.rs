@@ -194,7 +194,7 @@ fn measure(v: Variant, opts: &Options, dir: &Path) -> Result<Sample> {
                 "-m",
                 "sh",
                 "-c",
-                "mount -t tracefs nodev /sys/kernel/tracing && exec stdbuf -oL /usr/sbin/execsnoop",
+                "{ mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing; } && exec stdbuf -oL /usr/sbin/execsnoop",
             ]),
             &out,
             &err,
