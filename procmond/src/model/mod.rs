@@ -13,6 +13,8 @@ pub mod v1;
 pub use identity::EntityId;
 pub use lineage::{Creds, Parent, Session, Tty};
 
+use std::fmt::Write as _;
+
 use serde::{Serialize, Serializer};
 
 /// What happened to the process.
@@ -368,13 +370,36 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// Formats ns since the epoch as RFC 3339 UTC with nanoseconds.
+///
+/// Every event carries two or three timestamps, mostly within the same
+/// second as the one before, so the date and time of day are formatted
+/// once per second per thread and kept; only the nanoseconds are new.
 pub fn format_rfc3339(ns: i64) -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
     let ns = ns.max(0) as u64;
-    // Whole seconds through SystemTime, nanoseconds by hand: Windows'
+    let (secs, nanos) = (ns / 1_000_000_000, ns % 1_000_000_000);
+    LAST.with_borrow_mut(|(at, prefix)| {
+        if *at != secs {
+            *prefix = format_seconds(secs);
+            *at = secs;
+        }
+        let mut out = String::with_capacity(prefix.len() + 11);
+        out.push_str(prefix);
+        let _ = write!(out, ".{nanos:09}Z");
+        out
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of `secs` since the epoch, UTC.
+fn format_seconds(secs: u64) -> String {
+    // Whole seconds through SystemTime, nanoseconds by the caller: Windows'
     // SystemTime holds only 100 ns ticks and would drop the last digits.
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(ns / 1_000_000_000);
-    let secs = humantime::format_rfc3339_seconds(t).to_string();
-    format!("{}.{:09}Z", secs.trim_end_matches('Z'), ns % 1_000_000_000)
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    let text = humantime::format_rfc3339_seconds(t).to_string();
+    text.trim_end_matches('Z').to_owned()
 }
 
 fn rfc3339<S: Serializer>(ns: &i64, s: S) -> Result<S::Ok, S::Error> {
@@ -391,6 +416,18 @@ fn opt_rfc3339<S: Serializer>(ns: &Option<i64>, s: S) -> Result<S::Ok, S::Error>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_in_the_same_second_keep_their_own_nanoseconds() {
+        let base = 1_796_322_593_i64 * 1_000_000_000;
+        for ns in [base, base + 1, base + 999_999_999, base + 1_000_000_000, 0, -5] {
+            let secs = std::time::Duration::from_secs((ns.max(0) / 1_000_000_000) as u64);
+            let whole = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + secs).to_string();
+            let want = format!("{}.{:09}Z", whole.trim_end_matches('Z'), ns.max(0) % 1_000_000_000);
+            assert_eq!(format_rfc3339(ns), want);
+        }
+        assert_eq!(format_rfc3339(base + 42), "2026-12-03T18:29:53.000000042Z");
+    }
 
     #[test]
     fn json_omits_unknown_and_formats_time() {
