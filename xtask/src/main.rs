@@ -77,6 +77,13 @@ enum Task {
         /// (an A/B against an earlier build).
         #[arg(long)]
         compare: Option<std::path::PathBuf>,
+        /// Fixed exec rates to measure, comma-separated, `max` for the
+        /// storm (e.g. `10,100,1000,max`); without it, the storm only.
+        #[arg(long, value_delimiter = ',')]
+        rates: Vec<String>,
+        /// How long each fixed-rate workload runs.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
     },
 }
 
@@ -108,19 +115,44 @@ fn main() -> Result<()> {
             spawns,
             rounds,
             compare,
+            rates,
+            seconds,
         } => {
             let root = ebpf_dir()?
                 .parent()
                 .context("no workspace root")?
                 .to_path_buf();
             cargo(&["build", "--release", "--quiet", "-p", "procmond"])?;
-            overhead::run(&overhead::Options {
-                spawners,
-                spawns,
-                rounds,
-                procmond: root.join("target/release/procmond"),
-                compare,
-            })
+            let rates = if rates.is_empty() {
+                vec![None]
+            } else {
+                rates
+                    .iter()
+                    .map(|r| match r.as_str() {
+                        "max" => Ok(None),
+                        n => n
+                            .parse::<u32>()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .map(Some)
+                            .with_context(|| {
+                                format!("--rates: {n:?} is not a rate (execs a second) or max")
+                            }),
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            };
+            for rate in rates {
+                overhead::run(&overhead::Options {
+                    spawners,
+                    spawns,
+                    rate,
+                    seconds,
+                    rounds,
+                    procmond: root.join("target/release/procmond"),
+                    compare: compare.clone(),
+                })?;
+            }
+            Ok(())
         }
     }
 }

@@ -13,6 +13,12 @@
 //! storm is the largest VmHWM in its tree after resetting it (clear_refs)
 //! when the workload starts, and its start-up peak is the VmHWM before. Variants are interleaved round by round and medians reported, as
 //! ratios against execsnoop and against the workload alone.
+//!
+//! `--rates 10,100,1000,max` runs the same comparison at fixed exec rates
+//! (spawned from this process on a schedule, `--seconds` long) as well as
+//! in the storm (`max`): most hosts are not in a storm, and a flush or wake-up
+//! per event costs most where events are few. Per exec CPU and the share of
+//! one core are reported beside the ratios.
 
 use std::collections::HashMap;
 use std::fs;
@@ -58,6 +64,11 @@ struct Sample {
 pub struct Options {
     pub spawners: usize,
     pub spawns: usize,
+    /// Execs per second spread over the spawners; `None`: as fast as the
+    /// `sh` loops go (`spawns` each).
+    pub rate: Option<u32>,
+    /// How long a fixed-rate workload runs.
+    pub seconds: u64,
     pub rounds: usize,
     pub procmond: PathBuf,
     /// Another procmond binary whose `watch` is measured in the same rounds.
@@ -102,6 +113,66 @@ pub fn run(opts: &Options) -> Result<()> {
     Ok(())
 }
 
+impl Options {
+    /// Execs (and exits) the workload makes.
+    fn want(&self) -> usize {
+        match self.rate {
+            Some(rate) => rate as usize * self.seconds as usize,
+            None => self.spawners * self.spawns,
+        }
+    }
+
+    fn workload(&self) -> String {
+        match self.rate {
+            Some(rate) => format!("{rate} /bin/true a second for {} s", self.seconds),
+            None => format!("{} spawners x {} /bin/true", self.spawners, self.spawns),
+        }
+    }
+}
+
+/// Runs the workload to its end.
+fn run_workload(opts: &Options) -> Result<()> {
+    let Some(rate) = opts.rate else {
+        let spawners: Vec<Child> = (0..opts.spawners)
+            .map(|_| {
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(format!(
+                        "i=0; while [ $i -lt {} ]; do /bin/true; i=$((i+1)); done",
+                        opts.spawns
+                    ))
+                    .spawn()
+            })
+            .collect::<std::io::Result<_>>()?;
+        for mut s in spawners {
+            s.wait()?;
+        }
+        return Ok(());
+    };
+    // Spawn j at start + j / rate, spawner j % K: on schedule, not in bursts.
+    let (want, k) = (opts.want(), opts.spawners.max(1));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..k)
+        .map(|i| {
+            std::thread::spawn(move || -> std::io::Result<()> {
+                for j in (i..want).step_by(k) {
+                    let at = start + Duration::from_secs_f64(j as f64 / f64::from(rate));
+                    if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    Command::new("/bin/true").status()?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("a spawner thread panicked"))??;
+    }
+    Ok(())
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
@@ -111,15 +182,16 @@ fn print_table(opts: &Options, variants: &[Variant], r: &HashMap<&'static str, V
     let med = |v: Variant, f: fn(&Sample) -> f64| median(r[v.label()].iter().map(f).collect());
     let snoop_cpu = med(Variant::Execsnoop, |s| s.cpu_s);
     let base_wall = med(Variant::Baseline, |s| s.wall_s);
-    let want = opts.spawners * opts.spawns;
+    let want = opts.want();
     println!(
-        "\n{} spawners x {} /bin/true, {} rounds (medians; expected {want} execs and exits)\n",
-        opts.spawners, opts.spawns, opts.rounds
+        "\n{}, {} rounds (medians; expected {want} execs and exits)\n",
+        opts.workload(),
+        opts.rounds
     );
     println!(
-        "| path | sensor CPU (s) | vs execsnoop | workload wall (s) | slowdown | peak RSS in the storm (MiB) | peak RSS at start-up (MiB) | execs seen | exits seen | kernel_lost |"
+        "| path | sensor CPU (s) | vs execsnoop | CPU per exec (µs) | % of a core | workload wall (s) | slowdown | peak RSS in the storm (MiB) | peak RSS at start-up (MiB) | execs seen | exits seen | kernel_lost |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for v in variants {
         let samples = &r[v.label()];
         let cpu = med(*v, |s| s.cpu_s);
@@ -142,9 +214,11 @@ fn print_table(opts: &Options, variants: &[Variant], r: &HashMap<&'static str, V
             seen_exit
         };
         println!(
-            "| {} | {:.2} | {ratio} | {wall:.2} | {:+.0} % | {} | {} | {seen_exec} | {seen_exit} | {} |",
+            "| {} | {:.2} | {ratio} | {:.0} | {:.2} | {wall:.2} | {:+.0} % | {} | {} | {seen_exec} | {seen_exit} | {} |",
             v.label(),
             cpu,
+            cpu * 1e6 / want as f64,
+            cpu * 100.0 / wall,
             (wall / base_wall - 1.0) * 100.0,
             if *v == Variant::Baseline {
                 "—".to_string()
@@ -241,20 +315,7 @@ fn measure(v: Variant, opts: &Options, dir: &Path) -> Result<Sample> {
     }
     let cpu_before = root.map_or(0.0, tree_cpu_s);
     let started = Instant::now();
-    let spawners: Vec<Child> = (0..opts.spawners)
-        .map(|_| {
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "i=0; while [ $i -lt {} ]; do /bin/true; i=$((i+1)); done",
-                    opts.spawns
-                ))
-                .spawn()
-        })
-        .collect::<std::io::Result<_>>()?;
-    for mut s in spawners {
-        s.wait()?;
-    }
+    run_workload(opts)?;
     let wall_s = started.elapsed().as_secs_f64();
     let mut sample = Sample {
         wall_s,
@@ -264,8 +325,7 @@ fn measure(v: Variant, opts: &Options, dir: &Path) -> Result<Sample> {
     let Some(mut child) = child else {
         return Ok(sample);
     };
-    let want = opts.spawners * opts.spawns;
-    let (execs, exits) = settle(v, &events, want);
+    let (execs, exits) = settle(v, &events, opts.want());
     sample.execs = execs;
     sample.exits = exits;
     let root = child.id();

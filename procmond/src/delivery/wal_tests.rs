@@ -119,7 +119,10 @@ fn an_ack_leaves_the_tree_with_the_next_write_and_is_forgotten_at_once() {
     assert_eq!(wal.ack(1).expect("ack again"), 0, "an ack counts once");
     // No write of its own: still in the tree, gone for everyone else.
     assert_eq!(tree_keys(&wal), [1, 3]);
-    assert_eq!((keys(&wal), wal.first_seq().expect("first")), (vec![3], Some(3)));
+    assert_eq!(
+        (keys(&wal), wal.first_seq().expect("first")),
+        (vec![3], Some(3))
+    );
     assert_eq!(wal.pending_count(), 1);
     assert!(wal.settle_at().is_some());
     // The next append carries the removal and the marks that count it.
@@ -139,7 +142,11 @@ fn an_ack_leaves_the_tree_with_the_next_write_and_is_forgotten_at_once() {
     drop(wal);
     let metrics = Arc::new(Metrics::default());
     let wal = reopen(&dir, 1 << 20, metrics.clone());
-    assert_eq!((tree_keys(&wal), wal.pending_count()), (vec![], 0), "closed cleanly: settled");
+    assert_eq!(
+        (tree_keys(&wal), wal.pending_count()),
+        (vec![], 0),
+        "closed cleanly: settled"
+    );
     assert_eq!(metrics.wal_lost.load(Relaxed), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

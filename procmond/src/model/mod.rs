@@ -420,10 +420,21 @@ mod tests {
     #[test]
     fn timestamps_in_the_same_second_keep_their_own_nanoseconds() {
         let base = 1_796_322_593_i64 * 1_000_000_000;
-        for ns in [base, base + 1, base + 999_999_999, base + 1_000_000_000, 0, -5] {
+        for ns in [
+            base,
+            base + 1,
+            base + 999_999_999,
+            base + 1_000_000_000,
+            0,
+            -5,
+        ] {
             let secs = std::time::Duration::from_secs((ns.max(0) / 1_000_000_000) as u64);
             let whole = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + secs).to_string();
-            let want = format!("{}.{:09}Z", whole.trim_end_matches('Z'), ns.max(0) % 1_000_000_000);
+            let want = format!(
+                "{}.{:09}Z",
+                whole.trim_end_matches('Z'),
+                ns.max(0) % 1_000_000_000
+            );
             assert_eq!(format_rfc3339(ns), want);
         }
         assert_eq!(format_rfc3339(base + 42), "2026-12-03T18:29:53.000000042Z");
