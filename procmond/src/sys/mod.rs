@@ -9,6 +9,8 @@ pub mod safe_path;
 pub mod trim;
 #[cfg(windows)]
 pub mod windows;
+#[cfg(windows)]
+pub mod windows_ansi;
 
 /// This host's name: uname's nodename on Unix, `COMPUTERNAME` on Windows
 /// (empty when unknown). Registration and the nats sink's subjects use it.

@@ -126,6 +126,8 @@ fn extract(
             Kind::I32 => parser.try_parse::<i32>(name).ok().map(Value::I32),
             Kind::Str => parser.try_parse::<String>(name).ok().map(Value::Str),
             Kind::Bytes => parser.try_parse::<Vec<u8>>(name).ok().map(Value::Bytes),
+            // The raw bytes: ferrisetw would decode them as UTF-8.
+            Kind::Ansi => parser.try_parse::<Vec<u8>>(name).ok().map(Value::Bytes),
         };
         if let Some(v) = value {
             props.0.insert((*name).to_string(), v);
