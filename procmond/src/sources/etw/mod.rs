@@ -19,6 +19,8 @@ pub mod correlate;
 pub mod decode;
 pub mod identity;
 pub mod ntpath;
+#[cfg(test)]
+mod order_tests;
 pub mod rundown;
 #[cfg(windows)]
 mod session;
