@@ -155,6 +155,11 @@ impl Correlator {
         }
     }
 
+    /// The DOS device map, read again (a drive mounted since start).
+    pub fn set_devices(&mut self, devices: DeviceMap) {
+        self.devices = devices;
+    }
+
     /// Gives every event leaving the correlator its ids.
     pub fn with_identities(mut self, ids: Identities) -> Self {
         self.ids = Some(ids);
