@@ -219,8 +219,43 @@ fn start_sessions(
     }
 
     clean_up(&modern_name);
+    match UserTrace::new()
+        .named(modern_name.clone())
+        .set_trace_properties(properties())
+        .enable(modern_provider(input, metrics))
+        .start()
+    {
+        Ok((trace, handle)) => {
+            s.process(&modern_name, move || UserTrace::process_from_handle(handle));
+            s.modern = Some(trace);
+            s.names.push(modern_name);
+        }
+        Err(e) => failures.push(failure(&modern_name, &e)),
+    }
+
+    clean_up(&classic_name);
+    match KernelTrace::new()
+        .named(classic_name.clone())
+        .set_trace_properties(properties())
+        .enable(classic_provider(input, metrics))
+        .start()
+    {
+        Ok((trace, handle)) => {
+            s.process(&classic_name, move || {
+                KernelTrace::process_from_handle(handle)
+            });
+            s.classic = Some(trace);
+            s.names.push(classic_name);
+        }
+        Err(e) => failures.push(failure(&classic_name, &e)),
+    }
+    (s, failures)
+}
+
+/// Kernel-Process, keyword 0x10: events 1 and 2 copied into the feed.
+fn modern_provider(input: &Feed, metrics: &Arc<Metrics>) -> Provider {
     let (tx, m) = (input.clone(), metrics.clone());
-    let provider = Provider::by_guid(decode::KERNEL_PROCESS_GUID)
+    Provider::by_guid(decode::KERNEL_PROCESS_GUID)
         .any(decode::KEYWORD_PROCESS)
         .add_callback(move |record: &EventRecord, locator: &SchemaLocator| {
             let id = record.event_id();
@@ -238,29 +273,14 @@ fn start_sessions(
                 None => malformed(&m),
             }
         })
-        .build();
-    match UserTrace::new()
-        .named(modern_name.clone())
-        .set_trace_properties(properties())
-        .enable(provider)
-        .start()
-    {
-        Ok((trace, handle)) => {
-            let (name, ended) = (modern_name.clone(), s.ended.clone());
-            s.processors.push(std::thread::spawn(move || {
-                let r = UserTrace::process_from_handle(handle);
-                ended.fetch_add(1, Ordering::SeqCst);
-                tracing::debug!(session = %name, result = ?r, "ProcessTrace returned");
-            }));
-            s.modern = Some(trace);
-            s.names.push(modern_name);
-        }
-        Err(e) => failures.push(failure(&modern_name, &e)),
-    }
+        .build()
+}
 
-    clean_up(&classic_name);
+/// The classic kernel provider's process flag: Start, End, DCStart and
+/// DCEnd copied into the feed.
+fn classic_provider(input: &Feed, metrics: &Arc<Metrics>) -> Provider {
     let (tx, m) = (input.clone(), metrics.clone());
-    let provider = Provider::kernel(&kernel_providers::PROCESS_PROVIDER)
+    Provider::kernel(&kernel_providers::PROCESS_PROVIDER)
         .add_callback(move |record: &EventRecord, locator: &SchemaLocator| {
             let opcode = record.opcode();
             if decode::classic_op(opcode).is_none() {
@@ -282,29 +302,24 @@ fn start_sessions(
                 None => malformed(&m),
             }
         })
-        .build();
-    match KernelTrace::new()
-        .named(classic_name.clone())
-        .set_trace_properties(properties())
-        .enable(provider)
-        .start()
-    {
-        Ok((trace, handle)) => {
-            let (name, ended) = (classic_name.clone(), s.ended.clone());
-            s.processors.push(std::thread::spawn(move || {
-                let r = KernelTrace::process_from_handle(handle);
-                ended.fetch_add(1, Ordering::SeqCst);
-                tracing::debug!(session = %name, result = ?r, "ProcessTrace returned");
-            }));
-            s.classic = Some(trace);
-            s.names.push(classic_name);
-        }
-        Err(e) => failures.push(failure(&classic_name, &e)),
-    }
-    (s, failures)
+        .build()
 }
 
 impl Sessions {
+    /// Runs a session's `ProcessTrace` on a thread of its own, counting in
+    /// `ended` when it returns (asked to, or stopped from outside).
+    fn process<F>(&mut self, name: &str, run: F)
+    where
+        F: FnOnce() -> Result<(), TraceError> + Send + 'static,
+    {
+        let (name, ended) = (name.to_string(), self.ended.clone());
+        self.processors.push(std::thread::spawn(move || {
+            let r = run();
+            ended.fetch_add(1, Ordering::SeqCst);
+            tracing::debug!(session = %name, result = ?r, "ProcessTrace returned");
+        }));
+    }
+
     /// Stops both sessions by name (ETW delivers what their buffers hold,
     /// then ProcessTrace returns), joins those threads, then drops the
     /// ferrisetw handles (their own stop, now a no-op, closes first and
