@@ -60,3 +60,23 @@ fn barriers_and_stop_come_after_what_was_fed_before_them() {
     }
     assert_eq!(kinds(&items), ["e1", "e2", "b7", "e3", "stop"]);
 }
+
+/// The probe's feed (issue 20, "Probe hang"): the classic session's rundown
+/// replays every live process into the callbacks; with nobody reading, a
+/// bounded queue blocked the 17th and the probe's stop waited forever.
+#[test]
+fn the_probe_feed_never_blocks() {
+    use super::feed::Feed;
+    let (done_tx, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let feed = Feed::discard();
+        for i in 0..10_000 {
+            feed.push(event(i));
+        }
+        let _ = done_tx.send(());
+    });
+    assert!(
+        done.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "a rundown of 10 000 processes blocked the probe's callbacks"
+    );
+}
