@@ -9,6 +9,10 @@
 //! `cargo xtask fuzz --secs N` runs each target for N seconds (release
 //! build) and prints the cases run; `cargo test` runs each for a moment.
 //! Budget: `PROCMOND_FUZZ_SECS` (default 1); seed: `PROCMOND_FUZZ_SEED`.
+//!
+//! Linux only: it drives the Linux build (eBPF, procfs, Unix sockets and
+//! modes); on other targets this test crate is empty but still type-checks.
+#![cfg(target_os = "linux")]
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -3,6 +3,10 @@
 //! NATS outage with a collector crash in it; over mutual TLS after the
 //! privilege drop, when the key files are gone and NATS restarts), and its
 //! Prometheus `/metrics` read by a strict text-format parser while events flow.
+//!
+//! Linux only: it drives the Linux build (eBPF, procfs, Unix sockets and
+//! modes); on other targets this test crate is empty but still type-checks.
+#![cfg(target_os = "linux")]
 
 mod common;
 #[path = "common/nats_server.rs"]

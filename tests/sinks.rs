@@ -3,6 +3,10 @@
 //! one once there is room again) and when its path is a trap (a symbolic
 //! link to a victim file, a directory anyone can write: the agent refuses to
 //! start, naming the path, and the victim stays untouched).
+//!
+//! Linux only: it drives the Linux build (eBPF, procfs, Unix sockets and
+//! modes); on other targets this test crate is empty but still type-checks.
+#![cfg(target_os = "linux")]
 
 mod common;
 

@@ -17,7 +17,9 @@
 //!   subscriber draining; the client feeds all N, flushes and reads N acks.
 //!   Peer: the same frame bytes, length-delimited, over a plain
 //!   `UnixStream` pair to a reader that only counts frames (no decode, no
-//!   validation, no routing, no acks) — the transport's cost floor.
+//!   validation, no routing, no acks) — the transport's cost floor. On
+//!   Windows the broker listens on a named pipe and the peer is a pipe
+//!   pair (`raw_pair`), so the bench type-checks and runs there too.
 //!
 //! Criterion prints absolute figures; after each group, an interleaved loop
 //! prints events/s for every routine and the ratio. The host is shared and
@@ -46,7 +48,7 @@ use procmond::metrics::Metrics;
 use procmond::model::batch::{Batch, BatchBuilder};
 use procmond::model::codec::{self, EventBytes};
 use procmond::model::{EventKind, EventSource, ProcessEvent};
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
@@ -431,6 +433,43 @@ impl PublishRoutine {
     }
 }
 
+/// The raw peer's writing end, whatever the transport.
+type RawWrite = Box<dyn AsyncWrite + Unpin + Send>;
+/// The raw peer's reading (counting) end.
+type RawRead = Box<dyn AsyncRead + Unpin + Send>;
+
+/// Where the broker listens: a socket in `dir` on Unix, a pipe on Windows.
+fn broker_endpoint(dir: &std::path::Path) -> PathBuf {
+    if cfg!(windows) {
+        let tag = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        PathBuf::from(format!(r"\\.\pipe\{}", tag.unwrap_or_default()))
+    } else {
+        dir.join("broker.sock")
+    }
+}
+
+/// A connected pair for the raw peer: a socket pair on Unix.
+#[cfg(unix)]
+async fn raw_pair(_dir: &std::path::Path) -> (RawWrite, RawRead) {
+    let (near, far) = tokio::net::UnixStream::pair().expect("socketpair");
+    let (_, near_write) = near.into_split();
+    (Box::new(near_write), Box::new(far))
+}
+
+/// A connected pair for the raw peer: one named-pipe instance on Windows.
+#[cfg(windows)]
+async fn raw_pair(dir: &std::path::Path) -> (RawWrite, RawRead) {
+    use tokio::net::windows::named_pipe::{ClientOptions, ServerOptions};
+    let name = format!("{}-raw", broker_endpoint(dir).display());
+    let server = ServerOptions::new()
+        .first_pipe_instance(true)
+        .create(&name)
+        .expect("raw pipe");
+    let client = ClientOptions::new().open(&name).expect("open raw pipe");
+    server.connect().await.expect("raw pipe connects");
+    (Box::new(client), Box::new(server))
+}
+
 struct PublishRig {
     runtime: Runtime,
     _dir: DirGuard,
@@ -443,7 +482,7 @@ struct PublishRig {
     acks: u64,
     /// The same envelopes, already encoded, for the raw peer.
     frames: Vec<Bytes>,
-    raw_writer: FramedWrite<tokio::net::unix::OwnedWriteHalf, LengthDelimitedCodec>,
+    raw_writer: FramedWrite<RawWrite, LengthDelimitedCodec>,
     raw_counted: mpsc::UnboundedReceiver<u64>,
 }
 
@@ -455,7 +494,7 @@ impl PublishRig {
             .build()
             .expect("tokio runtime");
         let dir = bench_dir("bus");
-        let socket = dir.join("broker.sock");
+        let socket = broker_endpoint(&dir);
         let stop = CancellationToken::new();
         let delivered = Arc::new(AtomicU64::new(0));
         let envelopes: Vec<Envelope> = (0..n.div_ceil(PUBLISH_BATCH))
@@ -495,8 +534,7 @@ impl PublishRig {
             let (writer, reader) = client::connect(&socket).await.expect("connect to broker");
 
             // The peer: a socket pair whose far end only counts frames.
-            let (near, far) = UnixStream::pair().expect("socketpair");
-            let (_, near_write) = near.into_split();
+            let (near_write, far) = raw_pair(&dir).await;
             let raw_writer = FramedWrite::new(near_write, protocol::frame_codec());
             let (count_tx, raw_counted) = mpsc::unbounded_channel();
             let token = stop.clone();

@@ -4,8 +4,12 @@
 //!
 //! The service manager starts `procmond agent --service --config FILE`;
 //! `run` connects to it (`StartServiceCtrlDispatcher`), reports Running,
-//! turns Stop and Shutdown into the agent's shutdown token, and reports
-//! Stopped with the agent's outcome. A service has no console: the log
+//! turns Stop, Preshutdown and Shutdown into the agent's shutdown token,
+//! reports StopPending (a checkpoint every 2 s) while the agent drains, and
+//! Stopped with the agent's outcome. Preshutdown (30 s, set at install)
+//! lets the agent flush before the system goes down. Install also sets
+//! recovery actions: restart after 5 s, 30 s, then every 60 s, also when
+//! the service stops itself with an error. A service has no console: the log
 //! (and the launcher's and collectors' stderr, inherited) goes to
 //! `--log-file` (install's default: `%ProgramData%\procmond\logs\procmond.log`),
 //! in a directory procmond creates for SYSTEM, Administrators and the
@@ -13,12 +17,14 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use windows_service::service::{
-    ServiceAccess, ServiceControl, ServiceControlAccept, ServiceErrorControl, ServiceExitCode,
+    ServiceAccess, ServiceAction, ServiceActionType, ServiceControl, ServiceControlAccept,
+    ServiceErrorControl, ServiceExitCode, ServiceFailureActions, ServiceFailureResetPeriod,
     ServiceInfo, ServiceStartType, ServiceState, ServiceStatus, ServiceType,
 };
 use windows_service::service_control_handler::{self, ServiceControlHandlerResult};
@@ -136,12 +142,19 @@ fn redirect_log(path: &Path) -> Result<(), ServiceError> {
     crate::sys::windows::redirect_stderr(file).map_err(log_error)
 }
 
-fn status(state: ServiceState, exit: u32) -> ServiceStatus {
+/// How often StopPending is reported again (with the next checkpoint).
+const STOP_CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+/// How long the system waits for the agent at shutdown (Preshutdown).
+const PRESHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn status(state: ServiceState, exit: u32, checkpoint: u32) -> ServiceStatus {
     ServiceStatus {
         service_type: ServiceType::OWN_PROCESS,
         current_state: state,
         controls_accepted: if state == ServiceState::Running {
-            ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN
+            ServiceControlAccept::STOP
+                | ServiceControlAccept::PRESHUTDOWN
+                | ServiceControlAccept::SHUTDOWN
         } else {
             ServiceControlAccept::empty()
         },
@@ -150,13 +163,30 @@ fn status(state: ServiceState, exit: u32) -> ServiceStatus {
         } else {
             ServiceExitCode::ServiceSpecific(exit)
         },
-        checkpoint: 0,
-        wait_hint: Duration::from_secs(if state == ServiceState::StopPending {
-            90
+        checkpoint,
+        // Within this the manager expects the next checkpoint.
+        wait_hint: if state == ServiceState::StopPending {
+            STOP_CHECKPOINT_EVERY * 5
         } else {
-            0
-        }),
+            Duration::ZERO
+        },
         process_id: None,
+    }
+}
+
+/// What the service manager does when the agent dies or stops with an
+/// error: restart it after 5 s, 30 s, then 60 s; the count resets after a
+/// day without failures.
+fn recovery() -> ServiceFailureActions {
+    let restart = |secs| ServiceAction {
+        action_type: ServiceActionType::Restart,
+        delay: Duration::from_secs(secs),
+    };
+    ServiceFailureActions {
+        reset_period: ServiceFailureResetPeriod::After(Duration::from_secs(24 * 3600)),
+        reboot_msg: None,
+        command: None,
+        actions: Some(vec![restart(5), restart(30), restart(60)]),
     }
 }
 
@@ -176,20 +206,50 @@ fn serve() -> Result<(), String> {
     };
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
+    let (asked_tx, asked) = std::sync::mpsc::channel::<()>();
     let handle = service_control_handler::register(SERVICE_NAME, move |control| match control {
-        ServiceControl::Stop | ServiceControl::Shutdown => {
+        ServiceControl::Stop | ServiceControl::Shutdown | ServiceControl::Preshutdown => {
             tracing::info!(?control, "service manager: stopping");
             stop.cancel();
+            let _ = asked_tx.send(());
             ServiceControlHandlerResult::NoError
         }
         ServiceControl::Interrogate => ServiceControlHandlerResult::NoError,
         _ => ServiceControlHandlerResult::NotImplemented,
     })
     .map_err(|e| format!("registering the service control handler: {e} ({e:?})"))?;
-    let _ = handle.set_service_status(status(ServiceState::Running, 0));
+    let _ = handle.set_service_status(status(ServiceState::Running, 0, 0));
     tracing::info!(config = %config.display(), "procmond service running");
+    // StopPending, with a new checkpoint every 2 s, from the stop request
+    // until the agent is done.
+    let done = Arc::new(AtomicBool::new(false));
+    let pending = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            if asked.recv().is_err() {
+                return;
+            }
+            let mut checkpoint = 1;
+            while !done.load(Ordering::SeqCst) {
+                let _ = handle.set_service_status(status(ServiceState::StopPending, 0, checkpoint));
+                checkpoint += 1;
+                std::thread::sleep(STOP_CHECKPOINT_EVERY);
+            }
+        })
+    };
     let outcome = body(config, shutdown);
-    let _ = handle.set_service_status(status(ServiceState::Stopped, u32::from(outcome.is_err())));
+    done.store(true, Ordering::SeqCst);
+    let _ = handle.set_service_status(status(
+        ServiceState::StopPending,
+        u32::from(outcome.is_err()),
+        0,
+    ));
+    let _ = handle.set_service_status(status(
+        ServiceState::Stopped,
+        u32::from(outcome.is_err()),
+        0,
+    ));
+    drop(pending);
     outcome
 }
 
@@ -220,12 +280,25 @@ pub fn install(binary: &Path, config: &Path, log_file: &Path) -> Result<(), Serv
         account_name: None,
         account_password: None,
     };
+    // START: ChangeServiceConfig2 with SC_ACTION_RESTART needs it.
     let service = manager
-        .create_service(&info, ServiceAccess::CHANGE_CONFIG)
+        .create_service(&info, ServiceAccess::CHANGE_CONFIG | ServiceAccess::START)
         .map_err(scm("creating the service"))?;
     service
         .set_description(DESCRIPTION)
-        .map_err(scm("setting the description"))
+        .map_err(scm("setting the description"))?;
+    service
+        .update_failure_actions(recovery())
+        .map_err(scm("setting the recovery actions"))?;
+    // Both since Vista; a service manager without them (wine's answers
+    // ERROR_INVALID_LEVEL) still runs the service: say so and go on.
+    if let Err(e) = service.set_failure_actions_on_non_crash_failures(true) {
+        tracing::warn!(error = %e, "recovery only after crashes: this service manager does not take SERVICE_CONFIG_FAILURE_ACTIONS_FLAG");
+    }
+    if let Err(e) = service.set_preshutdown_timeout(PRESHUTDOWN_TIMEOUT) {
+        tracing::warn!(error = %e, "no preshutdown timeout: this service manager does not take SERVICE_CONFIG_PRESHUTDOWN_INFO");
+    }
+    Ok(())
 }
 
 /// Stops the service if it runs (waiting up to `wait`), then deletes it.
@@ -253,4 +326,46 @@ pub fn uninstall(wait: Duration) -> Result<(), ServiceError> {
         std::thread::sleep(Duration::from_millis(250));
     }
     service.delete().map_err(scm("deleting the service"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_drains_on_stop_and_at_shutdown() {
+        let running = status(ServiceState::Running, 0, 0);
+        assert!(
+            running
+                .controls_accepted
+                .contains(ServiceControlAccept::STOP | ServiceControlAccept::PRESHUTDOWN),
+            "{running:?}"
+        );
+        let pending = status(ServiceState::StopPending, 0, 3);
+        assert_eq!(pending.checkpoint, 3);
+        assert!(pending.wait_hint > STOP_CHECKPOINT_EVERY, "{pending:?}");
+        assert!(pending.controls_accepted.is_empty());
+        let failed = status(ServiceState::Stopped, 1, 0);
+        assert!(matches!(
+            failed.exit_code,
+            ServiceExitCode::ServiceSpecific(1)
+        ));
+    }
+
+    #[test]
+    fn a_failed_agent_is_restarted() {
+        let r = recovery();
+        let actions = r.actions.expect("actions");
+        assert!(!actions.is_empty());
+        assert!(
+            actions
+                .iter()
+                .all(|a| matches!(a.action_type, ServiceActionType::Restart)),
+            "{actions:?}"
+        );
+        assert!(matches!(
+            r.reset_period,
+            ServiceFailureResetPeriod::After(_)
+        ));
+    }
 }

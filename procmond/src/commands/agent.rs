@@ -20,6 +20,8 @@ pub fn run(config_path: &Path, service: bool, log_file: Option<PathBuf>) -> Resu
             );
         }
     }
+    #[cfg(windows)]
+    procmond::sys::windows_fs::refuse_writable_config(config_path)?;
     let config = AgentConfig::load(config_path)?;
     super::restrict_umask();
     super::log_privileges();
@@ -42,6 +44,7 @@ pub fn run(config_path: &Path, service: bool, log_file: Option<PathBuf>) -> Resu
 /// Windows service manager decides when it stops).
 #[cfg(windows)]
 pub fn run_until(config_path: &Path, shutdown: CancellationToken) -> Result<()> {
+    procmond::sys::windows_fs::refuse_writable_config(config_path)?;
     let config = AgentConfig::load(config_path)?;
     super::log_privileges();
     super::runtime()?.block_on(procmond::agent::run(config, config_path, shutdown))?;

@@ -3,12 +3,19 @@
 //! small host facts several parts need (`hostname`), and which paths root may
 //! trust (`safe_path`, no unsafe code).
 
+pub mod acl;
 #[cfg(unix)]
 pub mod safe_path;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub mod trim;
 #[cfg(windows)]
 pub mod windows;
+#[cfg(windows)]
+pub mod windows_ansi;
+#[cfg(windows)]
+pub mod windows_fs;
+#[cfg(windows)]
+pub mod windows_pipe;
 
 /// This host's name: uname's nodename on Unix, `COMPUTERNAME` on Windows
 /// (empty when unknown). Registration and the nats sink's subjects use it.

@@ -19,13 +19,11 @@ use windows_sys::Win32::Foundation::{
     CloseHandle, ERROR_INSUFFICIENT_BUFFER, ERROR_SUCCESS, FILETIME, HANDLE, LUID, LocalFree,
 };
 use windows_sys::Win32::Security::Authorization::{
-    ConvertSecurityDescriptorToStringSecurityDescriptorW, ConvertSidToStringSidW,
-    ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
+    ConvertSidToStringSidW, ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
 };
 use windows_sys::Win32::Security::{
-    AdjustTokenPrivileges, DACL_SECURITY_INFORMATION, GetFileSecurityW, GetTokenInformation,
-    LUID_AND_ATTRIBUTES, LookupPrivilegeValueW, PROTECTED_DACL_SECURITY_INFORMATION,
-    PSECURITY_DESCRIPTOR, SE_PRIVILEGE_ENABLED, SECURITY_ATTRIBUTES, SetFileSecurityW,
+    AdjustTokenPrivileges, DACL_SECURITY_INFORMATION, GetTokenInformation, LUID_AND_ATTRIBUTES,
+    LookupPrivilegeValueW, PSECURITY_DESCRIPTOR, SE_PRIVILEGE_ENABLED, SECURITY_ATTRIBUTES,
     TOKEN_ADJUST_PRIVILEGES, TOKEN_ELEVATION, TOKEN_INFORMATION_CLASS, TOKEN_PRIVILEGES,
     TOKEN_QUERY, TOKEN_USER, TokenElevation, TokenPrivileges, TokenUser,
 };
@@ -44,11 +42,11 @@ use windows_sys::Win32::System::Threading::{
 };
 
 /// `s` as a NUL-terminated UTF-16 string.
-fn wide(s: &str) -> Vec<u16> {
+pub(super) fn wide(s: &str) -> Vec<u16> {
     s.encode_utf16().chain(std::iter::once(0)).collect()
 }
 
-fn wide_path(p: &std::path::Path) -> Vec<u16> {
+pub(super) fn wide_path(p: &std::path::Path) -> Vec<u16> {
     use std::os::windows::ffi::OsStrExt;
     p.as_os_str()
         .encode_wide()
@@ -57,7 +55,7 @@ fn wide_path(p: &std::path::Path) -> Vec<u16> {
 }
 
 /// A `BOOL` result as `io::Result`, with the thread's last error.
-fn check(ok: i32, what: &str) -> io::Result<()> {
+pub(super) fn check(ok: i32, what: &str) -> io::Result<()> {
     if ok != 0 {
         Ok(())
     } else {
@@ -67,7 +65,7 @@ fn check(ok: i32, what: &str) -> io::Result<()> {
 }
 
 /// A kernel handle closed on drop.
-struct Handle(HANDLE);
+pub(super) struct Handle(pub(super) HANDLE);
 
 impl Drop for Handle {
     fn drop(&mut self) {
@@ -78,7 +76,7 @@ impl Drop for Handle {
 }
 
 /// Memory the system allocated with LocalAlloc for us, freed on drop.
-struct Local(*mut c_void);
+pub(super) struct Local(pub(super) *mut c_void);
 
 impl Drop for Local {
     fn drop(&mut self) {
@@ -95,7 +93,7 @@ impl Drop for Local {
 ///
 /// SAFETY (for callers): `p` must point to a NUL-terminated UTF-16 string
 /// that stays valid for the duration of the call.
-unsafe fn from_wide_ptr(p: *const u16) -> String {
+pub(super) unsafe fn from_wide_ptr(p: *const u16) -> String {
     let mut len = 0;
     // SAFETY: the caller guarantees a terminating NUL, so every read up to
     // and including it is inside the string.
@@ -140,7 +138,7 @@ fn token_info(token: &Handle, class: TOKEN_INFORMATION_CLASS) -> io::Result<Vec<
 }
 
 /// The user SID of `token` as a string (`S-1-5-18`).
-fn token_user_sid(token: &Handle) -> io::Result<String> {
+pub(super) fn token_user_sid(token: &Handle) -> io::Result<String> {
     let buf = token_info(token, TokenUser)?;
     // SAFETY: GetTokenInformation(TokenUser) filled `buf` with a TOKEN_USER
     // (aligned, see token_info) whose SID pointer points into `buf` itself.
@@ -289,6 +287,13 @@ impl SecurityDescriptor {
     }
 }
 
+impl SecurityDescriptor {
+    /// The descriptor, for a call that only reads it.
+    pub(super) fn as_ptr(&self) -> PSECURITY_DESCRIPTOR {
+        self.sd
+    }
+}
+
 impl Drop for SecurityDescriptor {
     fn drop(&mut self) {
         drop(Local(self.sd));
@@ -312,81 +317,11 @@ pub fn create_pipe(
     unsafe { options.create_with_security_attributes_raw(name, (&raw mut attrs).cast::<c_void>()) }
 }
 
-/// Replaces the DACL of `path` with the (protected) one in `sddl`: nothing
-/// is inherited from the parent any more.
-pub fn set_path_dacl(path: &std::path::Path, sddl: &str) -> io::Result<()> {
-    let sd = SecurityDescriptor::from_sddl(sddl)?;
-    let name = wide_path(path);
-    // SAFETY: `name` is NUL-terminated, `sd.sd` a valid descriptor; both
-    // outlive the call, which copies the DACL into the file system.
-    check(
-        unsafe {
-            SetFileSecurityW(
-                name.as_ptr(),
-                DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
-                sd.sd,
-            )
-        },
-        "SetFileSecurityW",
-    )
-}
-
-/// Gives `path` (a file or directory) the private ACL of
-/// `bus::pipe::private_sddl`: SYSTEM, Administrators and this account.
-pub fn make_private(path: &std::path::Path) -> io::Result<()> {
-    let sddl = crate::bus::pipe::private_sddl(&own_user_sid()?);
-    set_path_dacl(path, &sddl)
-        .map_err(|e| io::Error::new(e.kind(), format!("restricting {}: {e}", path.display())))
-}
+pub use super::windows_fs::make_private;
 
 /// The DACL of `path`, as SDDL (`D:P(A;OICI;FA;;;SY)…`).
 pub fn path_dacl(path: &std::path::Path) -> io::Result<String> {
-    let name = wide_path(path);
-    let mut needed = 0u32;
-    // SAFETY: a null buffer of length 0 only asks for the size.
-    unsafe {
-        GetFileSecurityW(
-            name.as_ptr(),
-            DACL_SECURITY_INFORMATION,
-            std::ptr::null_mut(),
-            0,
-            &mut needed,
-        )
-    };
-    let mut buf = vec![0u64; (needed as usize).div_ceil(8).max(1)];
-    // SAFETY: `buf` is writable for its whole length in bytes and aligned.
-    check(
-        unsafe {
-            GetFileSecurityW(
-                name.as_ptr(),
-                DACL_SECURITY_INFORMATION,
-                buf.as_mut_ptr().cast(),
-                (buf.len() * 8) as u32,
-                &mut needed,
-            )
-        },
-        "GetFileSecurityW",
-    )?;
-    let mut text: *mut u16 = std::ptr::null_mut();
-    // SAFETY: `buf` holds the descriptor just read; `text` receives a
-    // LocalAlloc'd string that `Local` frees.
-    check(
-        unsafe {
-            ConvertSecurityDescriptorToStringSecurityDescriptorW(
-                buf.as_mut_ptr().cast(),
-                SDDL_REVISION_1,
-                DACL_SECURITY_INFORMATION,
-                &mut text,
-                std::ptr::null_mut(),
-            )
-        },
-        "ConvertSecurityDescriptorToStringSecurityDescriptorW",
-    )?;
-    let owned = Local(text.cast());
-    // SAFETY: the API returned a NUL-terminated string it allocated.
-    let s = unsafe { from_wide_ptr(text) };
-    drop(owned);
-    Ok(s)
+    super::windows_fs::path_sddl(path, DACL_SECURITY_INFORMATION)
 }
 
 /// Whether this process's token is elevated (a full administrator token,

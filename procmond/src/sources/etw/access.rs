@@ -28,7 +28,7 @@ pub const PRIVILEGES: [(&str, &str); 3] = [
 /// Why `session` could not start, from the OS error code when there is
 /// one: the common causes named, the rest passed through.
 pub fn start_failure(session: &str, code: Option<i32>, detail: &str) -> String {
-    let why = match code {
+    let why = match code.map(win32_code) {
         Some(5) => "access denied (not an elevated administrator, or a policy blocks ETW)",
         Some(183) => "a session of that name exists and could not be stopped",
         Some(1450) => "no room for another ETW session (the system allows 64)",
@@ -36,6 +36,20 @@ pub fn start_failure(session: &str, code: Option<i32>, detail: &str) -> String {
         _ => detail,
     };
     format!("ETW session {session} did not start: {why}")
+}
+
+/// A Win32 error code from either form the ETW calls report: ferrisetw
+/// turns StartTraceW's status into an HRESULT (`HRESULT_FROM_WIN32`:
+/// 0x8007xxxx) before it becomes an `io::Error`, while `ControlTraceW`
+/// called directly returns the plain code.
+pub fn win32_code(code: i32) -> i32 {
+    const FACILITY_WIN32: u32 = 7;
+    let raw = code as u32;
+    if raw & 0x8000_0000 != 0 && (raw >> 16) & 0x1FFF == FACILITY_WIN32 {
+        (raw & 0xFFFF) as i32
+    } else {
+        code
+    }
 }
 
 /// The ETW session names for a collector: one per provider, fixed so that a
@@ -85,6 +99,12 @@ mod tests {
         );
         let r = start_failure("s", Some(4242), "EtwNativeError(IoError(..))");
         assert!(r.ends_with("EtwNativeError(IoError(..))"), "{r}");
+        // ferrisetw reports StartTraceW's status as an HRESULT
+        // (HRESULT_FROM_WIN32): 0x80070005 is ERROR_ACCESS_DENIED.
+        let r = start_failure("s", Some(0x8007_0005_u32 as i32), "os error -2147024891");
+        assert!(r.contains("access denied"), "{r}");
+        let r = start_failure("s", Some(0x8007_05AA_u32 as i32), "");
+        assert!(r.contains("no room"), "{r}");
         let (a, b) = session_names("procmond");
         assert_ne!(a, b);
         assert!(a.starts_with("procmond-procmond-"), "{a}");

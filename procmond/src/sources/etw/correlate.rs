@@ -17,10 +17,19 @@
 //! * classic only: the short image name, `argv`, `user_sid`, the event's
 //!   time as `start_time` (the create time is the modern side's) — no `exe`.
 //!
-//! When only one session runs, nothing waits: every event is complete as
-//! it arrives. Pure and clock-free: callers pass a monotonic `now` in ns.
+//! When only one session runs, nothing waits for the other side: every
+//! event is complete as it arrives.
+//!
+//! Order: each session's per-processor buffers flush on their own, so
+//! events reach the callbacks out of time order by up to the flush window
+//! (1 s). A joined event therefore waits `reorder_ns` after its first side
+//! arrived in a second stage (`held`), which lets events out by event time;
+//! a stop leaves after its process's start — held up to `hold_ns` when the
+//! start has not been seen and the process began after the first event
+//! this correlator saw. Pure and clock-free: callers pass a monotonic `now`
+//! in ns.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use super::decode::{Classic, KpStart, KpStop, file_name, split_command_line, whole_seconds};
 use super::identity::Identities;
@@ -37,6 +46,10 @@ pub struct CorrelateConfig {
     pub hold_ns: u64,
     /// Largest time difference between the two sides of one process, ns.
     pub tolerance_ns: i64,
+    /// How long a joined event waits for earlier ones from other CPUs'
+    /// buffers, ns (above the sessions' 1 s flush timer); 0 lets events
+    /// out in arrival order.
+    pub reorder_ns: u64,
     /// Which sessions run.
     pub modern: bool,
     pub classic: bool,
@@ -47,6 +60,7 @@ impl Default for CorrelateConfig {
         Self {
             hold_ns: 3_000_000_000,
             tolerance_ns: 2_000_000_000,
+            reorder_ns: 1_500_000_000,
             modern: true,
             classic: true,
         }
@@ -81,8 +95,21 @@ struct Entry {
     pid: u32,
     modern: Option<Modern>,
     classic: Option<Classic>,
+    /// When its first side arrived (`now`).
+    arrived: u64,
     deadline: u64,
 }
+
+/// A joined event in the reorder stage.
+#[derive(Debug)]
+struct Held {
+    event: ProcessEvent,
+    release: u64,
+}
+
+/// Most pids remembered as started (a stop's start was seen); beyond it
+/// the set restarts, and a stop may wait its hold for nothing.
+const MAX_STARTED: usize = 1 << 20;
 
 /// The join, with its queue of events waiting for their other side.
 #[derive(Debug)]
@@ -96,6 +123,17 @@ pub struct Correlator {
     open: HashMap<(Kind, u32), Vec<u64>>,
     /// Names the processes (`identity`); `None` leaves ids out.
     ids: Option<Identities>,
+    /// Joined events by (event time, id), until `release`.
+    held: BTreeMap<(i64, u64), Held>,
+    /// Ids in `held` (a barrier waits for the smallest).
+    held_ids: BTreeSet<u64>,
+    /// Held starts by pid: a stop of that pid leaves after them.
+    held_starts: HashMap<u32, (i64, u64)>,
+    /// Pids whose start has left, until their stop does.
+    started: HashSet<u32>,
+    /// The earliest event time seen: processes created after it have a
+    /// start event to wait for.
+    first_time: Option<i64>,
     pub stats: CorrelateStats,
 }
 
@@ -108,8 +146,18 @@ impl Correlator {
             head_id: 0,
             open: HashMap::new(),
             ids: None,
+            held: BTreeMap::new(),
+            held_ids: BTreeSet::new(),
+            held_starts: HashMap::new(),
+            started: HashSet::new(),
+            first_time: None,
             stats: CorrelateStats::default(),
         }
+    }
+
+    /// The DOS device map, read again (a drive mounted since start).
+    pub fn set_devices(&mut self, devices: DeviceMap) {
+        self.devices = devices;
     }
 
     /// Gives every event leaving the correlator its ids.
@@ -124,11 +172,15 @@ impl Correlator {
         self.head_id + self.queue.len() as u64
     }
 
-    /// The id of the oldest waiting entry (= `next_id` when none waits).
+    /// The id of the oldest entry not yet out of both stages (= `next_id`
+    /// when none waits).
     pub fn head_id(&self) -> u64 {
-        self.head_id
+        self.held_ids
+            .first()
+            .map_or(self.head_id, |h| (*h).min(self.head_id))
     }
 
+    /// Entries still waiting for their other side.
     pub fn pending(&self) -> usize {
         self.queue.len()
     }
@@ -221,6 +273,7 @@ impl Correlator {
             pid,
             modern,
             classic,
+            arrived: now,
             deadline: now.saturating_add(self.config.hold_ns),
         };
         if !self.complete(&entry) {
@@ -234,9 +287,9 @@ impl Correlator {
         (e.modern.is_some() || !self.config.modern) && (e.classic.is_some() || !self.config.classic)
     }
 
-    /// The events whose turn has come: complete, or waited `hold`.
+    /// The events whose turn has come: joined (complete, or waited
+    /// `hold`), then out of the reorder stage in event-time order.
     pub fn ready(&mut self, now: u64) -> Vec<ProcessEvent> {
-        let mut out = Vec::new();
         while let Some(head) = self.queue.front() {
             let over = self.queue.len() > MAX_PENDING;
             if !(self.complete(head) || head.deadline <= now || over) {
@@ -245,21 +298,84 @@ impl Correlator {
             if over && !self.complete(head) && head.deadline > now {
                 self.stats.forced += 1;
             }
-            out.push(self.pop());
+            self.pop();
         }
-        out
+        self.release(Some(now))
     }
 
     /// Everything still waiting, complete or not (the source is stopping).
     pub fn drain(&mut self) -> Vec<ProcessEvent> {
-        let mut out = Vec::with_capacity(self.queue.len());
         while !self.queue.is_empty() {
-            out.push(self.pop());
+            self.pop();
+        }
+        self.release(None)
+    }
+
+    /// Lets out of `held`, in time order, what is due at `now` (all with
+    /// `None`); a stop's held start goes first.
+    fn release(&mut self, now: Option<u64>) -> Vec<ProcessEvent> {
+        let mut out = Vec::new();
+        while let Some((&key, h)) = self.held.first_key_value() {
+            // Bounded like the join: beyond MAX_PENDING the oldest leave.
+            let over = self.held.len() > MAX_PENDING;
+            if !over && now.is_some_and(|now| h.release > now) {
+                break;
+            }
+            let (kind, pid) = (h.event.kind, h.event.pid);
+            let start_first = match kind {
+                EventKind::Exit => self.held_starts.get(&pid).copied(),
+                _ => None,
+            };
+            if let Some(start) = start_first.filter(|s| *s != key) {
+                out.push(self.unhold(start));
+            }
+            out.push(self.unhold(key));
         }
         out
     }
 
-    fn pop(&mut self) -> ProcessEvent {
+    fn unhold(&mut self, key: (i64, u64)) -> ProcessEvent {
+        let h = self.held.remove(&key).expect("caller found it");
+        self.held_ids.remove(&key.1);
+        let pid = h.event.pid;
+        if h.event.kind == EventKind::Exit {
+            self.started.remove(&pid);
+        } else {
+            if self.held_starts.get(&pid) == Some(&key) {
+                self.held_starts.remove(&pid);
+            }
+            if self.started.len() >= MAX_STARTED {
+                self.started.clear();
+            }
+            self.started.insert(pid);
+        }
+        h.event
+    }
+
+    /// Puts a joined event into the reorder stage.
+    fn hold(&mut self, id: u64, event: ProcessEvent, arrived: u64, created: Option<i64>) {
+        let key = (event.timestamp, id);
+        let first = *self.first_time.get_or_insert(event.timestamp);
+        self.first_time = Some(first.min(event.timestamp));
+        let mut wait = self.config.reorder_ns;
+        if event.kind == EventKind::Exit {
+            // Its process began while we watched, and no start came yet.
+            let expects_start = created.is_some_and(|c| c > first)
+                && !self.started.contains(&event.pid)
+                && !self.held_starts.contains_key(&event.pid)
+                && !self.open.contains_key(&(Kind::Start, event.pid));
+            if expects_start {
+                wait = wait.max(self.config.hold_ns);
+            }
+        } else {
+            self.held_starts.insert(event.pid, key);
+        }
+        self.held_ids.insert(id);
+        let release = arrived.saturating_add(wait);
+        self.held.insert(key, Held { event, release });
+    }
+
+    fn pop(&mut self) {
         let id = self.head_id;
         let e = self.queue.pop_front().expect("caller checked");
         self.head_id += 1;
@@ -274,6 +390,10 @@ impl Correlator {
             (true, false) => self.stats.modern_only += 1,
             _ => self.stats.classic_only += 1,
         }
+        let created_ns = match &e.modern {
+            Some(Modern::Stop(kp)) => kp.create_time,
+            _ => None,
+        };
         let (mut event, created) = match (e.kind, e.modern) {
             (Kind::Start, Some(Modern::Start(kp))) => (
                 exec_event(Some(&kp), e.classic.as_ref(), &self.devices),
@@ -292,7 +412,7 @@ impl Correlator {
                 Kind::Stop => ids.exit(&mut event, created),
             }
         }
-        event
+        self.hold(id, event, e.arrived, created_ns);
     }
 }
 

@@ -6,7 +6,8 @@
 //! …) — whatever the event's version carries; a field a version lacks is
 //! simply absent — and everything after that is here: which event is
 //! which, FILETIME conversion, the classic provider's `UserSID` (a WBEM SID:
-//! TOKEN_USER then the SID), and the Windows command-line split.
+//! TOKEN_USER then the SID), the ANSI image names (`ansi_or_wide`), and
+//! the Windows command-line split.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,9 @@ pub enum Kind {
     I32,
     Str,
     Bytes,
+    /// An ANSI string (`win:AnsiString`, the MOF's `string`): handed over
+    /// as bytes and decoded here in the ANSI code page, never as UTF-8.
+    Ansi,
 }
 
 /// One property's value.
@@ -75,6 +79,17 @@ impl Props {
         }
     }
 
+    /// A name that may be an ANSI string (`Kind::Ansi`, bytes) or a
+    /// string already decoded; empty counts as absent.
+    pub fn text(&self, name: &str) -> Option<String> {
+        let s = match self.0.get(name)? {
+            Value::Str(s) => s.clone(),
+            Value::Bytes(b) => ansi_or_wide(b),
+            _ => return None,
+        };
+        (!s.is_empty()).then_some(s)
+    }
+
     pub fn bytes(&self, name: &str) -> Option<&[u8]> {
         match self.0.get(name)? {
             Value::Bytes(b) => Some(b),
@@ -115,7 +130,8 @@ pub const KP_STOP_FIELDS: &[(&str, Kind)] = &[
     ("CreateTime", Kind::U64),
     ("ExitTime", Kind::U64),
     ("ExitCode", Kind::U32),
-    ("ImageName", Kind::Str),
+    // win:AnsiString in ProcessStop (ProcessStart's is UTF-16).
+    ("ImageName", Kind::Ansi),
 ];
 
 /// What `Process_TypeGroup1` carries that procmond uses.
@@ -125,7 +141,8 @@ pub const CLASSIC_FIELDS: &[(&str, Kind)] = &[
     ("SessionId", Kind::U32),
     ("ExitStatus", Kind::I32),
     ("UserSID", Kind::Bytes),
-    ("ImageFileName", Kind::Str),
+    // The MOF's `string`: ANSI.
+    ("ImageFileName", Kind::Ansi),
     ("CommandLine", Kind::Str),
 ];
 
@@ -219,7 +236,7 @@ pub fn kp_start(p: &Props) -> Result<KpStart, DecodeError> {
             .u64("CreateTime")
             .filter(|t| filetime_to_unix_ns(*t).is_some()),
         session: p.u32("SessionID"),
-        image: p.str("ImageName").map(str::to_string),
+        image: p.text("ImageName"),
         seq: p.u64("ProcessSequenceNumber"),
         parent_seq: p.u64("ParentProcessSequenceNumber"),
     })
@@ -238,7 +255,7 @@ pub fn kp_stop(p: &Props) -> Result<KpStop, DecodeError> {
             .filter(|t| filetime_to_unix_ns(*t).is_some()),
         exit_time: p.u64("ExitTime").and_then(filetime_to_unix_ns),
         exit_code: p.u32("ExitCode"),
-        image_name: p.str("ImageName").map(str::to_string),
+        image_name: p.text("ImageName"),
         seq: p.u64("ProcessSequenceNumber"),
     })
 }
@@ -268,10 +285,66 @@ pub fn classic(p: &Props, timestamp: u64, pointer_size: usize) -> Result<Classic
         sid: p
             .bytes("UserSID")
             .and_then(|b| wbem_sid_to_string(b, pointer_size)),
-        image_file_name: p.str("ImageFileName").map(str::to_string),
+        image_file_name: p.text("ImageFileName"),
         command_line: p.str("CommandLine").map(str::to_string),
         timestamp: filetime_to_unix_ns(timestamp).unwrap_or(0),
     })
+}
+
+/// A name property's bytes as text: UTF-16LE when it looks like it (a NUL
+/// high byte before the terminator — a provider version that reports the
+/// name as `win:UnicodeString`), otherwise an ANSI string up to its NUL,
+/// in this host's ANSI code page (`ansi_to_string`).
+pub fn ansi_or_wide(bytes: &[u8]) -> String {
+    let body = bytes.len().saturating_sub(2);
+    let wide = bytes.len() >= 2
+        && bytes.len().is_multiple_of(2)
+        && bytes
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .take(body / 2)
+            .any(|b| *b == 0);
+    if wide {
+        let units: Vec<u16> = bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|u| *u != 0)
+            .collect();
+        return String::from_utf16_lossy(&units);
+    }
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    ansi_to_string(&bytes[..end])
+}
+
+/// ANSI bytes in this host's code page: `MultiByteToWideChar(CP_ACP)` on
+/// Windows, Windows-1252 (the Western default) where that fails and on
+/// other platforms.
+pub fn ansi_to_string(bytes: &[u8]) -> String {
+    #[cfg(windows)]
+    if let Some(s) = crate::sys::windows_ansi::acp_to_string(bytes) {
+        return s;
+    }
+    windows_1252(bytes)
+}
+
+/// Windows-1252: Latin-1 but for 0x80–0x9F (€, quotes, dashes, Š, Ž …);
+/// its five unassigned bytes map to the C1 controls, as Windows does.
+pub fn windows_1252(bytes: &[u8]) -> String {
+    const HIGH: [char; 32] = [
+        '\u{20AC}', '\u{81}', '\u{201A}', '\u{192}', '\u{201E}', '\u{2026}', '\u{2020}',
+        '\u{2021}', '\u{2C6}', '\u{2030}', '\u{160}', '\u{2039}', '\u{152}', '\u{8D}', '\u{17D}',
+        '\u{8F}', '\u{90}', '\u{2018}', '\u{2019}', '\u{201C}', '\u{201D}', '\u{2022}', '\u{2013}',
+        '\u{2014}', '\u{2DC}', '\u{2122}', '\u{161}', '\u{203A}', '\u{153}', '\u{9D}', '\u{17E}',
+        '\u{178}',
+    ];
+    bytes
+        .iter()
+        .map(|&b| match b {
+            0x80..=0x9F => HIGH[usize::from(b - 0x80)],
+            _ => char::from(b),
+        })
+        .collect()
 }
 
 /// The classic provider's `UserSID` (a WBEM SID: a TOKEN_USER of two
@@ -411,4 +484,58 @@ fn bound(args: Vec<String>) -> (Vec<String>, bool) {
 /// The last component of a Windows or NT path (`notepad.exe`).
 pub fn file_name(path: &str) -> &str {
     path.rsplit(['\\', '/']).next().unwrap_or(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ImageFileName` (classic) and ProcessStop's `ImageName` are ANSI
+    /// strings: the callback hands their bytes over, and a name with a
+    /// non-ASCII character (here é, and € from Windows-1252's 0x80–0x9F
+    /// block) must come out whole, not be dropped as invalid UTF-8.
+    #[test]
+    fn ansi_names_decode_as_the_ansi_code_page() {
+        let name = Value::Bytes(b"caf\xe9\x80.exe\0".to_vec());
+        let c = classic(
+            &Props::default()
+                .with("ProcessId", Value::U32(4242))
+                .with("ImageFileName", name.clone()),
+            0,
+            8,
+        )
+        .expect("decodes");
+        assert_eq!(c.image_file_name.as_deref(), Some("café€.exe"));
+        let stop = kp_stop(
+            &Props::default()
+                .with("ProcessID", Value::U32(4242))
+                .with("ImageName", name),
+        )
+        .expect("decodes");
+        assert_eq!(stop.image_name.as_deref(), Some("café€.exe"));
+        // A provider version that reports the name as UTF-16 still reads.
+        let wide: Vec<u8> = "naïve.exe\0"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let c = classic(
+            &Props::default()
+                .with("ProcessId", Value::U32(1))
+                .with("ImageFileName", Value::Bytes(wide)),
+            0,
+            8,
+        )
+        .expect("decodes");
+        assert_eq!(c.image_file_name.as_deref(), Some("naïve.exe"));
+        // Plain strings (UTF-16 properties ferrisetw decoded) pass through.
+        let c = classic(
+            &Props::default()
+                .with("ProcessId", Value::U32(1))
+                .with("ImageFileName", Value::Str("cmd.exe".into())),
+            0,
+            8,
+        )
+        .expect("decodes");
+        assert_eq!(c.image_file_name.as_deref(), Some("cmd.exe"));
+    }
 }

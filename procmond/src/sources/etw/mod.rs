@@ -9,16 +9,29 @@
 //! * `identity` — `entity_id`, `exec_id` and the parent's id (CPID);
 //! * `rundown` — the classic provider's command lines for the inventory;
 //! * `access` — elevation, privileges, and why a session did not start;
-//! * `session` (Windows only) — the ferrisetw sessions, the correlator
-//!   thread, loss from `ControlTraceW`.
+//! * `feed` — the queue from the callbacks, with barriers and stop that
+//!   never block; `health` — `kernel_lost`, a counter that only grows;
+//! * `session` (Windows only) — the ferrisetw sessions, their start, stop
+//!   and probe; `pump` (Windows only) — the correlator thread, loss from
+//!   `ControlTraceW`, a session ended from outside as a source failure.
 //!
 //! Everything but `session` is compiled and tested on every platform.
 
 pub mod access;
 pub mod correlate;
 pub mod decode;
+pub mod feed;
+#[cfg(test)]
+mod feed_tests;
+pub mod health;
+#[cfg(test)]
+mod health_tests;
 pub mod identity;
 pub mod ntpath;
+#[cfg(test)]
+mod order_tests;
+#[cfg(windows)]
+mod pump;
 pub mod rundown;
 #[cfg(windows)]
 mod session;

@@ -16,17 +16,31 @@
 //! away; a crashed one's lock went with its process.
 //!
 //! Each session's `ProcessTrace` runs on its own thread and its callback
-//! only copies the event's properties (`decode::*_FIELDS`) into a bounded
-//! channel; when that is full the callback waits, ETW's buffers fill, and
-//! ETW counts what it drops. One "etw-correlator" thread decodes, joins the
-//! two sides (`correlate`), sends `SourceMsg::Events` batches, answers
+//! only copies the event's properties (`decode::*_FIELDS`) into the bounded
+//! queue of `feed`; when that is full the callback waits, ETW's buffers
+//! fill, and ETW counts what it drops. Barriers and the stop go through
+//! `feed::Control`, which never blocks the async sensor loop. One
+//! "etw-correlator" thread decodes, joins the two sides (`correlate`, which
+//! also restores time order), sends `SourceMsg::Events` batches, answers
 //! barriers once everything received before them has left, and every
 //! second asks both sessions what they lost (`ControlTraceW` QUERY:
-//! EventsLost + RealTimeBuffersLost) for `kernel_lost`.
+//! EventsLost + RealTimeBuffersLost) for `kernel_lost` (`health`, a counter
+//! that never goes down). A session that ends without being asked to — a
+//! `logman stop` or `xperf` from outside — or that cannot be queried is the
+//! source failing: the correlator logs why and ends, and the sensor sees
+//! its reader gone.
+//!
+//! Stopping: both sessions are stopped by name first (ETW then delivers
+//! what their buffers still hold and `ProcessTrace` returns), their
+//! threads are joined, and only then are the ferrisetw handles dropped —
+//! ferrisetw's own stop closes the consumer first and loses that tail.
+//!
+//! The probe (`capabilities`, the agent's start-up check) starts the same
+//! sessions under fixed names (`procmond-probe-…`, stopped first if an
+//! earlier probe left them) with a feed that keeps nothing, so the rundown
+//! of every live process cannot fill a queue nobody reads.
 
-use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -41,13 +55,13 @@ use ferrisetw::{EventRecord, SchemaLocator};
 use tokio::sync::mpsc;
 
 use super::access::{self, session_names};
-use super::correlate::{CorrelateConfig, Correlator};
+use super::correlate::CorrelateConfig;
 use super::decode::{self, Kind, Props, Value};
+use super::feed::{self, Control, Event, Feed};
 use super::identity::Identities;
-use super::ntpath::DeviceMap;
+use super::pump::{Watch, correlate_loop};
 use super::rundown::Rundown;
 use crate::metrics::Metrics;
-use crate::model::ProcessEvent;
 use crate::sources::SourceMsg;
 use crate::sources::snapshot::SnapshotReader;
 use crate::sources::stream::{KernelStream, StartedStream};
@@ -57,33 +71,20 @@ const MIN_BUFFERS: u32 = 64;
 const MAX_BUFFERS: u32 = 512;
 /// Events waiting between the callbacks and the correlator thread.
 const INPUT_QUEUE: usize = 65_536;
-/// Most events in one batch sent to the sensor.
-const MAX_BATCH: usize = 4096;
-const LOSS_EVERY: Duration = Duration::from_secs(1);
+/// The probe's collector id: fixed, so a probe left by a crash is found.
+const PROBE_ID: &str = "probe";
 
-/// What the callbacks and the stream hand the correlator thread.
-enum Input {
-    Modern {
-        id: u16,
-        props: Props,
-    },
-    Classic {
-        opcode: u8,
-        timestamp: u64,
-        pointer_size: usize,
-        props: Props,
-    },
-    Barrier(u64),
-    Stop,
-}
-
+/// Real-time, and independent (EVENT_TRACE_INDEPENDENT_SESSION_MODE): an
+/// EventWrite failure in another session on the same provider does not
+/// drop the event here.
 fn properties() -> TraceProperties {
     TraceProperties {
         buffer_size: BUFFER_KB,
         min_buffer: MIN_BUFFERS,
         max_buffer: MAX_BUFFERS,
         flush_timer: Duration::from_secs(1),
-        log_file_mode: LoggingMode::EVENT_TRACE_REAL_TIME_MODE,
+        log_file_mode: LoggingMode::EVENT_TRACE_REAL_TIME_MODE
+            | LoggingMode::EVENT_TRACE_INDEPENDENT_SESSION_MODE,
     }
 }
 
@@ -126,6 +127,8 @@ fn extract(
             Kind::I32 => parser.try_parse::<i32>(name).ok().map(Value::I32),
             Kind::Str => parser.try_parse::<String>(name).ok().map(Value::Str),
             Kind::Bytes => parser.try_parse::<Vec<u8>>(name).ok().map(Value::Bytes),
+            // The raw bytes: ferrisetw would decode them as UTF-8.
+            Kind::Ansi => parser.try_parse::<Vec<u8>>(name).ok().map(Value::Bytes),
         };
         if let Some(v) = value {
             props.0.insert((*name).to_string(), v);
@@ -185,11 +188,15 @@ struct Sessions {
     classic: Option<KernelTrace>,
     processors: Vec<JoinHandle<()>>,
     names: Vec<String>,
+    /// Set before the sessions are stopped: an end after it was asked for.
+    stopping: Arc<AtomicBool>,
+    /// ProcessTrace threads that returned.
+    ended: Arc<AtomicUsize>,
 }
 
 fn start_sessions(
     config: &crate::config::ProcmondConfig,
-    input: &SyncSender<Input>,
+    input: &Feed,
     metrics: &Arc<Metrics>,
 ) -> (Sessions, Vec<String>) {
     let (modern_name, classic_name) = session_names(&config.collector_id);
@@ -199,6 +206,8 @@ fn start_sessions(
         classic: None,
         processors: Vec::new(),
         names: Vec::new(),
+        stopping: Arc::new(AtomicBool::new(false)),
+        ended: Arc::new(AtomicUsize::new(0)),
     };
     let mut failures = Vec::new();
     match lock(&config.collector_id) {
@@ -210,8 +219,43 @@ fn start_sessions(
     }
 
     clean_up(&modern_name);
+    match UserTrace::new()
+        .named(modern_name.clone())
+        .set_trace_properties(properties())
+        .enable(modern_provider(input, metrics))
+        .start()
+    {
+        Ok((trace, handle)) => {
+            s.process(&modern_name, move || UserTrace::process_from_handle(handle));
+            s.modern = Some(trace);
+            s.names.push(modern_name);
+        }
+        Err(e) => failures.push(failure(&modern_name, &e)),
+    }
+
+    clean_up(&classic_name);
+    match KernelTrace::new()
+        .named(classic_name.clone())
+        .set_trace_properties(properties())
+        .enable(classic_provider(input, metrics))
+        .start()
+    {
+        Ok((trace, handle)) => {
+            s.process(&classic_name, move || {
+                KernelTrace::process_from_handle(handle)
+            });
+            s.classic = Some(trace);
+            s.names.push(classic_name);
+        }
+        Err(e) => failures.push(failure(&classic_name, &e)),
+    }
+    (s, failures)
+}
+
+/// Kernel-Process, keyword 0x10: events 1 and 2 copied into the feed.
+fn modern_provider(input: &Feed, metrics: &Arc<Metrics>) -> Provider {
     let (tx, m) = (input.clone(), metrics.clone());
-    let provider = Provider::by_guid(decode::KERNEL_PROCESS_GUID)
+    Provider::by_guid(decode::KERNEL_PROCESS_GUID)
         .any(decode::KEYWORD_PROCESS)
         .add_callback(move |record: &EventRecord, locator: &SchemaLocator| {
             let id = record.event_id();
@@ -221,32 +265,22 @@ fn start_sessions(
                 _ => return,
             };
             match extract(record, locator, fields) {
-                Some(props) => {
-                    let _ = tx.send(Input::Modern { id, props });
-                }
+                Some(props) => tx.push(Event::Modern {
+                    id,
+                    timestamp: u64::try_from(record.raw_timestamp()).unwrap_or(0),
+                    props,
+                }),
                 None => malformed(&m),
             }
         })
-        .build();
-    match UserTrace::new()
-        .named(modern_name.clone())
-        .set_trace_properties(properties())
-        .enable(provider)
-        .start()
-    {
-        Ok((trace, handle)) => {
-            s.processors.push(std::thread::spawn(move || {
-                let _ = UserTrace::process_from_handle(handle);
-            }));
-            s.modern = Some(trace);
-            s.names.push(modern_name);
-        }
-        Err(e) => failures.push(failure(&modern_name, &e)),
-    }
+        .build()
+}
 
-    clean_up(&classic_name);
+/// The classic kernel provider's process flag: Start, End, DCStart and
+/// DCEnd copied into the feed.
+fn classic_provider(input: &Feed, metrics: &Arc<Metrics>) -> Provider {
     let (tx, m) = (input.clone(), metrics.clone());
-    let provider = Provider::kernel(&kernel_providers::PROCESS_PROVIDER)
+    Provider::kernel(&kernel_providers::PROCESS_PROVIDER)
         .add_callback(move |record: &EventRecord, locator: &SchemaLocator| {
             let opcode = record.opcode();
             if decode::classic_op(opcode).is_none() {
@@ -259,75 +293,73 @@ fn start_sessions(
                 8
             };
             match extract(record, locator, decode::CLASSIC_FIELDS) {
-                Some(props) => {
-                    let _ = tx.send(Input::Classic {
-                        opcode,
-                        timestamp: u64::try_from(record.raw_timestamp()).unwrap_or(0),
-                        pointer_size,
-                        props,
-                    });
-                }
+                Some(props) => tx.push(Event::Classic {
+                    opcode,
+                    timestamp: u64::try_from(record.raw_timestamp()).unwrap_or(0),
+                    pointer_size,
+                    props,
+                }),
                 None => malformed(&m),
             }
         })
-        .build();
-    match KernelTrace::new()
-        .named(classic_name.clone())
-        .set_trace_properties(properties())
-        .enable(provider)
-        .start()
-    {
-        Ok((trace, handle)) => {
-            s.processors.push(std::thread::spawn(move || {
-                let _ = KernelTrace::process_from_handle(handle);
-            }));
-            s.classic = Some(trace);
-            s.names.push(classic_name);
-        }
-        Err(e) => failures.push(failure(&classic_name, &e)),
-    }
-    (s, failures)
+        .build()
 }
 
 impl Sessions {
-    /// Stops both sessions and waits for their ProcessTrace threads.
+    /// Runs a session's `ProcessTrace` on a thread of its own, counting in
+    /// `ended` when it returns (asked to, or stopped from outside).
+    fn process<F>(&mut self, name: &str, run: F)
+    where
+        F: FnOnce() -> Result<(), TraceError> + Send + 'static,
+    {
+        let (name, ended) = (name.to_string(), self.ended.clone());
+        self.processors.push(std::thread::spawn(move || {
+            let r = run();
+            ended.fetch_add(1, Ordering::SeqCst);
+            tracing::debug!(session = %name, result = ?r, "ProcessTrace returned");
+        }));
+    }
+
+    /// Stops both sessions by name (ETW delivers what their buffers hold,
+    /// then ProcessTrace returns), joins those threads, then drops the
+    /// ferrisetw handles (their own stop, now a no-op, closes first and
+    /// would lose that tail).
     fn stop(self) {
-        if let Some(t) = self.modern
-            && let Err(e) = t.stop()
-        {
-            tracing::warn!(error = ?e, "stopping the Kernel-Process ETW session");
-        }
-        if let Some(t) = self.classic
-            && let Err(e) = t.stop()
-        {
-            tracing::warn!(error = ?e, "stopping the classic kernel ETW session");
+        self.stopping.store(true, Ordering::SeqCst);
+        for name in &self.names {
+            if let Err(e) = stop_trace_by_name(name) {
+                tracing::warn!(session = %name, error = ?e, "stopping an ETW session");
+            }
         }
         for t in self.processors {
             let _ = t.join();
         }
+        drop(self.modern);
+        drop(self.classic);
     }
 }
 
 /// The running ETW stream.
 struct EtwStream {
-    input: SyncSender<Input>,
+    control: Control,
     sessions: Sessions,
     correlator: JoinHandle<()>,
 }
 
 impl KernelStream for EtwStream {
+    /// Never blocks: the sensor loop calls it from async code.
     fn barrier(&self, id: u64) {
-        let _ = self.input.send(Input::Barrier(id));
+        self.control.barrier(id);
     }
 
     fn stop(self: Box<Self>) {
         let Self {
-            input,
+            control,
             sessions,
             correlator,
         } = *self;
         sessions.stop();
-        let _ = input.send(Input::Stop);
+        control.stop();
         let _ = correlator.join();
     }
 }
@@ -339,8 +371,9 @@ pub fn start(
     tx: mpsc::Sender<SourceMsg>,
     metrics: Arc<Metrics>,
 ) -> Result<StartedStream, String> {
-    let (input, rx) = sync_channel(INPUT_QUEUE);
+    let (input, control, intake) = feed::channel(INPUT_QUEUE);
     let (sessions, failures) = start_sessions(config, &input, &metrics);
+    drop(input);
     let (modern, classic) = (sessions.modern.is_some(), sessions.classic.is_some());
     if !modern && !classic {
         sessions.stop();
@@ -360,7 +393,11 @@ pub fn start(
         classic,
         ..CorrelateConfig::default()
     };
-    let names = sessions.names.clone();
+    let watch = Watch {
+        names: sessions.names.clone(),
+        stopping: sessions.stopping.clone(),
+        ended: sessions.ended.clone(),
+    };
     let shared = rundown.clone();
     let ids = super::boot().map(|boot| {
         Identities::new(
@@ -370,13 +407,16 @@ pub fn start(
     });
     let correlator = std::thread::Builder::new()
         .name("etw-correlator".into())
-        .spawn(move || correlate_loop(&rx, &tx, &metrics, correlate, ids, &names, &shared))
+        .spawn(move || correlate_loop(intake, &tx, &metrics, correlate, ids, &watch, &shared))
         .map_err(|e| format!("starting the ETW correlator thread: {e}"))?;
+    if classic {
+        await_rundown(&rundown);
+    }
     Ok(StartedStream {
         source: crate::model::EventSource::Etw,
         degraded_reason,
         stream: Box::new(EtwStream {
-            input,
+            control,
             sessions,
             correlator,
         }),
@@ -384,140 +424,52 @@ pub fn start(
     })
 }
 
-/// Whether the sessions can start here: starts them and stops them again.
+/// Waits (at most 5 s) for the classic session's rundown to arrive: the
+/// first inventory is taken right after start and fills its command lines
+/// from it. Done when the table has stopped growing for more than one
+/// flush interval.
+fn await_rundown(rundown: &Mutex<Rundown>) {
+    let len = || rundown.lock().map_or(0, |r| r.len());
+    let began = Instant::now();
+    let (mut last, mut since) = (0, Instant::now());
+    while began.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = len();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if now > 0 && since.elapsed() > Duration::from_millis(1_500) {
+            break;
+        }
+    }
+    tracing::debug!(processes = last, waited = ?began.elapsed(), "ETW rundown received");
+}
+
+/// Whether the sessions can start here: starts them under the probe's
+/// fixed names with a feed that keeps nothing, and stops them again.
 pub fn probe(config: &crate::config::ProcmondConfig) -> Result<(), String> {
-    let (input, _rx) = sync_channel(16);
     let mut probe = config.clone();
-    probe.collector_id = format!("probe-{}", std::process::id());
-    let (sessions, failures) = start_sessions(&probe, &input, &Arc::new(Metrics::default()));
+    probe.collector_id = PROBE_ID.to_string();
+    let metrics = Arc::new(Metrics::default());
+    // Another probe (the agent's and `capabilities` at once) holds the
+    // lock for a moment: wait for it rather than report ETW missing.
+    let mut attempt = 0;
+    let (sessions, failures) = loop {
+        let (sessions, failures) = start_sessions(&probe, &Feed::discard(), &metrics);
+        let busy = failures
+            .first()
+            .is_some_and(|f| f.contains("another procmond collector"));
+        attempt += 1;
+        if !busy || attempt >= 20 {
+            break (sessions, failures);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
     let started = sessions.modern.is_some() || sessions.classic.is_some();
     sessions.stop();
     if started {
         Ok(())
     } else {
         Err(failures.join("; "))
-    }
-}
-
-fn correlate_loop(
-    rx: &Receiver<Input>,
-    tx: &mpsc::Sender<SourceMsg>,
-    metrics: &Metrics,
-    config: CorrelateConfig,
-    ids: Option<Identities>,
-    names: &[String],
-    rundown: &Mutex<Rundown>,
-) {
-    let began = Instant::now();
-    let now = || began.elapsed().as_nanos() as u64;
-    let mut corr = Correlator::new(config, DeviceMap::current());
-    if let Some(ids) = ids {
-        corr = corr.with_identities(ids);
-    }
-    let mut barriers: VecDeque<(u64, u64)> = VecDeque::new();
-    let mut last_loss = Instant::now();
-    let mut stopping = false;
-    while !stopping {
-        let first = match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(m) => Some(m),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => Some(Input::Stop),
-        };
-        for msg in first.into_iter().chain(rx.try_iter().take(MAX_BATCH)) {
-            match msg {
-                Input::Stop => stopping = true,
-                Input::Barrier(id) => barriers.push_back((id, corr.next_id())),
-                other => apply(other, &mut corr, rundown, metrics, now()),
-            }
-        }
-        let events = if stopping {
-            corr.drain()
-        } else {
-            corr.ready(now())
-        };
-        if send(tx, metrics, events).is_none() {
-            return;
-        }
-        while let Some((id, _)) = barriers.front().filter(|(_, wait)| *wait <= corr.head_id()) {
-            if tx.blocking_send(SourceMsg::Barrier(*id)).is_err() {
-                return;
-            }
-            barriers.pop_front();
-        }
-        if stopping || last_loss.elapsed() >= LOSS_EVERY {
-            update_lost(names, metrics);
-            last_loss = Instant::now();
-        }
-    }
-    tracing::info!(stats = ?corr.stats, "ETW correlation finished");
-}
-
-fn apply(msg: Input, corr: &mut Correlator, rundown: &Mutex<Rundown>, metrics: &Metrics, now: u64) {
-    match msg {
-        Input::Modern { id, props } => {
-            let decoded = if id == decode::EVENT_PROCESS_START {
-                decode::kp_start(&props).map(|kp| corr.modern_start(kp, now))
-            } else {
-                decode::kp_stop(&props).map(|kp| corr.modern_stop(kp, now))
-            };
-            if decoded.is_err() {
-                Metrics::incr(&metrics.records_malformed);
-            }
-        }
-        Input::Classic {
-            opcode,
-            timestamp,
-            pointer_size,
-            props,
-        } => {
-            let (Some(op), Ok(c)) = (
-                decode::classic_op(opcode),
-                decode::classic(&props, timestamp, pointer_size),
-            ) else {
-                Metrics::incr(&metrics.records_malformed);
-                return;
-            };
-            rundown
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .observe(op, &c);
-            match op {
-                decode::ClassicOp::Start => corr.classic(c, false, now),
-                decode::ClassicOp::End => corr.classic(c, true, now),
-                decode::ClassicOp::DcStart | decode::ClassicOp::DcEnd => {}
-            }
-        }
-        Input::Barrier(_) | Input::Stop => {}
-    }
-}
-
-fn send(tx: &mpsc::Sender<SourceMsg>, metrics: &Metrics, events: Vec<ProcessEvent>) -> Option<()> {
-    if events.is_empty() {
-        return Some(());
-    }
-    for chunk in events.chunks(MAX_BATCH) {
-        Metrics::add(&metrics.events_observed, chunk.len() as u64);
-        tx.blocking_send(SourceMsg::Events(chunk.to_vec())).ok()?;
-    }
-    Some(())
-}
-
-/// Sets `kernel_lost` to what the sessions report lost (events, plus
-/// real-time buffers: a lost buffer held an unknown number of events and
-/// counts as one), warning when it grew.
-fn update_lost(names: &[String], metrics: &Metrics) {
-    let total: u64 = names
-        .iter()
-        .filter_map(|n| crate::sys::windows::query_trace(n).ok())
-        .map(|q| u64::from(q.events_lost) + u64::from(q.realtime_buffers_lost))
-        .sum();
-    let before = metrics.kernel_lost.swap(total, Ordering::Relaxed);
-    if total > before {
-        tracing::warn!(
-            lost = total - before,
-            total,
-            "ETW sessions lost events (reconciliation will catch long-lived processes)"
-        );
     }
 }
 
@@ -537,8 +489,8 @@ mod tests {
             collector_id: id.clone(),
             ..Default::default()
         };
-        let (input, _rx) = sync_channel(1);
-        let (sessions, failures) = start_sessions(&config, &input, &Arc::new(Metrics::default()));
+        let (sessions, failures) =
+            start_sessions(&config, &Feed::discard(), &Arc::new(Metrics::default()));
         assert!(sessions.modern.is_none() && sessions.classic.is_none());
         assert!(
             failures[0].contains("another procmond collector"),

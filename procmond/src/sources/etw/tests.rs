@@ -72,8 +72,16 @@ fn devices() -> DeviceMap {
     )
 }
 
+/// The join alone: no reorder window (order_tests.rs has the order).
+fn join_only() -> CorrelateConfig {
+    CorrelateConfig {
+        reorder_ns: 0,
+        ..CorrelateConfig::default()
+    }
+}
+
 fn correlator() -> Correlator {
-    Correlator::new(CorrelateConfig::default(), devices())
+    Correlator::new(join_only(), devices())
 }
 
 fn modern(pid: u32, ppid: u32, created: i64) -> KpStart {
@@ -288,7 +296,7 @@ fn barriers_wait_for_what_came_before() {
 fn one_session_means_no_waiting_and_a_storm_is_bounded() {
     let only_modern = CorrelateConfig {
         classic: false,
-        ..CorrelateConfig::default()
+        ..join_only()
     };
     let mut c = Correlator::new(only_modern, devices());
     c.modern_start(modern(50, 1, CREATED_NS), 0);
@@ -393,7 +401,7 @@ fn events_carry_cpids_and_their_parents() {
     };
     let modern_only = CorrelateConfig {
         classic: false,
-        ..CorrelateConfig::default()
+        ..join_only()
     };
     let mut c = Correlator::new(modern_only, devices())
         .with_identities(Identities::new(boot, Box::new(lookup)));
@@ -424,10 +432,15 @@ fn events_carry_cpids_and_their_parents() {
         Some((901, None)),
         "a parent younger than the child is another process"
     );
+    // Out in event-time order: 43 (created with 40) before 42.
+    let by_pid = |pid: u32| out.iter().find(|e| e.pid == pid).expect("left");
     // 40 is not known to the system here: its start, seen above, names it.
-    assert_eq!(out[2].parent.clone().and_then(|p| p.entity_id), Some(id40));
     assert_eq!(
-        out[3].parent.clone().and_then(|p| p.entity_id),
+        by_pid(42).parent.clone().and_then(|p| p.entity_id),
+        Some(id40)
+    );
+    assert_eq!(
+        by_pid(43).parent.clone().and_then(|p| p.entity_id),
         Some(boot.entity_id(boot.system_create_time, 4))
     );
     // The stop names the same process, and forgets its start.
@@ -460,7 +473,7 @@ fn classic_only_events_have_no_ids() {
     use super::identity::Identities;
     let classic_only = CorrelateConfig {
         modern: false,
-        ..CorrelateConfig::default()
+        ..join_only()
     };
     let mut c = Correlator::new(classic_only, devices())
         .with_identities(Identities::new(win_boot(), Box::new(|_| Some(1))));
@@ -518,7 +531,7 @@ fn parent_sequence_numbers_decide_between_seen_starts() {
     };
     let modern_only = CorrelateConfig {
         classic: false,
-        ..CorrelateConfig::default()
+        ..join_only()
     };
     // The system answers nothing: only the seen starts can name parents.
     let mut c = Correlator::new(modern_only, devices())
