@@ -151,6 +151,22 @@ pub fn attr32() -> Vec<u8> {
     t
 }
 
+/// fork(2) of `child` by `parent`, as a FreeBSD kernel audits it: the
+/// child in the "child PID" arg token and in the return token.
+pub fn fork_record(child: u32, parent: u32) -> Vec<u8> {
+    record(
+        Hdr::H32,
+        aue::FORK,
+        1,
+        0,
+        &[
+            arg32(0, child, "child PID"),
+            subject32(parent, 0, 0, 0),
+            ret32(0, child),
+        ],
+    )
+}
+
 pub fn exec_record(pid: u32, path: &str, argv: &[&[u8]]) -> Vec<u8> {
     record(
         Hdr::H32,

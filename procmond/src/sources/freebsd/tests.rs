@@ -371,18 +371,7 @@ fn tracker_completes_events() {
     let mut t = Tracker::new(true);
     t.seed([(kinfo(10, 1, "sh", 0), Some(111))]);
     // fork of 11 by 10: the child's start time and jail from the table.
-    let mut fork = event_of(&record(
-        Hdr::H32,
-        aue::FORK,
-        1,
-        0,
-        &[
-            arg32(0, 11, "child PID"),
-            subject32(10, 0, 0, 0),
-            ret32(0, 11),
-        ],
-    ))
-    .expect("fork");
+    let mut fork = event_of(&fork_record(11, 10)).expect("fork");
     t.complete(&mut fork, &mut table, false);
     assert_eq!(
         (fork.start_time, fork.ppid, fork.platform.jail_id),
@@ -448,20 +437,7 @@ fn tracker_names_processes_and_parents() {
         (kinfo(11, 10, "sh", 0), Some(6_000_222_000)),
         (kinfo(12, 77, "orphan", 0), Some(7_000_000_000)),
     ]);
-    let fork_of = |child: u32, parent: u32| {
-        event_of(&record(
-            Hdr::H32,
-            aue::FORK,
-            1,
-            0,
-            &[
-                arg32(0, child, "child PID"),
-                subject32(parent, 0, 0, 0),
-                ret32(0, child),
-            ],
-        ))
-        .expect("fork")
-    };
+    let fork_of = |child: u32, parent: u32| event_of(&fork_record(child, parent)).expect("fork");
     let mut t = Tracker::new(false).with_boot(Some(boot));
     t.seed([(kinfo(10, 1, "sh", 0), Some(5_000_111_000))]);
     let mut fork = fork_of(11, 10);

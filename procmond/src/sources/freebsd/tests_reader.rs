@@ -81,18 +81,7 @@ fn late_fork_keeps_the_name_the_exec_set() {
     ))
     .expect("exec");
     t.complete(&mut exec, &mut table, false);
-    let mut fork = event_of(&record(
-        Hdr::H32,
-        aue::FORK,
-        1,
-        0,
-        &[
-            arg32(0, 11, "child PID"),
-            subject32(10, 0, 0, 0),
-            ret32(0, 11),
-        ],
-    ))
-    .expect("fork");
+    let mut fork = event_of(&fork_record(11, 10)).expect("fork");
     t.complete(&mut fork, &mut table, false);
     assert_eq!(
         fork.name, "sh",
