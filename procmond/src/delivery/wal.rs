@@ -3,8 +3,8 @@
 //!
 //! Storage is sled, one tree: `e` + big-endian first seq → the batch's bytes
 //! (sequence order is key order), and `m:next_seq` → the next sequence
-//! number and `m:marks` → the marks, written in the same atomic write as
-//! the batches so `seq` stays monotonic across crashes. One key per batch: one insert, one flush and
+//! number and `m:marks` → the marks, written after the batches in sled's
+//! log order (`write_in_order`) so `seq` stays monotonic across crashes. One key per batch: one insert, one flush and
 //! one remove for what used to cost that per event.
 //!
 //! Durability policy (docs/decisions.md): group commit. The batches that
@@ -17,15 +17,13 @@
 //!
 //! Damage is not silent: sled recovers a damaged log to whatever prefix it
 //! can read and says nothing, so the WAL keeps marks (`wal_marks`: in the
-//! tree, written atomically with the data, plus a witness file beside it)
+//! tree, written after the data they count, plus a witness file beside it)
 //! and counts what they say was stored and is gone as `wal_lost`. After a write error sled refuses every further operation;
 //! `reopen` closes and opens it again (the connector retries with backoff).
 //!
-//! Acknowledgements cost no sled write of their own. Every `apply_batch`
-//! costs sled two extra log-buffer writes (it seals the buffer around the
-//! batch's manifest), each waking sled's I/O pool, so acknowledged batches
+//! Acknowledgements cost no sled write of their own: acknowledged batches
 //! are forgotten at once in memory (counts, replay cursor) and leave the
-//! tree in the next append's atomic write, with the marks that count them;
+//! tree with the next append's write, after the marks that count them;
 //! with no append for `SETTLE_AFTER`, `settle` writes them alone, and a clean
 //! close does too. A crash before that replays them: at-least-once, as an
 //! ack lost on the wire would, and never counted as lost.
@@ -52,8 +50,9 @@ const EVENT_PREFIX: u8 = b'e';
 const NEXT_SEQ_KEY: &[u8] = b"m:next_seq";
 /// The WAL's identity, written once when the tree is created.
 const EPOCH_KEY: &[u8] = b"m:epoch";
-/// The marks (`wal_marks`), written in the same atomic sled write as the
-/// batches they count, so they are durable exactly when the data is.
+/// The marks (`wal_marks`), written after the batches they count and
+/// before the removals (`write_in_order`): after a crash they never count
+/// more than the tree holds.
 const MARKS_KEY: &[u8] = b"m:marks";
 /// sled's own page cache: small, so the WAL stays within the RSS budget
 /// (batches are written once and read back at most once).
@@ -401,7 +400,7 @@ impl Wal {
     /// On an error nothing of `batches` is counted: the caller decides.
     pub fn append(&self, batches: &[Batch]) -> Result<u64, WalError> {
         let db = self.db()?;
-        let mut write = sled::Batch::default();
+        let mut data: Vec<([u8; 9], &[u8])> = Vec::with_capacity(batches.len());
         let (mut stored, mut added, mut dropped) = (0u64, 0u64, 0u64);
         let mut next = None;
         let base = self.pending_bytes();
@@ -413,24 +412,20 @@ impl Wal {
                 dropped += batch.len() as u64;
                 continue;
             }
-            write.insert(&event_key(batch.first_seq()), batch.as_bytes());
+            data.push((event_key(batch.first_seq()), batch.as_bytes()));
             added += len;
             stored += batch.len() as u64;
         }
         let Some(next) = next else { return Ok(0) };
         let next = next.max(self.next_seq());
-        write.insert(NEXT_SEQ_KEY, &next.to_be_bytes());
         let settled = self.take_deferred();
-        for key in settled.keys.keys() {
-            write.remove(&event_key(*key));
-        }
         let marks = self.next_marks(|m| {
             m.next_seq = next;
             m.stored += stored;
             m.acked += settled.events();
         });
-        write.insert(MARKS_KEY, &marks.encode()[..]);
-        let written = db.apply_batch(write).and_then(|()| db.flush().map(drop));
+        let written = write_in_order(&db, &data, Some(next), &marks, &settled)
+            .and_then(|()| db.flush().map(drop));
         if let Err(e) = written {
             self.restore_deferred(settled);
             return Err(e.into());
@@ -460,8 +455,7 @@ impl Wal {
 
     /// The broker acknowledged the batches stored under `keys`: forgets
     /// them at once (counts, replay) and removes them from the tree with
-    /// the next write, in the same atomic write as the marks counting them
-    /// (module doc). Returns how many events they held.
+    /// the next write, after the marks counting them (`write_in_order`). Returns how many events they held.
     pub fn ack_all(&self, keys: &[u64]) -> Result<u64, WalError> {
         let db = self.db()?;
         let (mut events, mut bytes) = (0u64, 0u64);
@@ -510,13 +504,8 @@ impl Wal {
             return Ok(());
         }
         let db = self.db()?;
-        let mut write = sled::Batch::default();
-        for key in settled.keys.keys() {
-            write.remove(&event_key(*key));
-        }
         let marks = self.next_marks(|m| m.acked += settled.events());
-        write.insert(MARKS_KEY, &marks.encode()[..]);
-        if let Err(e) = db.apply_batch(write) {
+        if let Err(e) = write_in_order(&db, &[], None, &marks, &settled) {
             self.restore_deferred(settled);
             return Err(e.into());
         }
@@ -660,6 +649,37 @@ impl Wal {
             .wal_pending_bytes
             .store(self.pending_bytes(), Relaxed);
     }
+}
+
+/// One WAL write, in the order that keeps every crash honest: the batches,
+/// the next seq, the marks, then the removals of acknowledged batches.
+///
+/// Single-key sled writes, not `apply_batch`: a batch costs sled two more
+/// log-buffer writes (and I/O-pool wake-ups) around its manifest. sled
+/// recovers its log up to the first missing or torn message, so a crash
+/// leaves a prefix of these writes, and in every prefix the tree holds at
+/// least what the marks say is pending: batches before the marks that
+/// count them, removals after. The marks never claim a loss that did not
+/// happen (acknowledged batches a crash kept replay, at-least-once), and
+/// `load` recounts them from the tree on the next open.
+fn write_in_order(
+    db: &sled::Db,
+    data: &[([u8; 9], &[u8])],
+    next_seq: Option<u64>,
+    marks: &Marks,
+    settled: &Deferred,
+) -> sled::Result<()> {
+    for (key, bytes) in data {
+        db.insert(key, *bytes)?;
+    }
+    if let Some(next) = next_seq {
+        db.insert(NEXT_SEQ_KEY, &next.to_be_bytes())?;
+    }
+    db.insert(MARKS_KEY, &marks.encode()[..])?;
+    for key in settled.keys.keys() {
+        db.remove(event_key(*key))?;
+    }
+    Ok(())
 }
 
 /// A clean close writes the removals no append carried.

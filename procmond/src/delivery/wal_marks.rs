@@ -11,9 +11,10 @@
 //! hand out a sequence number a sink has already seen.
 //!
 //! Where they live: in the tree itself (`m:marks`, 48 bytes), written in
-//! the same atomic sled write as the batches and removals they count, so
-//! they are durable exactly when the data is — after a crash or power cut
-//! they agree with what the tree holds. A copy, the witness, is rewritten in
+//! sled's log after the batches they count and before the removals they
+//! count (`wal::write_in_order`). sled recovers a prefix of its log, so
+//! after a crash or power cut the tree holds at least what they say is
+//! pending: they never report a loss that did not happen. A copy, the witness, is rewritten in
 //! place beside sled's files (`procmond.marks`, one `pwrite` after each
 //! write sled took, no fsync): it judges only what the tree's own marks
 //! cannot see, a tree replaced whole or rolled back below what it had
