@@ -147,8 +147,9 @@ fn mark_events(classes: &[(u16, u32)]) -> Result<usize, String> {
 /// The pipe's class mask, and whether it is the private class (which the
 /// reader then keeps in the kernel's map): the private class unless the
 /// host's audit_class uses its bit or marking the events failed, then the
-/// stock classes of the reported events.
-fn class_mask() -> Result<(u32, bool), String> {
+/// stock classes of the reported events. A probe (`mark: false`) changes
+/// nothing in the kernel: it checks the map and selects the stock classes.
+fn class_mask(mark: bool) -> Result<(u32, bool), String> {
     let classes = event_classes()?;
     for &(ev, class) in &classes {
         let essential = matches!(ev, aue::EXECVE | aue::FORK | aue::EXIT);
@@ -159,6 +160,9 @@ fn class_mask() -> Result<(u32, bool), String> {
         }
     }
     let stock = preselect::stock_mask(&classes);
+    if !mark {
+        return Ok((stock, false));
+    }
     let used = std::fs::read_to_string(AUDIT_CLASS)
         .map(|text| preselect::classes_using(&text, PRIVATE_CLASS))
         .unwrap_or_default();
@@ -187,12 +191,13 @@ struct Opened {
     private: bool,
 }
 
-/// Opens and configures a pipe.
-fn open_pipe() -> Result<Opened, String> {
+/// Opens and configures a pipe; `mark`: select the private class, marking
+/// the reported events with it in the kernel's map.
+fn open_pipe(mark: bool) -> Result<Opened, String> {
     if let Some(reason) = unavailable_reason() {
         return Err(reason);
     }
-    let (mask, private) = class_mask()?;
+    let (mask, private) = class_mask(mark)?;
     let pipe = File::open(AUDITPIPE).map_err(|e| format!("opening {AUDITPIPE}: {e}"))?;
     let fd = pipe.as_fd();
     let setup =
@@ -243,9 +248,10 @@ fn open_pipe() -> Result<Opened, String> {
     })
 }
 
-/// Opens and configures a pipe, then closes it (`procmond capabilities`).
+/// Opens and configures a pipe, then closes it (`procmond capabilities`):
+/// the kernel's audit class map is left as it was.
 pub fn probe() -> Result<(), String> {
-    open_pipe().map(|_| ())
+    open_pipe(false).map(|_| ())
 }
 
 /// The process table through sysctl, with `kern.boottime` read at most
@@ -303,7 +309,7 @@ pub fn start(
         pipe,
         degraded: degraded_reason,
         private,
-    } = open_pipe()?;
+    } = open_pipe(true)?;
     let mut table = SysctlTable::new();
     let mut tracker = Tracker::new(config.enhanced_metadata).with_boot(kinfo::boot().copied());
     // Read after the pipe opened: a process is either in it or in a record.
