@@ -167,6 +167,32 @@ pub fn fork_record(child: u32, parent: u32) -> Vec<u8> {
     )
 }
 
+/// exit(2) of `pid` with `status`.
+pub fn exit_record(pid: u32, status: u32) -> Vec<u8> {
+    record(
+        Hdr::H32,
+        aue::EXIT,
+        1,
+        0,
+        &[exit_token(status), subject32(pid, 0, 0, 0)],
+    )
+}
+
+/// execve(2) of `path` by `pid`, with no argv token (audit policy without
+/// `argv`).
+pub fn bare_exec_record(pid: u32, path: &str) -> Vec<u8> {
+    record(
+        Hdr::H32,
+        aue::EXECVE,
+        1,
+        0,
+        &[
+            counted(token::PATH, path.as_bytes()),
+            subject32(pid, 0, 0, 0),
+        ],
+    )
+}
+
 pub fn exec_record(pid: u32, path: &str, argv: &[&[u8]]) -> Vec<u8> {
     record(
         Hdr::H32,

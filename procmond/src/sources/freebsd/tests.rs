@@ -395,28 +395,14 @@ fn tracker_completes_events() {
     assert_eq!(exec.cwd.as_deref(), Some("/tmp"));
     // 11 is gone from the table: its exit still gets the start time.
     table.0.retain(|(k, _)| k.pid != 11);
-    let mut exit = event_of(&record(
-        Hdr::H32,
-        aue::EXIT,
-        1,
-        0,
-        &[exit_token(0), subject32(11, 0, 0, 0)],
-    ))
-    .expect("exit");
+    let mut exit = event_of(&exit_record(11, 0)).expect("exit");
     t.complete(&mut exit, &mut table, false);
     assert_eq!(
         (exit.start_time, exit.name.as_str(), exit.platform.jail_id),
         (Some(222), "ls", Some(3))
     );
     // The seeded host process exits: no jail id on the host.
-    let mut exit = event_of(&record(
-        Hdr::H32,
-        aue::EXIT,
-        1,
-        0,
-        &[exit_token(0), subject32(10, 0, 0, 0)],
-    ))
-    .expect("exit");
+    let mut exit = event_of(&exit_record(10, 0)).expect("exit");
     t.complete(&mut exit, &mut table, false);
     assert_eq!((exit.start_time, exit.platform.jail_id), (Some(111), None));
     assert!(t.is_empty());

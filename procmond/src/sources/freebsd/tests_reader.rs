@@ -69,17 +69,7 @@ fn late_fork_keeps_the_name_the_exec_set() {
     ]);
     let mut t = Tracker::new(false);
     t.seed([(kinfo(10, 1, "sh", 0), Some(111))]);
-    let mut exec = event_of(&record(
-        Hdr::H32,
-        aue::EXECVE,
-        1,
-        0,
-        &[
-            counted(bsm::token::PATH, b"/bin/ls"),
-            subject32(11, 0, 0, 0),
-        ],
-    ))
-    .expect("exec");
+    let mut exec = event_of(&bare_exec_record(11, "/bin/ls")).expect("exec");
     t.complete(&mut exec, &mut table, false);
     let mut fork = event_of(&fork_record(11, 10)).expect("fork");
     t.complete(&mut fork, &mut table, false);
@@ -88,14 +78,7 @@ fn late_fork_keeps_the_name_the_exec_set() {
         "at the fork the child bore its parent's name"
     );
     table.0.retain(|(k, _)| k.pid != 11);
-    let mut exit = event_of(&record(
-        Hdr::H32,
-        aue::EXIT,
-        1,
-        0,
-        &[exit_token(0), subject32(11, 0, 0, 0)],
-    ))
-    .expect("exit");
+    let mut exit = event_of(&exit_record(11, 0)).expect("exit");
     t.complete(&mut exit, &mut table, false);
     assert_eq!((exit.name.as_str(), exit.start_time), ("ls", Some(222)));
 }
@@ -107,17 +90,7 @@ fn late_fork_of_a_gone_child() {
     let mut table = FakeTable(vec![(kinfo(11, 10, "ls", 0), Some(222))]);
     let mut t = Tracker::new(false);
     t.seed([(kinfo(10, 1, "sh", 0), Some(111))]);
-    let mut exec = event_of(&record(
-        Hdr::H32,
-        aue::EXECVE,
-        1,
-        0,
-        &[
-            counted(bsm::token::PATH, b"/bin/ls"),
-            subject32(11, 0, 0, 0),
-        ],
-    ))
-    .expect("exec");
+    let mut exec = event_of(&bare_exec_record(11, "/bin/ls")).expect("exec");
     t.complete(&mut exec, &mut table, false);
     table.0.clear();
     let mut fork = event_of(&record(
@@ -130,14 +103,7 @@ fn late_fork_of_a_gone_child() {
     .expect("fork");
     t.complete(&mut fork, &mut table, false);
     assert_eq!((fork.name.as_str(), fork.start_time), ("sh", Some(222)));
-    let mut exit = event_of(&record(
-        Hdr::H32,
-        aue::EXIT,
-        1,
-        0,
-        &[exit_token(0), subject32(11, 0, 0, 0)],
-    ))
-    .expect("exit");
+    let mut exit = event_of(&exit_record(11, 0)).expect("exit");
     t.complete(&mut exit, &mut table, false);
     assert_eq!((exit.name.as_str(), exit.start_time), ("ls", Some(222)));
 }
