@@ -499,15 +499,20 @@ impl Wal {
     /// Removes the acknowledged batches no append carried, with the marks
     /// counting them, in one write of their own.
     pub fn settle(&self) -> Result<(), WalError> {
-        let settled = self.take_deferred();
+        let mut settled = self.take_deferred();
         if settled.keys.is_empty() {
             return Ok(());
         }
-        let db = self.db()?;
         let marks = self.next_marks(|m| m.acked += settled.events());
-        if let Err(e) = write_in_order(&db, &[], None, &marks, &settled) {
+        let written = self
+            .db()
+            .and_then(|db| Ok(write_in_order(&db, &[], None, &marks, &settled)?));
+        if let Err(e) = written {
+            // Tried again `SETTLE_AFTER` from now, not at once: a WAL that
+            // cannot be written must not spin the connector.
+            settled.since = Some(Instant::now());
             self.restore_deferred(settled);
-            return Err(e.into());
+            return Err(e);
         }
         self.set_marks(marks)
     }

@@ -152,6 +152,27 @@ fn an_ack_leaves_the_tree_with_the_next_write_and_is_forgotten_at_once() {
 }
 
 #[test]
+fn a_settle_that_cannot_write_keeps_the_acks_and_waits() {
+    let dir = temp_dir("settle-closed");
+    let wal = reopen(&dir, 1 << 20, Arc::new(Metrics::default()));
+    wal.append(&[batch(1..=2)]).expect("append");
+    wal.ack(1).expect("ack");
+    // As after a storage error, before the reopen.
+    let db = wal.db.lock().expect("lock").take().expect("open");
+    assert!(matches!(wal.settle(), Err(WalError::Closed)));
+    let retry = wal.settle_at().expect("still waiting");
+    assert!(
+        retry >= Instant::now() + SETTLE_AFTER / 2,
+        "retried later, not at once"
+    );
+    *wal.db.lock().expect("lock") = Some(db);
+    wal.settle().expect("settle");
+    assert_eq!((tree_keys(&wal), wal.settle_at()), (vec![], None));
+    drop(wal);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn full_wal_keeps_oldest_and_counts_drops() {
     let dir = temp_dir("full");
     let metrics = Arc::new(Metrics::default());
