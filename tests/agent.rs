@@ -72,6 +72,39 @@ fn agent_sink_gets_every_marker_exec_and_exit_once() {
     assert!(log.contains("collector stopped"), "{log}");
 }
 
+/// Acknowledged batches leave the collector's WAL with the next append or a
+/// second later (`Wal::settle`); a clean stop must not leave the last of
+/// them behind for the next start to replay.
+#[test]
+fn a_clean_stop_leaves_nothing_to_replay() {
+    let dir = AgentDir::new("clean-stop");
+    let config = dir.write_config("", "", true);
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("monitoring started", Duration::from_secs(60));
+    let m = marker("clean");
+    run_shell(&format!(
+        "i=0; while [ $i -lt 50 ]; do /bin/sh -c 'exit 0' {m}-$i; i=$((i+1)); done"
+    ));
+    dir.wait_for_sink(Duration::from_secs(60), "the 50 exec events", |ev| {
+        marker_execs(ev, &m).len() >= 50
+    });
+    let (ok, log) = agent.stop();
+    assert!(ok, "agent exit status; log:\n{log}");
+    assert!(
+        !log.contains("stopping with unacknowledged events"),
+        "the collector drained before it stopped:\n{log}"
+    );
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("monitoring started", Duration::from_secs(60));
+    let log = agent.log();
+    assert!(
+        !log.contains("replaying unacknowledged events from the WAL"),
+        "a clean stop left acknowledged batches in the WAL:\n{log}"
+    );
+    let (ok, log) = agent.stop();
+    assert!(ok, "second run's exit status; log:\n{log}");
+}
+
 #[test]
 fn outage_and_collector_crash_lose_nothing() {
     let dir = AgentDir::new("crash");

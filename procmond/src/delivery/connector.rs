@@ -308,6 +308,11 @@ impl Connector {
                 if let Some(c) = conn.take() {
                     c.close().await;
                 }
+                // Drained: the acknowledged batches leave the tree now, so
+                // the next start replays none of them (`Wal::settle`).
+                if let Err(e) = self.wal.flush() {
+                    tracing::warn!(error = %e, "final WAL flush failed; acknowledged batches may replay on the next start");
+                }
                 return Ok(());
             }
             let lost = tokio::select! {
