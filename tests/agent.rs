@@ -13,7 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::agent::{Agent, AgentDir, collector_pids, ctl};
+use common::agent::{Agent, AgentDir, collector_pids, ctl, markers_in_sink};
 use common::{entity_id, exits_of, kill, marker, run_shell, runtime};
 use procmond::bus::broker::Broker;
 use procmond::bus::protocol::{self, Envelope, FrameKind};
@@ -81,13 +81,7 @@ fn a_clean_stop_leaves_nothing_to_replay() {
     let config = dir.write_config("", "", true);
     let mut agent = Agent::start(&config);
     agent.wait_for_log("monitoring started", Duration::from_secs(60));
-    let m = marker("clean");
-    run_shell(&format!(
-        "i=0; while [ $i -lt 50 ]; do /bin/sh -c 'exit 0' {m}-$i; i=$((i+1)); done"
-    ));
-    dir.wait_for_sink(Duration::from_secs(60), "the 50 exec events", |ev| {
-        marker_execs(ev, &m).len() >= 50
-    });
+    markers_in_sink(&dir, &marker("clean"), 50, Duration::from_secs(60));
     let (ok, log) = agent.stop();
     assert!(ok, "agent exit status; log:\n{log}");
     assert!(
