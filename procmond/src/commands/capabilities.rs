@@ -9,13 +9,16 @@ use serde_json::json;
 pub fn run() -> Result<()> {
     let privileges = procmond::privileges::detect();
     let config = procmond::config::ProcmondConfig::default();
-    let kernel_reason = procmond::sources::stream::probe(&config).err();
+    let probe = procmond::sources::stream::probe(&config);
+    let probes = probe.as_ref().ok().cloned().flatten();
+    let kernel_reason = probe.err();
     let kernel_name = procmond::sources::stream::platform_kernel_name();
     let sources = [
         json!({
             "name": kernel_name,
             "available": kernel_reason.is_none(),
             "reason": kernel_reason,
+            "probes": probes,
         }),
         json!({ "name": "poll", "available": true }),
     ];
@@ -29,6 +32,7 @@ pub fn run() -> Result<()> {
         "privileges": privileges,
         "sources": sources,
         "active_source": if kernel_reason.is_none() { kernel_name.as_str() } else { "poll" },
+        "probes": probes,
         "degraded": !degraded.is_empty(),
         "degraded_reasons": degraded,
     });

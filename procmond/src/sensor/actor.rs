@@ -75,6 +75,8 @@ pub struct SensorStatus {
     pub lifecycle: Lifecycle,
     pub source: Option<crate::model::EventSource>,
     pub degraded_reason: Option<String>,
+    /// The kernel probes' variant (e.g. `tp_btf/bpf_loop`), while they run.
+    pub probes: Option<String>,
     pub monitoring: bool,
     pub backpressure: bool,
     pub interval_ms: u64,
@@ -89,6 +91,7 @@ impl SensorStatus {
             lifecycle: Lifecycle::Starting,
             source: None,
             degraded_reason: None,
+            probes: None,
             monitoring: false,
             backpressure: false,
             interval_ms: config.collection_interval_secs * 1000,

@@ -43,6 +43,9 @@ pub struct ActiveSource {
     pub source: EventSource,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub degraded_reason: Option<String>,
+    /// The kernel probes' variant, where the source has several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes: Option<String>,
 }
 
 /// How the sensor is wired to the rest of the process.
@@ -163,6 +166,7 @@ impl Sensor {
         let active = ActiveSource {
             source: EventSource::Poll,
             degraded_reason,
+            probes: None,
         };
         self.announce(&active);
         let flow = self.run_poll().await?;
@@ -173,6 +177,7 @@ impl Sensor {
         self.status.send_modify(|s| {
             s.source = Some(active.source);
             s.degraded_reason.clone_from(&active.degraded_reason);
+            s.probes.clone_from(&active.probes);
         });
     }
 
@@ -374,6 +379,7 @@ impl Sensor {
             "lifecycle": status.lifecycle,
             "source": status.source,
             "degraded_reason": status.degraded_reason,
+            "probes": status.probes,
             "monitoring": status.monitoring,
             "collection_interval_secs": self.config.collection_interval_secs,
             "effective_interval_ms": status.interval_ms,

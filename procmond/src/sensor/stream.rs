@@ -51,6 +51,7 @@ impl Sensor {
         let active = ActiveSource {
             source: started.source,
             degraded_reason: started.degraded_reason,
+            probes: started.probes,
         };
         if let Some(reason) = &active.degraded_reason {
             tracing::warn!(%reason, "kernel source running degraded");
@@ -91,6 +92,7 @@ impl Sensor {
             .await;
         tracing::info!(
             source = source.as_str(),
+            probes = self.status.borrow().probes.as_deref().unwrap_or("-"),
             processes = inventory.processes.len(),
             snapshot_reader = self.reader.name(),
             reconcile_interval_secs = self.base_interval.as_secs(),

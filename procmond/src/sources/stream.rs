@@ -106,6 +106,9 @@ pub struct StartedStream {
     /// A snapshot reader the source brings (the Linux task iterator);
     /// `None` keeps the platform's default.
     pub snapshot_reader: Option<SnapshotReader>,
+    /// Which variant of the kernel probes runs, where there are several
+    /// (Linux: attach method and build, e.g. `tp_btf/bpf_loop`).
+    pub probes: Option<String>,
 }
 
 impl std::fmt::Debug for StartedStream {
@@ -113,6 +116,7 @@ impl std::fmt::Debug for StartedStream {
         f.debug_struct("StartedStream")
             .field("source", &self.source)
             .field("degraded_reason", &self.degraded_reason)
+            .field("probes", &self.probes)
             .finish_non_exhaustive()
     }
 }
@@ -165,8 +169,9 @@ pub fn start(
 }
 
 /// Whether this platform's kernel source can start here, by really starting
-/// it and stopping it again (`procmond capabilities`): `Err(reason)` if not.
-pub fn probe(config: &ProcmondConfig) -> Result<(), String> {
+/// it and stopping it again (`procmond capabilities`): `Err(reason)` if not,
+/// else the probe variant that loaded where there are several.
+pub fn probe(config: &ProcmondConfig) -> Result<Option<String>, String> {
     if let Some(reason) = super::kernel_source_unavailable_reason() {
         return Err(reason);
     }
@@ -175,24 +180,25 @@ pub fn probe(config: &ProcmondConfig) -> Result<(), String> {
         super::ebpf::attach(
             config.ring_buffer_bytes,
             config.ebpf_attach,
+            config.ebpf_probes,
             config.setuid_events,
         )
-        .map(drop)
+        .map(|source| Some(source.variant()))
         .map_err(|e| e.to_string())
     }
     #[cfg(target_os = "macos")]
     {
         let _ = config;
-        super::endpoint_security::probe()
+        super::endpoint_security::probe().map(|()| None)
     }
     #[cfg(target_os = "freebsd")]
     {
         let _ = config;
-        super::freebsd::audit::probe()
+        super::freebsd::audit::probe().map(|()| None)
     }
     #[cfg(windows)]
     {
-        super::etw::probe(config)
+        super::etw::probe(config).map(|()| None)
     }
     #[cfg(not(any(
         target_os = "linux",
@@ -202,7 +208,7 @@ pub fn probe(config: &ProcmondConfig) -> Result<(), String> {
     )))]
     {
         let _ = config;
-        Ok(())
+        Ok(None)
     }
 }
 

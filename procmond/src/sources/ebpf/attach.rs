@@ -1,5 +1,12 @@
 //! Loading the probe object and attaching it, with one fallback step.
 //!
+//! The object comes in two builds of one source: with `bpf_loop` for the
+//! path walks (kernel 5.17+), and with a bounded loop in its place (5.8+,
+//! where the ring buffer arrived). `ebpf_probes: auto` asks the kernel
+//! whether tracepoint programs may call `bpf_loop` (a one-instruction
+//! probe load) and picks the build; `bpf_loop` or `bounded_loop` forces
+//! one (the kernel matrix forces `bpf_loop` on 5.10 to show it fails).
+//!
 //! First choice: BTF tracepoints (`tp_btf`), which need no tracefs and see
 //! the fork's child task. If they cannot attach, classic tracepoints: they
 //! need tracefs to look up the tracepoint ids, so when it is not mounted
@@ -17,8 +24,65 @@ use super::iter::TaskIter;
 
 use super::chain;
 
-/// The compiled probes (`cargo xtask build-ebpf`), embedded at build time.
+/// The compiled probes (`cargo xtask build-ebpf`), embedded at build time:
+/// path walks with `bpf_loop`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../../procmond-ebpf/procmond.bpf.o");
+/// The same probes with bounded loops, for kernels without `bpf_loop`.
+static OBJECT_COMPAT: &[u8] =
+    aya::include_bytes_aligned!("../../../../procmond-ebpf/procmond_compat.bpf.o");
+
+/// Which build of the probes to load (`ebpf_probes` in procmond.yaml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeBuild {
+    /// `bpf_loop` where the kernel has it, else `bounded_loop`.
+    Auto,
+    /// Path walks with `bpf_loop` (5.17+).
+    BpfLoop,
+    /// Path walks in a bounded loop (5.8+).
+    BoundedLoop,
+}
+
+impl ProbeBuild {
+    /// The build `self` stands for on this kernel (`Auto` asks it).
+    fn resolve(self) -> Self {
+        match self {
+            Self::Auto if bpf_loop_supported() => Self::BpfLoop,
+            Self::Auto => Self::BoundedLoop,
+            forced => forced,
+        }
+    }
+
+    fn object(self) -> &'static [u8] {
+        match self {
+            Self::BoundedLoop => OBJECT_COMPAT,
+            Self::Auto | Self::BpfLoop => OBJECT,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::BpfLoop => "bpf_loop",
+            Self::BoundedLoop => "bounded_loop",
+        }
+    }
+}
+
+/// Whether tracepoint programs may call `bpf_loop` here: the kernel's own
+/// answer to a two-instruction program that calls it. A probe that cannot
+/// run at all (no BPF) says no; the load that follows names the cause.
+fn bpf_loop_supported() -> bool {
+    use aya::programs::ProgramType;
+    use aya::sys::{BpfHelper, is_helper_supported};
+    match is_helper_supported(ProgramType::TracePoint, BpfHelper::BPF_FUNC_loop) {
+        Ok(yes) => yes,
+        Err(e) => {
+            tracing::debug!(error = %chain(&e), "bpf_loop probe failed: using bounded loops");
+            false
+        }
+    }
+}
 
 /// (program, tracepoint) for BTF tracepoints.
 const BTF_PROGRAMS: [(&str, &str); 3] = [
@@ -59,7 +123,26 @@ pub enum AttachMode {
     Tracepoint,
 }
 
-/// How the probes ended up attached.
+/// How the probes ended up attached, and which build of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub kind: AttachKind,
+    pub build: ProbeBuild,
+}
+
+impl Attached {
+    /// What health, `capabilities` and the start-up log call this
+    /// variant: attach method and path-walk build, e.g. `tp_btf/bpf_loop`.
+    pub fn variant(&self) -> String {
+        let attach = match self.kind {
+            AttachKind::Btf { .. } => "tp_btf",
+            AttachKind::Classic { .. } => "tracepoint",
+        };
+        format!("{attach}/{}", self.build.as_str())
+    }
+}
+
+/// Which tracepoints the probes are attached to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttachKind {
     /// BTF tracepoints; `setuid_error` says why credential changes are not
@@ -108,12 +191,12 @@ pub enum EbpfError {
     Both { btf: String, classic: String },
 }
 
-fn load(btf: &Btf, ring_buffer_bytes: u32) -> Result<Ebpf, EbpfError> {
+fn load(btf: &Btf, ring_buffer_bytes: u32, build: ProbeBuild) -> Result<Ebpf, EbpfError> {
     EbpfLoader::new()
         .btf(Some(btf))
         .map_max_entries("EVENTS", ring_buffer_bytes)
-        .load(OBJECT)
-        .map_err(|e| EbpfError::Load(chain(&e)))
+        .load(build.object())
+        .map_err(|e| EbpfError::Load(format!("{} build: {}", build.as_str(), chain(&e))))
 }
 
 fn program_error(program: &'static str, tracepoint: &'static str) -> impl Fn(String) -> EbpfError {
@@ -257,10 +340,12 @@ fn ensure_tracefs() -> Result<bool, EbpfError> {
 pub fn load_and_attach(
     ring_buffer_bytes: u32,
     mode: AttachMode,
+    build: ProbeBuild,
     setuid_events: bool,
-) -> Result<(Ebpf, AttachKind, Option<TaskIter>), EbpfError> {
+) -> Result<(Ebpf, Attached, Option<TaskIter>), EbpfError> {
     let btf = Btf::from_sys_fs().map_err(|e| EbpfError::Btf(chain(&e)))?;
-    let (ebpf, kind) = attach_probes(&btf, ring_buffer_bytes, mode, setuid_events)?;
+    let build = build.resolve();
+    let (ebpf, kind) = attach_probes(&btf, ring_buffer_bytes, mode, build, setuid_events)?;
     let iter = match TaskIter::load(&btf) {
         Ok(i) => Some(i),
         Err(e) => {
@@ -268,19 +353,20 @@ pub fn load_and_attach(
             None
         }
     };
-    Ok((ebpf, kind, iter))
+    Ok((ebpf, Attached { kind, build }, iter))
 }
 
 fn attach_probes(
     btf: &Btf,
     ring_buffer_bytes: u32,
     mode: AttachMode,
+    build: ProbeBuild,
     setuid_events: bool,
 ) -> Result<(Ebpf, AttachKind), EbpfError> {
     let btf_error = if mode == AttachMode::Tracepoint {
         None
     } else {
-        let mut ebpf = load(btf, ring_buffer_bytes)?;
+        let mut ebpf = load(btf, ring_buffer_bytes, build)?;
         match attach_btf(&mut ebpf, btf) {
             Ok(()) => {
                 let setuid_error = if setuid_events {
@@ -301,7 +387,7 @@ fn attach_probes(
         }
         // `ebpf` dropped here: whatever did attach is detached.
     };
-    let mut ebpf = load(btf, ring_buffer_bytes)?;
+    let mut ebpf = load(btf, ring_buffer_bytes, build)?;
     match attach_classic(&mut ebpf) {
         Ok(()) => Ok((ebpf, AttachKind::Classic { btf_error })),
         Err(e) => match btf_error {

@@ -11,14 +11,16 @@
 //! reader that has caught up), so under a fork storm the thread wakes ~150
 //! times a second instead of once per event, at a few hundred events a
 //! second batches add at most 1 ms, and an idle host costs nothing. When the channel is full the thread blocks, the ring fills, and
-//! the kernel counts what it cannot write: on the kernel side, loss happens
-//! in one place and is always counted (`kernel_lost`).
+//! the kernel counts what it cannot write. `kernel_lost` is that count plus
+//! the probe runs the kernel skipped (`misses`): every kernel-side loss is
+//! counted.
 
 mod attach;
 pub mod iter;
+mod misses;
 pub mod record;
 
-pub use attach::{AttachKind, AttachMode, EbpfError};
+pub use attach::{AttachKind, AttachMode, Attached, EbpfError, ProbeBuild};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +44,8 @@ fn batch_window(drained: usize) -> Duration {
 }
 /// Most events in one batch sent to the sensor.
 const MAX_DRAIN: usize = 4096;
+/// How often the probes' skipped runs are read (a file read per program).
+const MISSES_EVERY: Duration = Duration::from_secs(1);
 
 /// An error and its causes on one line.
 pub(crate) fn chain(e: &dyn std::error::Error) -> String {
@@ -60,7 +64,7 @@ pub struct EbpfSource {
     ebpf: Ebpf,
     ring: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
-    kind: AttachKind,
+    attached: Attached,
     task_iter: Option<iter::TaskIter>,
 }
 
@@ -79,10 +83,11 @@ impl std::fmt::Debug for EbpfSource {
 pub fn attach(
     ring_buffer_bytes: u32,
     mode: AttachMode,
+    build: ProbeBuild,
     setuid_events: bool,
 ) -> Result<EbpfSource, EbpfError> {
-    let (mut ebpf, kind, task_iter) =
-        attach::load_and_attach(ring_buffer_bytes, mode, setuid_events)?;
+    let (mut ebpf, attached, task_iter) =
+        attach::load_and_attach(ring_buffer_bytes, mode, build, setuid_events)?;
     let ring = ebpf
         .take_map("EVENTS")
         .ok_or_else(|| EbpfError::Map("EVENTS", "missing".into()))
@@ -95,7 +100,7 @@ pub fn attach(
         ebpf,
         ring,
         lost,
-        kind,
+        attached,
         task_iter,
     })
 }
@@ -103,7 +108,12 @@ pub fn attach(
 impl EbpfSource {
     /// Which kind of tracepoint the probes are attached to.
     pub fn kind(&self) -> &AttachKind {
-        &self.kind
+        &self.attached.kind
+    }
+
+    /// The attach method and probe build, as health names them.
+    pub fn variant(&self) -> String {
+        self.attached.variant()
     }
 
     /// The task iterator loaded with the probes, if it could be.
@@ -125,6 +135,7 @@ pub fn start(
     let mut source = attach(
         config.ring_buffer_bytes,
         config.ebpf_attach,
+        config.ebpf_probes,
         config.setuid_events,
     )
     .map_err(|e| e.to_string())?;
@@ -135,6 +146,7 @@ pub fn start(
     #[cfg(target_env = "gnu")]
     crate::sys::trim::release_free_heap();
     let degraded_reason = source.kind().degraded_reason();
+    let probes = Some(source.variant());
     let reader = source
         .spawn_reader(tx, metrics)
         .map_err(|e| format!("starting the eBPF reader thread: {e}"))?;
@@ -143,6 +155,7 @@ pub fn start(
         degraded_reason,
         stream: Box::new(reader),
         snapshot_reader,
+        probes,
     })
 }
 
@@ -176,9 +189,13 @@ impl EbpfSource {
             tv_nsec: POLL_INTERVAL.as_nanos() as i64,
         };
         let mut ebpf = Some(ebpf);
+        let mut losses = Losses::default();
         loop {
             let stopping = stop.load(Ordering::SeqCst);
             if stopping {
+                if let Some(ebpf) = &ebpf {
+                    losses.read_misses(ebpf);
+                }
                 drop(ebpf.take()); // detach: nothing new arrives after this
             } else {
                 let mut fds = [rustix::event::PollFd::new(
@@ -192,7 +209,12 @@ impl EbpfSource {
             let Some(drained) = drain(&mut ring, tx, metrics) else {
                 return;
             };
-            update_lost(&lost, metrics);
+            if let Some(ebpf) = &ebpf
+                && losses.misses_read.elapsed() >= MISSES_EVERY
+            {
+                losses.read_misses(ebpf);
+            }
+            losses.update(&lost, metrics);
             for id in pending {
                 if tx.blocking_send(SourceMsg::Barrier(id)).is_err() {
                     return;
@@ -256,16 +278,55 @@ fn send(
     tx.blocking_send(SourceMsg::Events(batch)).ok()
 }
 
-fn update_lost(lost: &PerCpuArray<MapData, u64>, metrics: &Metrics) {
-    if let Ok(values) = lost.get(&0, 0) {
-        let total: u64 = values.iter().sum();
-        let before = metrics.kernel_lost.swap(total, Ordering::Relaxed);
-        if total > before {
-            tracing::warn!(
-                lost = total - before,
-                total,
-                "kernel ring buffer full: records lost (reconciliation will catch long-lived processes)"
-            );
+/// The two kernel-side losses `kernel_lost` adds up.
+struct Losses {
+    /// Records the ring could not hold (the probes' LOST counter).
+    ring: u64,
+    /// Probe runs the kernel skipped (`misses`), as last read.
+    misses: u64,
+    misses_read: std::time::Instant,
+}
+
+impl Default for Losses {
+    fn default() -> Self {
+        Self {
+            ring: 0,
+            misses: 0,
+            misses_read: std::time::Instant::now(),
         }
+    }
+}
+
+impl Losses {
+    fn read_misses(&mut self, ebpf: &Ebpf) {
+        self.misses_read = std::time::Instant::now();
+        let Some(total) = misses::total(ebpf) else {
+            return;
+        };
+        if total > self.misses {
+            tracing::warn!(
+                missed = total - self.misses,
+                total,
+                "the kernel skipped probe runs (a probe preempted and re-entered on one CPU): events lost"
+            );
+            self.misses = total;
+        }
+    }
+
+    fn update(&mut self, lost: &PerCpuArray<MapData, u64>, metrics: &Metrics) {
+        if let Ok(values) = lost.get(&0, 0) {
+            let ring: u64 = values.iter().sum();
+            if ring > self.ring {
+                tracing::warn!(
+                    lost = ring - self.ring,
+                    total = ring,
+                    "kernel ring buffer full: records lost (reconciliation will catch long-lived processes)"
+                );
+                self.ring = ring;
+            }
+        }
+        metrics
+            .kernel_lost
+            .fetch_max(self.ring + self.misses, Ordering::Relaxed);
     }
 }

@@ -102,6 +102,7 @@ pub fn start(tx: mpsc::Sender<SourceMsg>, metrics: Arc<Metrics>) -> Result<Start
             degraded_reason: None,
             stream: Box::new(thread),
             snapshot_reader: None,
+            probes: None,
         }),
         Ok(Err(e)) => {
             thread.join();

@@ -421,6 +421,7 @@ pub fn start(
             correlator,
         }),
         snapshot_reader: Some(SnapshotReader::with_rundown(rundown)),
+        probes: None,
     })
 }
 

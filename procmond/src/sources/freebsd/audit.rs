@@ -334,6 +334,7 @@ pub fn start(
         degraded_reason,
         stream: Box::new(thread),
         snapshot_reader: None,
+        probes: None,
     })
 }
 
