@@ -15,6 +15,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod matrix;
 mod overhead;
 mod windows;
 
@@ -23,10 +24,17 @@ const NEEDED_PACKAGES: &str = "clang llvm libbpf-dev";
 /// Debian packages the tests run: `nats-server` for the NATS sink's
 /// end-to-end tests and benchmark (tests/nats.rs, benches/sinks.rs).
 const TEST_PACKAGES: &str = "nats-server";
-/// Each probe source and the object it builds to.
-const OBJECTS: [(&str, &str); 2] = [
-    ("src/procmond.bpf.c", "procmond.bpf.o"),
-    ("src/procmond_iter.bpf.c", "procmond_iter.bpf.o"),
+/// Each probe source, the object it builds to, and the defines it is built
+/// with: the event probes twice, with bpf_loop (5.17+) and with a bounded
+/// loop in its place for older kernels (sources/ebpf/attach.rs picks one).
+const OBJECTS: [(&str, &str, &[&str]); 3] = [
+    ("src/procmond.bpf.c", "procmond.bpf.o", &[]),
+    (
+        "src/procmond.bpf.c",
+        "procmond_compat.bpf.o",
+        &["-DPROCMOND_BOUNDED_LOOP"],
+    ),
+    ("src/procmond_iter.bpf.c", "procmond_iter.bpf.o", &[]),
 ];
 
 #[derive(Parser)]
@@ -61,6 +69,27 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         secs: u64,
     },
+    /// The probes on Debian's 5.10, 6.1, 6.12 and 7.x cloud kernels, each
+    /// booted in QEMU (software emulation), and on the host's kernel:
+    /// `watch --source ebpf` under a known workload, every event checked.
+    KernelMatrix {
+        /// `/bin/true` spawns per spawner (two spawners).
+        #[arg(long, default_value_t = 150)]
+        spawns: usize,
+        /// `ebpf_probes` for every run (`bpf_loop` forces the 5.17+ build
+        /// everywhere: the 5.10 row must then fail).
+        #[arg(long, default_value = "auto")]
+        probes: String,
+        /// Only these kernels (labels: 5.10, 6.1, 6.12, 7.x).
+        #[arg(long, value_delimiter = ',')]
+        kernels: Vec<String>,
+        /// Skip the run on the host's kernel.
+        #[arg(long)]
+        no_host: bool,
+        /// Longest one VM may run, in seconds.
+        #[arg(long, default_value_t = 600)]
+        limit_secs: u64,
+    },
     /// CPU, slowdown and RSS of procmond under a fork storm, against
     /// execsnoop in the same run (as root; builds the release binary).
     BenchOverhead {
@@ -93,6 +122,19 @@ fn main() -> Result<()> {
         Task::Test => test(),
         Task::CheckTargets => check_targets(),
         Task::TestWindows => windows::test_alone(),
+        Task::KernelMatrix {
+            spawns,
+            probes,
+            kernels,
+            no_host,
+            limit_secs,
+        } => kernel_matrix(&matrix::Options {
+            spawns,
+            probes,
+            kernels,
+            host: !no_host,
+            limit: std::time::Duration::from_secs(limit_secs),
+        }),
         Task::Fuzz { secs } => {
             println!("xtask: each fuzz target runs {secs} s (release build)");
             run(
@@ -155,6 +197,16 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn kernel_matrix(opts: &matrix::Options) -> Result<()> {
+    let root = ebpf_dir()?
+        .parent()
+        .context("no workspace root")?
+        .to_path_buf();
+    matrix::ensure_packages()?;
+    let procmond = matrix::build_procmond(&root)?;
+    matrix::run(&root, &procmond, opts)
 }
 
 fn ebpf_dir() -> Result<PathBuf> {
@@ -319,13 +371,13 @@ fn test() -> Result<()> {
 }
 
 fn build_ebpf(check: bool) -> Result<()> {
-    for (source, object) in OBJECTS {
-        build_object(source, object, check)?;
+    for (source, object, defines) in OBJECTS {
+        build_object(source, object, defines, check)?;
     }
     Ok(())
 }
 
-fn build_object(source: &str, object: &str, check: bool) -> Result<()> {
+fn build_object(source: &str, object: &str, defines: &[&str], check: bool) -> Result<()> {
     let dir = ebpf_dir()?;
     let clang = find_tool("CLANG", &["clang", "clang-14", "clang-16", "clang-22"])?;
     let strip = find_tool(
@@ -354,6 +406,7 @@ fn build_object(source: &str, object: &str, check: bool) -> Result<()> {
             "-D__TARGET_ARCH_x86",
             "-Wall",
         ])
+        .args(defines)
         .arg(format!("-fdebug-prefix-map={}=.", dir.display()))
         .args(["-Iinclude", "-c", source, "-o"])
         .arg(&fresh))?;
