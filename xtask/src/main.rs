@@ -57,7 +57,8 @@ enum Task {
     CheckTargets,
     /// The whole test suite, as CI runs it: installs the Debian packages the
     /// probe check needs (when root), checks the probe object, formatting and
-    /// lints, then runs every test (the end-to-end ones need root).
+    /// lints, then runs every test (the end-to-end ones need root), then the
+    /// kernel matrix (`kernel-matrix`).
     Test,
     /// The Windows part of `test` alone: clippy for x86_64-pc-windows-msvc,
     /// then the windows-gnu build, unit tests and end-to-end test under
@@ -367,7 +368,15 @@ fn test() -> Result<()> {
     ])?;
     check_targets()?;
     windows::test(&root)?;
-    cargo(&["test", "--workspace", "--all-targets"])
+    cargo(&["test", "--workspace", "--all-targets"])?;
+    // The probes on four more kernels in QEMU, and on this one again.
+    kernel_matrix(&matrix::Options {
+        spawns: 150,
+        probes: "auto".into(),
+        kernels: Vec::new(),
+        host: true,
+        limit: std::time::Duration::from_secs(600),
+    })
 }
 
 fn build_ebpf(check: bool) -> Result<()> {

@@ -97,7 +97,9 @@ const LOSS_COUNTERS: [&str; 6] = [
 pub fn check(files: &RunFiles, expect: Expect, spawns: usize) -> Outcome {
     let mut out = Outcome::default();
     let mut c = Checker::new(&files.events, &mut out);
-    c.startup(&files.log, expect);
+    if !c.startup(&files.log, expect) {
+        return out; // nothing else to judge: the reason is the problem
+    }
     c.spawns(spawns, expect);
     c.exit_codes();
     if expect == Expect::Btf {
@@ -167,12 +169,17 @@ impl<'a> Checker<'a> {
         self.out.problems.push(p);
     }
 
-    /// The start-up line: the eBPF source, on the expected attach method.
-    fn startup(&mut self, log: &str, expect: Expect) {
+    /// The start-up line: the eBPF source, on the expected attach method;
+    /// false when procmond never started.
+    fn startup(&mut self, log: &str, expect: Expect) -> bool {
         let Some(line) = log.lines().find(|l| l.contains("monitoring started")) else {
-            let last = log.lines().last().unwrap_or("(empty log)");
-            self.problem(format!("procmond never started monitoring: {last}"));
-            return;
+            let why = log
+                .lines()
+                .find(|l| l.starts_with("Error") || l.contains(" ERROR "))
+                .or_else(|| log.lines().last())
+                .unwrap_or("(empty log)");
+            self.problem(format!("procmond never started monitoring: {why}"));
+            return false;
         };
         if log_field(line, "source") != Some("ebpf") {
             self.problem(format!("not the eBPF source: {line}"));
@@ -191,6 +198,7 @@ impl<'a> Checker<'a> {
                 self.out.probes
             ));
         }
+        true
     }
 
     /// The only event of `kind` that `pred` matches, counted in its tally.

@@ -232,8 +232,12 @@ fn polling_or_the_wrong_attach_fails() {
         "{p:?}"
     );
     let mut files = Run::complete(3).files();
-    files.log = "ERROR procmond: eBPF source required but it cannot start\n".into();
-    assert!(problems(&files)[0].starts_with("procmond never started monitoring"));
+    files.log = "INFO x\nError: eBPF source required but it cannot start: E2BIG\n: more\n".into();
+    let p = problems(&files);
+    assert_eq!(
+        p,
+        vec!["procmond never started monitoring: Error: eBPF source required but it cannot start: E2BIG".to_string()]
+    );
 }
 
 #[test]
