@@ -30,8 +30,9 @@ pub fn is_root() -> bool {
 }
 
 /// Whether the eBPF source can start here, per `procmond capabilities`; the
-/// reason when it cannot. Tests that need eBPF print the reason loudly and
-/// exercise the fallback instead: they never pass silently.
+/// reason when it cannot. Kernel tests then say SKIPPED loudly and stop;
+/// with `PROCMOND_REQUIRE_EBPF` set (`.ci/run` sets it: CI has eBPF) this
+/// fails instead, so a kernel test never passes without the kernel.
 pub fn ebpf_unavailable() -> Option<String> {
     let out = procmond()
         .arg("capabilities")
@@ -58,8 +59,12 @@ pub fn ebpf_unavailable() -> Option<String> {
         eprintln!(
             "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
         );
+        assert!(
+            std::env::var_os("PROCMOND_REQUIRE_EBPF").is_none(),
+            "PROCMOND_REQUIRE_EBPF is set but eBPF cannot start here: {reason}"
+        );
         eprintln!("!!! eBPF UNAVAILABLE: {reason}");
-        eprintln!("!!! this test exercises the polling fallback instead of the kernel source");
+        eprintln!("!!! this test is SKIPPED (or checks only what polling can show)");
         eprintln!(
             "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
         );
