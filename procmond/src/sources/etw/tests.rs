@@ -365,7 +365,7 @@ fn the_probe_starts_or_says_why_not() {
     let elevated = crate::sys::windows::token_elevated().expect("token");
     assert_eq!(super::unavailable_reason().is_none(), elevated);
     match crate::sources::stream::probe(&config) {
-        Ok(()) => assert!(elevated, "started without elevation?"),
+        Ok(_) => assert!(elevated, "started without elevation?"),
         Err(why) => assert!(
             why.contains("not elevated") || why.contains("did not start"),
             "{why}"
