@@ -26,6 +26,8 @@ if [ "${KM_HOST:-0}" != 1 ]; then
 	mount -t tmpfs tmp /tmp
 	mkdir -p /sys/fs/cgroup /var/lib /run
 	mount -t cgroup2 cgroup2 /sys/fs/cgroup
+	# As an init system would: the active LSM list lives here.
+	mount -t securityfs securityfs /sys/kernel/security
 	KM_OUT=${KM_OUT:-/dev/ttyS1}
 fi
 : "${KM_OUT:?KM_OUT names where the sections go}"
@@ -47,7 +49,8 @@ list_procs() {
 }
 
 # The workload: two spawners of /bin/true in parallel, a non-zero exit, a
-# kill by signal, a fork without exec, and an orphan reparented to init.
+# kill by signal, a fork without exec, an orphan reparented to init, and a
+# drop from root to nobody (setpriv: setresgid, setresuid, then exec).
 # Each process carries a km-* marker in its argv for the checker.
 workload() {
 	spawners=
@@ -60,6 +63,7 @@ workload() {
 	/bin/sh -c 'kill -9 $$' km-kill
 	/bin/sh -c '(exit 5); exit 0' km-fork
 	/bin/sh -c '(/bin/sleep 1; exit 6) & exit 0' km-orphan
+	/bin/setpriv --reuid=65534 --regid=65534 --clear-groups /bin/true km-setuid
 	# Not a bare `wait`: procmond is a child of this shell too.
 	wait $spawners
 	# The orphan's subshell ends a second after its parent.

@@ -45,6 +45,8 @@ pub struct Outcome {
     pub execs: Tally,
     pub exits: Tally,
     pub forks: Tally,
+    /// The drop to nobody, seen as setuid events (BTF runs).
+    pub setuid: Tally,
     /// Processes in the inventory, and those missing from it or extra.
     pub inventory: usize,
     pub inventory_missing: usize,
@@ -105,6 +107,7 @@ pub fn check(files: &RunFiles, expect: Expect, spawns: usize) -> Outcome {
     if expect == Expect::Btf {
         c.fork_without_exec();
         c.orphan();
+        c.setuid();
     }
     c.no_duplicates();
     c.inventory(&files.procs_before, &files.procs_after);
@@ -343,6 +346,39 @@ impl<'a> Checker<'a> {
             self.problem(format!(
                 "km-orphan: not reparented (ppid {first:?} at fork, {last:?} at exit)"
             ));
+        }
+    }
+
+    /// `setpriv --reuid=65534 ... /bin/true km-setuid`: setuid events for
+    /// that process before its exec of /bin/true, from root to nobody.
+    fn setuid(&mut self) {
+        let Some(exec) = self.one("km-setuid setpriv", "exec", |v| {
+            argv(v).first().is_some_and(|a| a.ends_with("setpriv"))
+                && argv(v).last() == Some(&"km-setuid")
+        }) else {
+            return;
+        };
+        let (entity, exec_id) = (s(&exec, "entity_id"), s(&exec, "exec_id"));
+        let changes: Vec<&Value> = self
+            .events
+            .iter()
+            .filter(|v| s(v, "kind") == "setuid" && s(v, "entity_id") == entity)
+            .collect();
+        self.out.setuid.expected += 1;
+        let (Some(first), Some(last)) = (changes.first(), changes.last()) else {
+            self.out
+                .missing
+                .push("km-setuid: 0 setuid events, want 1 or more".into());
+            return;
+        };
+        let before = first.pointer("/previous_creds/uid").and_then(Value::as_u64);
+        let after = (last.get("uid").and_then(Value::as_u64), s(last, "exec_id"));
+        if before != Some(0) || after != (Some(65534), exec_id) {
+            self.problem(format!(
+                "km-setuid: previous uid {before:?}, then {after:?}; want 0, then 65534 in setpriv's image"
+            ));
+        } else {
+            self.out.setuid.seen += 1;
         }
     }
 

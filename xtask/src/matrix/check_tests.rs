@@ -109,9 +109,30 @@ impl Run {
         r.process("e-1", 1, &sh("km-kill"), "/bin/dash", killed);
         let fork = r.process("e-1", 1, &sh("km-fork"), "/bin/dash", ok.clone());
         r.forked(&fork, 5, 50);
-        let orphan = r.process("e-1", 1, &sh("km-orphan"), "/bin/dash", ok);
+        let orphan = r.process("e-1", 1, &sh("km-orphan"), "/bin/dash", ok.clone());
         r.forked(&orphan, 6, 1);
+        r.drop_to_nobody(ok);
         r
+    }
+
+    /// setpriv's exec, its two credential changes, then its exec of /bin/true.
+    fn drop_to_nobody(&mut self, end: Value) {
+        let argv = ["/bin/setpriv", "--reuid=65534", "/bin/true", "km-setuid"];
+        let entity = self.process("e-1", 1, &argv, "/bin/setpriv", end);
+        let exit = self.events.pop().expect("exit");
+        let exec_id = self
+            .events
+            .last()
+            .map(|e| e["exec_id"].clone())
+            .expect("exec");
+        let exec_id = exec_id.as_str().unwrap_or_default().to_string();
+        let gid = json!({ "uid": 0, "previous_creds": { "uid": 0, "gid": 0 } });
+        self.push("setuid", &entity, &exec_id, gid);
+        let uid = json!({ "uid": 65534, "previous_creds": { "uid": 0, "gid": 65534 } });
+        self.push("setuid", &entity, &exec_id, uid);
+        let image = json!({ "argv": ["/bin/true", "km-setuid"], "exe": "/bin/true" });
+        self.push("exec", &entity, "x-true", image);
+        self.events.push(exit);
     }
 
     fn files(&self) -> RunFiles {
@@ -142,14 +163,13 @@ fn problems(files: &RunFiles) -> Vec<String> {
 fn a_complete_run_passes_with_its_counts() {
     let out = check(&Run::complete(3).files(), Expect::Btf, 3);
     assert_eq!(out.problems, Vec::<String>::new());
-    // 6 spawns + 2 spawners + exit7, kill, fork, orphan.
-    assert_eq!(
-        out.execs,
-        Tally {
-            expected: 12,
-            seen: 12
-        }
-    );
+    // 6 spawns + 2 spawners + exit7, kill, fork, orphan, setpriv.
+    let all = |n| Tally {
+        expected: n,
+        seen: n,
+    };
+    assert_eq!(out.execs, all(13));
+    assert_eq!(out.setuid, all(1));
     // 6 spawns, exit7, kill and the two forked children.
     assert_eq!(
         out.exits,
@@ -350,5 +370,28 @@ fn the_inventory_must_match_proc() {
     assert!(
         out.problems
             .contains(&"inventory: pid 4242 in the inventory, not in /proc".to_string())
+    );
+}
+
+#[test]
+fn a_missing_or_wrong_drop_to_nobody_fails() {
+    let mut run = Run::complete(3);
+    run.events.retain(|v| v["kind"] != "setuid");
+    let p = problems(&run.files());
+    assert!(
+        p.contains(&"km-setuid: 0 setuid events, want 1 or more".to_string()),
+        "{p:?}"
+    );
+    let mut run = Run::complete(3);
+    for v in &mut run.events {
+        if v["kind"] == "setuid" {
+            v["uid"] = json!(0);
+        }
+    }
+    let p = problems(&run.files());
+    assert!(
+        p.iter()
+            .any(|p| p.starts_with("km-setuid: previous uid Some(0), then (Some(0)")),
+        "{p:?}"
     );
 }

@@ -4,8 +4,9 @@
 //!
 //! The initramfs is a plain `newc` cpio written here (no cpio tool): the
 //! script as /init, dash as /bin/sh, coreutils' `true` and `sleep` (real
-//! execs, where busybox would run applets in-process), busybox for the
-//! rest, procmond, and every shared library they load (from `ldd`).
+//! execs, where busybox would run applets in-process), util-linux's
+//! `setpriv`, busybox for the rest, procmond, and every shared library
+//! they load (from `ldd`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -155,6 +156,7 @@ pub fn build_initramfs(procmond: &Path, out: &Path) -> Result<()> {
         ("/bin/sh", which("dash")?),
         ("/bin/true", which("true")?),
         ("/bin/sleep", which("sleep")?),
+        ("/bin/setpriv", which("setpriv")?),
         ("/sbin/busybox", which("busybox")?),
     ];
     let mut libs = BTreeMap::new();

@@ -157,15 +157,15 @@ fn judge(kernel: &str, boot: &guest::Boot, spawns: usize) -> Vec<Row> {
 
 fn table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| kernel | run | probes | snapshots | execs | exits | forks | inventory (missing, extra) | lost | run s | boot + test s | result |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| kernel | run | probes | snapshots | execs | exits | forks | setuid | inventory (missing, extra) | lost | run s | boot + test s | result |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let o = &r.outcome;
         let tally = |t: check::Tally| format!("{}/{}", t.seen, t.expected);
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} | {} ({}, {}) | {} | {:.1} | {:.0} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} ({}, {}) | {} | {:.1} | {:.0} | {} |",
             r.kernel,
             r.run,
             o.probes,
@@ -173,6 +173,7 @@ fn table(rows: &[Row]) -> String {
             tally(o.execs),
             tally(o.exits),
             tally(o.forks),
+            tally(o.setuid),
             o.inventory,
             o.inventory_missing,
             o.inventory_extra,

@@ -224,14 +224,16 @@ fn attach_btf(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), EbpfError> {
 /// Attaches the credential probes, as BPF LSM programs or else as fexit
 /// programs; when neither attaches, both failures come back as text.
 fn attach_cred(ebpf: &mut Ebpf, btf: &Btf) -> Option<String> {
-    let lsm = attach_all(CRED_LSM_PROGRAMS, |program, hook| {
-        let prog: &mut Lsm = ebpf
-            .program_mut(program)
-            .ok_or_else(|| "not in the probe object".to_string())?
-            .try_into()
-            .map_err(|e: ProgramError| chain(&e))?;
-        prog.load(hook, btf).map_err(|e| chain(&e))?;
-        prog.attach().map(|_| ()).map_err(|e| chain(&e))
+    let lsm = bpf_lsm_active().and_then(|()| {
+        attach_all(CRED_LSM_PROGRAMS, |program, hook| {
+            let prog: &mut Lsm = ebpf
+                .program_mut(program)
+                .ok_or_else(|| "not in the probe object".to_string())?
+                .try_into()
+                .map_err(|e: ProgramError| chain(&e))?;
+            prog.load(hook, btf).map_err(|e| chain(&e))?;
+            prog.attach().map(|_| ()).map_err(|e| chain(&e))
+        })
     });
     let Err(lsm) = lsm else { return None };
     let fexit = attach_all(CRED_FEXIT_PROGRAMS, |program, function| {
@@ -264,6 +266,25 @@ fn attach_cred(ebpf: &mut Ebpf, btf: &Btf) -> Option<String> {
             Some(format!("BPF LSM: {lsm}; fexit: {fexit}; {sys_exit}"))
         }
     }
+}
+
+/// Where the active LSMs are listed (securityfs).
+const ACTIVE_LSMS: &str = "/sys/kernel/security/lsm";
+
+/// Whether BPF LSM programs will run here. A kernel built with the BPF LSM
+/// but booted without `bpf` in its LSM list (Debian 11's 5.10 by default)
+/// loads and attaches them, and never calls them: setuid events would be
+/// missing without a word. So they are used only where the list says `bpf`.
+fn bpf_lsm_active() -> Result<(), String> {
+    let list = std::fs::read_to_string(ACTIVE_LSMS)
+        .map_err(|e| format!("cannot read the active LSMs ({ACTIVE_LSMS}: {e})"))?;
+    lsm_list_has_bpf(&list)
+        .then_some(())
+        .ok_or_else(|| format!("the BPF LSM is not active ({ACTIVE_LSMS}: {})", list.trim()))
+}
+
+fn lsm_list_has_bpf(list: &str) -> bool {
+    list.trim().split(',').any(|l| l == "bpf")
 }
 
 /// The last resort for credential changes: a BTF tracepoint on every
@@ -397,5 +418,17 @@ fn attach_probes(
             }),
             None => Err(e),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bpf_lsm_counts_only_when_listed() {
+        assert!(lsm_list_has_bpf("lockdown,capability,yama,bpf\n"));
+        assert!(!lsm_list_has_bpf("lockdown,capability,yama,apparmor"));
+        assert!(!lsm_list_has_bpf("lockdown,bpffs"));
     }
 }
