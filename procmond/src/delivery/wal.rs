@@ -59,6 +59,9 @@ const MARKS_KEY: &[u8] = b"m:marks";
 const CACHE_BYTES: u64 = 2 * 1024 * 1024;
 /// How long a failed WAL may take to close before a reopen gives up.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a reopen waits for sled's I/O threads to let go of the old
+/// handle's file lock.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// Acknowledged batches wait at most this long for an append to carry
 /// their removal before `settle` writes it alone.
 pub const SETTLE_AFTER: Duration = Duration::from_secs(1);
@@ -160,6 +163,25 @@ fn open_db(dir: &Path) -> Result<sled::Db, WalError> {
     Ok(db)
 }
 
+/// Opens the tree again just after its old handle was dropped. sled's I/O
+/// threads can hold the old handle's file lock a moment longer (its own
+/// test suite blocks on that lock for the same reason), and sled reports
+/// the conflict only as text: wait for the lock up to `LOCK_WAIT`.
+fn open_db_after_close(dir: &Path) -> Result<sled::Db, WalError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match open_db(dir) {
+            Err(WalError::Sled(sled::Error::Io(e)))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Wal {
     /// Opens (or creates) the WAL in `dir` (refused if it is a symlink or
     /// another user could swap it; made 0700, files 0600), and
@@ -208,7 +230,7 @@ impl Wal {
                 return Err(WalError::Stuck);
             }
         }
-        let db = open_db(&self.dir)?;
+        let db = open_db_after_close(&self.dir)?;
         let found = Found::Read(self.current_marks());
         self.load(db, &found, Some(self.epoch()))
     }
