@@ -70,6 +70,14 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Loads and attaches the eBPF probes, hands their descriptors to the
+    /// collector on stdin and exits (started by the collector).
+    #[command(hide = true)]
+    ProbeLoader {
+        /// What to load, as JSON.
+        #[arg(long)]
+        request: String,
+    },
     /// Collector service mode (spawned by the agent; needs DAEMONEYE_BROKER_SOCKET).
     Run {
         /// procmond.yaml
@@ -153,6 +161,7 @@ enum ConfigCommand {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     procmond::telemetry::init();
+    commands::probe_loader::register();
     let result = match cli.command {
         Command::Watch {
             source,
@@ -175,6 +184,7 @@ fn main() -> std::process::ExitCode {
             log_file,
         } => commands::agent::run(&config, service, log_file),
         Command::AgentHelper { config } => commands::agent::helper(&config),
+        Command::ProbeLoader { request } => commands::probe_loader::run(&request),
         Command::Run { config } => commands::run::run(config.as_deref()),
         Command::Config {
             command: ConfigCommand::Validate { file },

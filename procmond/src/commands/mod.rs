@@ -4,6 +4,7 @@ pub mod agent;
 pub mod capabilities;
 pub mod config;
 pub mod ctl;
+pub mod probe_loader;
 pub mod run;
 #[cfg(windows)]
 pub mod service;

@@ -4,6 +4,8 @@
 //! trust (`safe_path`, no unsafe code).
 
 pub mod acl;
+#[cfg(target_os = "linux")]
+pub mod bpf_iter;
 #[cfg(unix)]
 pub mod safe_path;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

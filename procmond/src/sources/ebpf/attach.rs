@@ -124,7 +124,7 @@ pub enum AttachMode {
 }
 
 /// How the probes ended up attached, and which build of them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Attached {
     pub kind: AttachKind,
     pub build: ProbeBuild,
@@ -143,7 +143,7 @@ impl Attached {
 }
 
 /// Which tracepoints the probes are attached to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AttachKind {
     /// BTF tracepoints; `setuid_error` says why credential changes are not
     /// seen, when they are not.
@@ -189,6 +189,9 @@ pub enum EbpfError {
     Tracefs(String),
     #[error("BTF tracepoints failed ({btf}); classic tracepoints failed too ({classic})")]
     Both { btf: String, classic: String },
+    /// The probe loader process ran the load and it failed (its text).
+    #[error("{0}")]
+    Loader(String),
 }
 
 fn load(btf: &Btf, ring_buffer_bytes: u32, build: ProbeBuild) -> Result<Ebpf, EbpfError> {

@@ -12,6 +12,7 @@
 //! procfs, so the inventory is never short of it.
 
 use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
 
 use aya::programs::Iter;
 use aya::{Btf, Ebpf, EbpfLoader};
@@ -27,7 +28,15 @@ const PROGRAM: &str = "snapshot_task";
 
 /// A loaded task iterator; each `snapshot` runs it once.
 pub struct TaskIter {
-    ebpf: Ebpf,
+    inner: Inner,
+}
+
+enum Inner {
+    /// Loaded here: each pass attaches a new link and reads it.
+    Loaded(Ebpf),
+    /// Handed over by the probe loader (`handover`): one link, a new
+    /// iterator opened from it for each pass.
+    Link(OwnedFd),
 }
 
 impl std::fmt::Debug for TaskIter {
@@ -54,7 +63,26 @@ impl TaskIter {
             .try_into()
             .map_err(|e: aya::programs::ProgramError| fail(chain(&e)))?;
         prog.load("task", btf).map_err(|e| fail(chain(&e)))?;
-        Ok(Self { ebpf })
+        Ok(Self {
+            inner: Inner::Loaded(ebpf),
+        })
+    }
+
+    /// The iterator behind a link handed over by the probe loader.
+    pub fn from_link(link: OwnedFd) -> Self {
+        Self {
+            inner: Inner::Link(link),
+        }
+    }
+
+    /// Attaches one link that stays with the program (the probe loader
+    /// hands its descriptor over).
+    pub(super) fn attach_link(&mut self) -> Result<(), String> {
+        let Inner::Loaded(ebpf) = &mut self.inner else {
+            return Ok(());
+        };
+        iter_program(ebpf)?.attach().map_err(|e| chain(&e))?;
+        Ok(())
     }
 
     /// Loads the iterator on its own (parsing the kernel's BTF), for
@@ -85,21 +113,31 @@ impl TaskIter {
         })
     }
 
-    /// One pass: a new iterator link, its file read to the end.
+    /// One pass: a new iterator, its file read to the end.
     fn run(&mut self) -> Result<Vec<u8>, String> {
-        let prog: &mut Iter = self
-            .ebpf
-            .program_mut(PROGRAM)
-            .ok_or("iterator program missing")?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| chain(&e))?;
-        let id = prog.attach().map_err(|e| chain(&e))?;
-        let link = prog.take_link(id).map_err(|e| chain(&e))?;
-        let mut file = link.into_file().map_err(|e| chain(&e))?;
+        let mut file = match &mut self.inner {
+            Inner::Loaded(ebpf) => {
+                let prog = iter_program(ebpf)?;
+                let id = prog.attach().map_err(|e| chain(&e))?;
+                let link = prog.take_link(id).map_err(|e| chain(&e))?;
+                link.into_file().map_err(|e| chain(&e))?
+            }
+            Inner::Link(link) => std::fs::File::from(
+                crate::sys::bpf_iter::create(link.as_fd())
+                    .map_err(|e| format!("bpf_iter_create: {e}"))?,
+            ),
+        };
         let mut bytes = Vec::with_capacity(256 * 1024);
         file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
         Ok(bytes)
     }
+}
+
+fn iter_program(ebpf: &mut Ebpf) -> Result<&mut Iter, String> {
+    ebpf.program_mut(PROGRAM)
+        .ok_or("iterator program missing")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| chain(&e))
 }
 
 /// The records one after another; a malformed one ends the parse (the rest

@@ -10,9 +10,7 @@
 //! Debian's 7.3 kernel: 1 to 3 misses in 600 execs under QEMU
 //! (docs/platforms.md, kernel matrix).
 
-use std::os::fd::{AsFd, AsRawFd};
-
-use aya::Ebpf;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// The `recursion_misses` line of one fdinfo text (absent before 5.12).
 pub fn parse_misses(fdinfo: &str) -> Option<u64> {
@@ -22,13 +20,12 @@ pub fn parse_misses(fdinfo: &str) -> Option<u64> {
     })
 }
 
-/// The misses of every program in `ebpf`, summed; `None` where the kernel
-/// does not report them.
-pub fn total(ebpf: &Ebpf) -> Option<u64> {
+/// The misses of the programs behind `programs`, summed; `None` where the
+/// kernel does not report them.
+pub fn total<'a>(programs: impl Iterator<Item = BorrowedFd<'a>>) -> Option<u64> {
     let mut sum = None;
-    for (_, program) in ebpf.programs() {
-        let Ok(fd) = program.fd() else { continue };
-        let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+    for fd in programs {
+        let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
         let Ok(text) = std::fs::read_to_string(path) else {
             continue;
         };

@@ -16,18 +16,20 @@
 //! counted.
 
 mod attach;
+pub mod handover;
 pub mod iter;
 mod misses;
 pub mod record;
 
 pub use attach::{AttachKind, AttachMode, Attached, EbpfError, ProbeBuild};
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aya::Ebpf;
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
 use tokio::sync::mpsc;
 
 use super::SourceMsg;
@@ -61,17 +63,42 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 
 /// Attached probes plus their maps.
 pub struct EbpfSource {
-    ebpf: Ebpf,
+    probes: Probes,
     ring: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
     attached: Attached,
     task_iter: Option<iter::TaskIter>,
 }
 
+/// What keeps the probes attached: aya's objects when loaded here, the
+/// descriptors the probe loader handed over otherwise. Dropping it
+/// detaches them.
+enum Probes {
+    Loaded(Ebpf),
+    Received {
+        programs: Vec<OwnedFd>,
+        _held: Vec<OwnedFd>,
+    },
+}
+
+impl Probes {
+    /// The probes' skipped runs (`misses`), summed over the programs.
+    fn misses(&self) -> Option<u64> {
+        match self {
+            Self::Loaded(ebpf) => misses::total(
+                ebpf.programs()
+                    .filter_map(|(_, p)| p.fd().ok())
+                    .map(|fd| fd.as_fd()),
+            ),
+            Self::Received { programs, .. } => misses::total(programs.iter().map(AsFd::as_fd)),
+        }
+    }
+}
+
 impl std::fmt::Debug for EbpfSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EbpfSource")
-            .field("ebpf", &self.ebpf)
+            .field("attached", &self.attached)
             .finish_non_exhaustive()
     }
 }
@@ -79,29 +106,83 @@ impl std::fmt::Debug for EbpfSource {
 /// Loads and attaches the probes (see `attach`); `ring_buffer_bytes` sizes
 /// the ring buffer (a power of two, multiple of the page size).
 /// `setuid_events` attaches the credential probes too (`setuid_events`
-/// in procmond.yaml).
+/// in procmond.yaml). The load runs in the probe loader process where the
+/// binary registered one (`handover`), else here.
 pub fn attach(
     ring_buffer_bytes: u32,
     mode: AttachMode,
     build: ProbeBuild,
     setuid_events: bool,
 ) -> Result<EbpfSource, EbpfError> {
+    let request = handover::LoadRequest {
+        ring_buffer_bytes,
+        mode,
+        build,
+        setuid_events,
+    };
+    if let Some(exe) = handover::loader() {
+        match handover::load(exe, request) {
+            Ok(Ok(received)) => return from_received(received),
+            Ok(Err(text)) => return Err(EbpfError::Loader(text)),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "loading the probes in this process instead (its peak memory then includes the kernel's BTF)"
+            ),
+        }
+    }
     let (mut ebpf, attached, task_iter) =
         attach::load_and_attach(ring_buffer_bytes, mode, build, setuid_events)?;
     let ring = ebpf
         .take_map("EVENTS")
         .ok_or_else(|| EbpfError::Map("EVENTS", "missing".into()))
-        .and_then(|m| RingBuf::try_from(m).map_err(|e| EbpfError::Map("EVENTS", chain(&e))))?;
+        .and_then(ring_of)?;
     let lost = ebpf
         .take_map("LOST")
         .ok_or_else(|| EbpfError::Map("LOST", "missing".into()))
-        .and_then(|m| PerCpuArray::try_from(m).map_err(|e| EbpfError::Map("LOST", chain(&e))))?;
+        .and_then(lost_of)?;
     Ok(EbpfSource {
-        ebpf,
+        probes: Probes::Loaded(ebpf),
         ring,
         lost,
         attached,
         task_iter,
+    })
+}
+
+fn ring_of(map: Map) -> Result<RingBuf<MapData>, EbpfError> {
+    RingBuf::try_from(map).map_err(|e| EbpfError::Map("EVENTS", chain(&e)))
+}
+
+fn lost_of(map: Map) -> Result<PerCpuArray<MapData, u64>, EbpfError> {
+    PerCpuArray::try_from(map).map_err(|e| EbpfError::Map("LOST", chain(&e)))
+}
+
+/// A map from a handed-over descriptor.
+fn map_from(fd: OwnedFd, name: &'static str) -> Result<Map, EbpfError> {
+    MapData::from_fd(fd)
+        .and_then(Map::from_map_data)
+        .map_err(|e| EbpfError::Map(name, chain(&e)))
+}
+
+/// The source built from what the probe loader handed over.
+fn from_received(received: handover::Received) -> Result<EbpfSource, EbpfError> {
+    let handover::Received {
+        attached,
+        events,
+        lost,
+        programs,
+        iter_link,
+        held,
+    } = received;
+    Ok(EbpfSource {
+        ring: ring_of(map_from(events, "EVENTS")?)?,
+        lost: lost_of(map_from(lost, "LOST")?)?,
+        probes: Probes::Received {
+            programs,
+            _held: held,
+        },
+        attached,
+        task_iter: iter_link.map(iter::TaskIter::from_link),
     })
 }
 
@@ -179,7 +260,7 @@ impl EbpfSource {
         barriers: &std::sync::mpsc::Receiver<u64>,
     ) {
         let Self {
-            ebpf,
+            probes,
             mut ring,
             lost,
             ..
@@ -188,15 +269,15 @@ impl EbpfSource {
             tv_sec: 0,
             tv_nsec: POLL_INTERVAL.as_nanos() as i64,
         };
-        let mut ebpf = Some(ebpf);
+        let mut probes = Some(probes);
         let mut losses = Losses::default();
         loop {
             let stopping = stop.load(Ordering::SeqCst);
             if stopping {
-                if let Some(ebpf) = &ebpf {
-                    losses.read_misses(ebpf);
+                if let Some(probes) = &probes {
+                    losses.read_misses(probes);
                 }
-                drop(ebpf.take()); // detach: nothing new arrives after this
+                drop(probes.take()); // detach: nothing new arrives after this
             } else {
                 let mut fds = [rustix::event::PollFd::new(
                     &ring,
@@ -209,10 +290,10 @@ impl EbpfSource {
             let Some(drained) = drain(&mut ring, tx, metrics) else {
                 return;
             };
-            if let Some(ebpf) = &ebpf
+            if let Some(probes) = &probes
                 && losses.misses_read.elapsed() >= MISSES_EVERY
             {
-                losses.read_misses(ebpf);
+                losses.read_misses(probes);
             }
             losses.update(&lost, metrics);
             for id in pending {
@@ -298,9 +379,9 @@ impl Default for Losses {
 }
 
 impl Losses {
-    fn read_misses(&mut self, ebpf: &Ebpf) {
+    fn read_misses(&mut self, probes: &Probes) {
         self.misses_read = std::time::Instant::now();
-        let Some(total) = misses::total(ebpf) else {
+        let Some(total) = probes.misses() else {
             return;
         };
         if total > self.misses {
