@@ -1,6 +1,6 @@
 //! End-to-end: `procmond watch` against the real kernel with real processes.
-//! Runs as root in CI; where eBPF cannot start, each kernel test says so
-//! loudly and checks the polling fallback instead.
+//! Runs as root in CI; where eBPF cannot start, each kernel test says
+//! SKIPPED (and fails under PROCMOND_REQUIRE_EBPF, which CI sets).
 //!
 //! Linux only: it drives the Linux build (eBPF, procfs, Unix sockets and
 //! modes); on other targets this test crate is empty but still type-checks.

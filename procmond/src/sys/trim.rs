@@ -1,9 +1,10 @@
 //! Giving freed heap back to the kernel after the eBPF load.
 //!
-//! Loading the probes parses the kernel's BTF for CO-RE: ~25 MiB of small,
-//! short-lived allocations. glibc keeps freed heap pages mapped, so without
-//! this the collector would carry ~16 MiB of dead heap in its RSS for its
-//! whole life. `malloc_trim(0)` returns every whole free page (glibc ≥ 2.8
+//! Loading the probes in-process (the library in tests and benchmarks, or
+//! when the probe loader cannot start: `sources::ebpf::handover`) parses
+//! the kernel's BTF for CO-RE: ~25 MiB of small, short-lived allocations.
+//! glibc keeps freed heap pages mapped, so without this the process would
+//! carry ~16 MiB of dead heap in its RSS for its whole life. `malloc_trim(0)` returns every whole free page (glibc ≥ 2.8
 //! releases pages inside the heap too, not only at its top).
 #![allow(unsafe_code)]
 

@@ -4,8 +4,10 @@
 //! returns a record per process: ids, credentials, start time, cgroup id,
 //! comm, argv, and the exe and cwd walked from their dentries. It replaces
 //! five procfs reads per process for the inventory and each reconciliation
-//! pass. It is loaded with the probes (the same parsed BTF); where it cannot
-//! load, snapshots read procfs, and `Snapshot::reader` says which ran.
+//! pass. It is loaded with the probes (the same parsed BTF), by the probe
+//! loader when there is one (`handover`: it arrives as a link, and each pass
+//! opens an iterator from it); where it cannot load, snapshots read procfs,
+//! and `Snapshot::reader` says which ran.
 //!
 //! On Linux 6.18 the task iterator does not yield PID 1 (measured on this
 //! project's machines, with a minimal iterator too); PID 1 is then read from

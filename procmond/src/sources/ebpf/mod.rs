@@ -223,7 +223,8 @@ pub fn start(
     let snapshot_reader = source
         .take_task_iter()
         .map(super::snapshot::SnapshotReader::with_task_iter);
-    // The BTF parsed for CO-RE is gone: hand its pages back (sys::trim).
+    // Where the BTF was parsed here (no probe loader), hand its freed
+    // pages back (sys::trim); after a hand-over there is little to return.
     #[cfg(target_env = "gnu")]
     crate::sys::trim::release_free_heap();
     let degraded_reason = source.kind().degraded_reason();
