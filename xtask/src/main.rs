@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 
 mod matrix;
 mod overhead;
+mod soak;
 mod windows;
 
 /// Debian packages that provide what `build-ebpf` runs and includes.
@@ -115,6 +116,16 @@ enum Task {
         #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
+    /// The production path (agent + collector, jsonl sink) for MINUTES at a
+    /// fixed exec rate, RSS, descriptors and WAL size sampled every minute,
+    /// with the slope of each (docs/benchmarks.md).
+    Soak {
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+        /// `/bin/true` spawned a second.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+    },
 }
 
 fn main() -> Result<()> {
@@ -153,6 +164,7 @@ fn main() -> Result<()> {
                     .args(["--nocapture", "--test-threads=1"]),
             )
         }
+        Task::Soak { minutes, rate } => soak(minutes, rate),
         Task::BenchOverhead {
             spawners,
             spawns,
@@ -198,6 +210,19 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn soak(minutes: u64, rate: u32) -> Result<()> {
+    let root = ebpf_dir()?
+        .parent()
+        .context("no workspace root")?
+        .to_path_buf();
+    cargo(&["build", "--release", "--quiet", "-p", "procmond"])?;
+    soak::run(&soak::Options {
+        minutes,
+        rate,
+        procmond: root.join("target/release/procmond"),
+    })
 }
 
 fn kernel_matrix(opts: &matrix::Options) -> Result<()> {

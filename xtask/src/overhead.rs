@@ -131,7 +131,7 @@ impl Options {
 }
 
 /// Runs the workload to its end.
-fn run_workload(opts: &Options) -> Result<()> {
+pub(crate) fn run_workload(opts: &Options) -> Result<()> {
     let Some(rate) = opts.rate else {
         let spawners: Vec<Child> = (0..opts.spawners)
             .map(|_| {
@@ -352,7 +352,7 @@ fn measure(v: Variant, opts: &Options, dir: &Path) -> Result<Sample> {
     Ok(sample)
 }
 
-fn spawn(cmd: &mut Command, out: &Path, err: &Path) -> Result<Child> {
+pub(crate) fn spawn(cmd: &mut Command, out: &Path, err: &Path) -> Result<Child> {
     Ok(cmd
         .stdin(Stdio::null())
         .stdout(fs::File::create(out)?)
@@ -360,7 +360,12 @@ fn spawn(cmd: &mut Command, out: &Path, err: &Path) -> Result<Child> {
         .spawn()?)
 }
 
-fn wait_for_text(child: &mut Child, file: &Path, text: &str, limit: Duration) -> Result<()> {
+pub(crate) fn wait_for_text(
+    child: &mut Child,
+    file: &Path,
+    text: &str,
+    limit: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         if fs::read_to_string(file).is_ok_and(|s| s.contains(text)) {
@@ -423,7 +428,7 @@ fn count(v: Variant, events: &Path) -> (usize, usize) {
     (execs, exits)
 }
 
-fn write_agent_config(dir: &Path, procmond: &Path) -> Result<PathBuf> {
+pub(crate) fn write_agent_config(dir: &Path, procmond: &Path) -> Result<PathBuf> {
     let text = format!(
         "broker:\n  socket: {d}/run/broker.sock\n  allowed_uids: [0]\nsinks:\n  - type: jsonl\n    path: {d}/events.jsonl\ncollectors:\n  - id: procmond\n    type: process-monitor\n    binary_path: {bin}\n    args: [run]\n    config:\n      wal_dir: {d}/wal\n",
         d = dir.display(),
@@ -434,7 +439,7 @@ fn write_agent_config(dir: &Path, procmond: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn agent_kernel_lost(procmond: &Path, dir: &Path) -> Option<u64> {
+pub(crate) fn agent_kernel_lost(procmond: &Path, dir: &Path) -> Option<u64> {
     let out = Command::new(procmond)
         .args(["ctl", "health", "--socket"])
         .arg(dir.join("run/broker.sock"))
@@ -467,7 +472,7 @@ fn find_u64(v: &serde_json::Value, key: &str) -> Option<u64> {
 }
 
 /// `(pid, ppid, utime + stime ticks)` of every process.
-fn processes() -> Vec<(u32, u32, u64)> {
+pub(crate) fn processes() -> Vec<(u32, u32, u64)> {
     let mut out = Vec::new();
     let Ok(dir) = fs::read_dir("/proc") else {
         return out;
@@ -490,7 +495,7 @@ fn processes() -> Vec<(u32, u32, u64)> {
     out
 }
 
-fn descendants(root: u32, procs: &[(u32, u32, u64)]) -> Vec<u32> {
+pub(crate) fn descendants(root: u32, procs: &[(u32, u32, u64)]) -> Vec<u32> {
     let mut tree = vec![root];
     let mut i = 0;
     while i < tree.len() {
