@@ -18,6 +18,7 @@
 mod attach;
 pub mod handover;
 pub mod iter;
+mod layout;
 mod misses;
 pub mod record;
 

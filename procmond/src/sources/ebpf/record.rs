@@ -5,13 +5,14 @@
 //! length is refused with a reason (the reader counts and drops it); nothing
 //! here can panic or read out of bounds.
 
+use super::layout as at;
 use crate::clock;
 use crate::model::identity::{self, LinuxBoot, LinuxProcessFacts};
 use crate::model::{Creds, EntityId, EventKind, EventSource, Parent, ProcessEvent, Session, Tty};
 use crate::sources::snapshot::{ProcessInfo, split_argv};
 
 pub const RECORD_VERSION: u16 = 4;
-pub const HEADER_LEN: usize = 168;
+pub const HEADER_LEN: usize = at::HEADER_LEN;
 const KIND_EXEC: u16 = 1;
 const KIND_EXIT: u16 = 2;
 const KIND_FORK: u16 = 3;
@@ -26,6 +27,22 @@ const LOGINUID_UNSET: u32 = u32::MAX;
 const FLAG_ARGS_TRUNCATED: u32 = 1 << 0;
 const FLAG_FILENAME_TRUNCATED: u32 = 1 << 1;
 const FLAG_CWD_TRUNCATED: u32 = 1 << 2;
+/// The header's `#define`s this file mirrors (`layout`'s test compares).
+#[cfg(test)]
+pub(super) const CONSTANTS: [(&str, u64); 9] = [
+    ("RECORD_KIND_EXEC", KIND_EXEC as u64),
+    ("RECORD_KIND_EXIT", KIND_EXIT as u64),
+    ("RECORD_KIND_FORK", KIND_FORK as u64),
+    ("RECORD_KIND_TASK", KIND_TASK as u64),
+    ("RECORD_KIND_SETUID", KIND_SETUID as u64),
+    ("PREV_UNKNOWN", PREV_UNKNOWN as u64),
+    ("RECORD_FLAG_ARGS_TRUNCATED", FLAG_ARGS_TRUNCATED as u64),
+    (
+        "RECORD_FLAG_FILENAME_TRUNCATED",
+        FLAG_FILENAME_TRUNCATED as u64,
+    ),
+    ("RECORD_FLAG_CWD_TRUNCATED", FLAG_CWD_TRUNCATED as u64),
+];
 
 /// Why a kernel record was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,9 +122,9 @@ pub fn record_len(b: &[u8]) -> Option<usize> {
         return None;
     }
     let len = HEADER_LEN
-        + usize::from(u16_at(b, 60))
-        + usize::from(u16_at(b, 62))
-        + usize::from(u16_at(b, 80));
+        + usize::from(u16_at(b, at::FILENAME_LEN))
+        + usize::from(u16_at(b, at::ARGS_LEN))
+        + usize::from(u16_at(b, at::CWD_LEN));
     (len <= b.len()).then_some(len)
 }
 
@@ -117,11 +134,11 @@ pub fn parse(b: &[u8]) -> Result<KernelRecord<'_>, RecordError> {
         return Err(RecordError::TooShort(b.len()));
     }
     // Every fixed offset below is < HEADER_LEN, checked above.
-    let version = u16_at(b, 0);
+    let version = u16_at(b, at::VERSION);
     if version != RECORD_VERSION {
         return Err(RecordError::Version(version));
     }
-    let kind = match u16_at(b, 2) {
+    let kind = match u16_at(b, at::KIND) {
         KIND_EXEC => EventKind::Exec,
         KIND_EXIT => EventKind::Exit,
         KIND_FORK => EventKind::Fork,
@@ -129,9 +146,9 @@ pub fn parse(b: &[u8]) -> Result<KernelRecord<'_>, RecordError> {
         KIND_SETUID => EventKind::SetUid,
         other => return Err(RecordError::Kind(other)),
     };
-    let filename_len = usize::from(u16_at(b, 60));
-    let args_len = usize::from(u16_at(b, 62));
-    let cwd_len = usize::from(u16_at(b, 80));
+    let filename_len = usize::from(u16_at(b, at::FILENAME_LEN));
+    let args_len = usize::from(u16_at(b, at::ARGS_LEN));
+    let cwd_len = usize::from(u16_at(b, at::CWD_LEN));
     let payload = &b[HEADER_LEN..];
     let claimed = filename_len + args_len + cwd_len;
     if claimed > payload.len() {
@@ -140,41 +157,41 @@ pub fn parse(b: &[u8]) -> Result<KernelRecord<'_>, RecordError> {
             actual: payload.len(),
         });
     }
-    let comm = &b[64..80];
+    let comm = &b[at::COMM..at::COMM + at::COMM_LEN];
     let comm = &comm[..comm.iter().position(|c| *c == 0).unwrap_or(comm.len())];
     Ok(KernelRecord {
         kind,
-        flags: u32_at(b, 4),
-        ktime_boot_ns: u64_at(b, 8),
-        start_boottime_ns: u64_at(b, 16),
-        cgroup_id: u64_at(b, 24),
-        pid: u32_at(b, 32),
-        tid: u32_at(b, 36),
-        ppid: u32_at(b, 40),
-        uid: u32_at(b, 44),
-        gid: u32_at(b, 48),
-        euid: u32_at(b, 52),
-        exit_status: u32_at(b, 56),
+        flags: u32_at(b, at::FLAGS),
+        ktime_boot_ns: u64_at(b, at::KTIME_BOOT_NS),
+        start_boottime_ns: u64_at(b, at::START_BOOTTIME_NS),
+        cgroup_id: u64_at(b, at::CGROUP_ID),
+        pid: u32_at(b, at::PID),
+        tid: u32_at(b, at::TID),
+        ppid: u32_at(b, at::PPID),
+        uid: u32_at(b, at::UID),
+        gid: u32_at(b, at::GID),
+        euid: u32_at(b, at::EUID),
+        exit_status: u32_at(b, at::EXIT_CODE),
         comm,
-        exe_ino: u64_at(b, 88),
-        exe_dev: u32_at(b, 96),
-        egid: u32_at(b, 100),
+        exe_ino: u64_at(b, at::EXE_INO),
+        exe_dev: u32_at(b, at::EXE_DEV),
+        egid: u32_at(b, at::EGID),
         ident: KernelIdentity {
-            exec_count: u64_at(b, 104),
-            parent_start_boottime_ns: u64_at(b, 112),
-            pid_ns: u32_at(b, 120),
-            ns_tgid: u32_at(b, 124),
-            parent_pid_ns: u32_at(b, 128),
-            parent_ns_tgid: u32_at(b, 132),
-            sid: u32_at(b, 136),
-            pgid: u32_at(b, 140),
-            tty_nr: u32_at(b, 144),
-            loginuid: u32_at(b, 148),
+            exec_count: u64_at(b, at::EXEC_COUNT),
+            parent_start_boottime_ns: u64_at(b, at::PARENT_START_BOOTTIME_NS),
+            pid_ns: u32_at(b, at::PID_NS),
+            ns_tgid: u32_at(b, at::NS_TGID),
+            parent_pid_ns: u32_at(b, at::PARENT_PID_NS),
+            parent_ns_tgid: u32_at(b, at::PARENT_NS_TGID),
+            sid: u32_at(b, at::SID),
+            pgid: u32_at(b, at::PGID),
+            tty_nr: u32_at(b, at::TTY_NR),
+            loginuid: u32_at(b, at::LOGINUID),
             prev: [
-                u32_at(b, 152),
-                u32_at(b, 156),
-                u32_at(b, 160),
-                u32_at(b, 164),
+                u32_at(b, at::PREV_UID),
+                u32_at(b, at::PREV_EUID),
+                u32_at(b, at::PREV_GID),
+                u32_at(b, at::PREV_EGID),
             ],
         },
         filename: &payload[..filename_len],
@@ -398,30 +415,38 @@ fn cwd_from_components(raw: &[u8]) -> Option<String> {
 /// A record as the probes write it (pid 1234, parent 1, comm with hostile
 /// bytes, exit status 3): fixtures for tests and the fuzz seeds.
 #[doc(hidden)]
+fn put(b: &mut [u8], at: usize, value: &[u8]) {
+    b[at..at + value.len()].copy_from_slice(value);
+}
+
 pub fn fixture(kind: u16, filename: &[u8], args: &[u8], cwd: &[u8]) -> Vec<u8> {
     let len16 = |b: &[u8]| u16::try_from(b.len()).unwrap_or(u16::MAX).to_le_bytes();
     let mut b = vec![0u8; HEADER_LEN];
-    b[0..2].copy_from_slice(&RECORD_VERSION.to_le_bytes());
-    b[2..4].copy_from_slice(&kind.to_le_bytes());
-    b[32..36].copy_from_slice(&1234u32.to_le_bytes());
-    b[40..44].copy_from_slice(&1u32.to_le_bytes());
-    b[56..60].copy_from_slice(&(3u32 << 8).to_le_bytes());
-    b[60..62].copy_from_slice(&len16(filename));
-    b[62..64].copy_from_slice(&len16(args));
-    b[64..70].copy_from_slice(b"sh\n\x1b\xff\0");
-    b[80..82].copy_from_slice(&len16(cwd));
-    b[88..96].copy_from_slice(&4242u64.to_le_bytes());
-    b[96..100].copy_from_slice(&((8u32 << 20) | 1).to_le_bytes());
-    b[104..112].copy_from_slice(&2u64.to_le_bytes());
-    b[112..120].copy_from_slice(&1_000_000_000u64.to_le_bytes());
-    b[120..124].copy_from_slice(&4_026_531_836u32.to_le_bytes());
-    b[124..128].copy_from_slice(&1234u32.to_le_bytes());
-    b[128..132].copy_from_slice(&4_026_531_836u32.to_le_bytes());
-    b[132..136].copy_from_slice(&1u32.to_le_bytes());
-    b[136..140].copy_from_slice(&1234u32.to_le_bytes());
-    b[140..144].copy_from_slice(&1234u32.to_le_bytes());
-    b[144..148].copy_from_slice(&34819u32.to_le_bytes());
-    b[148..152].copy_from_slice(&1000u32.to_le_bytes());
+    put(&mut b, at::VERSION, &RECORD_VERSION.to_le_bytes());
+    put(&mut b, at::KIND, &kind.to_le_bytes());
+    put(&mut b, at::PID, &1234u32.to_le_bytes());
+    put(&mut b, at::PPID, &1u32.to_le_bytes());
+    put(&mut b, at::EXIT_CODE, &(3u32 << 8).to_le_bytes());
+    put(&mut b, at::FILENAME_LEN, &len16(filename));
+    put(&mut b, at::ARGS_LEN, &len16(args));
+    put(&mut b, at::COMM, b"sh\n\x1b\xff\0");
+    put(&mut b, at::CWD_LEN, &len16(cwd));
+    put(&mut b, at::EXE_INO, &4242u64.to_le_bytes());
+    put(&mut b, at::EXE_DEV, &((8u32 << 20) | 1).to_le_bytes());
+    put(&mut b, at::EXEC_COUNT, &2u64.to_le_bytes());
+    put(
+        &mut b,
+        at::PARENT_START_BOOTTIME_NS,
+        &1_000_000_000u64.to_le_bytes(),
+    );
+    put(&mut b, at::PID_NS, &4_026_531_836u32.to_le_bytes());
+    put(&mut b, at::NS_TGID, &1234u32.to_le_bytes());
+    put(&mut b, at::PARENT_PID_NS, &4_026_531_836u32.to_le_bytes());
+    put(&mut b, at::PARENT_NS_TGID, &1u32.to_le_bytes());
+    put(&mut b, at::SID, &1234u32.to_le_bytes());
+    put(&mut b, at::PGID, &1234u32.to_le_bytes());
+    put(&mut b, at::TTY_NR, &34819u32.to_le_bytes());
+    put(&mut b, at::LOGINUID, &1000u32.to_le_bytes());
     b.extend_from_slice(filename);
     b.extend_from_slice(args);
     b.extend_from_slice(cwd);
@@ -495,7 +520,7 @@ mod tests {
         assert_eq!(parse(&none).expect("valid").to_event().cwd, None);
         // Truncated by the probe: no cwd rather than a wrong one.
         let mut deep = record_with_cwd(KIND_EXEC, b"/bin/ls", b"", b"");
-        deep[4..8].copy_from_slice(&FLAG_CWD_TRUNCATED.to_le_bytes());
+        put(&mut deep, at::FLAGS, &FLAG_CWD_TRUNCATED.to_le_bytes());
         assert_eq!(parse(&deep).expect("valid").to_event().cwd, None);
         // Hostile bytes: not components, so no cwd; never a panic.
         for raw in [&b"a"[..], b"\0\0", b"a\0\0", b"x/y\0"] {
@@ -539,7 +564,11 @@ mod tests {
     #[test]
     fn records_name_the_process_its_image_and_its_parent() {
         let mut b = record(KIND_EXEC, b"/bin/ls", b"ls\0");
-        b[16..24].copy_from_slice(&5_000_000_000u64.to_le_bytes());
+        put(
+            &mut b,
+            at::START_BOOTTIME_NS,
+            &5_000_000_000u64.to_le_bytes(),
+        );
         let r = parse(&b).expect("valid");
         let e = r.to_event_with(Some(&boot()));
         let own = boot().entity_id_ticks(4_026_531_836, 500, 1234);
@@ -584,12 +613,12 @@ mod tests {
     #[test]
     fn setuid_records_carry_the_ids_before_and_after() {
         let mut b = record(KIND_SETUID, b"", b"");
-        b[44..48].copy_from_slice(&65534u32.to_le_bytes());
-        b[52..56].copy_from_slice(&65534u32.to_le_bytes());
-        b[152..156].copy_from_slice(&0u32.to_le_bytes());
-        b[156..160].copy_from_slice(&0u32.to_le_bytes());
-        b[160..164].copy_from_slice(&0u32.to_le_bytes());
-        b[164..168].copy_from_slice(&0u32.to_le_bytes());
+        put(&mut b, at::UID, &65534u32.to_le_bytes());
+        put(&mut b, at::EUID, &65534u32.to_le_bytes());
+        put(&mut b, at::PREV_UID, &0u32.to_le_bytes());
+        put(&mut b, at::PREV_EUID, &0u32.to_le_bytes());
+        put(&mut b, at::PREV_GID, &0u32.to_le_bytes());
+        put(&mut b, at::PREV_EGID, &0u32.to_le_bytes());
         let e = parse(&b).expect("valid").to_event_with(None);
         assert_eq!(e.kind, EventKind::SetUid);
         assert_eq!((e.uid, e.euid), (Some(65534), Some(65534)));
@@ -600,10 +629,10 @@ mod tests {
     fn refuses_malformed_records() {
         assert_eq!(parse(&[0; 10]), Err(RecordError::TooShort(10)));
         let mut b = record(KIND_EXEC, b"/x", b"a\0");
-        b[0] = 9;
+        b[at::VERSION] = 9;
         assert_eq!(parse(&b), Err(RecordError::Version(9)));
         let mut b = record(KIND_EXEC, b"/x", b"a\0");
-        b[2] = 77;
+        b[at::KIND] = 77;
         assert_eq!(parse(&b), Err(RecordError::Kind(77)));
         // A record of the previous layout is refused by its version.
         let mut old = record(KIND_EXEC, b"/x", b"a\0");
