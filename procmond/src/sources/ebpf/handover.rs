@@ -338,10 +338,15 @@ fn kernel_object_fds() -> Vec<RawFd> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     fds.sort_unstable();
-    // The directory's own descriptor was in the listing and is closed now.
+    // The directory's own descriptor was in the listing and is closed now;
+    // anything else (an inherited eventfd, say) is not the loader's to send.
     fds.retain(|fd| {
-        std::fs::read_link(format!("/proc/self/fd/{fd}"))
-            .is_ok_and(|target| target.to_string_lossy().starts_with("anon_inode:"))
+        std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok_and(|target| {
+            let target = target.to_string_lossy();
+            target.strip_prefix("anon_inode:").is_some_and(|kind| {
+                kind.starts_with("bpf") || kind == "btf" || kind == "[perf_event]"
+            })
+        })
     });
     fds
 }
