@@ -640,7 +640,9 @@ fn a_uid_outside_allowed_uids_cannot_publish() {
     let dir = AgentDir::new("uid");
     let config = dir.write_config("", "", false);
     let mut agent = Agent::start(&config);
-    agent.wait_for_log("broker listening", Duration::from_secs(10));
+    // After the sink has opened its file: the sink refuses a path that others
+    // can write, and the chmod below must not race its check.
+    agent.wait_for_log("steady state", Duration::from_secs(20));
     // Open the file system path so only the broker's own check stands.
     use std::os::unix::fs::PermissionsExt;
     for p in [dir.dir.clone(), dir.dir.join("run"), dir.socket()] {
