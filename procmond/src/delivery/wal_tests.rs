@@ -458,9 +458,27 @@ fn a_crash_mid_stream_leaves_marks_that_agree_with_the_data() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("child");
-    // Killed (SIGKILL: no flush, no close) at an arbitrary point, with the
-    // witness as the page cache had it a moment before.
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    // Killed (SIGKILL: no flush, no close) at an arbitrary point once it is
+    // appending (its marks rewritten at least once: a start can take seconds
+    // on a loaded host or under wine), with the witness as the page cache
+    // had it a moment before.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut first = None;
+    loop {
+        if let Ok(now) = std::fs::read(dir.join(wal_marks::MARKS_FILE)) {
+            match &first {
+                None => first = Some(now),
+                Some(before) if *before != now => break,
+                Some(_) => {}
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never started appending"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(400));
     let stale = witness(&dir);
     std::thread::sleep(std::time::Duration::from_millis(300));
     child.kill().expect("kill");
