@@ -38,8 +38,13 @@ const SMOKE_RATE: u64 = 200;
 /// docs/reference.md §8 goal for p99, in ms.
 const GOAL_P99_MS: f64 = 10.0;
 
+/// The binary under test: this build's, or `PROCMOND_BENCH_BINARY` (an
+/// earlier build, for an A/B in the same minute).
 fn procmond() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_procmond"))
+    Command::new(
+        std::env::var_os("PROCMOND_BENCH_BINARY")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_procmond").into()),
+    )
 }
 
 /// Criterion's convention: benchmark mode only with `--bench` (what
