@@ -37,11 +37,23 @@ pub trait KernelStream: Send {
 /// A source's reader thread: its stop flag, its barrier queue and the
 /// thread itself, joined on stop. The sources that read on a thread of
 /// their own (eBPF, EndpointSecurity, audit) share it.
-#[derive(Debug)]
 pub struct ReaderThread {
     stop: Arc<AtomicBool>,
     barriers: std::sync::mpsc::Sender<u64>,
     thread: Option<JoinHandle<()>>,
+    /// Wakes a body that sleeps in the kernel until events come (the eBPF
+    /// reader's poll), so a stop or a barrier is seen at once, not at its
+    /// next timeout.
+    nudge: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ReaderThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReaderThread")
+            .field("stop", &self.stop)
+            .field("nudge", &self.nudge.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ReaderThread {
@@ -61,19 +73,34 @@ impl ReaderThread {
             stop,
             barriers,
             thread: Some(thread),
+            nudge: None,
         })
+    }
+
+    /// Calls `nudge` after every stop or barrier request.
+    pub fn with_nudge(mut self, nudge: impl Fn() + Send + Sync + 'static) -> Self {
+        self.nudge = Some(Box::new(nudge));
+        self
+    }
+
+    fn wake(&self) {
+        if let Some(nudge) = &self.nudge {
+            nudge();
+        }
     }
 
     /// Asks for `SourceMsg::Barrier(id)` once everything received before
     /// this call has been sent.
     pub fn barrier(&self, id: u64) {
         let _ = self.barriers.send(id);
+        self.wake();
     }
 
     /// Sets the stop flag and waits for the thread (which sends what it
     /// still holds first).
     pub fn join(mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -93,6 +120,7 @@ impl KernelStream for ReaderThread {
 impl Drop for ReaderThread {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.wake();
     }
 }
 

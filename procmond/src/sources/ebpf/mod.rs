@@ -36,8 +36,9 @@ use tokio::sync::mpsc;
 use super::SourceMsg;
 use crate::metrics::Metrics;
 
-/// How long the reader sleeps between checks of its stop flag.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// The longest the reader sleeps with nothing to read: it still reads the
+/// probes' skipped runs this often (`MISSES_EVERY`). A stop or a barrier
+/// wakes it at once (an eventfd beside the ring in the same poll).
 /// How long records gather in the ring once one has arrived, when the last
 /// drain took `drained`: the latency a batch may add, traded for fewer
 /// wake-ups and larger batches. It grows by 0.5 ms per record drained, so
@@ -250,9 +251,19 @@ impl EbpfSource {
         tx: mpsc::Sender<SourceMsg>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Reader> {
-        Reader::spawn("ebpf-reader", move |stop, barriers| {
-            self.read_loop(&tx, &metrics, stop, barriers)
-        })
+        let wake = Arc::new(rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?);
+        let nudge = wake.clone();
+        let reader = Reader::spawn("ebpf-reader", move |stop, barriers| {
+            self.read_loop(&tx, &metrics, stop, barriers, &wake)
+        })?;
+        // A full counter (2^64 - 2 nudges unread) cannot happen: the reader
+        // resets it on every wake. Nothing else can fail here.
+        Ok(reader.with_nudge(move || {
+            let _ = rustix::io::write(&*nudge, &1u64.to_ne_bytes());
+        }))
     }
 
     fn read_loop(
@@ -261,6 +272,7 @@ impl EbpfSource {
         metrics: &Metrics,
         stop: &AtomicBool,
         barriers: &std::sync::mpsc::Receiver<u64>,
+        wake: &OwnedFd,
     ) {
         let Self {
             probes,
@@ -269,8 +281,8 @@ impl EbpfSource {
             ..
         } = self;
         let timeout = rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: POLL_INTERVAL.as_nanos() as i64,
+            tv_sec: MISSES_EVERY.as_secs() as i64,
+            tv_nsec: 0,
         };
         let mut probes = Some(probes);
         let mut losses = Losses::default();
@@ -283,11 +295,16 @@ impl EbpfSource {
                 }
                 drop(probes.take()); // detach: nothing new arrives after this
             } else {
-                let mut fds = [rustix::event::PollFd::new(
-                    &ring,
-                    rustix::event::PollFlags::IN,
-                )];
-                if matches!(rustix::event::poll(&mut fds, Some(&timeout)), Ok(n) if n > 0) {
+                let mut fds = [
+                    rustix::event::PollFd::new(&ring, rustix::event::PollFlags::IN),
+                    rustix::event::PollFd::new(wake, rustix::event::PollFlags::IN),
+                ];
+                let _ = rustix::event::poll(&mut fds, Some(&timeout));
+                let (record, nudged) = (!fds[0].revents().is_empty(), !fds[1].revents().is_empty());
+                if nudged {
+                    let mut count = [0u8; 8];
+                    let _ = rustix::io::read(wake, &mut count);
+                } else if record {
                     // Woken by a record: let the rest of its burst (a
                     // spawn's fork, exec and exit land within a
                     // millisecond) reach the ring, so it travels as one
