@@ -5,12 +5,15 @@
 //! The reader thread waits on the ring buffer's fd with poll(2), decodes
 //! every record the ring holds (see `record`) into one batch, and sends the
 //! batch down a bounded channel: one hand-off per drain, not per event.
-//! After a drain that found events it waits a moment before looking again
+//! When a record wakes it, it waits a moment before draining
 //! (`batch_window`: 1 ms, growing with the size of the last drain up to
-//! 8 ms); meanwhile the kernel does not wake it (the ring only signals a
-//! reader that has caught up), so under a fork storm the thread wakes ~150
-//! times a second instead of once per event, at a few hundred events a
-//! second batches add at most 1 ms, and an idle host costs nothing. When the channel is full the thread blocks, the ring fills, and
+//! 8 ms), so the rest of the burst lands first: a spawn's fork, exec and
+//! exit go as one batch and one WAL commit. Meanwhile the kernel does not
+//! wake it (the ring only signals a reader that has caught up), so under a
+//! fork storm the thread wakes ~150 times a second instead of once per
+//! event, at a few hundred events a second batches add about 1 ms, and an
+//! idle host wakes it once a second (an eventfd in the same poll brings
+//! stop and barrier requests at once). When the channel is full the thread blocks, the ring fills, and
 //! the kernel counts what it cannot write. `kernel_lost` is that count plus
 //! the probe runs the kernel skipped (`misses`): every kernel-side loss is
 //! counted.
