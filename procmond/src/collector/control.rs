@@ -1,21 +1,34 @@
-//! The collector's control plane: answers RPCs through the sensor's mailbox,
-//! follows lifecycle broadcasts, and builds its registration.
+//! The collector's control plane: answers RPCs, follows lifecycle
+//! broadcasts, and builds its registration.
 //!
-//! Requests are rate-limited here (a token bucket) before they reach the
-//! mailbox, so a flood is answered `busy` at once; heartbeats run in their
-//! own task and are never delayed by either.
+//! Requests are rate-limited here (a token bucket), so a flood is answered
+//! `busy` at once. Health checks are answered here from the sensor's shared
+//! status and the counters, never through its mailbox: a reconciliation
+//! pass (or a full mailbox) cannot delay them, nor the agent's escalation
+//! that asks for one. Every other request goes to the mailbox. Heartbeats
+//! run in their own task and are never delayed by either.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::bus::protocol::{self, Envelope, FrameKind, Status};
 use crate::bus::rpc::{
     CONTROL_CORRELATION, Lifecycle, READY_CORRELATION, REGISTER_CORRELATION, Registration, Request,
     to_payload,
 };
-use crate::sensor::actor::Command;
+use crate::metrics::Metrics;
+use crate::sensor::actor::{Command, SensorStatus};
+
+/// What the control plane reads and where it sends.
+#[derive(Debug, Clone)]
+pub struct Plane {
+    pub mailbox: mpsc::Sender<Command>,
+    pub outbox: mpsc::UnboundedSender<Envelope>,
+    pub status: watch::Receiver<SensorStatus>,
+    pub metrics: std::sync::Arc<Metrics>,
+}
 
 /// Bucket: `BURST` requests at once, refilled at `PER_SECOND`.
 const BURST: f64 = 20.0;
@@ -47,11 +60,13 @@ fn respond(outbox: &mpsc::UnboundedSender<Envelope>, corr: u64, status: Status, 
 }
 
 /// Serves frames from the broker until `inbox` closes.
-pub async fn dispatch(
-    mut inbox: mpsc::Receiver<Envelope>,
-    mailbox: mpsc::Sender<Command>,
-    outbox: mpsc::UnboundedSender<Envelope>,
-) {
+pub async fn dispatch(mut inbox: mpsc::Receiver<Envelope>, plane: Plane) {
+    let Plane {
+        mailbox,
+        outbox,
+        status,
+        metrics,
+    } = plane;
     let mut bucket = TokenBucket {
         tokens: BURST,
         last: Instant::now(),
@@ -93,6 +108,11 @@ pub async fn dispatch(
                         continue;
                     }
                 };
+                if let Request::HealthCheck { detailed } = request {
+                    let body = status.borrow().report(&metrics, detailed);
+                    respond(&outbox, corr, Status::Ok, &body);
+                    continue;
+                }
                 submit(
                     request,
                     corr,
@@ -132,9 +152,8 @@ fn submit(
     outbox: &mpsc::UnboundedSender<Envelope>,
 ) {
     let (command, answer) = match request {
-        Request::HealthCheck { detailed } => {
-            plain(|reply| Command::HealthCheck { detailed, reply })
-        }
+        // Answered by `dispatch` itself; never queued.
+        Request::HealthCheck { .. } => return,
         Request::UpdateConfig { set } => {
             let (reply, rx) = oneshot::channel();
             let changes = set.into_iter().collect();
@@ -251,4 +270,72 @@ pub fn deregistration(collector_id: &str) -> Envelope {
         CONTROL_CORRELATION | 5,
         to_payload(&msg),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::protocol::control_topic;
+    use crate::config::ProcmondConfig;
+
+    fn request(corr: u64, request: &Request) -> Envelope {
+        Envelope::new(
+            FrameKind::Request,
+            control_topic("procmond"),
+            corr,
+            to_payload(request),
+        )
+    }
+
+    /// A sensor stuck in a long reconciliation pass: its mailbox is full and
+    /// nobody takes from it. Health is still answered, at once and from the
+    /// shared status; a request that needs the sensor is answered busy.
+    #[tokio::test]
+    async fn health_is_answered_while_the_sensor_is_busy() {
+        let (mailbox, _stuck_sensor) = mpsc::channel(1);
+        mailbox
+            .try_send(Command::BeginMonitoring)
+            .expect("the one slot");
+        let (outbox, mut answers) = mpsc::unbounded_channel();
+        let mut status = SensorStatus::new(ProcmondConfig::default());
+        status.probes = Some("tp_btf/bpf_loop".into());
+        status.cycles = 41;
+        let (_status_tx, status) = watch::channel(status);
+        let metrics = std::sync::Arc::new(Metrics::default());
+        metrics
+            .connected
+            .store(1, std::sync::atomic::Ordering::Relaxed);
+        let (inbox_tx, inbox) = mpsc::channel(8);
+        let plane = Plane {
+            mailbox,
+            outbox,
+            status,
+            metrics,
+        };
+        tokio::spawn(dispatch(inbox, plane));
+        inbox_tx
+            .send(request(1, &Request::HealthCheck { detailed: true }))
+            .await
+            .expect("inbox");
+        inbox_tx
+            .send(request(2, &Request::Stop))
+            .await
+            .expect("inbox");
+        let within = Duration::from_secs(5);
+        let health = tokio::time::timeout(within, answers.recv())
+            .await
+            .expect("health answered without the sensor")
+            .expect("an answer");
+        assert_eq!(health.correlation_id, 1);
+        assert_eq!(health.status, Status::Ok);
+        let body: Value = serde_json::from_slice(&health.payload).expect("JSON");
+        assert_eq!(body["probes"], "tp_btf/bpf_loop", "{body}");
+        assert_eq!(body["cycles"]["completed"], 41, "{body}");
+        assert_eq!(body["collector_id"], "procmond", "{body}");
+        let stop = tokio::time::timeout(within, answers.recv())
+            .await
+            .expect("stop answered")
+            .expect("an answer");
+        assert_eq!((stop.correlation_id, stop.status), (2, Status::Busy));
+    }
 }

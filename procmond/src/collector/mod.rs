@@ -86,7 +86,15 @@ pub async fn run(
     ));
     tokio::spawn(follow_monitoring(status_rx.clone(), gate_tx, aux.clone()));
     if options.service {
-        let dispatcher = control::dispatch(inbox_rx, mailbox_tx.clone(), outbox_tx.clone());
+        let dispatcher = control::dispatch(
+            inbox_rx,
+            control::Plane {
+                mailbox: mailbox_tx.clone(),
+                outbox: outbox_tx.clone(),
+                status: status_rx.clone(),
+                metrics: metrics.clone(),
+            },
+        );
         let cancel = aux.clone();
         tokio::spawn(async move {
             tokio::select! {

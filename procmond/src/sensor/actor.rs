@@ -28,10 +28,6 @@ pub const HOT_RELOAD_KEYS: &[&str] = &[
 /// What the sensor can be asked.
 #[derive(Debug)]
 pub enum Command {
-    HealthCheck {
-        detailed: bool,
-        reply: oneshot::Sender<Value>,
-    },
     /// `(key, value)` pairs; values are YAML scalars or flow sequences.
     UpdateConfig {
         changes: Vec<(String, String)>,
@@ -82,6 +78,8 @@ pub struct SensorStatus {
     pub interval_ms: u64,
     pub cycles: u64,
     pub last_cycle_ms: u64,
+    /// What snapshots read (`bpf_iter`, `procfs`, …).
+    pub snapshot_reader: &'static str,
     pub config: ProcmondConfig,
 }
 
@@ -97,8 +95,47 @@ impl SensorStatus {
             interval_ms: config.collection_interval_secs * 1000,
             cycles: 0,
             last_cycle_ms: 0,
+            snapshot_reader: crate::sources::snapshot::SnapshotReader::default().name(),
             config,
         }
+    }
+
+    /// The `ctl health` body: this status and the counters. Built from
+    /// shared state by whoever is asked (the control plane), so it never
+    /// waits behind a reconciliation pass in the sensor's mailbox.
+    pub fn report(&self, metrics: &crate::metrics::Metrics, detailed: bool) -> Value {
+        let connected = metrics.connected.load(std::sync::atomic::Ordering::Relaxed) == 1;
+        let mut body = json!({
+            "collector_id": self.config.collector_id,
+            // Judged like heartbeats: losses since the last beat.
+            "status": self.health(connected, metrics),
+            "lifecycle": self.lifecycle,
+            "source": self.source,
+            "degraded_reason": self.degraded_reason,
+            "probes": self.probes,
+            "monitoring": self.monitoring,
+            "collection_interval_secs": self.config.collection_interval_secs,
+            "effective_interval_ms": self.interval_ms,
+            "backpressure": self.backpressure,
+            "snapshot_reader": self.snapshot_reader,
+        });
+        if let (Some(body), Value::Object(summary)) = (body.as_object_mut(), metrics.summary_json())
+        {
+            body.extend(summary);
+        }
+        if detailed {
+            let counters = metrics.to_json();
+            body["recent_errors"] = crate::telemetry::recent_errors().into();
+            body["cycles"] = json!({
+                "completed": self.cycles,
+                "last_cycle_ms": self.last_cycle_ms,
+                "reconcile_missed_starts": counters["reconcile_missed_starts"],
+                "reconcile_missed_stops": counters["reconcile_missed_stops"],
+                "snapshot_errors": counters["snapshot_errors"],
+            });
+            body["counters"] = counters;
+        }
+        body
     }
 
     /// healthy / degraded / unhealthy, as heartbeats and health checks

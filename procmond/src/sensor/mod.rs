@@ -173,6 +173,13 @@ impl Sensor {
         Ok((flow, active))
     }
 
+    /// What snapshots read from now on, as health reports it.
+    fn set_reader(&mut self, reader: SnapshotReader) {
+        let name = reader.name();
+        self.reader = reader;
+        self.status.send_modify(|s| s.snapshot_reader = name);
+    }
+
     fn announce(&self, active: &ActiveSource) {
         self.status.send_modify(|s| {
             s.source = Some(active.source);
@@ -247,10 +254,6 @@ impl Sensor {
     /// Handles one command between cycles.
     fn handle(&mut self, command: Command) -> Flow {
         match command {
-            Command::HealthCheck { detailed, reply } => {
-                let _ = reply.send(self.health(detailed));
-                Flow::Continue
-            }
             Command::UpdateConfig { changes, reply } => {
                 match updated_config(&self.config, &changes) {
                     Ok(config) => {
@@ -365,44 +368,6 @@ impl Sensor {
                 }
             }
         }
-    }
-
-    fn health(&self, detailed: bool) -> serde_json::Value {
-        let status = self.status.borrow().clone();
-        let m = &self.metrics;
-        let connected = m.connected.load(std::sync::atomic::Ordering::Relaxed) == 1;
-        let counters = m.to_json();
-        let mut body = serde_json::json!({
-            "collector_id": self.config.collector_id,
-            // Judged like heartbeats: losses since the last beat.
-            "status": status.health(connected, m),
-            "lifecycle": status.lifecycle,
-            "source": status.source,
-            "degraded_reason": status.degraded_reason,
-            "probes": status.probes,
-            "monitoring": status.monitoring,
-            "collection_interval_secs": self.config.collection_interval_secs,
-            "effective_interval_ms": status.interval_ms,
-            "backpressure": status.backpressure,
-            "snapshot_reader": self.reader.name(),
-        });
-        if let (Some(body), serde_json::Value::Object(summary)) =
-            (body.as_object_mut(), m.summary_json())
-        {
-            body.extend(summary);
-        }
-        if detailed {
-            body["recent_errors"] = crate::telemetry::recent_errors().into();
-            body["cycles"] = serde_json::json!({
-                "completed": status.cycles,
-                "last_cycle_ms": status.last_cycle_ms,
-                "reconcile_missed_starts": counters["reconcile_missed_starts"],
-                "reconcile_missed_stops": counters["reconcile_missed_stops"],
-                "snapshot_errors": counters["snapshot_errors"],
-            });
-            body["counters"] = counters;
-        }
-        body
     }
 
     /// The FallbackProcessCollector loop.

@@ -46,7 +46,7 @@ impl Sensor {
             }
         };
         if let Some(reader) = started.snapshot_reader {
-            self.reader = reader;
+            self.set_reader(reader);
         }
         let active = ActiveSource {
             source: started.source,
@@ -59,7 +59,7 @@ impl Sensor {
         self.announce(&active);
         let result = self.run_stream(active.source, started.stream, rx).await;
         // Without the kernel source, snapshots use the platform's reader again.
-        self.reader = SnapshotReader::default();
+        self.set_reader(SnapshotReader::default());
         match result {
             Ok(flow) => Ok((flow, active)),
             Err(e) => Err(e.to_string()),
