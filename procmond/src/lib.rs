@@ -8,6 +8,7 @@
 //! docs/architecture.md.
 
 pub mod agent;
+pub mod backoff;
 pub mod bus;
 pub mod clock;
 pub mod collector;

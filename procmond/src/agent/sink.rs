@@ -120,8 +120,8 @@ pub(crate) fn backoff(attempt: usize) -> Duration {
     if attempt == 0 {
         return Duration::ZERO;
     }
-    let shift = u32::try_from(attempt - 1).unwrap_or(u32::MAX).min(10);
-    (BACKOFF_MIN * 2u32.pow(shift)).min(BACKOFF_MAX)
+    let attempt = u32::try_from(attempt - 1).unwrap_or(u32::MAX);
+    crate::backoff::delay(BACKOFF_MIN, BACKOFF_MAX, attempt)
 }
 
 /// Counters of one sink, shared with the agent's health answer and

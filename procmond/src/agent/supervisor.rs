@@ -163,10 +163,8 @@ impl Tracked {
 
 /// The pause before restart number `recent` of the window: 1, 2, 4 … 60 s.
 pub fn restart_delay(recent: usize) -> Duration {
-    let doublings = u32::try_from(recent.saturating_sub(1))
-        .unwrap_or(u32::MAX)
-        .min(6);
-    (RESTART_DELAY * 2u32.pow(doublings)).min(MAX_RESTART_DELAY)
+    let attempt = u32::try_from(recent.saturating_sub(1)).unwrap_or(u32::MAX);
+    crate::backoff::delay(RESTART_DELAY, MAX_RESTART_DELAY, attempt)
 }
 
 #[cfg(test)]

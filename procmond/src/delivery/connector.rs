@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::pacer::CommitPacer;
 use super::storage::Storage;
 use super::wal::{Wal, WalError};
+use crate::backoff::Backoff;
 use crate::bus::client::{self, BusReader, BusWriter};
 use crate::bus::protocol::{Envelope, FrameKind, TOPIC_EVENT_BATCH};
 use crate::bus::rpc::{CONTROL_CORRELATION, READY_CORRELATION, REGISTER_CORRELATION};
@@ -45,6 +46,7 @@ use crate::model::batch::Batch;
 
 const BACKPRESSURE_ON: f64 = 0.70;
 const BACKPRESSURE_OFF: f64 = 0.50;
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A connection that lasted this long resets the reconnect backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
@@ -79,7 +81,7 @@ pub async fn connect_at_startup(
     path: &Path,
     attempts: u32,
 ) -> Result<(BusWriter, BusReader), ConnectorError> {
-    let mut delay = Duration::from_secs(1);
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     let mut attempt = 1;
     loop {
         match client::connect(path).await {
@@ -92,9 +94,9 @@ pub async fn connect_at_startup(
                 });
             }
             Err(e) => {
+                let delay = backoff.next_wait();
                 tracing::warn!(attempt, error = %e, socket = %path.display(), "broker not reachable yet; retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
-                delay *= 2;
                 attempt += 1;
             }
         }
@@ -282,8 +284,8 @@ impl Connector {
         self.metrics
             .connected
             .store(u64::from(conn.is_some()), Relaxed);
-        let mut backoff = Duration::from_secs(1);
-        let mut retry_at = Instant::now() + backoff;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+        let mut retry_at = Instant::now() + FIRST_BACKOFF;
         let mut input_open = true;
         let mut drain_deadline = None;
         let mut batches: Vec<Batch> = Vec::new();
@@ -394,9 +396,9 @@ impl Connector {
                             self.metrics.connected.store(1, Relaxed);
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, retry_in = ?backoff, pending = self.wal.pending_count(), "broker unreachable; events kept in the WAL");
-                            retry_at = Instant::now() + backoff;
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            let wait = backoff.next_wait();
+                            tracing::warn!(error = %e, retry_in = ?wait, pending = self.wal.pending_count(), "broker unreachable; events kept in the WAL");
+                            retry_at = Instant::now() + wait;
                         }
                     }
                     false
@@ -442,12 +444,12 @@ impl Connector {
                     .take()
                     .is_some_and(|c| c.since.elapsed() >= STABLE_CONNECTION)
                 {
-                    backoff = Duration::from_secs(1);
+                    backoff.reset();
                 }
                 storage.connection_lost();
-                tracing::warn!(retry_in = ?backoff, "lost the broker connection; buffering in the WAL");
-                retry_at = Instant::now() + backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                let wait = backoff.next_wait();
+                tracing::warn!(retry_in = ?wait, "lost the broker connection; buffering in the WAL");
+                retry_at = Instant::now() + wait;
             }
         }
     }

@@ -34,6 +34,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::wal::{Wal, WalError};
+use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use crate::model::batch::Batch;
 
@@ -58,7 +59,7 @@ enum Cause {
 struct Fault {
     cause: Cause,
     retry_at: Instant,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 /// The connector's side of the WAL.
@@ -195,13 +196,14 @@ impl Storage {
             Some(f) if f.cause == Cause::Storage => Cause::Storage,
             _ => cause,
         };
-        let backoff = match (&self.fault, cause) {
-            (_, Cause::DiskFull) => FIRST_RETRY,
-            (Some(f), Cause::Storage) => f.backoff,
-            (None, Cause::Storage) => FIRST_RETRY,
+        // A full disk is retried soon again; a storage error backs off.
+        let mut backoff = match (&self.fault, cause) {
+            (Some(f), Cause::Storage) => f.backoff.clone(),
+            _ => Backoff::new(FIRST_RETRY, MAX_RETRY),
         };
+        let wait = backoff.next_wait();
         if self.fault.is_none() {
-            tracing::error!(%reason, retry_in = ?backoff, "WAL cannot be written: publishing new events to the agent un-persisted (up to {} MiB in memory) and retrying", HOLD_BYTES >> 20);
+            tracing::error!(%reason, retry_in = ?wait, "WAL cannot be written: publishing new events to the agent un-persisted (up to {} MiB in memory) and retrying", HOLD_BYTES >> 20);
         }
         self.metrics.set_wal_fault(Some(format!(
             "WAL cannot be written: {reason}; new events go to the agent un-persisted \
@@ -211,8 +213,8 @@ impl Storage {
         )));
         self.fault = Some(Fault {
             cause,
-            retry_at: Instant::now() + backoff,
-            backoff: (backoff * 2).min(MAX_RETRY),
+            retry_at: Instant::now() + wait,
+            backoff,
         });
     }
 
@@ -249,7 +251,7 @@ impl Storage {
             self.fault = Some(Fault {
                 cause: Cause::DiskFull,
                 retry_at: Instant::now(),
-                backoff: FIRST_RETRY,
+                backoff: Backoff::new(FIRST_RETRY, MAX_RETRY),
             });
         }
         // Sent but unacknowledged, then never sent: key order either way.
