@@ -39,9 +39,6 @@ use tokio::sync::mpsc;
 use super::SourceMsg;
 use crate::metrics::Metrics;
 
-/// The longest the reader sleeps with nothing to read: it still reads the
-/// probes' skipped runs this often (`MISSES_EVERY`). A stop or a barrier
-/// wakes it at once (an eventfd beside the ring in the same poll).
 /// How long records gather in the ring once one has arrived, when the last
 /// drain took `drained`: the latency a batch may add, traded for fewer
 /// wake-ups and larger batches. It grows by 0.5 ms per record drained, so
@@ -52,7 +49,9 @@ fn batch_window(drained: usize) -> Duration {
 }
 /// Most events in one batch sent to the sensor.
 const MAX_DRAIN: usize = 4096;
-/// How often the probes' skipped runs are read (a file read per program).
+/// How often the probes' skipped runs are read (a file read per program);
+/// also the longest the reader sleeps with nothing to read. A stop or a
+/// barrier wakes it at once (an eventfd beside the ring in the same poll).
 const MISSES_EVERY: Duration = Duration::from_secs(1);
 
 /// An error and its causes on one line.
