@@ -159,6 +159,7 @@ enum ConfigCommand {
 }
 
 fn main() -> std::process::ExitCode {
+    procmond::sys::tune_allocator();
     let cli = Cli::parse();
     procmond::telemetry::init();
     commands::probe_loader::register();

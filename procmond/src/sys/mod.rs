@@ -19,6 +19,13 @@ pub mod windows_fs;
 #[cfg(windows)]
 pub mod windows_pipe;
 
+/// Fixes the C allocator's thresholds where that keeps the sensor's memory
+/// steady (glibc: `trim::fix_heap_thresholds`); nothing elsewhere.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    trim::fix_heap_thresholds();
+}
+
 /// This host's name: uname's nodename on Unix, `COMPUTERNAME` on Windows
 /// (empty when unknown). Registration and the nats sink's subjects use it.
 pub fn hostname() -> String {
