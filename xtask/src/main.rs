@@ -15,6 +15,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod coverage;
 mod matrix;
 mod overhead;
 mod soak;
@@ -116,6 +117,10 @@ enum Task {
         #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
+    /// Line coverage of the library by its in-process tests, whole and on
+    /// the critical path (cargo-llvm-cov, installed when missing); prints
+    /// the tables and writes docs/coverage.md.
+    Coverage,
     /// The production path (agent + collector, jsonl sink) for MINUTES at a
     /// fixed exec rate, RSS, descriptors and WAL size sampled every minute,
     /// with the slope of each (docs/benchmarks.md).
@@ -165,6 +170,7 @@ fn main() -> Result<()> {
             )
         }
         Task::Soak { minutes, rate } => soak(minutes, rate),
+        Task::Coverage => coverage::run(ebpf_dir()?.parent().context("no workspace root")?),
         Task::BenchOverhead {
             spawners,
             spawns,
