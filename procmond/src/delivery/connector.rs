@@ -553,3 +553,7 @@ async fn sleep_opt(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(all(test, unix))]
+#[path = "connector_tests.rs"]
+mod tests;
