@@ -148,3 +148,7 @@ impl Pipeline {
         Some(batch)
     }
 }
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;
