@@ -221,7 +221,10 @@ fn document(report: &str) -> String {
          files (`tests.rs`, `*_tests.rs`, `proptests.rs`) are left out of the counts. The \
          end-to-end tests in `tests/` run the real binary and are not counted here. The \
          critical path is the files an event crosses from the kernel record to the sink \
-         (`CRITICAL_PATH` in xtask/src/coverage.rs).\n\n{report}"
+         (`CRITICAL_PATH` in xtask/src/coverage.rs). The goals are more than 80 % for the \
+         library and more than 90 % for the critical path. The largest gaps are the loops \
+         that need a kernel source or a service around them (`sensor/`, `collector/`, \
+         `agent/mod.rs`): they wait for the platform seam and its fake source.\n\n{report}"
     )
 }
 
