@@ -288,4 +288,78 @@ mod tests {
             "it exec'd again: unknown, not the next image"
         );
     }
+
+    /// A process that has already exited: its pid names nothing in /proc.
+    #[cfg(target_os = "linux")]
+    fn gone_pid() -> u32 {
+        let mut child = std::process::Command::new("/bin/true")
+            .spawn()
+            .expect("spawn /bin/true");
+        let pid = child.id();
+        child.wait().expect("reap");
+        pid
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn with_enhanced_metadata_an_exec_gets_cwd_and_cgroup_from_procfs() {
+        use crate::model::EventSource;
+        let me = std::process::id();
+        let own_cgroup = std::fs::read_to_string("/proc/self/cgroup").expect("own cgroup");
+        let mut e = ProcessEvent::new(EventKind::Exec, EventSource::Ebpf, 1, me);
+        Enricher::new(true).enrich(&mut e);
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(e.cwd.as_deref(), Some(cwd.to_string_lossy().as_ref()));
+        assert_eq!(e.cgroup.as_deref(), unified_cgroup(&own_cgroup));
+
+        let mut plain = ProcessEvent::new(EventKind::Exec, EventSource::Ebpf, 1, me);
+        plain.cwd = Some("/from/the/probe".into());
+        Enricher::new(false).enrich(&mut plain);
+        assert_eq!(plain.cwd, None, "enhanced_metadata off: no cwd at all");
+        assert_eq!(plain.cgroup, None, "enhanced_metadata off: procfs not read");
+
+        let mut exit = ProcessEvent::new(EventKind::Exit, EventSource::Ebpf, 1, me);
+        Enricher::new(true).enrich(&mut exit);
+        assert_eq!(
+            (exit.cwd, exit.cgroup),
+            (None, None),
+            "an exit is not enriched"
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_cgroup_of_a_gone_process_is_found_by_its_id_and_cached() {
+        use crate::model::EventSource;
+        use std::os::unix::fs::MetadataExt;
+        let Some(mount) = cgroup2_mount() else {
+            eprintln!("skipped: no cgroup2 hierarchy mounted on this host");
+            return;
+        };
+        let root_id = std::fs::metadata(&mount).expect("cgroup2 mount").ino();
+        let mut enricher = Enricher::new(true);
+        let exec_in = |enricher: &mut Enricher, id: u64| {
+            let mut e = ProcessEvent::new(EventKind::Exec, EventSource::Ebpf, 1, gone_pid());
+            e.platform.cgroup_id = Some(id);
+            enricher.enrich(&mut e);
+            e.cgroup
+        };
+        assert_eq!(
+            exec_in(&mut enricher, root_id).as_deref(),
+            Some("/"),
+            "found by walking"
+        );
+        assert!(enricher.cgroups.contains_key(&root_id));
+        // Walks are at most one a second, so this answer is the cache's.
+        assert_eq!(
+            exec_in(&mut enricher, root_id).as_deref(),
+            Some("/"),
+            "from the cache"
+        );
+        assert_eq!(
+            exec_in(&mut enricher, u64::MAX),
+            None,
+            "an unknown id is not invented"
+        );
+    }
 }
