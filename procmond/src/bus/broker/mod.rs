@@ -393,5 +393,8 @@ fn own_uid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+#[cfg(all(test, unix))]
+#[path = "local_tests.rs"]
+mod local_tests;
 #[cfg(test)]
 mod tests;
