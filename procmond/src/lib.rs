@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod pipeline;
+pub mod platform;
 pub mod privileges;
 pub mod reconcile;
 pub mod sensor;

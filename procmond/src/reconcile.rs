@@ -198,7 +198,7 @@ mod tests {
     fn snap(p: Vec<ProcessInfo>) -> Snapshot {
         Snapshot {
             taken_at: 0,
-            taken_at_boot_ns: None,
+            taken_at_event_clock: None,
             processes: p,
         }
     }

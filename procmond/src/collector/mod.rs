@@ -45,6 +45,8 @@ pub struct CollectorOptions {
     pub drain_timeout: Duration,
     /// Service mode: register, heartbeat, serve RPCs, wait for begin_monitoring.
     pub service: bool,
+    /// The operating system (`platform::host()`, or a test's fake).
+    pub platform: Arc<dyn crate::platform::Platform>,
 }
 
 /// Runs until `shutdown` (or a GracefulShutdown RPC), then drains: the
@@ -154,6 +156,7 @@ pub async fn run(
         epoch: wal.epoch(),
         mailbox: mailbox_rx,
         status: status_tx,
+        platform: options.platform.clone(),
     };
     let sensed = sensor::run(config.clone(), io, metrics, shutdown).await;
     aux.cancel();

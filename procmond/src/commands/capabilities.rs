@@ -1,7 +1,7 @@
 //! `procmond capabilities`: what this host lets procmond do, as JSON.
 //!
 //! The kernel-source check really starts the source and stops it again
-//! (`sources::stream::probe`): anything less would guess.
+//! (`platform::probe_kernel_source`): anything less would guess.
 
 use anyhow::Result;
 use serde_json::json;
@@ -9,10 +9,10 @@ use serde_json::json;
 pub fn run() -> Result<()> {
     let privileges = procmond::privileges::detect();
     let config = procmond::config::ProcmondConfig::default();
-    let probe = procmond::sources::stream::probe(&config);
+    let probe = procmond::platform::probe_kernel_source(&config);
     let probes = probe.as_ref().ok().cloned().flatten();
     let kernel_reason = probe.err();
-    let kernel_name = procmond::sources::stream::platform_kernel_name();
+    let kernel_name = procmond::sources::SourceChoice::platform_kernel().name();
     let sources = [
         json!({
             "name": kernel_name,

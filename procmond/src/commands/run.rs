@@ -45,6 +45,7 @@ async fn serve(config: ProcmondConfig, socket: PathBuf) -> Result<()> {
         socket,
         drain_timeout: Duration::from_secs(10),
         service: true,
+        platform: procmond::platform::host(),
     };
     let active = collector::run(options, connection, metrics.clone(), shutdown).await?;
     tracing::info!(stats = %metrics.to_json(), source = active.source.as_str(), "collector stopped");

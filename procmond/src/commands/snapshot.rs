@@ -11,11 +11,12 @@ use procmond::metrics::Metrics;
 use procmond::model::{EventKind, EventSource};
 use procmond::output::{Format, render};
 use procmond::pipeline::Pipeline;
-use procmond::sources::snapshot::{self, SnapshotOptions};
+use procmond::sources::snapshot::SnapshotOptions;
 
 pub fn run(format: Format) -> Result<()> {
     let config = ProcmondConfig::default();
-    let snap = read(SnapshotOptions { cwd: true }).context("reading the process table")?;
+    let snap = procmond::platform::snapshot_once(SnapshotOptions { cwd: true })
+        .context("reading the process table")?;
     let mut pipeline = Pipeline::new(&config, 0, 1, Arc::new(Metrics::default()));
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -46,15 +47,4 @@ pub fn run(format: Format) -> Result<()> {
     }
     out.flush()?;
     Ok(())
-}
-
-/// The task iterator's enumeration where it loads (Linux, privileged),
-/// else the platform's reader.
-fn read(options: SnapshotOptions) -> std::io::Result<snapshot::Snapshot> {
-    #[cfg(target_os = "linux")]
-    match procmond::sources::ebpf::iter::TaskIter::load_standalone() {
-        Ok(mut iter) => return iter.snapshot(options),
-        Err(e) => tracing::debug!(error = %e, "task iterator unavailable: reading procfs"),
-    }
-    snapshot::take(options)
 }

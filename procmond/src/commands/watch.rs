@@ -111,6 +111,7 @@ async fn watch(
         socket,
         drain_timeout: Duration::from_secs(30),
         service: false,
+        platform: procmond::platform::host(),
     };
     let result = collector::run(options, connection, metrics.clone(), shutdown).await;
     // Everything acknowledged has been delivered to the local subscriber:

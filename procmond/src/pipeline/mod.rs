@@ -132,10 +132,32 @@ impl Pipeline {
         self.batch.is_full()
     }
 
-    /// Starts (`Some`) or stops (`None`, dropping the workers) hashing.
-    #[cfg(unix)]
-    pub fn set_hasher(&mut self, hasher: Option<hash::Hasher>) {
-        self.hasher = hasher;
+    /// Starts hashing executables when `compute_hashes` asks for it (the
+    /// config refuses it where it is not supported); `tx` is the kernel
+    /// source's channel, where the workers send their `modify` events.
+    pub fn start_hashing(
+        &mut self,
+        config: &ProcmondConfig,
+        tx: &tokio::sync::mpsc::Sender<crate::sources::SourceMsg>,
+        metrics: &Arc<Metrics>,
+    ) -> std::io::Result<()> {
+        #[cfg(unix)]
+        if config.compute_hashes {
+            let hasher =
+                hash::Hasher::start(config.hash_max_file_bytes, tx.clone(), metrics.clone())?;
+            self.hasher = Some(hasher);
+        }
+        #[cfg(not(unix))]
+        let _ = (config, tx, metrics);
+        Ok(())
+    }
+
+    /// Stops hashing: the workers end and drop their senders.
+    pub fn stop_hashing(&mut self) {
+        #[cfg(unix)]
+        {
+            self.hasher = None;
+        }
     }
 
     /// Closes the open batch, if it holds anything.

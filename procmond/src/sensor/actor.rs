@@ -95,7 +95,8 @@ impl SensorStatus {
             interval_ms: config.collection_interval_secs * 1000,
             cycles: 0,
             last_cycle_ms: 0,
-            snapshot_reader: crate::sources::snapshot::SnapshotReader::default().name(),
+            snapshot_reader: crate::platform::Platform::process_table(&crate::platform::Host)
+                .name(),
             config,
         }
     }

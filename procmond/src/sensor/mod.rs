@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::model::batch::Batch;
 use crate::model::{EventKind, EventSource, ProcessEvent};
 use crate::pipeline::Pipeline;
+use crate::platform::Platform;
 use crate::sources::SourceChoice;
 use crate::sources::poll::FallbackProcessCollector;
 use crate::sources::snapshot::{Snapshot, SnapshotOptions, SnapshotReader};
@@ -61,6 +62,8 @@ pub struct SensorIo {
     pub mailbox: mpsc::Receiver<Command>,
     /// Published state, for heartbeats and the registration.
     pub status: watch::Sender<SensorStatus>,
+    /// The operating system: `platform::host()`, or a test's fake.
+    pub platform: Arc<dyn Platform>,
 }
 
 /// What the loop does after handling a command.
@@ -86,7 +89,8 @@ pub async fn run(
         options: SnapshotOptions {
             cwd: config.enhanced_metadata,
         },
-        reader: SnapshotReader::default(),
+        reader: io.platform.process_table(),
+        platform: io.platform,
         config,
         base_interval: base,
         stretched: false,
@@ -97,6 +101,7 @@ pub async fn run(
         metrics,
         shutdown,
     };
+    sensor.set_reader(sensor.reader.clone());
     let active = loop {
         sensor.set_lifecycle(Lifecycle::Running);
         let (flow, active) = sensor.run_source().await?;
@@ -122,6 +127,7 @@ struct Sensor {
     options: SnapshotOptions,
     /// procfs, or the task iterator while the kernel source runs.
     reader: SnapshotReader,
+    platform: Arc<dyn Platform>,
     base_interval: Duration,
     stretched: bool,
     mailbox: mpsc::Receiver<Command>,
@@ -414,3 +420,7 @@ impl Sensor {
 }
 
 mod stream;
+
+#[cfg(test)]
+#[path = "sensor_tests.rs"]
+mod sensor_tests;

@@ -12,36 +12,28 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{ActiveSource, Flow, Sensor, SensorError};
-#[cfg(target_os = "linux")]
-use crate::clock;
 use crate::metrics::Metrics;
 use crate::model::{EventKind, EventSource};
 use crate::reconcile::Reconciler;
 use crate::sources::SourceMsg;
-use crate::sources::snapshot::{Snapshot, SnapshotReader};
-use crate::sources::stream::{self, KernelStream};
+use crate::sources::snapshot::Snapshot;
+use crate::sources::stream::KernelStream;
 
 impl Sensor {
     /// Starts the kernel source and runs it until it is stopped; `Err(reason)`
     /// if it could not start (the caller decides whether to fall back).
     pub(super) async fn try_kernel_source(&mut self) -> Result<(Flow, ActiveSource), String> {
         let (tx, rx) = mpsc::channel(16);
-        #[cfg(target_os = "linux")]
-        if self.config.compute_hashes {
-            let hasher = crate::pipeline::hash::Hasher::start(
-                self.config.hash_max_file_bytes,
-                tx.clone(),
-                self.metrics.clone(),
-            )
+        self.pipeline
+            .start_hashing(&self.config, &tx, &self.metrics)
             .map_err(|e| format!("starting the hash workers: {e}"))?;
-            self.pipeline.set_hasher(Some(hasher));
-        }
-        let started = stream::start(&self.config, tx, self.metrics.clone());
+        let started = self
+            .platform
+            .start_kernel_source(&self.config, tx, self.metrics.clone());
         let started = match started {
             Ok(s) => s,
             Err(reason) => {
-                #[cfg(target_os = "linux")]
-                self.pipeline.set_hasher(None);
+                self.pipeline.stop_hashing();
                 return Err(reason);
             }
         };
@@ -59,7 +51,7 @@ impl Sensor {
         self.announce(&active);
         let result = self.run_stream(active.source, started.stream, rx).await;
         // Without the kernel source, snapshots use the platform's reader again.
-        self.set_reader(SnapshotReader::default());
+        self.set_reader(self.platform.process_table());
         match result {
             Ok(flow) => Ok((flow, active)),
             Err(e) => Err(e.to_string()),
@@ -72,22 +64,10 @@ impl Sensor {
         reader: Box<dyn KernelStream>,
         mut rx: mpsc::Receiver<SourceMsg>,
     ) -> Result<Flow, SensorError> {
-        // When the snapshot was taken, on the clock events carry.
-        let snapshot_start = |s: &Snapshot| -> i64 {
-            #[cfg(target_os = "linux")]
-            {
-                s.taken_at_boot_ns
-                    .map_or(s.taken_at, clock::boot_to_unix_ns)
-            }
-            #[cfg(not(target_os = "linux"))]
-            {
-                s.taken_at
-            }
-        };
-
         // Inventory after attach: nothing falls between the two.
         let inventory = self.snapshot().await?;
-        let mut reconciler = Reconciler::from_inventory(&inventory, snapshot_start(&inventory));
+        let mut reconciler =
+            Reconciler::from_inventory(&inventory, inventory.started_on_event_clock());
         self.emit_inventory(&inventory, EventSource::Reconcile)
             .await;
         tracing::info!(
@@ -144,7 +124,7 @@ impl Sensor {
                     }
                     Some(SourceMsg::Barrier(id)) => {
                         if let Some((_, started, snap)) = awaiting.take_if(|(want, _, _)| *want == id) {
-                            let missed = reconciler.reconcile(&snap, snapshot_start(&snap));
+                            let missed = reconciler.reconcile(&snap, snap.started_on_event_clock());
                             for e in missed {
                                 let counter = if e.kind == EventKind::Start {
                                     &self.metrics.reconcile_missed_starts
@@ -164,8 +144,7 @@ impl Sensor {
         };
         // Detach, then drain: the reader sends what the ring still holds.
         // The hash workers hold senders too: stop them so the channel ends.
-        #[cfg(unix)]
-        self.pipeline.set_hasher(None);
+        self.pipeline.stop_hashing();
         let stopper = tokio::task::spawn_blocking(move || reader.stop());
         while let Some(msg) = rx.recv().await {
             match msg {

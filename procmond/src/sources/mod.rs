@@ -1,7 +1,7 @@
 //! Event sources: where process events come from on each platform.
 //!
-//! * `stream` — the interface every kernel source implements, and `start`,
-//!   which starts this platform's.
+//! * `stream` — the interface every kernel source implements (`platform`
+//!   starts this platform's).
 //! * `ebpf` — Linux kernel probes (the preferred source).
 //! * `endpoint_security` — macOS EndpointSecurity client (its pure decoding
 //!   is compiled and tested everywhere).
@@ -67,19 +67,9 @@ pub enum SourceChoice {
 }
 
 impl SourceChoice {
-    /// The kernel source this platform has.
+    /// The kernel source this platform has (`platform::KERNEL_SOURCE`).
     pub const fn platform_kernel() -> Self {
-        if cfg!(target_os = "linux") {
-            Self::Ebpf
-        } else if cfg!(target_os = "macos") {
-            Self::EndpointSecurity
-        } else if cfg!(target_os = "freebsd") {
-            Self::Audit
-        } else if cfg!(windows) {
-            Self::Etw
-        } else {
-            Self::Kernel
-        }
+        crate::platform::KERNEL_SOURCE
     }
 
     /// Whether this choice tries the kernel source at all.
@@ -115,47 +105,5 @@ impl SourceChoice {
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default()
-    }
-}
-
-/// Why the kernel source is not running here, if it is not.
-pub fn kernel_source_unavailable_reason() -> Option<String> {
-    #[cfg(target_os = "linux")]
-    {
-        let privileges = crate::privileges::detect();
-        if !privileges.can_load_bpf() {
-            return Some(format!(
-                "missing privilege to load eBPF (need CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN; effective: {})",
-                privileges.effective_summary()
-            ));
-        }
-        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-            return Some("kernel BTF (/sys/kernel/btf/vmlinux) is not available".into());
-        }
-        None
-    }
-    #[cfg(target_os = "freebsd")]
-    {
-        freebsd::audit::unavailable_reason()
-    }
-    #[cfg(target_os = "macos")]
-    {
-        endpoint_security::unavailable_reason()
-    }
-    #[cfg(windows)]
-    {
-        etw::unavailable_reason()
-    }
-    #[cfg(not(any(
-        target_os = "linux",
-        target_os = "freebsd",
-        target_os = "macos",
-        windows
-    )))]
-    {
-        Some(format!(
-            "the {} kernel source is not built into procmond yet",
-            std::env::consts::OS
-        ))
     }
 }

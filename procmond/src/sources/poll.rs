@@ -92,7 +92,7 @@ mod tests {
     fn snap(at: i64, p: Vec<ProcessInfo>) -> Snapshot {
         Snapshot {
             taken_at: at,
-            taken_at_boot_ns: None,
+            taken_at_event_clock: None,
             processes: p,
         }
     }

@@ -72,7 +72,7 @@ pub fn snapshot(proc_root: &Path, options: SnapshotOptions) -> io::Result<Snapsh
     link_parents(&mut processes);
     Ok(Snapshot {
         taken_at,
-        taken_at_boot_ns: Some(taken_at_boot_ns),
+        taken_at_event_clock: Some(clock::boot_to_unix_ns(taken_at_boot_ns)),
         processes,
     })
 }

@@ -4,7 +4,8 @@
 //! collector all start from a `Snapshot`. On Linux it is read straight from
 //! procfs (fast, and with the same start-time clock as the eBPF stream);
 //! on FreeBSD from sysctl `kern.proc.*` (`freebsd::kinfo`); elsewhere from
-//! the sysinfo crate.
+//! the sysinfo crate. Which one is the platform's is decided in `platform`;
+//! this file holds what they share.
 
 use crate::model::{EntityId, EventKind, EventSource, Parent, ProcessEvent, Session};
 
@@ -91,8 +92,10 @@ impl ProcessInfo {
 pub struct Snapshot {
     /// When the enumeration started, Unix-epoch ns.
     pub taken_at: i64,
-    /// When it started on the kernel's clock (CLOCK_BOOTTIME ns), where known.
-    pub taken_at_boot_ns: Option<u64>,
+    /// When it started on the clock kernel events carry, where that is not
+    /// the wall clock `taken_at` reads (Linux: CLOCK_BOOTTIME turned into
+    /// Unix ns with the run's one offset, `clock`).
+    pub taken_at_event_clock: Option<i64>,
     pub processes: Vec<ProcessInfo>,
 }
 
@@ -103,89 +106,40 @@ pub struct SnapshotOptions {
     pub cwd: bool,
 }
 
-/// Where the sensor's snapshots come from: the BPF task iterator while the
-/// kernel source runs and it loaded, else procfs (sysinfo off Linux).
-#[derive(Debug, Clone, Default)]
-pub struct SnapshotReader {
-    #[cfg(target_os = "linux")]
-    iter: Option<std::sync::Arc<std::sync::Mutex<super::ebpf::iter::TaskIter>>>,
-    /// Windows: the ETW rundown's command lines, for what sysinfo misses.
-    #[cfg(windows)]
-    rundown: Option<std::sync::Arc<std::sync::Mutex<super::etw::rundown::Rundown>>>,
+/// Something that enumerates the live process table: the platform's own
+/// reader (`platform::Host`), a kernel source's (the BPF task iterator, the
+/// ETW rundown) or a test's (`platform::fake`).
+pub trait ProcessTable: Send + Sync {
+    /// What health reports as the snapshot reader (`procfs`, `bpf_iter`, …).
+    fn name(&self) -> &'static str;
+    /// One enumeration.
+    fn take(&self, options: SnapshotOptions) -> std::io::Result<Snapshot>;
 }
+
+/// Where the sensor's snapshots come from: the platform's reader, or the
+/// one a running kernel source brings. Cheap to clone.
+#[derive(Clone)]
+pub struct SnapshotReader(std::sync::Arc<dyn ProcessTable>);
 
 impl SnapshotReader {
-    #[cfg(target_os = "linux")]
-    pub fn with_task_iter(iter: super::ebpf::iter::TaskIter) -> Self {
-        Self {
-            iter: Some(std::sync::Arc::new(std::sync::Mutex::new(iter))),
-        }
+    pub fn new(table: impl ProcessTable + 'static) -> Self {
+        Self(std::sync::Arc::new(table))
     }
 
-    /// Windows: sysinfo, with command lines it cannot read taken from the
-    /// ETW source's rundown (`etw::rundown`).
-    #[cfg(windows)]
-    pub fn with_rundown(
-        rundown: std::sync::Arc<std::sync::Mutex<super::etw::rundown::Rundown>>,
-    ) -> Self {
-        Self {
-            rundown: Some(rundown),
-        }
-    }
-
-    /// `bpf_iter` or `procfs` (`kinfo` on FreeBSD, `sysinfo` elsewhere):
-    /// what `take` reads.
+    /// What `take` reads (`bpf_iter`, `procfs`, `kinfo`, `sysinfo`, …).
     pub fn name(&self) -> &'static str {
-        #[cfg(target_os = "linux")]
-        if self.iter.is_some() {
-            return "bpf_iter";
-        }
-        if cfg!(target_os = "linux") {
-            "procfs"
-        } else if cfg!(target_os = "freebsd") {
-            "kinfo"
-        } else {
-            "sysinfo"
-        }
+        self.0.name()
     }
 
-    /// One snapshot; a failed iterator pass falls back to procfs (logged).
+    /// One snapshot.
     pub fn take(&self, options: SnapshotOptions) -> std::io::Result<Snapshot> {
-        #[cfg(target_os = "linux")]
-        if let Some(iter) = &self.iter {
-            let mut iter = iter.lock().unwrap_or_else(|p| p.into_inner());
-            match iter.snapshot(options) {
-                Ok(s) => return Ok(s),
-                Err(e) => tracing::warn!(error = %e, "task iterator pass failed: reading procfs"),
-            }
-        }
-        #[cfg(windows)]
-        if let Some(rundown) = &self.rundown {
-            let mut snapshot = take(options)?;
-            let filled = rundown
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .fill(&mut snapshot);
-            tracing::debug!(filled, "command lines from the ETW rundown");
-            return Ok(snapshot);
-        }
-        take(options)
+        self.0.take(options)
     }
 }
 
-/// Enumerates every live process with the platform's fastest reader.
-pub fn take(options: SnapshotOptions) -> std::io::Result<Snapshot> {
-    #[cfg(target_os = "linux")]
-    {
-        super::procfs::snapshot(std::path::Path::new("/proc"), options)
-    }
-    #[cfg(target_os = "freebsd")]
-    {
-        super::freebsd::kinfo::snapshot(options)
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
-    {
-        super::sysinfo_snapshot::snapshot(options)
+impl std::fmt::Debug for SnapshotReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SnapshotReader").field(&self.name()).finish()
     }
 }
 
@@ -212,6 +166,13 @@ pub fn split_argv(bytes: &[u8], already_truncated: bool) -> (Vec<String>, bool) 
         argv.push(String::from_utf8_lossy(part).into_owned());
     }
     (argv, truncated)
+}
+
+impl Snapshot {
+    /// When the enumeration started, on the clock events carry.
+    pub fn started_on_event_clock(&self) -> i64 {
+        self.taken_at_event_clock.unwrap_or(self.taken_at)
+    }
 }
 
 #[cfg(test)]

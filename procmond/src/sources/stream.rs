@@ -8,19 +8,14 @@
 //! (`sensor/stream.rs`) does the rest on every platform: inventory,
 //! reconciliation against snapshots, the pipeline. Losses the kernel
 //! reports (ring overflow, sequence gaps, pipe drops) go into
-//! `Metrics::kernel_lost`.
+//! `Metrics::kernel_lost`. Which source starts is decided in `platform`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 
-use tokio::sync::mpsc;
-
-use super::SourceMsg;
 use super::snapshot::SnapshotReader;
-use crate::config::ProcmondConfig;
-use crate::metrics::Metrics;
 use crate::model::EventSource;
 
 /// A running kernel event stream.
@@ -147,101 +142,4 @@ impl std::fmt::Debug for StartedStream {
             .field("probes", &self.probes)
             .finish_non_exhaustive()
     }
-}
-
-/// Starts this platform's kernel source, sending to `tx`; `Err(reason)`
-/// when it cannot run here (the caller falls back to polling or fails).
-pub fn start(
-    config: &ProcmondConfig,
-    tx: mpsc::Sender<SourceMsg>,
-    metrics: Arc<Metrics>,
-) -> Result<StartedStream, String> {
-    config.source.check_platform()?;
-    if let Some(reason) = super::kernel_source_unavailable_reason() {
-        return Err(reason);
-    }
-    #[cfg(target_os = "linux")]
-    {
-        super::ebpf::start(config, tx, metrics)
-    }
-    #[cfg(target_os = "macos")]
-    {
-        let _ = config; // nothing in procmond.yaml tunes EndpointSecurity
-        super::endpoint_security::start(tx, metrics)
-    }
-    #[cfg(target_os = "freebsd")]
-    {
-        super::freebsd::audit::start(config, tx, metrics)
-    }
-    #[cfg(windows)]
-    {
-        super::etw::start(config, tx, metrics)
-    }
-    #[cfg(not(any(
-        target_os = "linux",
-        target_os = "macos",
-        target_os = "freebsd",
-        windows
-    )))]
-    {
-        let _ = (config, tx, metrics);
-        Err(
-            super::kernel_source_unavailable_reason().unwrap_or_else(|| {
-                format!(
-                    "the {} kernel source is not built into procmond yet",
-                    std::env::consts::OS
-                )
-            }),
-        )
-    }
-}
-
-/// Whether this platform's kernel source can start here, by really starting
-/// it and stopping it again (`procmond capabilities`): `Err(reason)` if not,
-/// else the probe variant that loaded where there are several.
-pub fn probe(config: &ProcmondConfig) -> Result<Option<String>, String> {
-    if let Some(reason) = super::kernel_source_unavailable_reason() {
-        return Err(reason);
-    }
-    #[cfg(target_os = "linux")]
-    {
-        super::ebpf::attach(
-            config.ring_buffer_bytes,
-            config.ebpf_attach,
-            config.ebpf_probes,
-            config.setuid_events,
-        )
-        .map(|source| Some(source.variant()))
-        .map_err(|e| e.to_string())
-    }
-    #[cfg(target_os = "macos")]
-    {
-        let _ = config;
-        super::endpoint_security::probe().map(|()| None)
-    }
-    #[cfg(target_os = "freebsd")]
-    {
-        let _ = config;
-        super::freebsd::audit::probe().map(|()| None)
-    }
-    #[cfg(windows)]
-    {
-        super::etw::probe(config).map(|()| None)
-    }
-    #[cfg(not(any(
-        target_os = "linux",
-        target_os = "macos",
-        target_os = "freebsd",
-        windows
-    )))]
-    {
-        let _ = config;
-        Ok(None)
-    }
-}
-
-/// The name `capabilities` and `source:` use for this platform's kernel
-/// source (`ebpf`, `endpoint_security`, `audit`, `etw`).
-pub fn platform_kernel_name() -> String {
-    super::SourceChoice::platform_kernel().name()
 }

@@ -78,7 +78,7 @@ pub fn snapshot(options: SnapshotOptions) -> std::io::Result<Snapshot> {
     super::etw::fill_snapshot_ids(&mut processes);
     Ok(Snapshot {
         taken_at,
-        taken_at_boot_ns: None,
+        taken_at_event_clock: None,
         processes,
     })
 }

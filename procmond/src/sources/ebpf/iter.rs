@@ -22,11 +22,44 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use super::{EbpfError, chain, record};
 use crate::clock;
 use crate::sources::procfs;
-use crate::sources::snapshot::{ProcessInfo, Snapshot, SnapshotOptions};
+use crate::sources::snapshot::{ProcessInfo, ProcessTable, Snapshot, SnapshotOptions};
 
 static ITER_OBJECT: &[u8] =
     aya::include_bytes_aligned!("../../../../procmond-ebpf/procmond_iter.bpf.o");
 const PROGRAM: &str = "snapshot_task";
+
+/// The task iterator as the sensor's snapshot reader (`bpf_iter`); a pass
+/// that fails reads procfs instead (logged).
+pub struct IterTable(std::sync::Mutex<TaskIter>);
+
+impl std::fmt::Debug for IterTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IterTable")
+    }
+}
+
+impl IterTable {
+    pub fn new(iter: TaskIter) -> Self {
+        Self(std::sync::Mutex::new(iter))
+    }
+}
+
+impl ProcessTable for IterTable {
+    fn name(&self) -> &'static str {
+        "bpf_iter"
+    }
+
+    fn take(&self, options: SnapshotOptions) -> std::io::Result<Snapshot> {
+        let mut iter = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match iter.snapshot(options) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "task iterator pass failed: reading procfs");
+                procfs::snapshot(std::path::Path::new("/proc"), options)
+            }
+        }
+    }
+}
 
 /// A loaded task iterator; each `snapshot` runs it once.
 pub struct TaskIter {
@@ -110,7 +143,7 @@ impl TaskIter {
         }
         Ok(Snapshot {
             taken_at,
-            taken_at_boot_ns: Some(taken_at_boot_ns),
+            taken_at_event_clock: Some(clock::boot_to_unix_ns(taken_at_boot_ns)),
             processes,
         })
     }

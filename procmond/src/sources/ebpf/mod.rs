@@ -227,7 +227,7 @@ pub fn start(
     .map_err(|e| e.to_string())?;
     let snapshot_reader = source
         .take_task_iter()
-        .map(super::snapshot::SnapshotReader::with_task_iter);
+        .map(|iter| super::snapshot::SnapshotReader::new(iter::IterTable::new(iter)));
     // Where the BTF was parsed here (no probe loader), hand its freed
     // pages back (sys::trim); after a hand-over there is little to return.
     #[cfg(target_env = "gnu")]

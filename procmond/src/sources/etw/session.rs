@@ -420,9 +420,33 @@ pub fn start(
             sessions,
             correlator,
         }),
-        snapshot_reader: Some(SnapshotReader::with_rundown(rundown)),
+        snapshot_reader: Some(SnapshotReader::new(RundownTable(rundown))),
         probes: None,
     })
+}
+
+/// sysinfo's process table, with the command lines it cannot read taken
+/// from the classic session's rundown (`rundown::Rundown::fill`).
+struct RundownTable(Arc<Mutex<Rundown>>);
+
+impl crate::sources::snapshot::ProcessTable for RundownTable {
+    fn name(&self) -> &'static str {
+        "sysinfo"
+    }
+
+    fn take(
+        &self,
+        options: crate::sources::snapshot::SnapshotOptions,
+    ) -> std::io::Result<crate::sources::snapshot::Snapshot> {
+        let mut snapshot = crate::sources::sysinfo_snapshot::snapshot(options)?;
+        let filled = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fill(&mut snapshot);
+        tracing::debug!(filled, "command lines from the ETW rundown");
+        Ok(snapshot)
+    }
 }
 
 /// Waits (at most 5 s) for the classic session's rundown to arrive: the

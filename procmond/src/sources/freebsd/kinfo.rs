@@ -345,7 +345,7 @@ mod live {
         }
         Ok(Snapshot {
             taken_at,
-            taken_at_boot_ns: None,
+            taken_at_event_clock: None,
             processes,
         })
     }

@@ -1,0 +1,47 @@
+//! The seam between procmond and the operating system, for the sensor.
+//!
+//! What the sensor asks of the OS — start the kernel event source, read the
+//! process table — goes through `Platform`. `host()` is this machine's
+//! implementation (`host.rs`, the one place that picks eBPF, ETW,
+//! EndpointSecurity or audit(4) and procfs, kinfo or sysinfo by target);
+//! `fake` is a scripted one that replays records, process tables and faults
+//! so the sensor's loop is tested in-process without root.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::config::ProcmondConfig;
+use crate::metrics::Metrics;
+use crate::sources::SourceMsg;
+use crate::sources::snapshot::SnapshotReader;
+use crate::sources::stream::StartedStream;
+
+#[cfg(test)]
+pub mod fake;
+mod host;
+
+pub use host::{
+    Host, KERNEL_SOURCE, kernel_source_unavailable_reason, probe_kernel_source, snapshot_once,
+};
+
+/// What the sensor needs from the operating system.
+pub trait Platform: Send + Sync + std::fmt::Debug {
+    /// The process-table reader snapshots use while no kernel source
+    /// brings its own.
+    fn process_table(&self) -> SnapshotReader;
+
+    /// Starts the kernel event source, sending to `tx`; `Err(reason)` when
+    /// it cannot run here (the sensor falls back to polling or fails).
+    fn start_kernel_source(
+        &self,
+        config: &ProcmondConfig,
+        tx: mpsc::Sender<SourceMsg>,
+        metrics: Arc<Metrics>,
+    ) -> Result<StartedStream, String>;
+}
+
+/// This machine's operating system.
+pub fn host() -> Arc<dyn Platform> {
+    Arc::new(Host)
+}
