@@ -233,3 +233,7 @@ async fn register_when_attached(
         attached.degraded_reason,
     ));
 }
+
+#[cfg(all(test, unix))]
+#[path = "collector_tests.rs"]
+mod collector_tests;
