@@ -27,7 +27,7 @@ pub fn run() -> Result<()> {
         "platform": {
             "os": std::env::consts::OS,
             "arch": std::env::consts::ARCH,
-            "kernel": kernel_release(),
+            "kernel": procmond::platform::kernel_release(),
         },
         "privileges": privileges,
         "sources": sources,
@@ -38,18 +38,4 @@ pub fn run() -> Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
-}
-
-fn kernel_release() -> Option<String> {
-    #[cfg(target_os = "linux")]
-    {
-        Some(
-            rustix::system::uname()
-                .release()
-                .to_string_lossy()
-                .into_owned(),
-        )
-    }
-    #[cfg(not(target_os = "linux"))]
-    None
 }

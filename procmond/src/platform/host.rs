@@ -207,6 +207,33 @@ pub fn snapshot_once(options: SnapshotOptions) -> std::io::Result<Snapshot> {
     NativeTable.take(options)
 }
 
+/// The running kernel's release (`uname -r`), where procmond reports it
+/// (`capabilities`: the probes depend on it).
+pub fn kernel_release() -> Option<String> {
+    #[cfg(target_os = "linux")]
+    {
+        Some(
+            rustix::system::uname()
+                .release()
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
+/// The kernel's random id of this boot, as text (Linux:
+/// /proc/sys/kernel/random/boot_id); `None` where the platform has none.
+pub fn boot_id() -> Option<String> {
+    #[cfg(target_os = "linux")]
+    {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
 /// The platform's own process-table reader: procfs on Linux, sysctl
 /// `kern.proc` on FreeBSD, the sysinfo crate elsewhere.
 struct NativeTable;
@@ -231,7 +258,24 @@ impl ProcessTable for NativeTable {
         {
             sources::freebsd::kinfo::snapshot(options)
         }
-        #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+        #[cfg(target_os = "macos")]
+        {
+            let mut snapshot = sources::sysinfo_snapshot::snapshot(options)?;
+            sources::endpoint_security::fill_snapshot_ids(&mut snapshot.processes);
+            Ok(snapshot)
+        }
+        #[cfg(windows)]
+        {
+            let mut snapshot = sources::sysinfo_snapshot::snapshot(options)?;
+            sources::etw::fill_snapshot_ids(&mut snapshot.processes);
+            Ok(snapshot)
+        }
+        #[cfg(not(any(
+            target_os = "linux",
+            target_os = "freebsd",
+            target_os = "macos",
+            windows
+        )))]
         {
             sources::sysinfo_snapshot::snapshot(options)
         }

@@ -1,7 +1,8 @@
 //! The seam between procmond and the operating system, for the sensor.
 //!
 //! What the sensor asks of the OS — start the kernel event source, read the
-//! process table — goes through `Platform`. `host()` is this machine's
+//! process table — goes through `Platform`; what the pipeline reads after a
+//! source (procfs on Linux) is `NativeEnricher`. `host()` is this machine's
 //! implementation (`host.rs`, the one place that picks eBPF, ETW,
 //! EndpointSecurity or audit(4) and procfs, kinfo or sysinfo by target);
 //! `fake` is a scripted one that replays records, process tables and faults
@@ -20,9 +21,31 @@ use crate::sources::stream::StartedStream;
 #[cfg(test)]
 pub mod fake;
 mod host;
+#[cfg(target_os = "linux")]
+mod procfs_enrich;
+
+/// What the platform adds to an event after its source (`pipeline::enrich`).
+#[cfg(target_os = "linux")]
+pub use procfs_enrich::NativeEnricher;
+
+/// Off Linux the sources capture all they can at the event; nothing is
+/// read afterwards.
+#[cfg(not(target_os = "linux"))]
+#[derive(Debug, Clone, Default)]
+pub struct NativeEnricher;
+
+#[cfg(not(target_os = "linux"))]
+impl NativeEnricher {
+    pub fn new() -> Self {
+        Self
+    }
+
+    pub fn enrich(&mut self, _event: &mut crate::model::ProcessEvent, _enhanced: bool) {}
+}
 
 pub use host::{
-    Host, KERNEL_SOURCE, kernel_source_unavailable_reason, probe_kernel_source, snapshot_once,
+    Host, KERNEL_SOURCE, boot_id, kernel_release, kernel_source_unavailable_reason,
+    probe_kernel_source, snapshot_once,
 };
 
 /// What the sensor needs from the operating system.

@@ -20,13 +20,14 @@ pub fn refresh_kind(options: SnapshotOptions) -> ProcessRefreshKind {
     }
 }
 
-/// Enumerates every process with sysinfo.
+/// Enumerates every process with sysinfo (macOS and Windows add their
+/// identities in `platform::Host`).
 pub fn snapshot(options: SnapshotOptions) -> std::io::Result<Snapshot> {
     let taken_at = clock::now_unix_ns();
     let mut system = System::new().map_err(std::io::Error::other)?;
     system.refresh_processes_specifics(ProcessesToUpdate::All, true, refresh_kind(options));
     #[cfg_attr(not(any(target_os = "macos", windows)), allow(unused_mut))]
-    let mut processes: Vec<ProcessInfo> = system
+    let processes: Vec<ProcessInfo> = system
         .processes()
         .values()
         .map(|p| {
@@ -72,10 +73,6 @@ pub fn snapshot(options: SnapshotOptions) -> std::io::Result<Snapshot> {
             }
         })
         .collect();
-    #[cfg(target_os = "macos")]
-    super::endpoint_security::fill_snapshot_ids(&mut processes);
-    #[cfg(windows)]
-    super::etw::fill_snapshot_ids(&mut processes);
     Ok(Snapshot {
         taken_at,
         taken_at_event_clock: None,

@@ -79,8 +79,7 @@ impl Prepared {
 /// image share their hostname, collector ids and even WAL epochs, never
 /// their boot id, so their message ids never collide.
 pub fn boot_token() -> String {
-    #[cfg(target_os = "linux")]
-    if let Ok(id) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
+    if let Some(id) = crate::platform::boot_id() {
         let hex: String = id.chars().filter(char::is_ascii_hexdigit).collect();
         if !hex.is_empty() {
             return hex;

@@ -438,7 +438,8 @@ impl crate::sources::snapshot::ProcessTable for RundownTable {
         &self,
         options: crate::sources::snapshot::SnapshotOptions,
     ) -> std::io::Result<crate::sources::snapshot::Snapshot> {
-        let mut snapshot = crate::sources::sysinfo_snapshot::snapshot(options)?;
+        let native = crate::platform::Platform::process_table(&crate::platform::Host);
+        let mut snapshot = native.take(options)?;
         let filled = self
             .0
             .lock()

@@ -501,8 +501,9 @@ fn snapshot_ids_from_the_system() {
         eprintln!("wine: no System process to read ({system:?}); snapshot ids not exercised");
         return;
     };
-    let mut snapshot =
-        crate::sources::sysinfo_snapshot::snapshot(Default::default()).expect("snapshot");
+    // The host's table: sysinfo, then the identities ETW's rules give.
+    let table = crate::platform::Platform::process_table(&crate::platform::Host);
+    let mut snapshot = table.take(Default::default()).expect("snapshot");
     let own = std::process::id();
     let me = snapshot
         .processes
