@@ -25,7 +25,7 @@ fn kernel_or_skip() -> bool {
 /// This test process's entity_id as procfs gives it (the same facts the
 /// probes read).
 fn own_entity_id() -> String {
-    let snap = procmond::sources::procfs::snapshot(
+    let snap = procmond::platform::procfs::snapshot(
         std::path::Path::new("/proc"),
         procmond::sources::snapshot::SnapshotOptions::default(),
     )

@@ -561,7 +561,7 @@ fn task_iterator_reads_what_procfs_reads() {
     let mut iter =
         procmond::sources::ebpf::iter::TaskIter::load_standalone().expect("iterator loads");
     let from_kernel = iter.snapshot(options).expect("iterator snapshot");
-    let from_procfs = procmond::sources::procfs::snapshot(std::path::Path::new("/proc"), options)
+    let from_procfs = procmond::platform::procfs::snapshot(std::path::Path::new("/proc"), options)
         .expect("procfs snapshot");
     let _ = child.kill();
     let _ = child.wait();

@@ -10,7 +10,6 @@
 pub mod agent;
 pub mod backoff;
 pub mod bus;
-pub mod clock;
 pub mod collector;
 pub mod config;
 pub mod delivery;
@@ -19,9 +18,11 @@ pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod platform;
-pub mod privileges;
 pub mod reconcile;
 pub mod sensor;
 pub mod sources;
-pub mod sys;
 pub mod telemetry;
+
+// The operating system's modules live under `platform/`; these paths stay
+// for the rest of the crate.
+pub use platform::{clock, privileges, sys};

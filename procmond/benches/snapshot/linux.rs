@@ -20,8 +20,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput};
+use procmond::platform::procfs;
 use procmond::sources::ebpf::iter::TaskIter;
-use procmond::sources::procfs;
 use procmond::sources::snapshot::SnapshotOptions;
 use procmond::sources::sysinfo_snapshot::refresh_kind;
 use sysinfo::{ProcessesToUpdate, System};

@@ -17,7 +17,7 @@ pub mod metrics_http;
 #[cfg(not(target_vendor = "apple"))]
 pub mod nats;
 #[cfg(unix)]
-pub mod privdrop;
+pub use crate::platform::privdrop;
 pub mod prometheus;
 #[cfg(windows)]
 pub mod service;

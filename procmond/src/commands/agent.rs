@@ -27,7 +27,7 @@ pub fn run(config_path: &Path, service: bool, log_file: Option<PathBuf>) -> Resu
     super::log_privileges();
     // Idle blocking threads made before the privilege drop keep their own
     // bounding set and no_new_privs: let them go quickly, so that the drop's
-    // check of every thread (agent/privdrop.rs) finds only dropped ones.
+    // check of every thread (platform/privdrop.rs) finds only dropped ones.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_keep_alive(std::time::Duration::from_millis(200))

@@ -121,38 +121,6 @@ pub struct LinuxProcessFacts {
 }
 
 impl LinuxBoot {
-    /// Reads this machine's boot id and clock-tick rate.
-    #[cfg(target_os = "linux")]
-    pub fn read() -> std::io::Result<Self> {
-        let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
-        let boot_id = EntityId::parse(text.trim()).ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "/proc/sys/kernel/random/boot_id is not a UUID: {:?}",
-                    text.trim()
-                ),
-            )
-        })?;
-        Ok(Self {
-            boot_id: boot_id.0,
-            clock_ticks_per_sec: crate::clock::ticks_per_sec(),
-        })
-    }
-
-    /// This boot's facts, read once; `None` where they cannot be read (the
-    /// reason is logged once). Every Linux reader computes ids with these.
-    #[cfg(target_os = "linux")]
-    pub fn get() -> Option<&'static Self> {
-        static BOOT: std::sync::OnceLock<Option<LinuxBoot>> = std::sync::OnceLock::new();
-        BOOT.get_or_init(|| {
-            Self::read()
-                .inspect_err(|e| tracing::error!(error = %e, "no entity_id on any event: the boot id cannot be read"))
-                .ok()
-        })
-        .as_ref()
-    }
-
     /// The start time in clock ticks since boot, as `/proc/PID/stat`
     /// field 22 gives it.
     pub fn ticks(&self, start_boottime_ns: u64) -> u64 {

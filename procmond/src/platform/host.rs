@@ -207,6 +207,30 @@ pub fn snapshot_once(options: SnapshotOptions) -> std::io::Result<Snapshot> {
     NativeTable.take(options)
 }
 
+/// Makes this binary the loader of every eBPF load the process does
+/// (`procmond probe-loader`, sources/ebpf/handover.rs); nothing elsewhere.
+pub fn register_probe_loader() {
+    #[cfg(target_os = "linux")]
+    sources::ebpf::handover::enable(std::path::Path::new("/proc/self/exe"));
+}
+
+/// Serves one load for a collector as `procmond probe-loader`: `request`
+/// is the load as the collector wrote it (JSON).
+pub fn serve_probe_load(request: &str) -> Result<(), String> {
+    #[cfg(target_os = "linux")]
+    {
+        use sources::ebpf::handover;
+        let request: handover::LoadRequest =
+            serde_json::from_str(request).map_err(|e| format!("reading the load request: {e}"))?;
+        handover::serve(request)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = request;
+        Err("the probe loader exists on Linux only".into())
+    }
+}
+
 /// The running kernel's release (`uname -r`), where procmond reports it
 /// (`capabilities`: the probes depend on it).
 pub fn kernel_release() -> Option<String> {
@@ -252,7 +276,7 @@ impl ProcessTable for NativeTable {
     fn take(&self, options: SnapshotOptions) -> std::io::Result<Snapshot> {
         #[cfg(target_os = "linux")]
         {
-            sources::procfs::snapshot(std::path::Path::new("/proc"), options)
+            super::procfs::snapshot(std::path::Path::new("/proc"), options)
         }
         #[cfg(target_os = "freebsd")]
         {

@@ -18,11 +18,18 @@ use crate::sources::SourceMsg;
 use crate::sources::snapshot::SnapshotReader;
 use crate::sources::stream::StartedStream;
 
+pub mod clock;
 #[cfg(test)]
 pub mod fake;
 mod host;
+#[cfg(unix)]
+pub mod privdrop;
+pub mod privileges;
+#[cfg(target_os = "linux")]
+pub mod procfs;
 #[cfg(target_os = "linux")]
 mod procfs_enrich;
+pub mod sys;
 
 /// What the platform adds to an event after its source (`pipeline::enrich`).
 #[cfg(target_os = "linux")]
@@ -45,7 +52,7 @@ impl NativeEnricher {
 
 pub use host::{
     Host, KERNEL_SOURCE, boot_id, kernel_release, kernel_source_unavailable_reason,
-    probe_kernel_source, snapshot_once,
+    probe_kernel_source, register_probe_loader, serve_probe_load, snapshot_once,
 };
 
 /// What the sensor needs from the operating system.

@@ -16,14 +16,11 @@
 //! `select` decides which source runs and records why any better one could
 //! not, so the sensor degrades visibly instead of failing.
 
-#[cfg(target_os = "linux")]
 pub mod ebpf;
 pub mod endpoint_security;
 pub mod etw;
 pub mod freebsd;
 pub mod poll;
-#[cfg(target_os = "linux")]
-pub mod procfs;
 pub mod snapshot;
 pub mod stream;
 pub mod sysinfo_snapshot;

@@ -21,7 +21,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 
 use super::{EbpfError, chain, record};
 use crate::clock;
-use crate::sources::procfs;
+use crate::platform::procfs;
 use crate::sources::snapshot::{ProcessInfo, ProcessTable, Snapshot, SnapshotOptions};
 
 static ITER_OBJECT: &[u8] =

@@ -17,6 +17,7 @@
 //! the kernel counts what it cannot write. `kernel_lost` is that count plus
 //! the probe runs the kernel skipped (`misses`): every kernel-side loss is
 //! counted.
+#![cfg(target_os = "linux")]
 
 mod attach;
 pub mod handover;

@@ -37,10 +37,12 @@ use rustix::fs::{Mode, OFlags, RawDir, openat, readlinkat, readlinkat_raw};
 use rustix::io::Errno;
 use rustix::path::DecInt;
 
-use super::snapshot::{ARGV_MAX_BYTES, ProcessInfo, Snapshot, SnapshotOptions, split_argv};
 use crate::clock;
 use crate::model::identity::LinuxBoot;
 use crate::model::{EntityId, Session, Tty};
+use crate::sources::snapshot::{
+    ARGV_MAX_BYTES, ProcessInfo, Snapshot, SnapshotOptions, split_argv,
+};
 
 /// Most bytes kept of `stat` (about 300 in practice).
 const STAT_MAX: usize = 1024;
@@ -368,6 +370,39 @@ fn ids(rest: &[u8]) -> impl Iterator<Item = u32> + '_ {
         .unwrap_or("")
         .split_ascii_whitespace()
         .filter_map(|s| s.parse().ok())
+}
+
+/// This boot's facts, as Linux gives them: the identity rules' inputs.
+impl crate::model::identity::LinuxBoot {
+    /// Reads this machine's boot id and clock-tick rate.
+    pub fn read() -> std::io::Result<Self> {
+        let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
+        let boot_id = crate::model::EntityId::parse(text.trim()).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "/proc/sys/kernel/random/boot_id is not a UUID: {:?}",
+                    text.trim()
+                ),
+            )
+        })?;
+        Ok(Self {
+            boot_id: boot_id.0,
+            clock_ticks_per_sec: crate::clock::ticks_per_sec(),
+        })
+    }
+
+    /// This boot's facts, read once; `None` where they cannot be read (the
+    /// reason is logged once). Every Linux reader computes ids with these.
+    pub fn get() -> Option<&'static Self> {
+        static BOOT: std::sync::OnceLock<Option<LinuxBoot>> = std::sync::OnceLock::new();
+        BOOT.get_or_init(|| {
+            Self::read()
+                .inspect_err(|e| tracing::error!(error = %e, "no entity_id on any event: the boot id cannot be read"))
+                .ok()
+        })
+        .as_ref()
+    }
 }
 
 #[cfg(test)]
