@@ -6,6 +6,7 @@
 //! refused: a sensor's config is part of its trust boundary.
 
 pub mod agent;
+pub mod ebpf;
 pub mod procmond;
 
 use std::path::{Path, PathBuf};

@@ -18,12 +18,10 @@ pub struct ProcmondConfig {
     /// `auto`, `kernel`, a platform's kernel source, or `poll`.
     pub source: SourceChoice,
     /// How eBPF probes attach: `auto` (BTF tracepoints, else classic), `btf`, `tracepoint`.
-    #[cfg(target_os = "linux")]
-    pub ebpf_attach: crate::sources::ebpf::AttachMode,
+    pub ebpf_attach: super::ebpf::AttachMode,
     /// Which build of the probes loads: `auto` (`bpf_loop` where the kernel
     /// has it, else `bounded_loop`), `bpf_loop`, `bounded_loop`.
-    #[cfg(target_os = "linux")]
-    pub ebpf_probes: crate::sources::ebpf::ProbeBuild,
+    pub ebpf_probes: super::ebpf::ProbeBuild,
     /// `setuid` events from the kernel (Linux). Where only the `sys_exit`
     /// fallback loads, it runs on every system call's exit on the host:
     /// `false` saves that, and reports no setuid events.
@@ -88,10 +86,8 @@ impl Default for ProcmondConfig {
         Self {
             collector_id: "procmond".into(),
             source: SourceChoice::Auto,
-            #[cfg(target_os = "linux")]
-            ebpf_attach: crate::sources::ebpf::AttachMode::Auto,
-            #[cfg(target_os = "linux")]
-            ebpf_probes: crate::sources::ebpf::ProbeBuild::Auto,
+            ebpf_attach: super::ebpf::AttachMode::Auto,
+            ebpf_probes: super::ebpf::ProbeBuild::Auto,
             setuid_events: true,
             collection_interval_secs: 30,
             enhanced_metadata: true,

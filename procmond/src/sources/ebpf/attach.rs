@@ -15,6 +15,7 @@
 //! fork events; the source says so as its degraded reason. If both fail the
 //! caller falls back to polling. Each failure is reported with its cause.
 
+pub use crate::config::ebpf::{AttachMode, ProbeBuild};
 use std::path::Path;
 
 use aya::programs::{BtfTracePoint, FExit, Lsm, ProgramError, TracePoint};
@@ -31,18 +32,6 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../../procmond-ebpf/pr
 static OBJECT_COMPAT: &[u8] =
     aya::include_bytes_aligned!("../../../../procmond-ebpf/procmond_compat.bpf.o");
 
-/// Which build of the probes to load (`ebpf_probes` in procmond.yaml).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProbeBuild {
-    /// `bpf_loop` where the kernel has it, else `bounded_loop`.
-    Auto,
-    /// Path walks with `bpf_loop` (5.17+).
-    BpfLoop,
-    /// Path walks in a bounded loop (5.8+).
-    BoundedLoop,
-}
-
 impl ProbeBuild {
     /// The build `self` stands for on this kernel (`Auto` asks it).
     fn resolve(self) -> Self {
@@ -57,14 +46,6 @@ impl ProbeBuild {
         match self {
             Self::BoundedLoop => OBJECT_COMPAT,
             Self::Auto | Self::BpfLoop => OBJECT,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::BpfLoop => "bpf_loop",
-            Self::BoundedLoop => "bounded_loop",
         }
     }
 }
@@ -110,18 +91,6 @@ const CLASSIC_PROGRAMS: [(&str, &str); 2] = [
 ];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
-
-/// Which attach method the operator allows (`ebpf_attach` in procmond.yaml).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AttachMode {
-    /// BTF tracepoints, else classic tracepoints.
-    Auto,
-    /// BTF tracepoints only.
-    Btf,
-    /// Classic tracepoints only.
-    Tracepoint,
-}
 
 /// How the probes ended up attached, and which build of them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
