@@ -1,6 +1,6 @@
 //! End-to-end: the probe loader. `procmond watch --source ebpf` has its
 //! probes loaded by `procmond probe-loader`, which hands their descriptors
-//! over and exits (sources/ebpf/handover.rs). The probes must then capture
+//! over and exits (platform/sources/ebpf/handover.rs). The probes must then capture
 //! as before, be held by the collector alone, and live exactly as long as
 //! it does: a collector killed outright leaves nothing attached.
 #![cfg(target_os = "linux")]

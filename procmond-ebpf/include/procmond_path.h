@@ -10,7 +10,7 @@
  * track map contents, so the branches of one step meet again in one state
  * instead of doubling at every component (on the stack, 5.10 gave up
  * after a million instructions). Components are written leaf first, each NUL-terminated; procmond
- * reverses them (sources/ebpf/record.rs). The root itself is one empty
+ * reverses them (platform/sources/ebpf/record.rs). The root itself is one empty
  * component. Shared by the event probes (cwd) and the task iterator (exe,
  * cwd).
  */

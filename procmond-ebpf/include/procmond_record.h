@@ -1,7 +1,7 @@
 /* procmond_record.h - the wire layout of one kernel record in the ring buffer.
  *
  * This is the contract between the probes and procmond's decoder
- * (procmond/src/sources/ebpf/record.rs). Every field is little-endian and
+ * (procmond/src/platform/sources/ebpf/record.rs). Every field is little-endian and
  * naturally aligned; a header is followed by `filename_len` bytes of the exec
  * filename, `args_len` bytes of NUL-separated argv and `cwd_len` bytes of the
  * working directory, its components leaf first, each NUL-terminated (exec

@@ -19,10 +19,11 @@ pub mod output;
 pub mod pipeline;
 pub mod platform;
 pub mod reconcile;
+#[cfg(unix)]
+pub mod safe_path;
 pub mod sensor;
-pub mod sources;
 pub mod telemetry;
 
 // The operating system's modules live under `platform/`; these paths stay
 // for the rest of the crate.
-pub use platform::{clock, privileges, sys};
+pub use platform::{clock, privileges, sources, sys};

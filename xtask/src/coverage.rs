@@ -17,8 +17,8 @@ use anyhow::{Context, Result, bail};
 /// The files an event crosses from the kernel to the sink, by path under
 /// `procmond/src/`. A prefix ending in `/` names a whole folder.
 const CRITICAL_PATH: [&str; 17] = [
-    "sources/ebpf/record.rs",
-    "sources/ebpf/layout.rs",
+    "platform/sources/ebpf/record.rs",
+    "platform/sources/ebpf/layout.rs",
     "sensor/stream.rs",
     "pipeline/",
     "platform/procfs_enrich.rs",

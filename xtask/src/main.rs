@@ -28,7 +28,7 @@ const NEEDED_PACKAGES: &str = "clang llvm libbpf-dev";
 const TEST_PACKAGES: &str = "nats-server";
 /// Each probe source, the object it builds to, and the defines it is built
 /// with: the event probes twice, with bpf_loop (5.17+) and with a bounded
-/// loop in its place for older kernels (sources/ebpf/attach.rs picks one).
+/// loop in its place for older kernels (platform/sources/ebpf/attach.rs picks one).
 const OBJECTS: [(&str, &str, &[&str]); 3] = [
     ("src/procmond.bpf.c", "procmond.bpf.o", &[]),
     (

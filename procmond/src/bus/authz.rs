@@ -210,7 +210,7 @@ pub fn decide(
                 credential,
                 ..
             } => {
-                if !crate::config::is_topic_segment(&collector_id) {
+                if !crate::bus::protocol::is_topic_segment(&collector_id) {
                     return Err(Refused::BadRegistration(
                         "collector_id must be 1-64 of [A-Za-z0-9_-]".into(),
                     ));

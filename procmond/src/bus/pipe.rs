@@ -79,13 +79,7 @@ pub fn trusted_owner(owner: &str, own_sid: &str) -> bool {
         .any(|t| t.eq_ignore_ascii_case(owner))
 }
 
-/// The ACL of the agent's private files and directories (WAL, sinks, the
-/// launcher's collector configs): SYSTEM, Administrators and the account
-/// procmond runs as (LocalSystem for the service) full control, inherited
-/// by everything created inside; nothing inherited from above; nobody else.
-pub fn private_sddl(own_sid: &str) -> String {
-    format!("D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;FA;;;{own_sid})")
-}
+pub use crate::sys::acl::private_sddl;
 
 /// Whether a client running as `client` may connect (`allowed` already
 /// holds the agent's own SID when it should).

@@ -271,6 +271,14 @@ pub const TOPIC_REGISTRATION: &str = "control.collector.registration";
 /// RPC topic the agent itself answers (its own health).
 pub const TOPIC_AGENT: &str = "control.agent";
 
+/// An id that is also a bus topic segment: 1–64 of `[A-Za-z0-9_-]`.
+pub fn is_topic_segment(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
 /// RPC topic of one collector.
 pub fn control_topic(collector_id: &str) -> String {
     format!("control.collector.{collector_id}")

@@ -9,7 +9,7 @@ use serde_json::json;
 pub fn run() -> Result<()> {
     let privileges = procmond::privileges::detect();
     let config = procmond::config::ProcmondConfig::default();
-    let probe = procmond::platform::probe_kernel_source(&config);
+    let probe = procmond::platform::probe_kernel_source(&config.kernel_options());
     let probes = probe.as_ref().ok().cloned().flatten();
     let kernel_reason = probe.err();
     let kernel_name = procmond::sources::SourceChoice::platform_kernel().name();

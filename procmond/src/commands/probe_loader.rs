@@ -1,6 +1,6 @@
 //! `procmond probe-loader`: the short-lived process that loads the eBPF
 //! probes for the collector, so the collector never parses the kernel's
-//! BTF itself (sources/ebpf/handover.rs says why and how).
+//! BTF itself (platform/sources/ebpf/handover.rs says why and how).
 
 use anyhow::Result;
 

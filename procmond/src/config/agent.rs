@@ -267,7 +267,7 @@ fn check_executable(path: &Path) -> Result<(), String> {
         }
         // The launcher runs it as root: neither it nor any directory (or
         // link) on the way may be someone else's to change.
-        crate::sys::safe_path::check_executable(path).map_err(|e| e.to_string())?;
+        crate::safe_path::check_executable(path).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

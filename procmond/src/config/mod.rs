@@ -6,7 +6,6 @@
 //! refused: a sensor's config is part of its trust boundary.
 
 pub mod agent;
-pub mod ebpf;
 pub mod procmond;
 
 use std::path::{Path, PathBuf};
@@ -40,13 +39,7 @@ impl ConfigError {
     }
 }
 
-/// An id that is also a bus topic segment: 1–64 of `[A-Za-z0-9_-]`.
-pub fn is_topic_segment(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
-}
+pub use crate::bus::protocol::is_topic_segment;
 
 /// Reads a config file after checking who may write it.
 pub fn read_config_file(path: &Path) -> Result<String, ConfigError> {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, parse_yaml, read_config_file};
-use crate::sources::SourceChoice;
+use crate::platform::options::{AttachMode, KernelOptions, ProbeBuild, SourceChoice};
 
 /// The collector's configuration, with docs/reference.md §5 defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,10 +18,10 @@ pub struct ProcmondConfig {
     /// `auto`, `kernel`, a platform's kernel source, or `poll`.
     pub source: SourceChoice,
     /// How eBPF probes attach: `auto` (BTF tracepoints, else classic), `btf`, `tracepoint`.
-    pub ebpf_attach: super::ebpf::AttachMode,
+    pub ebpf_attach: AttachMode,
     /// Which build of the probes loads: `auto` (`bpf_loop` where the kernel
     /// has it, else `bounded_loop`), `bpf_loop`, `bounded_loop`.
-    pub ebpf_probes: super::ebpf::ProbeBuild,
+    pub ebpf_probes: ProbeBuild,
     /// `setuid` events from the kernel (Linux). Where only the `sys_exit`
     /// fallback loads, it runs on every system call's exit on the host:
     /// `false` saves that, and reports no setuid events.
@@ -81,13 +81,28 @@ pub struct SanitizeConfig {
     pub extra_keys: Vec<String>,
 }
 
+impl ProcmondConfig {
+    /// What a kernel source starts with.
+    pub fn kernel_options(&self) -> KernelOptions {
+        KernelOptions {
+            collector_id: self.collector_id.clone(),
+            source: self.source,
+            ring_buffer_bytes: self.ring_buffer_bytes,
+            ebpf_attach: self.ebpf_attach,
+            ebpf_probes: self.ebpf_probes,
+            setuid_events: self.setuid_events,
+            enhanced_metadata: self.enhanced_metadata,
+        }
+    }
+}
+
 impl Default for ProcmondConfig {
     fn default() -> Self {
         Self {
             collector_id: "procmond".into(),
             source: SourceChoice::Auto,
-            ebpf_attach: super::ebpf::AttachMode::Auto,
-            ebpf_probes: super::ebpf::ProbeBuild::Auto,
+            ebpf_attach: AttachMode::Auto,
+            ebpf_probes: ProbeBuild::Auto,
             setuid_events: true,
             collection_interval_secs: 30,
             enhanced_metadata: true,

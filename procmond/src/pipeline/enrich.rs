@@ -22,7 +22,7 @@
 //!
 //! Events without a kernel cgroup id (inventory, polling) read their cgroup
 //! from procfs. The container (id, runtime, pod) comes from the cgroup path
-//! (`container`), cached with it. Best effort: a process that is already gone keeps what the
+//! (`platform::container`), cached with it. Best effort: a process that is already gone keeps what the
 //! kernel captured, and nothing is invented.
 
 use crate::model::{EventKind, ProcessEvent};
@@ -59,24 +59,9 @@ impl Enricher {
     }
 }
 
-/// The cgroup v2 path (`0::/path`) from `/proc/PID/cgroup`.
-pub fn unified_cgroup(text: &str) -> Option<&str> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .filter(|p| !p.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_unified_cgroup() {
-        assert_eq!(unified_cgroup("0::/a/b\n"), Some("/a/b"));
-        assert_eq!(unified_cgroup("1:name=systemd:/x\n0::/y\n"), Some("/y"));
-        assert_eq!(unified_cgroup("1:name=systemd:/x\n"), None);
-        assert_eq!(unified_cgroup("0::\n"), None);
-    }
 
     #[test]
     fn without_enhanced_metadata_no_cwd_is_kept() {

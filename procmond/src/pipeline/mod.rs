@@ -9,7 +9,6 @@
 //! batch at their natural boundary (one drain of the kernel ring, one
 //! snapshot), or when it is full.
 
-pub mod container;
 pub mod enrich;
 #[cfg(unix)]
 pub mod hash;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
 
 use super::Platform;
-use crate::config::ProcmondConfig;
+use super::options::KernelOptions;
 use crate::metrics::Metrics;
 use crate::model::EventSource;
 use crate::sources::SourceMsg;
@@ -112,7 +112,7 @@ impl Platform for FakePlatform {
 
     fn start_kernel_source(
         &self,
-        _config: &ProcmondConfig,
+        _options: &KernelOptions,
         tx: mpsc::Sender<SourceMsg>,
         metrics: Arc<Metrics>,
     ) -> Result<StartedStream, String> {

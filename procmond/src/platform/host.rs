@@ -7,24 +7,14 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::Platform;
-use crate::config::ProcmondConfig;
+use super::options::KernelOptions;
 use crate::metrics::Metrics;
 use crate::sources::snapshot::{ProcessTable, Snapshot, SnapshotOptions, SnapshotReader};
 use crate::sources::stream::StartedStream;
 use crate::sources::{self, SourceChoice, SourceMsg};
 
 /// The kernel source this platform has (`auto` and `kernel` mean it).
-pub const KERNEL_SOURCE: SourceChoice = if cfg!(target_os = "linux") {
-    SourceChoice::Ebpf
-} else if cfg!(target_os = "macos") {
-    SourceChoice::EndpointSecurity
-} else if cfg!(target_os = "freebsd") {
-    SourceChoice::Audit
-} else if cfg!(windows) {
-    SourceChoice::Etw
-} else {
-    SourceChoice::Kernel
-};
+pub const KERNEL_SOURCE: SourceChoice = SourceChoice::platform_kernel();
 
 /// The operating system procmond runs on.
 #[derive(Debug, Clone, Copy, Default)]
@@ -37,7 +27,7 @@ impl Platform for Host {
 
     fn start_kernel_source(
         &self,
-        config: &ProcmondConfig,
+        config: &KernelOptions,
         tx: mpsc::Sender<SourceMsg>,
         metrics: Arc<Metrics>,
     ) -> Result<StartedStream, String> {
@@ -51,7 +41,7 @@ impl Platform for Host {
 
 #[cfg(target_os = "linux")]
 fn start(
-    config: &ProcmondConfig,
+    config: &KernelOptions,
     tx: mpsc::Sender<SourceMsg>,
     metrics: Arc<Metrics>,
 ) -> Result<StartedStream, String> {
@@ -60,7 +50,7 @@ fn start(
 
 #[cfg(target_os = "macos")]
 fn start(
-    _config: &ProcmondConfig, // nothing in procmond.yaml tunes EndpointSecurity
+    _config: &KernelOptions, // nothing in procmond.yaml tunes EndpointSecurity
     tx: mpsc::Sender<SourceMsg>,
     metrics: Arc<Metrics>,
 ) -> Result<StartedStream, String> {
@@ -69,7 +59,7 @@ fn start(
 
 #[cfg(target_os = "freebsd")]
 fn start(
-    config: &ProcmondConfig,
+    config: &KernelOptions,
     tx: mpsc::Sender<SourceMsg>,
     metrics: Arc<Metrics>,
 ) -> Result<StartedStream, String> {
@@ -78,7 +68,7 @@ fn start(
 
 #[cfg(windows)]
 fn start(
-    config: &ProcmondConfig,
+    config: &KernelOptions,
     tx: mpsc::Sender<SourceMsg>,
     metrics: Arc<Metrics>,
 ) -> Result<StartedStream, String> {
@@ -92,7 +82,7 @@ fn start(
     windows
 )))]
 fn start(
-    _config: &ProcmondConfig,
+    _config: &KernelOptions,
     _tx: mpsc::Sender<SourceMsg>,
     _metrics: Arc<Metrics>,
 ) -> Result<StartedStream, String> {
@@ -155,7 +145,7 @@ pub fn kernel_source_unavailable_reason() -> Option<String> {
 /// Whether this platform's kernel source can start here, by really starting
 /// it and stopping it again (`procmond capabilities`): `Err(reason)` if not,
 /// else the probe variant that loaded where there are several.
-pub fn probe_kernel_source(config: &ProcmondConfig) -> Result<Option<String>, String> {
+pub fn probe_kernel_source(config: &KernelOptions) -> Result<Option<String>, String> {
     if let Some(reason) = kernel_source_unavailable_reason() {
         return Err(reason);
     }
@@ -208,7 +198,7 @@ pub fn snapshot_once(options: SnapshotOptions) -> std::io::Result<Snapshot> {
 }
 
 /// Makes this binary the loader of every eBPF load the process does
-/// (`procmond probe-loader`, sources/ebpf/handover.rs); nothing elsewhere.
+/// (`procmond probe-loader`, platform/sources/ebpf/handover.rs); nothing elsewhere.
 pub fn register_probe_loader() {
     #[cfg(target_os = "linux")]
     sources::ebpf::handover::enable(std::path::Path::new("/proc/self/exe"));

@@ -12,16 +12,17 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::config::ProcmondConfig;
 use crate::metrics::Metrics;
 use crate::sources::SourceMsg;
 use crate::sources::snapshot::SnapshotReader;
 use crate::sources::stream::StartedStream;
 
 pub mod clock;
+pub mod container;
 #[cfg(test)]
 pub mod fake;
 mod host;
+pub mod options;
 #[cfg(unix)]
 pub mod privdrop;
 pub mod privileges;
@@ -29,6 +30,7 @@ pub mod privileges;
 pub mod procfs;
 #[cfg(target_os = "linux")]
 mod procfs_enrich;
+pub mod sources;
 pub mod sys;
 
 /// What the platform adds to an event after its source (`pipeline::enrich`).
@@ -61,11 +63,11 @@ pub trait Platform: Send + Sync + std::fmt::Debug {
     /// brings its own.
     fn process_table(&self) -> SnapshotReader;
 
-    /// Starts the kernel event source, sending to `tx`; `Err(reason)` when
+    /// Starts the kernel event source with `options`, sending to `tx`; `Err(reason)` when
     /// it cannot run here (the sensor falls back to polling or fails).
     fn start_kernel_source(
         &self,
-        config: &ProcmondConfig,
+        options: &options::KernelOptions,
         tx: mpsc::Sender<SourceMsg>,
         metrics: Arc<Metrics>,
     ) -> Result<StartedStream, String>;

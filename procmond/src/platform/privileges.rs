@@ -151,7 +151,7 @@ pub fn detect() -> Privileges {
 }
 
 /// Windows: elevation and the token privileges that matter
-/// (`sources/etw/access.rs`).
+/// (`platform/sources/etw/access.rs`).
 #[cfg(windows)]
 pub fn detect() -> Privileges {
     Privileges {

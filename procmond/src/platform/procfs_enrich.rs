@@ -16,9 +16,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::container::{self, Container};
 use crate::model::{EventKind, ProcessEvent};
-use crate::pipeline::container::{self, Container};
-use crate::pipeline::enrich::unified_cgroup;
 
 /// Most cgroup ids remembered; the cache starts over when it is full.
 const CGROUP_CACHE: usize = 4096;
@@ -184,6 +183,13 @@ fn read_cgroup(pid: u32) -> Option<CgroupInfo> {
     Some((Arc::from(path), container::attribute(path).map(Arc::new)))
 }
 
+/// The cgroup v2 path (`0::/path`) from `/proc/PID/cgroup`.
+pub fn unified_cgroup(text: &str) -> Option<&str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .filter(|p| !p.is_empty())
+}
+
 /// Whether `/proc/PID/exe` is still the file the probe saw the exec run
 /// (no probe identity: nothing to compare, so yes).
 fn runs_probed_file(event: &ProcessEvent) -> bool {
@@ -199,6 +205,14 @@ fn runs_probed_file(event: &ProcessEvent) -> bool {
 mod tests {
     use super::*;
     use crate::pipeline::enrich::Enricher;
+
+    #[test]
+    fn finds_the_unified_cgroup() {
+        assert_eq!(unified_cgroup("0::/a/b\n"), Some("/a/b"));
+        assert_eq!(unified_cgroup("1:name=systemd:/x\n0::/y\n"), Some("/y"));
+        assert_eq!(unified_cgroup("1:name=systemd:/x\n"), None);
+        assert_eq!(unified_cgroup("0::\n"), None);
+    }
 
     #[test]
     fn a_relative_exec_gets_exe_only_if_it_still_runs_the_probed_file() {

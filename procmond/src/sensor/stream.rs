@@ -27,9 +27,11 @@ impl Sensor {
         self.pipeline
             .start_hashing(&self.config, &tx, &self.metrics)
             .map_err(|e| format!("starting the hash workers: {e}"))?;
-        let started = self
-            .platform
-            .start_kernel_source(&self.config, tx, self.metrics.clone());
+        let started = self.platform.start_kernel_source(
+            &self.config.kernel_options(),
+            tx,
+            self.metrics.clone(),
+        );
         let started = match started {
             Ok(s) => s,
             Err(reason) => {

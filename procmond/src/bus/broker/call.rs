@@ -70,8 +70,7 @@ fn rpc_target(topic: &str) -> Option<Target<'_>> {
     }
     let id = topic.strip_prefix("control.collector.")?;
     let reserved = [protocol::TOPIC_LIFECYCLE, protocol::TOPIC_REGISTRATION];
-    (!reserved.contains(&topic) && crate::config::is_topic_segment(id))
-        .then_some(Target::Collector(id))
+    (!reserved.contains(&topic) && protocol::is_topic_segment(id)).then_some(Target::Collector(id))
 }
 
 impl Broker {

@@ -15,6 +15,14 @@ pub const ADMIN_SIDS: [&str; 3] = [
 /// SDDL's aliases for the SIDs above.
 const ADMIN_ALIASES: [&str; 2] = ["SY", "BA"];
 
+/// The ACL of the agent's private files and directories (WAL, sinks, the
+/// launcher's collector configs): SYSTEM, Administrators and the account
+/// procmond runs as (LocalSystem for the service) full control, inherited
+/// by everything created inside; nothing inherited from above; nobody else.
+pub fn private_sddl(own_sid: &str) -> String {
+    format!("D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;FA;;;{own_sid})")
+}
+
 /// Whether `sid` (a SID string or an SDDL alias) is SYSTEM, Administrators,
 /// TrustedInstaller or `own_sid` (the account procmond runs as).
 pub fn trusted_owner(sid: &str, own_sid: &str) -> bool {

@@ -1,13 +1,13 @@
 //! The few calls into the C library that no safe crate offers. Each lives in
 //! its own small module, the only places where `unsafe` is allowed; and the
-//! small host facts several parts need (`hostname`), and which paths root may
-//! trust (`safe_path`, no unsafe code).
+//! small host facts several parts need (`hostname`). Which paths root may
+//! trust is `crate::safe_path` (no unsafe code), re-exported here.
 
 pub mod acl;
 #[cfg(target_os = "linux")]
 pub mod bpf_iter;
 #[cfg(unix)]
-pub mod safe_path;
+pub use crate::safe_path;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub mod trim;
 #[cfg(windows)]

@@ -84,7 +84,7 @@ fn denied(msg: String) -> io::Error {
 }
 
 /// Gives `path` (an existing file or directory) procmond's private ACL
-/// (`bus::pipe::private_sddl`) and an owner of the administration's (BA
+/// (`acl::private_sddl`) and an owner of the administration's (BA
 /// when elevated, else this account); refuses a reparse point or a path
 /// owned by anyone else.
 pub fn make_private(path: &Path) -> io::Result<()> {
@@ -109,7 +109,7 @@ pub fn make_private(path: &Path) -> io::Result<()> {
     } else {
         own.clone()
     };
-    let sddl = format!("O:{new_owner}{}", crate::bus::pipe::private_sddl(&own));
+    let sddl = format!("O:{new_owner}{}", super::acl::private_sddl(&own));
     set_path_security(
         path,
         &sddl,

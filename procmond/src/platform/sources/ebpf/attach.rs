@@ -15,7 +15,7 @@
 //! fork events; the source says so as its degraded reason. If both fail the
 //! caller falls back to polling. Each failure is reported with its cause.
 
-pub use crate::config::ebpf::{AttachMode, ProbeBuild};
+pub use crate::platform::options::{AttachMode, ProbeBuild};
 use std::path::Path;
 
 use aya::programs::{BtfTracePoint, FExit, Lsm, ProgramError, TracePoint};
@@ -27,10 +27,10 @@ use super::chain;
 
 /// The compiled probes (`cargo xtask build-ebpf`), embedded at build time:
 /// path walks with `bpf_loop`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../../procmond-ebpf/procmond.bpf.o");
+static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../../../procmond-ebpf/procmond.bpf.o");
 /// The same probes with bounded loops, for kernels without `bpf_loop`.
 static OBJECT_COMPAT: &[u8] =
-    aya::include_bytes_aligned!("../../../../procmond-ebpf/procmond_compat.bpf.o");
+    aya::include_bytes_aligned!("../../../../../procmond-ebpf/procmond_compat.bpf.o");
 
 impl ProbeBuild {
     /// The build `self` stands for on this kernel (`Auto` asks it).

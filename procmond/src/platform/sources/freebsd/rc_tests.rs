@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const SCRIPT: &str = include_str!("../../../../config/procmond.rc");
+const SCRIPT: &str = include_str!("../../../../../config/procmond.rc");
 
 const RC_SUBR: &str = r#"
 load_rc_config() { :; }

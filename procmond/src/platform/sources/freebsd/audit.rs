@@ -43,9 +43,9 @@ use super::ffi;
 use super::kinfo::{self, Kinfo};
 use super::preselect::{self, PRIVATE_CLASS};
 use super::reason::{self, Auditon};
-use crate::config::ProcmondConfig;
 use crate::metrics::Metrics;
 use crate::model::{EventSource, ProcessEvent};
+use crate::platform::options::KernelOptions;
 use crate::sources::SourceMsg;
 use crate::sources::stream::{ReaderThread, StartedStream};
 
@@ -301,7 +301,7 @@ impl ProcTable for SysctlTable {
 
 /// Opens the pipe and starts the reader: the FreeBSD kernel stream.
 pub fn start(
-    config: &ProcmondConfig,
+    config: &KernelOptions,
     tx: mpsc::Sender<SourceMsg>,
     metrics: Arc<Metrics>,
 ) -> Result<StartedStream, String> {

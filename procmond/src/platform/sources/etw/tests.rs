@@ -364,7 +364,7 @@ fn the_probe_starts_or_says_why_not() {
     let config = crate::config::ProcmondConfig::default();
     let elevated = crate::sys::windows::token_elevated().expect("token");
     assert_eq!(super::unavailable_reason().is_none(), elevated);
-    match crate::platform::probe_kernel_source(&config) {
+    match crate::platform::probe_kernel_source(&config.kernel_options()) {
         Ok(_) => assert!(elevated, "started without elevation?"),
         Err(why) => assert!(
             why.contains("not elevated") || why.contains("did not start"),

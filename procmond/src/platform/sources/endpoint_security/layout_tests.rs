@@ -5,11 +5,11 @@
 //! it to the profile. Whether macOS accepts them is checked on a Mac only
 //! (docs/platforms.md, macOS).
 
-const AGENT_PLIST: &str = include_str!("../../../../config/procmond.agent.plist");
-const DEV_PLIST: &str = include_str!("../../../../config/procmond.agent.dev.plist");
-const INFO_PLIST: &str = include_str!("../../../../config/macos/Info.plist");
-const BUNDLE_ENTITLEMENTS: &str = include_str!("../../../../config/macos/procmond.entitlements");
-const DEV_ENTITLEMENTS: &str = include_str!("../../../../config/procmond.entitlements");
+const AGENT_PLIST: &str = include_str!("../../../../../config/procmond.agent.plist");
+const DEV_PLIST: &str = include_str!("../../../../../config/procmond.agent.dev.plist");
+const INFO_PLIST: &str = include_str!("../../../../../config/macos/Info.plist");
+const BUNDLE_ENTITLEMENTS: &str = include_str!("../../../../../config/macos/procmond.entitlements");
+const DEV_ENTITLEMENTS: &str = include_str!("../../../../../config/procmond.entitlements");
 const ES: &str = "com.apple.developer.endpoint-security.client";
 
 /// The text of the first element after `<key>key</key>`.

@@ -51,7 +51,7 @@ mod tests {
     use super::*;
     use crate::sources::ebpf::record;
 
-    const HEADER: &str = include_str!("../../../../procmond-ebpf/include/procmond_record.h");
+    const HEADER: &str = include_str!("../../../../../procmond-ebpf/include/procmond_record.h");
 
     /// This table: every field of `struct record_header` but the padding.
     const FIELDS: [(&str, usize); 34] = [

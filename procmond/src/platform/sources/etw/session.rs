@@ -195,7 +195,7 @@ struct Sessions {
 }
 
 fn start_sessions(
-    config: &crate::config::ProcmondConfig,
+    config: &crate::platform::options::KernelOptions,
     input: &Feed,
     metrics: &Arc<Metrics>,
 ) -> (Sessions, Vec<String>) {
@@ -367,7 +367,7 @@ impl KernelStream for EtwStream {
 /// Starts the sessions and the correlator: the Windows kernel stream, with
 /// the rundown's command lines filling the snapshots' gaps.
 pub fn start(
-    config: &crate::config::ProcmondConfig,
+    config: &crate::platform::options::KernelOptions,
     tx: mpsc::Sender<SourceMsg>,
     metrics: Arc<Metrics>,
 ) -> Result<StartedStream, String> {
@@ -472,7 +472,7 @@ fn await_rundown(rundown: &Mutex<Rundown>) {
 
 /// Whether the sessions can start here: starts them under the probe's
 /// fixed names with a feed that keeps nothing, and stops them again.
-pub fn probe(config: &crate::config::ProcmondConfig) -> Result<(), String> {
+pub fn probe(config: &crate::platform::options::KernelOptions) -> Result<(), String> {
     let mut probe = config.clone();
     probe.collector_id = PROBE_ID.to_string();
     let metrics = Arc::new(Metrics::default());
@@ -514,7 +514,8 @@ mod tests {
         let config = crate::config::ProcmondConfig {
             collector_id: id.clone(),
             ..Default::default()
-        };
+        }
+        .kernel_options();
         let (sessions, failures) =
             start_sessions(&config, &Feed::discard(), &Arc::new(Metrics::default()));
         assert!(sessions.modern.is_none() && sessions.classic.is_none());

@@ -215,7 +215,7 @@ pub type Reader = super::stream::ReaderThread;
 /// Attaches the probes and starts the reader: the Linux kernel stream,
 /// with the task iterator as its snapshot reader when it loaded.
 pub fn start(
-    config: &crate::config::ProcmondConfig,
+    config: &crate::platform::options::KernelOptions,
     tx: mpsc::Sender<SourceMsg>,
     metrics: Arc<Metrics>,
 ) -> Result<super::stream::StartedStream, String> {

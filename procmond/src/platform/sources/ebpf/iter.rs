@@ -25,7 +25,7 @@ use crate::platform::procfs;
 use crate::sources::snapshot::{ProcessInfo, ProcessTable, Snapshot, SnapshotOptions};
 
 static ITER_OBJECT: &[u8] =
-    aya::include_bytes_aligned!("../../../../procmond-ebpf/procmond_iter.bpf.o");
+    aya::include_bytes_aligned!("../../../../../procmond-ebpf/procmond_iter.bpf.o");
 const PROGRAM: &str = "snapshot_task";
 
 /// The task iterator as the sensor's snapshot reader (`bpf_iter`); a pass
