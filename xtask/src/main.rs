@@ -16,6 +16,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod coverage;
+#[cfg(test)]
+mod layering;
 mod matrix;
 mod overhead;
 mod soak;
