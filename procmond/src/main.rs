@@ -66,7 +66,7 @@ enum Command {
     },
     /// The agent's privileged launcher (started by `procmond agent`).
     #[command(hide = true)]
-    AgentHelper {
+    AgentLauncher {
         #[arg(long)]
         config: PathBuf,
     },
@@ -78,7 +78,7 @@ enum Command {
         #[arg(long)]
         request: String,
     },
-    /// Collector service mode (spawned by the agent; needs DAEMONEYE_BROKER_SOCKET).
+    /// Collector service mode (spawned by the agent; needs PROCMOND_BROKER_SOCKET or DAEMONEYE_BROKER_SOCKET).
     Run {
         /// procmond.yaml
         #[arg(long)]
@@ -86,7 +86,7 @@ enum Command {
     },
     /// Operator RPCs to a collector through the agent's broker (prints JSON).
     Ctl {
-        /// Broker socket (default: $DAEMONEYE_BROKER_SOCKET, then /etc/procmond/agent.yaml).
+        /// Broker socket (default: $PROCMOND_BROKER_SOCKET, $DAEMONEYE_BROKER_SOCKET, then /etc/procmond/agent.yaml).
         #[arg(long, global = true)]
         socket: Option<PathBuf>,
         /// Collector id.
@@ -184,7 +184,7 @@ fn main() -> std::process::ExitCode {
             service,
             log_file,
         } => commands::agent::run(&config, service, log_file),
-        Command::AgentHelper { config } => commands::agent::helper(&config),
+        Command::AgentLauncher { config } => commands::agent::launcher(&config),
         Command::ProbeLoader { request } => commands::probe_loader::run(&request),
         Command::Run { config } => commands::run::run(config.as_deref()),
         Command::Config {

@@ -230,7 +230,9 @@ pub fn collector_pids(agent: u32) -> Vec<u32> {
     let all = processes();
     let launchers: Vec<u32> = all
         .iter()
-        .filter(|(_, ppid, cmd)| *ppid == agent && cmd.windows(13).any(|w| w == b"agent-helper\0"))
+        .filter(|(_, ppid, cmd)| {
+            *ppid == agent && cmd.windows(15).any(|w| w == b"agent-launcher\0")
+        })
         .map(|(pid, _, _)| *pid)
         .collect();
     all.iter()

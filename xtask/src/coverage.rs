@@ -225,7 +225,7 @@ fn document(report: &str) -> String {
          (`CRITICAL_PATH` in xtask/src/coverage.rs). The goals are more than 80 % for the \
          library and more than 90 % for the critical path. The sensor and the collector \
          run in-process on the fake platform (`platform/fake.rs`); the largest gap left \
-         is the agent's supervision of its collectors (`agent/mod.rs`, `agent/helper.rs`), \
+         is the agent's supervision of its collectors (`agent/mod.rs`, `agent/launcher.rs`), \
          which spawns real processes.\n\n{report}"
     )
 }

@@ -34,7 +34,7 @@ struct Reading {
     collector_fds: u64,
     agent_rss_kib: u64,
     agent_fds: u64,
-    helper_rss_kib: u64,
+    launcher_rss_kib: u64,
     wal_kib: u64,
     sink_mib: f64,
 }
@@ -106,7 +106,7 @@ fn row(r: &Reading) -> String {
         r.collector_fds,
         mib(r.agent_rss_kib),
         r.agent_fds,
-        mib(r.helper_rss_kib),
+        mib(r.launcher_rss_kib),
         mib(r.wal_kib),
         r.sink_mib
     )
@@ -128,7 +128,7 @@ fn read(agent: &Child, dir: &Path, minute: u64) -> Reading {
         let (rss, fds) = (rss_kib(pid), fd_count(pid));
         match args.get(1).copied() {
             Some(b"agent") => (r.agent_rss_kib, r.agent_fds) = (rss, fds),
-            Some(b"agent-helper") => r.helper_rss_kib = rss,
+            Some(b"agent-launcher") => r.launcher_rss_kib = rss,
             Some(b"run") => (r.collector_rss_kib, r.collector_fds) = (rss, fds),
             _ => {}
         }

@@ -1,7 +1,7 @@
 //! The agent: broker, sinks, and the collectors' lifecycle.
 //!
 //! Loading → Ready → SteadyState:
-//! * Loading: the launcher (`helper`) starts, the broker listens, sinks
+//! * Loading: the launcher (`launcher.rs`) starts, the broker listens, sinks
 //!   subscribe, collectors are spawned in agent.yaml order and must register
 //!   and report ready within their startup timeout — otherwise the agent
 //!   stops them and exits non-zero naming the laggards.
@@ -12,7 +12,7 @@
 //!   are supervised (`supervisor` keeps the state, `escalation` acts).
 
 mod escalation;
-pub mod helper;
+pub mod launcher;
 pub mod metrics_http;
 #[cfg(not(target_vendor = "apple"))]
 pub mod nats;
@@ -38,7 +38,7 @@ use crate::bus::rpc::{Heartbeat, Lifecycle, Registration, to_payload};
 use crate::config::AgentConfig;
 use crate::config::agent::SinkConfig;
 use escalation::{Answer, on_answer, spawn, supervise};
-use helper::{Helper, Order, Report, Sig};
+use launcher::{Launcher, Order, Report, Sig};
 use supervisor::Tracked;
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +92,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let socket = config.broker.socket.clone();
-    let (mut launcher, mut reports) = Helper::start(config_path).map_err(AgentError::Launcher)?;
+    let (mut launcher, mut reports) = Launcher::start(config_path).map_err(AgentError::Launcher)?;
     #[cfg(unix)]
     let (broker, listener) = (
         Broker::with_registration(

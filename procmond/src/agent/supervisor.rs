@@ -8,7 +8,7 @@
 //! resets the count. Restarts back off exponentially with the restarts of
 //! the last ten minutes (1, 2, 4 … 60 s), and three of them raise an alert
 //! that health shows until the window has passed.
-//! Signals and restarts go through the launcher (`helper`), which keeps the
+//! Signals and restarts go through the launcher (`launcher.rs`), which keeps the
 //! privileges the agent gives up.
 
 use std::collections::VecDeque;

@@ -1,4 +1,4 @@
-//! `procmond agent --config agent.yaml`, and its launcher `procmond agent-helper`.
+//! `procmond agent --config agent.yaml`, and its launcher `procmond agent-launcher`.
 
 use std::path::{Path, PathBuf};
 
@@ -52,7 +52,7 @@ pub fn run_until(config_path: &Path, shutdown: CancellationToken) -> Result<()> 
 }
 
 /// The privileged launcher the agent starts for itself (not for operators).
-pub fn helper(config_path: &Path) -> Result<()> {
-    super::runtime()?.block_on(procmond::agent::helper::serve(config_path))?;
+pub fn launcher(config_path: &Path) -> Result<()> {
+    super::runtime()?.block_on(procmond::agent::launcher::serve(config_path))?;
     Ok(())
 }

@@ -13,13 +13,14 @@ use procmond::bus::protocol::{Envelope, FrameKind, Status, TOPIC_AGENT, control_
 use procmond::bus::rpc::{Request, to_payload};
 use procmond::config::AgentConfig;
 
-use super::run::BROKER_SOCKET_ENV;
+use procmond::agent::launcher::broker_socket_from_env;
 
-/// Where the broker is: `--socket`, else `DAEMONEYE_BROKER_SOCKET`, else
+/// Where the broker is: `--socket`, else `PROCMOND_BROKER_SOCKET` (or the
+/// contract's `DAEMONEYE_BROKER_SOCKET`), else
 /// the agent.yaml at the default path, else the default socket.
 pub fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
     explicit
-        .or_else(|| std::env::var_os(BROKER_SOCKET_ENV).map(PathBuf::from))
+        .or_else(broker_socket_from_env)
         .or_else(|| {
             AgentConfig::load(Path::new(super::DEFAULT_AGENT_CONFIG))
                 .ok()

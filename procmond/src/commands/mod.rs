@@ -81,7 +81,7 @@ pub fn spawn_stop_triggers(shutdown: CancellationToken, duration: Option<u64>) -
 /// launcher started (`STOP_ON_STDIN_EOF_ENV`) — when its stdin closes.
 #[cfg(windows)]
 pub fn spawn_stop_triggers(shutdown: CancellationToken, duration: Option<u64>) -> Result<()> {
-    use procmond::agent::helper::STOP_ON_STDIN_EOF_ENV;
+    use procmond::agent::launcher::STOP_ON_STDIN_EOF_ENV;
     use tokio::signal::windows;
     if std::env::var_os(STOP_ON_STDIN_EOF_ENV).is_some() {
         // A plain thread: a blocked read must not hold the runtime at exit.

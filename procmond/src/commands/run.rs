@@ -1,6 +1,6 @@
 //! `procmond run`: the collector in service mode, spawned by the agent.
 //!
-//! Connects to the broker named by `DAEMONEYE_BROKER_SOCKET` (3 attempts,
+//! Connects to the broker named by `PROCMOND_BROKER_SOCKET` (or `DAEMONEYE_BROKER_SOCKET`) (3 attempts,
 //! then exit non-zero), keeps its WAL in `wal_dir`, and publishes
 //! `events.process.*` until SIGTERM/SIGINT, then drains and exits 0.
 
@@ -15,19 +15,20 @@ use procmond::delivery::connector::connect_at_startup;
 use procmond::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
-/// The environment variable naming the broker socket.
-pub use procmond::agent::helper::BROKER_SOCKET_ENV;
+use procmond::agent::launcher::{
+    BROKER_SOCKET_ENV, CONTRACT_BROKER_SOCKET_ENV, broker_socket_from_env,
+};
 
 pub fn run(config_path: Option<&Path>) -> Result<()> {
     let config = match config_path {
         Some(path) => ProcmondConfig::load(path)?,
         None => ProcmondConfig::default(),
     };
-    let socket = std::env::var_os(BROKER_SOCKET_ENV)
-        .map(PathBuf::from)
-        .with_context(|| {
-            format!("{BROKER_SOCKET_ENV} is not set: `procmond run` is spawned by the agent")
-        })?;
+    let socket = broker_socket_from_env().with_context(|| {
+        format!(
+            "neither {BROKER_SOCKET_ENV} nor {CONTRACT_BROKER_SOCKET_ENV} is set: `procmond run` is spawned by the agent"
+        )
+    })?;
     super::restrict_umask();
     super::log_privileges();
     super::runtime()?.block_on(serve(config, socket))

@@ -2,11 +2,11 @@
 //!
 //! The agent drops to an unprivileged user once its collectors are ready,
 //! yet it must still stop and restart root collectors. So before anything
-//! else it starts `procmond agent-helper`: a small process that stays root,
+//! else it starts `procmond agent-launcher`: a small process that stays root,
 //! reads agent.yaml itself, and on the agent's word (JSON lines on its
 //! stdin) starts, signals and reaps the collectors it lists — only those,
 //! by id: a compromised agent cannot make it run anything else. When the
-//! agent goes away (stdin closes) the helper stops every collector and
+//! agent goes away (stdin closes) the launcher stops every collector and
 //! exits, so no collector is ever orphaned.
 //!
 //! On Windows there is no privilege drop, but the same launcher runs the
@@ -30,13 +30,23 @@ use crate::config::AgentConfig;
 use crate::config::agent::CollectorConfig;
 
 /// Environment variable that tells a collector where the broker is.
-pub const BROKER_SOCKET_ENV: &str = "DAEMONEYE_BROKER_SOCKET";
+pub const BROKER_SOCKET_ENV: &str = "PROCMOND_BROKER_SOCKET";
+/// The same, under the name the product's contract gives it
+/// (docs/reference.md §3): exported too, and read when the first is unset.
+pub const CONTRACT_BROKER_SOCKET_ENV: &str = "DAEMONEYE_BROKER_SOCKET";
+
+/// The broker socket named in this process's environment, if any.
+pub fn broker_socket_from_env() -> Option<std::path::PathBuf> {
+    std::env::var_os(BROKER_SOCKET_ENV)
+        .or_else(|| std::env::var_os(CONTRACT_BROKER_SOCKET_ENV))
+        .map(std::path::PathBuf::from)
+}
 
 /// Windows: set by the launcher, tells `procmond run` that its stdin
 /// closing is the request to stop (there is no SIGTERM).
 pub const STOP_ON_STDIN_EOF_ENV: &str = "PROCMOND_STOP_ON_STDIN_EOF";
 
-/// Agent → helper.
+/// Agent → launcher.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Order {
@@ -58,7 +68,7 @@ pub enum Sig {
     KILL,
 }
 
-/// Helper → agent.
+/// Launcher → agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Report {
@@ -80,17 +90,17 @@ pub enum Report {
 
 /// The agent's side: orders go in, reports come out.
 #[derive(Debug)]
-pub struct Helper {
+pub struct Launcher {
     child: Child,
     stdin: ChildStdin,
 }
 
-impl Helper {
-    /// Starts `procmond agent-helper --config CONFIG`; reports arrive on the channel.
+impl Launcher {
+    /// Starts `procmond agent-launcher --config CONFIG`; reports arrive on the channel.
     pub fn start(config: &Path) -> std::io::Result<(Self, mpsc::Receiver<Report>)> {
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
-            .arg("agent-helper")
+            .arg("agent-launcher")
             .arg("--config")
             .arg(config)
             .stdin(Stdio::piped())
@@ -100,11 +110,11 @@ impl Helper {
         let stdin = child
             .stdin
             .take()
-            .ok_or_else(|| std::io::Error::other("helper stdin"))?;
+            .ok_or_else(|| std::io::Error::other("launcher stdin"))?;
         let stdout = child
             .stdout
             .take()
-            .ok_or_else(|| std::io::Error::other("helper stdout"))?;
+            .ok_or_else(|| std::io::Error::other("launcher stdout"))?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
@@ -129,7 +139,7 @@ impl Helper {
         self.stdin.flush().await
     }
 
-    /// Closes the helper's stdin (it stops every collector) and waits.
+    /// Closes the launcher's stdin (it stops every collector) and waits.
     pub async fn finish(mut self, grace: Duration) {
         drop(self.stdin);
         if tokio::time::timeout(grace + Duration::from_secs(5), self.child.wait())
@@ -234,7 +244,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)
 }
 
-/// The helper process itself (`procmond agent-helper`).
+/// The launcher process itself (`procmond agent-launcher`).
 pub async fn serve(config_path: &Path) -> std::io::Result<()> {
     let config = AgentConfig::load(config_path).map_err(std::io::Error::other)?;
     let socket = config.broker.socket.clone();
@@ -419,6 +429,7 @@ fn launch(
         .arg("--config")
         .arg(&path)
         .env(BROKER_SOCKET_ENV, socket)
+        .env(CONTRACT_BROKER_SOCKET_ENV, socket)
         .env(crate::bus::authz::CREDENTIAL_ENV, credential)
         .stdin(Stdio::null())
         .stdout(Stdio::null());
@@ -435,7 +446,8 @@ mod tests {
     use super::*;
 
     fn temp(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("procmond-helper-{tag}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("procmond-launcher-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
     }
