@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 const CRITICAL_PATH: [&str; 17] = [
     "platform/sources/ebpf/record.rs",
     "platform/sources/ebpf/layout.rs",
-    "sensor/stream.rs",
+    "sensor/kernel_loop.rs",
     "pipeline/",
     "platform/procfs_enrich.rs",
     "model/codec.rs",

@@ -19,7 +19,7 @@ use crate::bus::rpc::{
     to_payload,
 };
 use crate::metrics::Metrics;
-use crate::sensor::actor::{Command, SensorStatus};
+use crate::sensor::mailbox::{Command, SensorStatus};
 
 /// What the control plane reads and where it sends.
 #[derive(Debug, Clone)]

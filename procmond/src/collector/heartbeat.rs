@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::protocol::{Envelope, FrameKind, heartbeat_topic};
 use crate::bus::rpc::{CONTROL_CORRELATION, Heartbeat, to_payload};
 use crate::metrics::Metrics;
-use crate::sensor::actor::SensorStatus;
+use crate::sensor::mailbox::SensorStatus;
 
 pub async fn run(
     collector_id: String,

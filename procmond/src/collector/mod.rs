@@ -21,7 +21,7 @@ use crate::config::ProcmondConfig;
 use crate::delivery::connector::{Connector, ConnectorConfig, ConnectorError};
 use crate::delivery::wal::{Wal, WalError};
 use crate::metrics::Metrics;
-use crate::sensor::actor::{Command, MAILBOX_CAPACITY, SensorStatus};
+use crate::sensor::mailbox::{Command, MAILBOX_CAPACITY, SensorStatus};
 use crate::sensor::{self, ActiveSource, SensorError, SensorIo};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,12 +1,12 @@
 //! The sensor: one source, the inventory, reconciliation and the pipeline,
-//! owned by one task that also serves the mailbox (`actor`).
+//! owned by one task that also serves the mailbox (`mailbox`).
 //!
 //! Order matters at start: the kernel source attaches first, then the
 //! inventory is taken, so a process is either in the inventory or in the
 //! stream (or both) — never in neither. `Stop` detaches the source; `Start`
 //! attaches it again and takes a fresh inventory.
 
-pub mod actor;
+pub mod mailbox;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use crate::platform::Platform;
 use crate::sources::SourceChoice;
 use crate::sources::poll::FallbackProcessCollector;
 use crate::sources::snapshot::{Snapshot, SnapshotOptions, SnapshotReader};
-use actor::{Command, Lifecycle, SensorStatus, ok, updated_config};
+use mailbox::{Command, Lifecycle, SensorStatus, ok, updated_config};
 
 /// Why the sensor stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -419,7 +419,7 @@ impl Sensor {
     }
 }
 
-mod stream;
+mod kernel_loop;
 
 #[cfg(test)]
 #[path = "sensor_tests.rs"]

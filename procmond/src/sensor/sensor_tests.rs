@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::actor::{Command, Lifecycle, SensorStatus};
+use super::mailbox::{Command, Lifecycle, SensorStatus};
 use super::{ActiveSource, SensorError, SensorIo};
 use crate::config::ProcmondConfig;
 use crate::metrics::Metrics;

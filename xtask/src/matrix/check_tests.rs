@@ -145,7 +145,7 @@ impl Run {
         RunFiles {
             meta: "rc=0 watch_pid=9 started=10.5 ended=14.0\n6.1.0\n".into(),
             log: format!(
-                "INFO procmond::sensor::stream: monitoring started source=\"ebpf\" probes=\"tp_btf/bounded_loop\" processes=2 snapshot_reader=\"procfs\" reconcile_interval_secs=30\n\
+                "INFO procmond::sensor::kernel_loop: monitoring started source=\"ebpf\" probes=\"tp_btf/bounded_loop\" processes=2 snapshot_reader=\"procfs\" reconcile_interval_secs=30\n\
                  INFO procmond::commands::watch: procmond watch finished stats={{{stats}}}\n"
             ),
             events: self.events.iter().map(|v| v.to_string() + "\n").collect(),

@@ -5,7 +5,7 @@
 //! sends `SourceMsg`s on the channel it was started with: events in the
 //! order the kernel gave them, batched by whatever the reader drained at
 //! once, and `Barrier(id)` when asked. The sensor's stream loop
-//! (`sensor/stream.rs`) does the rest on every platform: inventory,
+//! (`sensor/kernel_loop.rs`) does the rest on every platform: inventory,
 //! reconciliation against snapshots, the pipeline. Losses the kernel
 //! reports (ring overflow, sequence gaps, pipe drops) go into
 //! `Metrics::kernel_lost`. Which source starts is decided in `platform`.
