@@ -221,14 +221,14 @@ async fn what_the_kernel_reported_is_not_reported_again_by_a_pass() {
         e.kind == EventKind::Snapshot && e.pid == 100
     })
     .await;
-    // The kernel sees both; the table agrees.
-    s.fake.reap(100);
-    s.fake.spawn(process(400, 4_000));
+    // The kernel reports both (as it does, before the table shows them).
     let seen = vec![
         kernel(EventKind::Exit, 100, 1_000),
         kernel(EventKind::Exec, 400, 4_000),
     ];
     assert!(s.fake.deliver(seen).await);
+    s.fake.reap(100);
+    s.fake.spawn(process(400, 4_000));
     let passes = s.status.borrow().cycles;
     s.status_until(|st| st.cycles >= passes + 2).await;
     let events = s.drain(Duration::from_millis(200)).await;
@@ -291,6 +291,10 @@ async fn a_reader_that_dies_is_replaced_by_polling_and_said_so() {
         status.degraded_reason.as_deref(),
         Some("the kernel event reader stopped unexpectedly")
     );
+    s.until("the polling inventory", |e| {
+        is(e, EventKind::Snapshot, EventSource::Poll, (1, 10))
+    })
+    .await;
     s.fake.spawn(process(900, 9_000));
     s.until("a polled start", |e| {
         is(e, EventKind::Start, EventSource::Poll, (900, 9_000))
