@@ -6,6 +6,7 @@
 //! barrier through the source's reader guarantees every event received
 //! before the snapshot finished has been applied; then the diff.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -68,8 +69,7 @@ impl Sensor {
     ) -> Result<Flow, SensorError> {
         // Inventory after attach: nothing falls between the two.
         let inventory = self.snapshot().await?;
-        let mut reconciler =
-            Reconciler::from_inventory(&inventory, inventory.started_on_event_clock());
+        let reconciler = Reconciler::from_inventory(&inventory, inventory.started_on_event_clock());
         self.emit_inventory(&inventory, EventSource::Reconcile)
             .await;
         tracing::info!(
@@ -80,73 +80,111 @@ impl Sensor {
             reconcile_interval_secs = self.base_interval.as_secs(),
             "monitoring started"
         );
-
+        let mut stream = Stream {
+            reconciler,
+            pass: Pass::Idle,
+            barriers: 0,
+            reader,
+        };
         let mut tick = self.ticker();
-        let mut in_flight: Option<(Instant, JoinHandle<std::io::Result<Snapshot>>)> = None;
-        let mut awaiting: Option<(u64, Instant, Snapshot)> = None;
-        let mut barrier_id = 0u64;
         let result = loop {
+            let idle = matches!(stream.pass, Pass::Idle);
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break Ok(Flow::Shutdown),
-                done = join_opt(&mut in_flight) => {
-                    let started = in_flight.take().map_or_else(Instant::now, |(s, _)| s);
-                    match done {
-                        Ok(Ok(snap)) => {
-                            self.metrics.processes_seen.store(snap.processes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                            barrier_id += 1;
-                            reader.barrier(barrier_id);
-                            awaiting = Some((barrier_id, started, snap));
-                        }
-                        Ok(Err(e)) => self.pass_failed(&mut reconciler, &e.to_string()),
-                        Err(e) => self.pass_failed(&mut reconciler, &e.to_string()),
-                    }
-                }
-                command = self.mailbox.recv(), if self.mailbox_open && in_flight.is_none() && awaiting.is_none() => {
+                done = stream.pass.snapshot_done() => self.on_snapshot(&mut stream, done),
+                command = self.mailbox.recv(), if self.mailbox_open && idle => {
                     if let Some(flow) = self.on_command(command, &mut tick) {
                         break Ok(flow);
                     }
                 }
-                _ = tick.tick(), if in_flight.is_none() && awaiting.is_none() => {
-                    reconciler.begin_pass();
-                    let (options, reader) = (self.options, self.reader.clone());
-                    in_flight = Some((Instant::now(), tokio::task::spawn_blocking(move || reader.take(options))));
-                }
+                _ = tick.tick(), if idle => self.begin_pass(&mut stream),
                 msg = rx.recv() => match msg {
-                    Some(SourceMsg::Events(events)) => {
-                        for mut event in events {
-                            reconciler.observe(&mut event);
-                            self.emit(event).await;
-                        }
-                        self.flush().await;
-                    }
-                    Some(SourceMsg::Hashed(event)) => {
-                        self.emit(*event).await;
-                        self.flush().await;
-                    }
-                    Some(SourceMsg::Barrier(id)) => {
-                        if let Some((_, started, snap)) = awaiting.take_if(|(want, _, _)| *want == id) {
-                            let missed = reconciler.reconcile(&snap, snap.started_on_event_clock());
-                            for e in missed {
-                                let counter = if e.kind == EventKind::Start {
-                                    &self.metrics.reconcile_missed_starts
-                                } else {
-                                    &self.metrics.reconcile_missed_stops
-                                };
-                                Metrics::incr(counter);
-                                self.emit(e).await;
-                            }
-                            self.flush().await;
-                            self.cycle_done(started);
-                        }
-                    }
+                    Some(msg) => self.on_source(&mut stream, msg).await,
                     None => break Err(SensorError::ReaderGone),
                 },
             }
         };
-        // Detach, then drain: the reader sends what the ring still holds.
-        // The hash workers hold senders too: stop them so the channel ends.
+        self.detach_and_drain(stream, rx).await;
+        result
+    }
+
+    /// A pass starts: the snapshot is read on a blocking thread while
+    /// events keep flowing.
+    fn begin_pass(&self, stream: &mut Stream) {
+        stream.reconciler.begin_pass();
+        let (options, reader) = (self.options, self.reader.clone());
+        let task = tokio::task::spawn_blocking(move || reader.take(options));
+        stream.pass = Pass::Snapshotting(Instant::now(), task);
+    }
+
+    /// The pass's snapshot is read: ask the reader for a barrier, so the
+    /// diff waits until every event before it has been applied.
+    fn on_snapshot(&self, stream: &mut Stream, done: SnapshotDone) {
+        let started = match std::mem::replace(&mut stream.pass, Pass::Idle) {
+            Pass::Snapshotting(started, _) => started,
+            _ => Instant::now(),
+        };
+        let error = match done {
+            Ok(Ok(snap)) => {
+                let seen = snap.processes.len() as u64;
+                self.metrics.processes_seen.store(seen, Relaxed);
+                stream.barriers += 1;
+                stream.reader.barrier(stream.barriers);
+                stream.pass = Pass::AwaitingBarrier(stream.barriers, started, snap);
+                return;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        Metrics::incr(&self.metrics.snapshot_errors);
+        tracing::warn!(error, "reconciliation pass skipped");
+        stream.reconciler.abort_pass();
+    }
+
+    /// One message from the kernel source.
+    async fn on_source(&mut self, stream: &mut Stream, msg: SourceMsg) {
+        match msg {
+            SourceMsg::Events(events) => {
+                for mut event in events {
+                    stream.reconciler.observe(&mut event);
+                    self.emit(event).await;
+                }
+            }
+            SourceMsg::Hashed(event) => self.emit(*event).await,
+            SourceMsg::Barrier(id) => {
+                let Some((started, snap)) = stream.pass.take_barrier(id) else {
+                    return;
+                };
+                let missed = stream
+                    .reconciler
+                    .reconcile(&snap, snap.started_on_event_clock());
+                for e in missed {
+                    let counter = if e.kind == EventKind::Start {
+                        &self.metrics.reconcile_missed_starts
+                    } else {
+                        &self.metrics.reconcile_missed_stops
+                    };
+                    Metrics::incr(counter);
+                    self.emit(e).await;
+                }
+                self.flush().await;
+                self.cycle_done(started);
+                return;
+            }
+        }
+        self.flush().await;
+    }
+
+    /// Detach, then drain: the reader sends what the ring still holds. The
+    /// hash workers hold senders too: they stop first, so the channel ends.
+    async fn detach_and_drain(&mut self, stream: Stream, mut rx: mpsc::Receiver<SourceMsg>) {
         self.pipeline.stop_hashing();
+        let Stream {
+            mut reconciler,
+            reader,
+            ..
+        } = stream;
         let stopper = tokio::task::spawn_blocking(move || reader.stop());
         while let Some(msg) = rx.recv().await {
             match msg {
@@ -162,22 +200,47 @@ impl Sensor {
             self.flush().await;
         }
         let _ = stopper.await;
-        result
-    }
-
-    fn pass_failed(&self, reconciler: &mut Reconciler, error: &str) {
-        Metrics::incr(&self.metrics.snapshot_errors);
-        tracing::warn!(error, "reconciliation pass skipped");
-        reconciler.abort_pass();
     }
 }
 
-/// Awaits the task if there is one; pending forever otherwise.
-async fn join_opt<T>(
-    task: &mut Option<(Instant, JoinHandle<T>)>,
-) -> Result<T, tokio::task::JoinError> {
-    match task {
-        Some((_, t)) => t.await,
-        None => std::future::pending().await,
+/// The kernel stream's state between two messages.
+struct Stream {
+    reconciler: Reconciler,
+    pass: Pass,
+    /// The last barrier id asked for.
+    barriers: u64,
+    reader: Box<dyn KernelStream>,
+}
+
+type SnapshotDone = Result<std::io::Result<Snapshot>, tokio::task::JoinError>;
+
+/// Where the reconciliation pass stands.
+enum Pass {
+    /// Between passes: commands are served, the next tick starts one.
+    Idle,
+    /// The snapshot is being read (since when).
+    Snapshotting(Instant, JoinHandle<std::io::Result<Snapshot>>),
+    /// Read; waiting for barrier `id` before the diff.
+    AwaitingBarrier(u64, Instant, Snapshot),
+}
+
+impl Pass {
+    /// Resolves when the snapshot being read is done; never otherwise.
+    async fn snapshot_done(&mut self) -> SnapshotDone {
+        match self {
+            Self::Snapshotting(_, task) => task.await,
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// The read snapshot if `id` is the barrier it waits for.
+    fn take_barrier(&mut self, id: u64) -> Option<(Instant, Snapshot)> {
+        if !matches!(self, Self::AwaitingBarrier(want, _, _) if *want == id) {
+            return None;
+        }
+        match std::mem::replace(self, Self::Idle) {
+            Self::AwaitingBarrier(_, started, snap) => Some((started, snap)),
+            _ => None,
+        }
     }
 }
