@@ -59,67 +59,39 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<ActiveSource, CollectorError> {
     let config = options.config.clone();
-    let wal = Arc::new(Wal::open(
-        &options.wal_dir,
-        config.wal_max_bytes,
-        metrics.clone(),
-    )?);
-    if wal.pending_count() > 0 {
-        tracing::info!(
-            pending = wal.pending_count(),
-            "replaying unacknowledged events from the WAL"
-        );
-    }
+    let wal = open_wal(&options, &metrics)?;
     let aux = CancellationToken::new();
     let (mailbox_tx, mailbox_rx) = mpsc::channel::<Command>(MAILBOX_CAPACITY);
     let mut initial = SensorStatus::new(config.clone());
     initial.monitoring = !options.service;
     let (status_tx, status_rx) = watch::channel(initial);
     let (gate_tx, gate_rx) = watch::channel(!options.service);
-    let (greeting_tx, greeting_rx) = watch::channel(Vec::new());
     let (backpressure_tx, backpressure_rx) = watch::channel(false);
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
-    let (inbox_tx, inbox_rx) = mpsc::channel(256);
-
     tokio::spawn(forward_backpressure(
         backpressure_rx,
         mailbox_tx.clone(),
         aux.clone(),
     ));
     tokio::spawn(follow_monitoring(status_rx.clone(), gate_tx, aux.clone()));
-    if options.service {
-        let dispatcher = control::dispatch(
-            inbox_rx,
-            control::Plane {
-                mailbox: mailbox_tx.clone(),
-                outbox: outbox_tx.clone(),
-                status: status_rx.clone(),
-                metrics: metrics.clone(),
-            },
-        );
-        let cancel = aux.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = dispatcher => {}
-                _ = cancel.cancelled() => {}
-            }
-        });
-        tokio::spawn(heartbeat::run(
-            config.collector_id.clone(),
-            status_rx.clone(),
-            metrics.clone(),
-            outbox_tx.clone(),
-            aux.clone(),
-        ));
-        tokio::spawn(register_when_attached(
-            config.collector_id.clone(),
-            status_rx.clone(),
-            greeting_tx,
-            aux.clone(),
-        ));
-    }
-    drop(mailbox_tx);
-
+    let plane = control::Plane {
+        mailbox: mailbox_tx,
+        outbox: outbox_tx.clone(),
+        status: status_rx,
+        metrics: metrics.clone(),
+    };
+    // Without a control plane the greeting stays empty (its sender lives
+    // as long as the collector, so the connector never sees it close).
+    let (greeting_tx, greeting) = watch::channel(Vec::new());
+    let (control, _idle_greeting) = if options.service {
+        (
+            spawn_control_plane(&config.collector_id, plane, greeting_tx, &aux),
+            None,
+        )
+    } else {
+        drop(plane);
+        (None, Some(greeting_tx))
+    };
     let (tx, rx) = mpsc::channel(16);
     let connector = Connector {
         wal: wal.clone(),
@@ -130,26 +102,13 @@ pub async fn run(
         },
         metrics: metrics.clone(),
         backpressure: backpressure_tx,
-        control: options.service.then_some(inbox_tx),
+        control,
         outbox: Some(outbox_rx),
-        greeting: greeting_rx,
+        greeting,
         gate: gate_rx,
     };
-    // A connector that fails (a WAL only a restart can reopen) stops the
-    // sensor too: the process exits with the error instead of collecting
-    // into a closed channel, and the agent restarts it.
     let shutdown = shutdown.child_token();
-    let connector = tokio::spawn({
-        let stop = shutdown.clone();
-        async move {
-            let result = connector.run(rx, Some(connection)).await;
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "delivery failed: stopping the collector");
-                stop.cancel();
-            }
-            result
-        }
-    });
+    let connector = spawn_connector(connector, rx, connection, shutdown.clone());
     let io = SensorIo {
         out: tx,
         first_seq: wal.next_seq(),
@@ -170,6 +129,77 @@ pub async fn run(
     let active = sensed?;
     drained?;
     Ok(active)
+}
+
+/// Opens the WAL; what it still holds is replayed first.
+fn open_wal(options: &CollectorOptions, metrics: &Arc<Metrics>) -> Result<Arc<Wal>, WalError> {
+    let wal = Wal::open(
+        &options.wal_dir,
+        options.config.wal_max_bytes,
+        metrics.clone(),
+    )?;
+    if wal.pending_count() > 0 {
+        tracing::info!(
+            pending = wal.pending_count(),
+            "replaying unacknowledged events from the WAL"
+        );
+    }
+    Ok(Arc::new(wal))
+}
+
+/// Service mode: the RPC dispatcher, heartbeats and the registration sent
+/// once the source is attached (into `greeting`, which the connector sends
+/// on every connect). Returns the dispatcher's inbox (the connector feeds
+/// it).
+fn spawn_control_plane(
+    collector_id: &str,
+    plane: control::Plane,
+    greeting: watch::Sender<Vec<crate::bus::protocol::Envelope>>,
+    aux: &CancellationToken,
+) -> Option<mpsc::Sender<crate::bus::protocol::Envelope>> {
+    let (inbox_tx, inbox_rx) = mpsc::channel(256);
+    let (status, metrics, outbox) = (
+        plane.status.clone(),
+        plane.metrics.clone(),
+        plane.outbox.clone(),
+    );
+    let dispatcher = control::dispatch(inbox_rx, plane);
+    let cancel = aux.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = dispatcher => {}
+            _ = cancel.cancelled() => {}
+        }
+    });
+    let id = collector_id.to_string();
+    tokio::spawn(heartbeat::run(
+        id.clone(),
+        status.clone(),
+        metrics,
+        outbox,
+        aux.clone(),
+    ));
+    tokio::spawn(register_when_attached(id, status, greeting, aux.clone()));
+    Some(inbox_tx)
+}
+
+/// A connector that fails (a WAL only a restart can reopen) stops the
+/// sensor too: the process exits with the error instead of collecting into
+/// a closed channel, and the agent restarts it.
+fn spawn_connector(
+    connector: Connector,
+    rx: mpsc::Receiver<crate::model::batch::Batch>,
+    connection: (BusWriter, BusReader),
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), ConnectorError>> {
+    tokio::spawn(async move {
+        let result = connector.run(rx, Some(connection)).await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "delivery failed: stopping the collector");
+            stop.cancel();
+        }
+        result
+    })
 }
 
 /// Backpressure changes become `AdjustInterval` commands (never dropped).
