@@ -23,6 +23,9 @@
 //! * Start-up: `connect_at_startup` tries 3 times with backoff. At run time
 //!   a lost connection is retried forever, backing off 1, 2, 4 … 30 s, while
 //!   new events keep going to the WAL.
+//!
+//! This file holds the connection and the publishing; the loop that drives
+//! them, one handler per input, is `connector_loop.rs`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,7 +37,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::pacer::CommitPacer;
 use super::storage::Storage;
 use super::wal::{Wal, WalError};
 use crate::backoff::Backoff;
@@ -42,18 +44,17 @@ use crate::bus::client::{self, BusReader, BusWriter};
 use crate::bus::protocol::{Envelope, FrameKind, TOPIC_EVENT_BATCH};
 use crate::bus::rpc::{CONTROL_CORRELATION, READY_CORRELATION, REGISTER_CORRELATION};
 use crate::metrics::Metrics;
-use crate::model::batch::Batch;
 
 const BACKPRESSURE_ON: f64 = 0.70;
 const BACKPRESSURE_OFF: f64 = 0.50;
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub(super) const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A connection that lasted this long resets the reconnect backoff.
-const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+pub(super) const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 /// Batches read from the WAL at a time.
 const READ_BATCHES: usize = 16;
 /// Most bytes of batches gathered into one WAL write.
-const APPEND_BYTES: usize = 4 * 1024 * 1024;
+pub(super) const APPEND_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct ConnectorConfig {
@@ -104,20 +105,20 @@ pub async fn connect_at_startup(
 }
 
 /// One live connection: a writer task, a reader task, and what is in flight.
-struct Conn {
-    frames: mpsc::UnboundedSender<Envelope>,
+pub(super) struct Conn {
+    pub(super) frames: mpsc::UnboundedSender<Envelope>,
     writer: Option<tokio::task::JoinHandle<()>>,
-    acks: mpsc::UnboundedReceiver<u64>,
+    pub(super) acks: mpsc::UnboundedReceiver<u64>,
     cancel: CancellationToken,
-    cursor: u64,
+    pub(super) cursor: u64,
     /// WAL key → bytes of the batch in flight.
-    inflight: BTreeMap<u64, u64>,
-    inflight_bytes: u64,
-    since: Instant,
+    pub(super) inflight: BTreeMap<u64, u64>,
+    pub(super) inflight_bytes: u64,
+    pub(super) since: Instant,
 }
 
 impl Conn {
-    fn start(
+    pub(super) fn start(
         writer: BusWriter,
         reader: BusReader,
         from: u64,
@@ -148,7 +149,7 @@ impl Conn {
 
 impl Conn {
     /// Lets the writer send what is queued, then closes the connection.
-    async fn close(mut self) {
+    pub(super) async fn close(mut self) {
         let (closed, _) = mpsc::unbounded_channel();
         drop(std::mem::replace(&mut self.frames, closed));
         if let Some(writer) = self.writer.take() {
@@ -261,201 +262,8 @@ pub struct Connector {
 }
 
 impl Connector {
-    /// Runs until `input` closes and everything is acknowledged (or
-    /// `drain_timeout` passes; what is left stays in the WAL for next time).
-    pub async fn run(
-        mut self,
-        mut input: mpsc::Receiver<Batch>,
-        initial: Option<(BusWriter, BusReader)>,
-    ) -> Result<(), ConnectorError> {
-        let start_cursor = |wal: &Wal| wal.first_seq().map(|s| s.unwrap_or_else(|| wal.next_seq()));
-        let mut outbox = self.outbox.take();
-        let greeting = self.greeting.borrow_and_update().clone();
-        let mut conn = match initial {
-            Some((w, r)) => Some(Conn::start(
-                w,
-                r,
-                start_cursor(&self.wal)?,
-                self.control.clone(),
-                &greeting,
-            )),
-            None => None,
-        };
-        self.metrics
-            .connected
-            .store(u64::from(conn.is_some()), Relaxed);
-        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
-        let mut retry_at = Instant::now() + FIRST_BACKOFF;
-        let mut input_open = true;
-        let mut drain_deadline = None;
-        let mut batches: Vec<Batch> = Vec::new();
-        let mut pacer = CommitPacer::new(Instant::now());
-        let mut storage = Storage::new(self.wal.clone(), self.metrics.clone());
-        loop {
-            if let Some(c) = conn.as_mut()
-                && *self.gate.borrow()
-            {
-                if storage.is_faulted() {
-                    storage.send_direct(|key, batch| send_batch(c, key, batch.as_bytes().to_vec()));
-                } else if let Err(e) = self.pump(c) {
-                    storage.failed(&e);
-                }
-            }
-            self.update_backpressure();
-            if !input_open
-                && self.wal.pending_count() == 0
-                && outbox.is_none()
-                && !storage.is_faulted()
-            {
-                if let Some(c) = conn.take() {
-                    c.close().await;
-                }
-                // Drained: the acknowledged batches leave the tree now, so
-                // the next start replays none of them (`Wal::settle`).
-                if let Err(e) = self.wal.flush() {
-                    tracing::warn!(error = %e, "final WAL flush failed; acknowledged batches may replay on the next start");
-                }
-                return Ok(());
-            }
-            let lost = tokio::select! {
-                received = input.recv(), if input_open => {
-                    match received {
-                        Some(first) => {
-                            // Group commit: under load, let batches gather.
-                            let at = pacer.next_commit_at(Instant::now());
-                            if at > Instant::now() {
-                                tokio::time::sleep_until(at).await;
-                            }
-                            let mut bytes = first.as_bytes().len();
-                            batches.push(first);
-                            while bytes < APPEND_BYTES {
-                                match input.try_recv() {
-                                    Ok(b) => {
-                                        bytes += b.as_bytes().len();
-                                        batches.push(b);
-                                    }
-                                    Err(_) => break,
-                                }
-                            }
-                            let events = batches.iter().map(|b| b.len() as u64).sum();
-                            storage.store(&mut batches)?;
-                            pacer.committed(Instant::now(), events);
-                        }
-                        None => {
-                            input_open = false;
-                            drain_deadline = Some(Instant::now() + self.config.drain_timeout);
-                        }
-                    }
-                    false
-                }
-                frame = next_frame(&mut outbox) => {
-                    match frame {
-                        Some(env) => {
-                            if let Some(c) = &conn {
-                                let _ = c.frames.send(env);
-                            }
-                        }
-                        None => outbox = None,
-                    }
-                    false
-                }
-                Ok(()) = self.greeting.changed() => {
-                    if let Some(c) = &conn {
-                        for env in self.greeting.borrow_and_update().iter() {
-                            let _ = c.frames.send(env.clone());
-                        }
-                    }
-                    false
-                }
-                Ok(()) = self.gate.changed() => false,
-                ack = next_ack(&mut conn) => match ack {
-                    Some(seq) => {
-                        // Every ack already here is applied with it: one
-                        // WAL write for the burst.
-                        let mut keys = vec![seq];
-                        while let Some(seq) = conn.as_mut().and_then(|c| c.acks.try_recv().ok()) {
-                            keys.push(seq);
-                        }
-                        if let Err(e) = self.acked(conn.as_mut(), &mut storage, &keys) {
-                            storage.failed(&e);
-                        }
-                        false
-                    }
-                    None => true,
-                },
-                _ = tokio::time::sleep_until(retry_at), if conn.is_none() => {
-                    match client::connect(&self.config.socket).await {
-                        Ok((w, r)) => {
-                            tracing::info!(pending = self.wal.pending_count(), "reconnected to the broker; replaying unacknowledged events");
-                            let greeting = self.greeting.borrow_and_update().clone();
-                            let from = start_cursor(&self.wal).unwrap_or_else(|e| {
-                                storage.failed(&e);
-                                self.wal.next_seq()
-                            });
-                            conn = Some(Conn::start(w, r, from, self.control.clone(), &greeting));
-                            self.metrics.connected.store(1, Relaxed);
-                        }
-                        Err(e) => {
-                            let wait = backoff.next_wait();
-                            tracing::warn!(error = %e, retry_in = ?wait, pending = self.wal.pending_count(), "broker unreachable; events kept in the WAL");
-                            retry_at = Instant::now() + wait;
-                        }
-                    }
-                    false
-                }
-                _ = sleep_opt(storage.retry_at()) => {
-                    if storage.retry()?
-                        && let Some(c) = conn.as_mut()
-                    {
-                        // Publish from the oldest unacknowledged batch again,
-                        // past what is already on its way (sent from memory,
-                        // now stored, or sent from the WAL before the fault).
-                        c.cursor = start_cursor(&self.wal)?;
-                        for (key, len) in storage.take_stored_in_flight() {
-                            if c.inflight.insert(key, len).is_none() {
-                                c.inflight_bytes += len;
-                            }
-                        }
-                    }
-                    false
-                }
-                _ = sleep_opt(self.wal.settle_at().map(Instant::from_std)) => {
-                    // Acknowledged batches no append carried out of the tree.
-                    if let Err(e) = self.wal.settle() {
-                        storage.failed(&e);
-                    }
-                    false
-                }
-                _ = sleep_opt(drain_deadline) => {
-                    tracing::warn!(pending = self.wal.pending_count(), "stopping with unacknowledged events; they stay in the WAL and replay on the next start");
-                    storage.abandon_held();
-                    if let Err(e) = self.wal.flush() {
-                        tracing::error!(error = %e, "final WAL flush failed");
-                    }
-                    return Ok(());
-                }
-            };
-            if lost {
-                Metrics::incr(&self.metrics.broker_disconnects);
-                self.metrics.connected.store(0, Relaxed);
-                // A connection that held a while starts the backoff over;
-                // one refused at once (registration) keeps doubling it.
-                if conn
-                    .take()
-                    .is_some_and(|c| c.since.elapsed() >= STABLE_CONNECTION)
-                {
-                    backoff.reset();
-                }
-                storage.connection_lost();
-                let wait = backoff.next_wait();
-                tracing::warn!(retry_in = ?wait, "lost the broker connection; buffering in the WAL");
-                retry_at = Instant::now() + wait;
-            }
-        }
-    }
-
     /// Sends WAL batches past the cursor while the in-flight budget allows.
-    fn pump(&self, conn: &mut Conn) -> Result<(), WalError> {
+    pub(super) fn pump(&self, conn: &mut Conn) -> Result<(), WalError> {
         while conn.inflight_bytes < self.config.buffer_bytes {
             let batches = self.wal.read_from(conn.cursor, READ_BATCHES)?;
             if batches.is_empty() {
@@ -479,7 +287,7 @@ impl Connector {
 
     /// The broker acknowledged the batches with `keys`: each sent from
     /// memory while the WAL was faulted, or stored in the WAL.
-    fn acked(
+    pub(super) fn acked(
         &self,
         mut conn: Option<&mut Conn>,
         storage: &mut Storage,
@@ -505,7 +313,7 @@ impl Connector {
         Ok(())
     }
 
-    fn update_backpressure(&self) {
+    pub(super) fn update_backpressure(&self) {
         let fill = self.wal.pending_bytes() as f64 / self.config.buffer_bytes.max(1) as f64;
         self.metrics
             .buffer_percent
@@ -528,30 +336,9 @@ impl Connector {
 }
 
 /// Queues one batch for the broker; false when the connection is going away.
-fn send_batch(conn: &Conn, key: u64, payload: Vec<u8>) -> bool {
+pub(super) fn send_batch(conn: &Conn, key: u64, payload: Vec<u8>) -> bool {
     let env = Envelope::new(FrameKind::Publish, TOPIC_EVENT_BATCH, key, payload);
     conn.frames.send(env).is_ok()
-}
-
-async fn next_ack(conn: &mut Option<Conn>) -> Option<u64> {
-    match conn {
-        Some(c) => c.acks.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_frame(outbox: &mut Option<mpsc::UnboundedReceiver<Envelope>>) -> Option<Envelope> {
-    match outbox {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(all(test, unix))]

@@ -13,6 +13,7 @@ use super::*;
 use crate::bus::broker::Broker;
 use crate::bus::protocol::TOPIC_EVENTS;
 use crate::delivery::wal::tests::batch;
+use crate::model::batch::Batch;
 
 /// A scratch directory, removed at the end.
 struct Scratch(PathBuf);

@@ -5,6 +5,7 @@
 //! reconnect and applies backpressure. Neither looks inside an event.
 
 pub mod connector;
+mod connector_loop;
 pub mod pacer;
 pub mod storage;
 pub mod wal;
