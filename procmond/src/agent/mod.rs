@@ -11,6 +11,7 @@
 //!   collector that reports ready later, e.g. after a restart), heartbeats
 //!   are supervised (`supervisor` keeps the state, `escalation` acts).
 
+mod agent_loop;
 mod escalation;
 pub mod launcher;
 pub mod metrics_http;
@@ -24,22 +25,21 @@ pub mod service;
 pub mod sink;
 pub mod supervisor;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::broker::Broker;
-use crate::bus::protocol::{self, Envelope, Status, TOPIC_EVENTS};
+use crate::bus::protocol::{self, Envelope, TOPIC_EVENTS};
 use crate::bus::rpc::{Heartbeat, Lifecycle, Registration, to_payload};
 use crate::config::AgentConfig;
 use crate::config::agent::SinkConfig;
-use escalation::{Answer, on_answer, spawn, supervise};
-use launcher::{Launcher, Order, Report, Sig};
+use launcher::Report;
 use supervisor::Tracked;
+
+pub use agent_loop::run;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -83,146 +83,6 @@ pub enum AgentError {
 enum Phase {
     Loading,
     SteadyState,
-}
-
-/// Runs the agent until `shutdown`. `config_path` is handed to the launcher.
-pub async fn run(
-    config: AgentConfig,
-    config_path: &Path,
-    shutdown: CancellationToken,
-) -> Result<(), AgentError> {
-    let socket = config.broker.socket.clone();
-    let (mut launcher, mut reports) = Launcher::start(config_path).map_err(AgentError::Launcher)?;
-    #[cfg(unix)]
-    let (broker, listener) = (
-        Broker::with_registration(
-            config.broker.allowed_uids.clone(),
-            config.broker.limits,
-            config.broker.operators.clone(),
-        ),
-        Broker::bind(&socket),
-    );
-    #[cfg(windows)]
-    let (broker, listener) = service::broker(&config);
-    let listener = listener.map_err(|source| AgentError::Bind {
-        path: socket.display().to_string(),
-        source,
-    })?;
-    tracing::info!(socket = %socket.display(), allowed_uids = ?config.broker.allowed_uids, allowed_sids = ?broker.allowed_sids(), "broker listening");
-    let metrics_stop = CancellationToken::new();
-    let metrics = match &config.metrics {
-        Some(m) => Some(start_metrics(m, &broker, &metrics_stop).await?),
-        None => None,
-    };
-    let sinks = start_sinks(&config, &broker)?;
-    if sinks.is_empty() {
-        tracing::warn!("no sinks configured: published events are acknowledged and not kept");
-    }
-    let mut registrations = broker.subscribe_local(protocol::TOPIC_REGISTRATION, 256)?;
-    let mut heartbeats = broker.subscribe_local("control.health.heartbeat.+", 1024)?;
-    let mut agent_requests = broker.serve_local(protocol::TOPIC_AGENT, 16)?;
-    let broker_stop = CancellationToken::new();
-    let serving = tokio::spawn({
-        let broker = broker.clone();
-        let stop = broker_stop.clone();
-        async move { broker.serve(listener, stop).await }
-    });
-
-    let mut tracked: Vec<Tracked> = config
-        .collectors
-        .iter()
-        .filter(|c| c.enabled)
-        .cloned()
-        .map(Tracked::new)
-        .collect();
-    for t in &tracked {
-        spawn(&mut launcher, &broker, t.id()).await;
-    }
-    tracing::info!(
-        collectors = tracked.len(),
-        "loading: waiting for collectors to register and report ready"
-    );
-    let started = Instant::now();
-    let hb = &config.heartbeat;
-    let interval = Duration::from_secs(hb.interval_secs);
-    let mut phase = Phase::Loading;
-    let (answers_tx, mut answers) = mpsc::channel::<Answer>(64);
-    let mut check = tokio::time::interval(Duration::from_millis(250).min(interval / 2));
-    let mut forged = 0u64;
-
-    let outcome = loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            Some(report) = reports.recv() => on_report(&mut tracked, report),
-            Some(env) = registrations.recv() => {
-                if let Some(id) = on_registration(&mut tracked, &env)
-                    && phase == Phase::SteadyState
-                {
-                    tracing::info!(collector = %id, "late ready: sending begin_monitoring");
-                    begin_monitoring(&broker).await;
-                }
-            }
-            Some(env) = heartbeats.recv() => on_heartbeat(&mut tracked, &env, &mut forged),
-            Some(env) = agent_requests.recv() => {
-                let body = agent_health(phase, &mut tracked, &broker, &sinks);
-                broker.respond(&env, Status::Ok, to_payload(&body));
-            }
-            Some(answer) = answers.recv() => on_answer(&mut tracked, answer, &broker, hb.graceful_shutdown_timeout_secs, &answers_tx),
-            _ = check.tick() => {
-                let now = Instant::now();
-                if phase == Phase::Loading {
-                    if tracked.iter().all(|t| t.ready) {
-                        phase = Phase::SteadyState;
-                        if let Err(e) = become_steady(&config, &broker, &tracked).await {
-                            break Err(e);
-                        }
-                    } else if let Some(laggards) = laggards(&tracked, &config, started, now) {
-                        tracing::error!(laggards = %laggards, "collectors did not report ready in time: stopping");
-                        break Err(AgentError::StartupTimeout(laggards));
-                    }
-                } else {
-                    supervise(&mut tracked, &mut launcher, &broker, &config, now, &answers_tx).await;
-                }
-                for t in tracked.iter_mut().filter(|t| t.restart_at.is_some_and(|at| at <= now)) {
-                    t.restart_at = None;
-                    tracing::warn!(collector = %t.id(), "restarting collector");
-                    spawn(&mut launcher, &broker, t.id()).await;
-                }
-            }
-        }
-    };
-
-    // Collectors first (they drain into the broker), then broker and sinks.
-    let grace = Duration::from_secs(hb.graceful_shutdown_timeout_secs);
-    for t in tracked.iter_mut().filter(|t| t.pid.is_some()) {
-        t.deregistered = true;
-        let _ = launcher
-            .order(&Order::Signal {
-                id: t.config.id.clone(),
-                signal: Sig::TERM,
-            })
-            .await;
-    }
-    let deadline = Instant::now() + grace;
-    while tracked.iter().any(|t| t.pid.is_some()) {
-        match tokio::time::timeout_at(deadline, reports.recv()).await {
-            Ok(Some(report)) => on_report(&mut tracked, report),
-            _ => break,
-        }
-    }
-    launcher.finish(grace).await;
-    metrics_stop.cancel();
-    if let Some(task) = metrics {
-        let _ = task.await;
-    }
-    broker_stop.cancel();
-    let _ = serving.await;
-    broker.close_local();
-    for sink in sinks {
-        let _ = sink.task.await;
-    }
-    let _ = std::fs::remove_file(&socket);
-    outcome
 }
 
 /// A sink the agent started: what it is, its counters, its task.
