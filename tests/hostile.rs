@@ -29,7 +29,8 @@ fn healthy_beat() -> Vec<u8> {
         sequence: 1,
         status: "healthy".into(),
         timestamp: "2026-01-01T00:00:00Z".into(),
-        metrics: serde_json::json!({"losses": 0}),
+        // Well formed: refusing it must be the broker's doing, not a parse error.
+        metrics: procmond::health::Summary::default(),
     })
 }
 

@@ -13,6 +13,7 @@ pub mod bus;
 pub mod collector;
 pub mod config;
 pub mod delivery;
+pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod output;

@@ -4,6 +4,7 @@
 //! they reach the operator through `watch`'s closing stats line (and, with
 //! the agent, heartbeats and `ctl health`).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Shared, lock-free counters; one instance per sensor.
@@ -198,30 +199,40 @@ impl Metrics {
         self.json_of(None)
     }
 
-    /// The loss counters, by name.
-    pub fn losses_json(&self) -> serde_json::Value {
-        self.json_of(Some(CounterKind::Loss))
-    }
-
     /// What a heartbeat and a health answer carry besides the status: the
     /// gauges, the published count, every loss counter, why the WAL cannot
     /// be written while it cannot, and the events encoded by kind and source.
+    pub fn summary(&self) -> crate::health::Summary {
+        use crate::health::Connection;
+        let (events_by_kind, events_by_source) = self.by_kind_and_source();
+        let losses = self
+            .counters()
+            .into_iter()
+            .filter(|(_, _, kind)| *kind == CounterKind::Loss)
+            .map(|(name, counter, _)| (name.to_string(), counter.load(Relaxed)))
+            .collect();
+        crate::health::Summary {
+            processes_seen: self.processes_seen.load(Relaxed),
+            events_published: self.events_published.load(Relaxed),
+            events_unpersisted: self.events_unpersisted.load(Relaxed),
+            buffer_percent: self.buffer_percent.load(Relaxed),
+            wal_pending: self.wal_pending.load(Relaxed),
+            wal_pending_bytes: self.wal_pending_bytes.load(Relaxed),
+            wal_fault: self.wal_fault(),
+            connection: if self.connected.load(Relaxed) == 1 {
+                Connection::Connected
+            } else {
+                Connection::Disconnected
+            },
+            losses,
+            events_by_kind,
+            events_by_source,
+        }
+    }
+
+    /// `summary` as JSON (`ctl health` merges it into its body).
     pub fn summary_json(&self) -> serde_json::Value {
-        let connected = self.connected.load(Relaxed) == 1;
-        let (by_kind, by_source) = self.by_kind_and_source();
-        serde_json::json!({
-            "processes_seen": self.processes_seen.load(Relaxed),
-            "events_published": self.events_published.load(Relaxed),
-            "events_unpersisted": self.events_unpersisted.load(Relaxed),
-            "buffer_percent": self.buffer_percent.load(Relaxed),
-            "wal_pending": self.wal_pending.load(Relaxed),
-            "wal_fault": self.wal_fault(),
-            "connection": if connected { "connected" } else { "disconnected" },
-            "losses": self.losses_json(),
-            "events_by_kind": by_kind,
-            "events_by_source": by_source,
-            "wal_pending_bytes": self.wal_pending_bytes.load(Relaxed),
-        })
+        serde_json::to_value(self.summary()).unwrap_or_default()
     }
 
     /// Counts one encoded event under its kind and source.
@@ -234,24 +245,22 @@ impl Metrics {
         }
     }
 
-    /// Events encoded by kind and by source, as two JSON objects (zeros left out).
-    fn by_kind_and_source(&self) -> (serde_json::Value, serde_json::Value) {
+    /// Events encoded by kind and by source (zeros left out).
+    fn by_kind_and_source(&self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
         use crate::model::{EventKind, EventSource};
-        let kinds: serde_json::Map<_, _> = EventKind::ALL
+        let kinds = EventKind::ALL
             .iter()
             .zip(&self.events_by_kind)
             .map(|(k, c)| (k.as_str().to_string(), c.load(Relaxed)))
             .filter(|(_, n)| *n > 0)
-            .map(|(k, n)| (k, n.into()))
             .collect();
-        let sources: serde_json::Map<_, _> = EventSource::ALL
+        let sources = EventSource::ALL
             .iter()
             .zip(&self.events_by_source)
             .map(|(s, c)| (s.as_str().to_string(), c.load(Relaxed)))
             .filter(|(_, n)| *n > 0)
-            .map(|(s, n)| (s, n.into()))
             .collect();
-        (kinds.into(), sources.into())
+        (kinds, sources)
     }
 
     /// Records that the WAL cannot be written (`Some(reason)`) or can again.

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -239,8 +238,8 @@ async fn scrape(broker: &Broker) -> Result<String, String> {
     if answer.status != Status::Ok {
         return Err(format!("the agent did not answer: {:?}", answer.status));
     }
-    let health: Value = serde_json::from_slice(&answer.payload)
-        .map_err(|e| format!("the agent's answer is not JSON: {e}"))?;
+    let health: crate::health::AgentHealth = serde_json::from_slice(&answer.payload)
+        .map_err(|e| format!("the agent's answer does not parse as its health: {e}"))?;
     super::prometheus::encode(health).map_err(|_| "encoding failed".to_string())
 }
 

@@ -36,6 +36,7 @@ use crate::bus::protocol::{self, Envelope, TOPIC_EVENTS};
 use crate::bus::rpc::{Heartbeat, Lifecycle, Registration, to_payload};
 use crate::config::AgentConfig;
 use crate::config::agent::SinkConfig;
+use crate::health::{AgentHealth, CollectorHealth, SinkHealth};
 use launcher::Report;
 use supervisor::Tracked;
 
@@ -79,11 +80,8 @@ pub enum AgentError {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Loading,
-    SteadyState,
-}
+/// Loading, then SteadyState (`health::AgentPhase`).
+type Phase = crate::health::AgentPhase;
 
 /// A sink the agent started: what it is, its counters, its task.
 struct RunningSink {
@@ -177,58 +175,54 @@ fn agent_health(
     tracked: &mut [Tracked],
     broker: &Broker,
     sinks: &Sinks,
-) -> serde_json::Value {
+) -> AgentHealth {
     let now = Instant::now();
-    let collectors: Vec<_> = tracked
+    let collectors = tracked
         .iter_mut()
-        .map(|t| {
-            serde_json::json!({
-                "id": t.id(),
-                "pid": t.pid,
-                "registered": t.registered,
-                "ready": t.ready,
-                "deregistered": t.deregistered,
-                "status": t.last_status,
-                "last_heartbeat_ms_ago": now.duration_since(t.last_heartbeat).as_millis() as u64,
-                "escalation": t.escalation.map(|e| format!("{e:?}")),
-                "restarts": t.restarts_total,
-                "restarts_last_10min": t.recent_restarts(now),
-                "alert": t.alerting(now).then_some("restarted 3 or more times in 10 minutes"),
-                "next_restart_in_ms": t.restart_at.map(|at| at.saturating_duration_since(now).as_millis() as u64),
-                "last_heartbeat": t.last_metrics,
-            })
+        .map(|t| CollectorHealth {
+            id: t.id().to_string(),
+            pid: t.pid,
+            registered: t.registered,
+            ready: t.ready,
+            deregistered: t.deregistered,
+            status: t.last_status.clone(),
+            last_heartbeat_ms_ago: now.duration_since(t.last_heartbeat).as_millis() as u64,
+            escalation: t.escalation.map(|e| format!("{e:?}")),
+            restarts: t.restarts_total,
+            restarts_last_10min: t.recent_restarts(now) as u64,
+            alert: t
+                .alerting(now)
+                .then(|| "restarted 3 or more times in 10 minutes".to_string()),
+            next_restart_in_ms: t
+                .restart_at
+                .map(|at| at.saturating_duration_since(now).as_millis() as u64),
+            last_heartbeat: t.last_metrics.clone(),
         })
         .collect();
-    let sinks: Vec<_> = sinks
+    let sinks = sinks
         .iter()
-        .map(|s| {
-            let mut v = serde_json::json!({
-                "type": s.config.kind(),
-                "target": s.config.target(),
-                "format": s.config.format(),
-                "counters": s.stats.to_json(),
-            });
-            if let SinkConfig::Jsonl { path, .. } = &s.config {
-                v["path"] = serde_json::json!(path);
-            }
-            v
+        .map(|s| SinkHealth {
+            kind: s.config.kind().to_string(),
+            target: s.config.target(),
+            format: s.config.format().as_str().to_string(),
+            path: match &s.config {
+                SinkConfig::Jsonl { path, .. } => Some(path.display().to_string()),
+                _ => None,
+            },
+            counters: s.stats.counters(),
         })
         .collect();
-    #[cfg(unix)]
-    let (key, account) = ("uid", serde_json::json!(nix::unistd::geteuid().as_raw()));
-    #[cfg(windows)]
-    let (key, account) = (
-        "sid",
-        serde_json::json!(crate::sys::windows::own_user_sid().ok()),
-    );
-    let mut body = serde_json::json!({
-        "phase": if phase == Phase::Loading { "loading" } else { "steady_state" },
-        "collectors": collectors,
-        "broker": broker.stats_json(),
-        "sinks": sinks,
-    });
-    body[key] = account;
-    body
+    AgentHealth {
+        phase,
+        collectors,
+        broker: broker.stats_map(),
+        sinks,
+        #[cfg(unix)]
+        uid: Some(nix::unistd::geteuid().as_raw()),
+        #[cfg(windows)]
+        sid: crate::sys::windows::own_user_sid().ok(),
+        ..AgentHealth::default()
+    }
 }
 
 fn find<'a>(tracked: &'a mut [Tracked], id: &str) -> Option<&'a mut Tracked> {

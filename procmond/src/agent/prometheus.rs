@@ -12,18 +12,19 @@
 
 use std::fmt::Write as _;
 
+use crate::health::{
+    AgentHealth, AgentPhase, CollectorHealth, Connection, SinkCounters, SinkHealth, Summary,
+};
+use crate::model::{EventKind, EventSource};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use serde_json::Value;
-
-use crate::model::{EventKind, EventSource};
 
 /// The health answer of the agent (`control.agent`) in the text format.
-pub fn encode(health: Value) -> Result<String, std::fmt::Error> {
+pub fn encode(health: AgentHealth) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Snapshot(health)));
     let mut out = String::new();
@@ -43,7 +44,7 @@ enum Val {
 
 /// Builds the families of one scrape.
 #[derive(Debug)]
-struct Snapshot(Value);
+struct Snapshot(AgentHealth);
 
 /// HELP text of the broker's counters (`BrokerStats`); others get a generic one.
 const BROKER_HELP: [(&str, &str); 15] = [
@@ -97,46 +98,59 @@ const BROKER_HELP: [(&str, &str); 15] = [
     ),
 ];
 
-const SINK_COUNTERS: [(&str, &str); 5] = [
+/// A sink counter: its name, how to read it, its help.
+type SinkCounter = (&'static str, fn(&SinkCounters) -> u64, &'static str);
+
+const SINK_COUNTERS: [SinkCounter; 5] = [
     (
         "written",
+        |c| c.written,
         "Events stored by the sink (jsonl: on disk; nats: PublishAck, new)",
     ),
     (
         "duplicates",
+        |c| c.duplicates,
         "Events already stored, skipped by the sink or the server",
     ),
     (
         "invalid",
+        |c| c.invalid,
         "Deliveries or events that were not valid (dropped, logged)",
     ),
     (
         "errors",
+        |c| c.errors,
         "Failed attempts to store (retried; nothing is confirmed unstored)",
     ),
-    ("reconnects", "Connections the sink re-established"),
+    (
+        "reconnects",
+        |c| c.reconnects,
+        "Connections the sink re-established",
+    ),
 ];
 
-/// The heartbeat gauges taken as they are: (JSON key, metric, help).
-const BEAT_GAUGES: [(&str, &str, &str); 4] = [
+/// A heartbeat figure taken as it is: metric, how to read it, help.
+type BeatGauge = (&'static str, fn(&Summary) -> u64, &'static str);
+
+const BEAT_GAUGES: [BeatGauge; 4] = [
     (
-        "processes_seen",
         "procmond_collector_processes",
+        |b| b.processes_seen,
         "Live processes in the collector's last snapshot",
     ),
     (
-        "wal_pending",
         "procmond_collector_wal_pending_events",
+        |b| b.wal_pending,
         "Events in the collector's WAL awaiting acknowledgement",
     ),
     (
-        "wal_pending_bytes",
         "procmond_collector_wal_pending_bytes",
+        |b| b.wal_pending_bytes,
         "Bytes in the collector's WAL awaiting acknowledgement",
     ),
     (
-        "buffer_percent",
         "procmond_collector_buffer_percent",
+        |b| b.buffer_percent,
         "Unacknowledged bytes in flight, percent of buffer_bytes (backpressure from 70, off below 50)",
     ),
 ];
@@ -146,7 +160,6 @@ const STATUSES: [&str; 4] = ["healthy", "degraded", "unhealthy", "unknown"];
 impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let h = &self.0;
-        let phase = h["phase"].as_str().unwrap_or("unknown");
         gauge(
             &mut enc,
             "procmond_build_info",
@@ -156,10 +169,14 @@ impl Collector for Snapshot {
                 Val::Level(1),
             )],
         )?;
-        let phases = ["loading", "steady_state"].map(|p| {
+        let phases = [
+            ("loading", AgentPhase::Loading),
+            ("steady_state", AgentPhase::SteadyState),
+        ]
+        .map(|(name, p)| {
             (
-                vec![("phase", p.to_string())],
-                Val::Level(i64::from(p == phase)),
+                vec![("phase", name.to_string())],
+                Val::Level(i64::from(p == h.phase)),
             )
         });
         gauge(
@@ -168,220 +185,204 @@ impl Collector for Snapshot {
             "The agent's phase (1 = current)",
             &phases,
         )?;
-        let collectors = h["collectors"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        self.collectors(&mut enc, collectors)?;
-        let sinks = h["sinks"].as_array().map(Vec::as_slice).unwrap_or_default();
-        sink_families(&mut enc, sinks)?;
-        broker_families(&mut enc, &h["broker"])
+        collector_families(&mut enc, &h.collectors)?;
+        beat_families(&mut enc, &h.collectors)?;
+        sink_families(&mut enc, &h.sinks)?;
+        broker_families(&mut enc, &h.broker)
     }
 }
 
-impl Snapshot {
-    fn collectors(&self, enc: &mut DescriptorEncoder, collectors: &[Value]) -> std::fmt::Result {
-        let id = |c: &Value| vec![("collector_id", c["id"].as_str().unwrap_or("").to_string())];
-        let per = |f: &dyn Fn(&Value) -> Option<Val>| -> Vec<(Labels, Val)> {
-            collectors
-                .iter()
-                .filter_map(|c| Some((id(c), f(c)?)))
-                .collect()
-        };
-        let up = per(&|c| {
-            let running = !c["pid"].is_null() && c["ready"] == true;
-            Some(Val::Level(i64::from(running)))
-        });
-        gauge(
-            enc,
-            "procmond_collector_up",
-            "1 while the collector runs and has reported ready",
-            &up,
-        )?;
-        let mut status = Vec::new();
-        for c in collectors {
-            let current = c["status"].as_str().unwrap_or("unknown");
-            for s in STATUSES {
-                let mut labels = id(c);
-                labels.push(("status", s.to_string()));
-                status.push((labels, Val::Level(i64::from(s == current))));
-            }
-        }
-        gauge(
-            enc,
-            "procmond_collector_status",
-            "The collector's last reported health (1 = current); degraded covers backpressure, losses and a faulted WAL",
-            &status,
-        )?;
-        let restarts = per(&|c| c["restarts"].as_u64().map(Val::Count));
-        counter(
-            enc,
-            "procmond_collector_restarts",
-            "Restarts of the collector by the agent",
-            &restarts,
-        )?;
-        let recent = per(&|c| c["restarts_last_10min"].as_i64().map(Val::Level));
-        gauge(
-            enc,
-            "procmond_collector_restarts_recent",
-            "Restarts in the last 10 minutes (3 raise an alert)",
-            &recent,
-        )?;
-        let alert = per(&|c| Some(Val::Level(i64::from(!c["alert"].is_null()))));
-        gauge(
-            enc,
-            "procmond_collector_alert",
-            "1 while the crash-loop alert stands",
-            &alert,
-        )?;
-        let age = per(&|c| {
-            c["last_heartbeat_ms_ago"]
-                .as_u64()
-                .map(|ms| Val::Real(ms as f64 / 1000.0))
-        });
-        gauge(
-            enc,
-            "procmond_collector_heartbeat_age_seconds",
-            "Time since the collector's last heartbeat",
-            &age,
-        )?;
-
-        // From the last heartbeat: nothing before the first one.
-        let beats: Vec<(&Value, &Value)> = collectors
-            .iter()
-            .filter(|c| c["last_heartbeat"].is_object())
-            .map(|c| (c, &c["last_heartbeat"]))
-            .collect();
-        let beat = |f: &dyn Fn(&Value) -> Option<Val>| -> Vec<(Labels, Val)> {
-            beats
-                .iter()
-                .filter_map(|(c, b)| Some((id(c), f(b)?)))
-                .collect()
-        };
-        let mut losses = Vec::new();
-        for (c, b) in &beats {
-            for (name, n) in b["losses"].as_object().into_iter().flatten() {
-                let mut labels = id(c);
-                labels.push(("counter", name.clone()));
-                losses.push((labels, Val::Count(n.as_u64().unwrap_or(0))));
-            }
-        }
-        counter(
-            enc,
-            "procmond_collector_events_lost",
-            "Events lost, by loss counter (docs/architecture.md, Where every loss counter lives)",
-            &losses,
-        )?;
-        let published = beat(&|b| b["events_published"].as_u64().map(Val::Count));
-        counter(
-            enc,
-            "procmond_collector_events_published",
-            "Events the broker acknowledged to the collector",
-            &published,
-        )?;
-        let unpersisted = beat(&|b| b["events_unpersisted"].as_u64().map(Val::Count));
-        counter(
-            enc,
-            "procmond_collector_events_unpersisted",
-            "Events the agent acknowledged that were published from memory while the WAL could not store them",
-            &unpersisted,
-        )?;
-        for (what, key, all) in [
-            (
-                "kind",
-                "events_by_kind",
-                EventKind::ALL.map(EventKind::as_str).to_vec(),
-            ),
-            (
-                "source",
-                "events_by_source",
-                EventSource::ALL.map(EventSource::as_str).to_vec(),
-            ),
-        ] {
-            let mut samples = Vec::new();
-            for (c, b) in &beats {
-                for name in &all {
-                    let mut labels = id(c);
-                    labels.push((what, (*name).to_string()));
-                    samples.push((labels, Val::Count(b[key][*name].as_u64().unwrap_or(0))));
-                }
-            }
-            let mut name = String::new();
-            write!(name, "procmond_collector_events_by_{what}")?;
-            let help = format!("Events the collector encoded, by {what}");
-            counter(enc, &name, &help, &samples)?;
-        }
-        for (key, name, help) in BEAT_GAUGES {
-            let samples = beat(&|b| b[key].as_i64().map(Val::Level));
-            gauge(enc, name, help, &samples)?;
-        }
-        let faulted = beat(&|b| Some(Val::Level(i64::from(!b["wal_fault"].is_null()))));
-        gauge(
-            enc,
-            "procmond_collector_wal_faulted",
-            "1 while the collector's WAL cannot be written",
-            &faulted,
-        )?;
-        let connected = beat(&|b| Some(Val::Level(i64::from(b["connection"] == "connected"))));
-        gauge(
-            enc,
-            "procmond_collector_broker_connected",
-            "1 while the collector is connected to the broker",
-            &connected,
-        )
-    }
+fn id(c: &CollectorHealth) -> Labels {
+    vec![("collector_id", c.id.clone())]
 }
 
-fn sink_families(enc: &mut DescriptorEncoder, sinks: &[Value]) -> std::fmt::Result {
-    let labels = |i: usize, s: &Value| -> Labels {
+fn level(n: u64) -> Val {
+    Val::Level(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// What the agent knows of each collector itself.
+fn collector_families(
+    enc: &mut DescriptorEncoder,
+    collectors: &[CollectorHealth],
+) -> std::fmt::Result {
+    let per = |f: &dyn Fn(&CollectorHealth) -> Val| -> Vec<(Labels, Val)> {
+        collectors.iter().map(|c| (id(c), f(c))).collect()
+    };
+    let up = per(&|c| Val::Level(i64::from(c.pid.is_some() && c.ready)));
+    gauge(
+        enc,
+        "procmond_collector_up",
+        "1 while the collector runs and has reported ready",
+        &up,
+    )?;
+    let mut status = Vec::new();
+    for c in collectors {
+        let current = c.status.as_deref().unwrap_or("unknown");
+        for s in STATUSES {
+            let mut labels = id(c);
+            labels.push(("status", s.to_string()));
+            status.push((labels, Val::Level(i64::from(s == current))));
+        }
+    }
+    gauge(
+        enc,
+        "procmond_collector_status",
+        "The collector's last reported health (1 = current); degraded covers backpressure, losses and a faulted WAL",
+        &status,
+    )?;
+    let restarts = per(&|c| Val::Count(c.restarts));
+    counter(
+        enc,
+        "procmond_collector_restarts",
+        "Restarts of the collector by the agent",
+        &restarts,
+    )?;
+    let recent = per(&|c| level(c.restarts_last_10min));
+    gauge(
+        enc,
+        "procmond_collector_restarts_recent",
+        "Restarts in the last 10 minutes (3 raise an alert)",
+        &recent,
+    )?;
+    let alert = per(&|c| Val::Level(i64::from(c.alert.is_some())));
+    gauge(
+        enc,
+        "procmond_collector_alert",
+        "1 while the crash-loop alert stands",
+        &alert,
+    )?;
+    let age = per(&|c| Val::Real(c.last_heartbeat_ms_ago as f64 / 1000.0));
+    gauge(
+        enc,
+        "procmond_collector_heartbeat_age_seconds",
+        "Time since the collector's last heartbeat",
+        &age,
+    )
+}
+
+/// From each collector's last heartbeat: nothing before the first one.
+fn beat_families(enc: &mut DescriptorEncoder, collectors: &[CollectorHealth]) -> std::fmt::Result {
+    let beats: Vec<(&CollectorHealth, &Summary)> = collectors
+        .iter()
+        .filter_map(|c| Some((c, c.last_heartbeat.as_ref()?)))
+        .collect();
+    let beat = |f: &dyn Fn(&Summary) -> Val| -> Vec<(Labels, Val)> {
+        beats.iter().map(|(c, b)| (id(c), f(b))).collect()
+    };
+    let mut losses = Vec::new();
+    for (c, b) in &beats {
+        for (name, n) in &b.losses {
+            let mut labels = id(c);
+            labels.push(("counter", name.clone()));
+            losses.push((labels, Val::Count(*n)));
+        }
+    }
+    counter(
+        enc,
+        "procmond_collector_events_lost",
+        "Events lost, by loss counter (docs/architecture.md, Where every loss counter lives)",
+        &losses,
+    )?;
+    let published = beat(&|b| Val::Count(b.events_published));
+    counter(
+        enc,
+        "procmond_collector_events_published",
+        "Events the broker acknowledged to the collector",
+        &published,
+    )?;
+    let unpersisted = beat(&|b| Val::Count(b.events_unpersisted));
+    counter(
+        enc,
+        "procmond_collector_events_unpersisted",
+        "Events the agent acknowledged that were published from memory while the WAL could not store them",
+        &unpersisted,
+    )?;
+    by_kind_and_source(enc, &beats)?;
+    for (name, read, help) in BEAT_GAUGES {
+        gauge(enc, name, help, &beat(&|b| level(read(b))))?;
+    }
+    let faulted = beat(&|b| Val::Level(i64::from(b.wal_fault.is_some())));
+    gauge(
+        enc,
+        "procmond_collector_wal_faulted",
+        "1 while the collector's WAL cannot be written",
+        &faulted,
+    )?;
+    let connected = beat(&|b| Val::Level(i64::from(b.connection == Connection::Connected)));
+    gauge(
+        enc,
+        "procmond_collector_broker_connected",
+        "1 while the collector is connected to the broker",
+        &connected,
+    )
+}
+
+/// Events encoded, by kind and by source: every kind and source, zeros too.
+fn by_kind_and_source(
+    enc: &mut DescriptorEncoder,
+    beats: &[(&CollectorHealth, &Summary)],
+) -> std::fmt::Result {
+    type Pick = fn(&Summary) -> &std::collections::BTreeMap<String, u64>;
+    let sets: [(&str, Pick, Vec<&str>); 2] = [
+        (
+            "kind",
+            |b| &b.events_by_kind,
+            EventKind::ALL.map(EventKind::as_str).to_vec(),
+        ),
+        (
+            "source",
+            |b| &b.events_by_source,
+            EventSource::ALL.map(EventSource::as_str).to_vec(),
+        ),
+    ];
+    for (what, pick, all) in sets {
+        let mut samples = Vec::new();
+        for (c, b) in beats {
+            for name in &all {
+                let mut labels = id(c);
+                labels.push((what, (*name).to_string()));
+                let n = pick(b).get(*name).copied().unwrap_or(0);
+                samples.push((labels, Val::Count(n)));
+            }
+        }
+        let mut name = String::new();
+        write!(name, "procmond_collector_events_by_{what}")?;
+        let help = format!("Events the collector encoded, by {what}");
+        counter(enc, &name, &help, &samples)?;
+    }
+    Ok(())
+}
+
+fn sink_families(enc: &mut DescriptorEncoder, sinks: &[SinkHealth]) -> std::fmt::Result {
+    let labels = |i: usize, s: &SinkHealth| -> Labels {
         vec![
             ("sink", i.to_string()),
-            ("type", s["type"].as_str().unwrap_or("").to_string()),
-            ("target", s["target"].as_str().unwrap_or("").to_string()),
+            ("type", s.kind.clone()),
+            ("target", s.target.clone()),
         ]
     };
-    for (key, help) in SINK_COUNTERS {
-        let samples: Vec<_> = sinks
+    let per = |f: &dyn Fn(&SinkCounters) -> Val| -> Vec<(Labels, Val)> {
+        sinks
             .iter()
             .enumerate()
-            .map(|(i, s)| {
-                (
-                    labels(i, s),
-                    Val::Count(s["counters"][key].as_u64().unwrap_or(0)),
-                )
-            })
-            .collect();
+            .map(|(i, s)| (labels(i, s), f(&s.counters)))
+            .collect()
+    };
+    for (key, read, help) in SINK_COUNTERS {
+        let samples = per(&|c| Val::Count(read(c)));
         counter(enc, &format!("procmond_sink_{key}"), help, &samples)?;
     }
-    let lag: Vec<_> = sinks
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            (
-                labels(i, s),
-                Val::Level(s["counters"]["lag"].as_i64().unwrap_or(0)),
-            )
-        })
-        .collect();
     gauge(
         enc,
         "procmond_sink_lag_events",
         "Events the sink received and has not stored yet (their publishes wait unacknowledged)",
-        &lag,
+        &per(&|c| level(c.lag)),
     )?;
-    let degraded: Vec<_> = sinks
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let down = s["counters"]["status"].as_str() == Some("degraded");
-            (labels(i, s), Val::Level(i64::from(down)))
-        })
-        .collect();
     gauge(
         enc,
         "procmond_sink_degraded",
         "1 while the sink's last write or connection failed (it retries with backoff; events wait in the collectors' WALs)",
-        &degraded,
+        &per(&|c| Val::Level(i64::from(c.degraded()))),
     )
 }
 
@@ -391,19 +392,21 @@ const BROKER_GAUGES: [(&str, &str); 1] = [(
     "Bytes queued by the broker for its peers right now (capped by broker.limits.max_queued_bytes)",
 )];
 
-fn broker_families(enc: &mut DescriptorEncoder, broker: &Value) -> std::fmt::Result {
+fn broker_families(
+    enc: &mut DescriptorEncoder,
+    broker: &std::collections::BTreeMap<String, u64>,
+) -> std::fmt::Result {
     for (key, help) in BROKER_GAUGES {
-        let level = broker[key].as_i64().unwrap_or(0);
-        let samples = [(Vec::new(), Val::Level(level))];
+        let samples = [(Vec::new(), level(broker.get(key).copied().unwrap_or(0)))];
         gauge(enc, &format!("procmond_broker_{key}"), help, &samples)?;
     }
-    let counts = broker.as_object().into_iter().flatten();
+    let counts = broker.iter();
     for (key, n) in counts.filter(|(k, _)| !BROKER_GAUGES.iter().any(|(g, _)| g == k)) {
         let help = BROKER_HELP
             .iter()
             .find(|(k, _)| k == key)
             .map_or("A broker counter (ctl health: agent.broker)", |(_, h)| h);
-        let samples = [(Vec::new(), Val::Count(n.as_u64().unwrap_or(0)))];
+        let samples = [(Vec::new(), Val::Count(*n))];
         counter(enc, &format!("procmond_broker_{key}"), help, &samples)?;
     }
     Ok(())
@@ -455,8 +458,8 @@ fn gauge(
 mod tests {
     use super::*;
 
-    fn health() -> Value {
-        serde_json::json!({
+    fn health() -> AgentHealth {
+        serde_json::from_value(serde_json::json!({
             "phase": "steady_state",
             "collectors": [
                 {"id": "procmond", "pid": 42, "ready": true, "status": "degraded",
@@ -476,7 +479,8 @@ mod tests {
             "sinks": [{"type": "nats", "target": "nats://h:4222 stream S \"x\"",
                        "counters": {"written": 9, "duplicates": 1, "invalid": 0,
                                     "errors": 2, "reconnects": 1, "lag": 6, "status": "degraded"}}]
-        })
+        }))
+        .expect("the agent's health, as the agent writes it")
     }
 
     #[test]

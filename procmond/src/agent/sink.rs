@@ -174,18 +174,24 @@ impl SinkStats {
             .clone()
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
+    /// The counters, as health reports them.
+    pub fn counters(&self) -> crate::health::SinkCounters {
         let degraded = self.degraded.load(Relaxed);
-        serde_json::json!({
-            "status": if degraded { "degraded" } else { "ok" },
-            "last_error": self.last_error(),
-            "written": self.written.load(Relaxed),
-            "duplicates": self.duplicates.load(Relaxed),
-            "invalid": self.invalid.load(Relaxed),
-            "errors": self.errors.load(Relaxed),
-            "reconnects": self.reconnects.load(Relaxed),
-            "lag": self.lag.load(Relaxed),
-        })
+        crate::health::SinkCounters {
+            status: if degraded { "degraded" } else { "ok" }.into(),
+            last_error: self.last_error(),
+            written: self.written.load(Relaxed),
+            duplicates: self.duplicates.load(Relaxed),
+            invalid: self.invalid.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+            lag: self.lag.load(Relaxed),
+        }
+    }
+
+    /// `counters` as JSON (logs and tests).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.counters()).unwrap_or_default()
     }
 }
 

@@ -55,7 +55,7 @@ pub struct Tracked {
     /// Restarts since the agent started.
     pub restarts_total: u64,
     /// The collector's counters from its last heartbeat.
-    pub last_metrics: serde_json::Value,
+    pub last_metrics: Option<crate::health::Summary>,
 }
 
 impl Tracked {
@@ -73,7 +73,7 @@ impl Tracked {
             restart_at: None,
             restarts: VecDeque::new(),
             restarts_total: 0,
-            last_metrics: serde_json::Value::Null,
+            last_metrics: None,
         }
     }
 
@@ -103,19 +103,19 @@ impl Tracked {
             && now.duration_since(self.started_at) >= limit
     }
 
-    pub fn heartbeat(&mut self, status: &str, metrics: serde_json::Value) {
+    pub fn heartbeat(&mut self, status: &str, metrics: crate::health::Summary) {
         self.last_heartbeat = Instant::now();
         if self.last_status.as_deref() != Some(status) {
-            let wal_fault = metrics["wal_fault"].as_str().unwrap_or("");
             if status == "healthy" {
                 tracing::info!(collector = %self.id(), ?status, "collector health changed");
             } else {
                 // Escaped (`?`): these strings come from the collector.
-                tracing::warn!(collector = %self.id(), ?status, ?wal_fault, losses = %metrics["losses"], "collector health changed");
+                let (wal_fault, losses) = (&metrics.wal_fault, &metrics.losses);
+                tracing::warn!(collector = %self.id(), ?status, ?wal_fault, ?losses, "collector health changed");
             }
             self.last_status = Some(status.to_string());
         }
-        self.last_metrics = metrics;
+        self.last_metrics = Some(metrics);
     }
 
     /// Whole heartbeat periods since the last beat.
@@ -239,7 +239,7 @@ mod tests {
         t.started(10);
         let now = Instant::now() + Duration::from_millis(3500);
         assert_eq!(t.missed(Duration::from_secs(1), now), 3);
-        t.heartbeat("healthy", serde_json::Value::Null);
+        t.heartbeat("healthy", crate::health::Summary::default());
         assert_eq!(t.missed(Duration::from_secs(1), Instant::now()), 0);
         assert!(t.exited(Instant::now()));
         t.started(11);

@@ -72,7 +72,7 @@ pub struct Heartbeat {
     /// healthy / degraded / unhealthy
     pub status: String,
     pub timestamp: String,
-    pub metrics: serde_json::Value,
+    pub metrics: crate::health::Summary,
 }
 
 impl Registration {

@@ -38,7 +38,7 @@ pub async fn run(
             sequence,
             status: health.into(),
             timestamp: crate::model::format_rfc3339(crate::clock::now_unix_ns()),
-            metrics: metrics.summary_json(),
+            metrics: metrics.summary(),
         };
         let env = Envelope::new(
             FrameKind::Publish,

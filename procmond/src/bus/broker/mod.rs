@@ -91,25 +91,32 @@ pub struct BrokerStats {
 }
 
 impl BrokerStats {
+    /// Every counter by name (`ctl health`, `/metrics`).
+    pub fn counters(&self) -> std::collections::BTreeMap<String, u64> {
+        [
+            ("connections", &self.connections),
+            ("connections_refused", &self.connections_refused),
+            ("connections_evicted", &self.connections_evicted),
+            ("frames_rejected", &self.frames_rejected),
+            ("subscribers_dropped", &self.subscribers_dropped),
+            ("published", &self.published),
+            ("unstored", &self.unstored),
+            ("publishes_refused", &self.publishes_refused),
+            ("subscriptions_refused", &self.subscriptions_refused),
+            ("rpcs_refused", &self.rpcs_refused),
+            ("requests_refused", &self.requests_refused),
+            ("responses_refused", &self.responses_refused),
+            ("idle_closed", &self.idle_closed),
+            ("calls_unauthorized", &self.calls_unauthorized),
+            ("takeovers", &self.takeovers),
+        ]
+        .into_iter()
+        .map(|(name, c)| (name.to_string(), c.load(Relaxed)))
+        .collect()
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
-        let get = |c: &AtomicU64| c.load(Relaxed);
-        serde_json::json!({
-            "connections": get(&self.connections),
-            "connections_refused": get(&self.connections_refused),
-            "connections_evicted": get(&self.connections_evicted),
-            "frames_rejected": get(&self.frames_rejected),
-            "subscribers_dropped": get(&self.subscribers_dropped),
-            "published": get(&self.published),
-            "unstored": get(&self.unstored),
-            "publishes_refused": get(&self.publishes_refused),
-            "subscriptions_refused": get(&self.subscriptions_refused),
-            "rpcs_refused": get(&self.rpcs_refused),
-            "requests_refused": get(&self.requests_refused),
-            "responses_refused": get(&self.responses_refused),
-            "idle_closed": get(&self.idle_closed),
-            "calls_unauthorized": get(&self.calls_unauthorized),
-            "takeovers": get(&self.takeovers),
-        })
+        serde_json::to_value(self.counters()).unwrap_or_default()
     }
 }
 
@@ -289,10 +296,11 @@ impl Broker {
     }
 
     /// The counters, with the bytes queued for peers right now.
-    pub fn stats_json(&self) -> serde_json::Value {
-        let mut v = self.inner.stats.to_json();
-        v["queued_bytes"] = serde_json::json!(self.inner.budget.total());
-        v
+    /// The counters and `queued_bytes`, by name (the agent's health).
+    pub fn stats_map(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut map = self.inner.stats.counters();
+        map.insert("queued_bytes".into(), self.inner.budget.total() as u64);
+        map
     }
 
     /// Issues the registration credential for the next start of collector
