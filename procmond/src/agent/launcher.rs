@@ -247,21 +247,23 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// The launcher process itself (`procmond agent-launcher`).
 pub async fn serve(config_path: &Path) -> std::io::Result<()> {
     let config = AgentConfig::load(config_path).map_err(std::io::Error::other)?;
-    let socket = config.broker.socket.clone();
-    // The collectors' configs live in a root-only directory of their own:
-    // the socket's directory may be reachable by the allowed users.
-    let runtime_dir = launcher_dir(&socket);
     let grace = Duration::from_secs(config.heartbeat.graceful_shutdown_timeout_secs);
-    let collectors: HashMap<String, CollectorConfig> = config
-        .collectors
-        .iter()
-        .filter(|c| c.enabled)
-        .map(|c| (c.id.clone(), c.clone()))
-        .collect();
-    let heartbeat_secs = config.heartbeat.interval_secs;
-
-    let mut running: HashMap<String, (u32, mpsc::UnboundedSender<Sig>)> = HashMap::new();
     let (exits_tx, mut exits) = mpsc::channel::<Report>(64);
+    let mut launching = Launching {
+        // The collectors' configs live in a root-only directory of their
+        // own: the socket's directory may be reachable by the allowed users.
+        runtime_dir: launcher_dir(&config.broker.socket),
+        socket: config.broker.socket.clone(),
+        heartbeat_secs: config.heartbeat.interval_secs,
+        collectors: config
+            .collectors
+            .iter()
+            .filter(|c| c.enabled)
+            .map(|c| (c.id.clone(), c.clone()))
+            .collect(),
+        running: HashMap::new(),
+        exits: exits_tx,
+    };
     let mut orders = BufReader::new(tokio::io::stdin()).lines();
     let mut out = tokio::io::stdout();
     loop {
@@ -275,41 +277,85 @@ pub async fn serve(config_path: &Path) -> std::io::Result<()> {
                         continue;
                     }
                 };
-                let report = match order {
-                    Order::Spawn { id, credential } => match collectors.get(&id) {
-                        None => Some(Report::Failed { id, message: "not a collector in agent.yaml".into() }),
-                        Some(_) if running.contains_key(&id) => Some(Report::Failed { id, message: "already running".into() }),
-                        Some(c) => match launch(c, &runtime_dir, &socket, heartbeat_secs, &credential) {
-                            Ok(child) => {
-                                let pid = child.id().unwrap_or(0);
-                                let (sig_tx, sig_rx) = mpsc::unbounded_channel();
-                                running.insert(id.clone(), (pid, sig_tx));
-                                tokio::spawn(reap(id.clone(), child, sig_rx, exits_tx.clone()));
-                                Some(Report::Started { id, pid })
-                            }
-                            Err(e) => Some(Report::Failed { id, message: e.to_string() }),
-                        },
-                    },
-                    Order::Signal { id, signal } => {
-                        if let Some(entry) = running.get(&id) {
-                            send_signal(entry, signal);
-                        }
-                        None
-                    }
-                };
-                if let Some(r) = report {
+                if let Some(r) = launching.obey(order) {
                     write_report(&mut out, &r).await?;
                 }
             }
             Some(report) = exits.recv() => {
                 if let Report::Exited { id, .. } = &report {
-                    running.remove(id);
+                    launching.running.remove(id);
                 }
                 write_report(&mut out, &report).await?;
             }
         }
     }
     // The agent is gone: stop everything we started.
+    stop_all(launching.running, &mut exits, grace).await;
+    Ok(())
+}
+
+/// What the launcher runs, and what it may run.
+struct Launching {
+    runtime_dir: PathBuf,
+    socket: PathBuf,
+    heartbeat_secs: u64,
+    collectors: HashMap<String, CollectorConfig>,
+    running: HashMap<String, (u32, mpsc::UnboundedSender<Sig>)>,
+    exits: mpsc::Sender<Report>,
+}
+
+impl Launching {
+    /// Carries out one order; what to report, if anything.
+    fn obey(&mut self, order: Order) -> Option<Report> {
+        match order {
+            Order::Spawn { id, credential } => Some(self.spawn(id, &credential)),
+            Order::Signal { id, signal } => {
+                if let Some(entry) = self.running.get(&id) {
+                    send_signal(entry, signal);
+                }
+                None
+            }
+        }
+    }
+
+    /// Starts collector `id` if agent.yaml names it and it is not running.
+    fn spawn(&mut self, id: String, credential: &str) -> Report {
+        let failed = |id, message: &str| Report::Failed {
+            id,
+            message: message.into(),
+        };
+        let Some(c) = self.collectors.get(&id) else {
+            return failed(id, "not a collector in agent.yaml");
+        };
+        if self.running.contains_key(&id) {
+            return failed(id, "already running");
+        }
+        let launched = launch(
+            c,
+            &self.runtime_dir,
+            &self.socket,
+            self.heartbeat_secs,
+            credential,
+        );
+        match launched {
+            Ok(child) => {
+                let pid = child.id().unwrap_or(0);
+                let (sig_tx, sig_rx) = mpsc::unbounded_channel();
+                self.running.insert(id.clone(), (pid, sig_tx));
+                tokio::spawn(reap(id.clone(), child, sig_rx, self.exits.clone()));
+                Report::Started { id, pid }
+            }
+            Err(e) => failed(id, &e.to_string()),
+        }
+    }
+}
+
+/// TERM to every collector, KILL to those still running after `grace`.
+async fn stop_all(
+    mut running: HashMap<String, (u32, mpsc::UnboundedSender<Sig>)>,
+    exits: &mut mpsc::Receiver<Report>,
+    grace: Duration,
+) {
     for entry in running.values() {
         send_signal(entry, Sig::TERM);
     }
@@ -328,7 +374,6 @@ pub async fn serve(config_path: &Path) -> std::io::Result<()> {
             }
         }
     }
-    Ok(())
 }
 
 async fn write_report(out: &mut tokio::io::Stdout, report: &Report) -> std::io::Result<()> {

@@ -229,50 +229,23 @@ pub async fn run(
         if retry.until.is_some_and(|t| t <= Instant::now()) {
             retry.until = None;
         }
-        let connected = *up.borrow();
-        if connected && retry.until.is_none() && !stream_ready && !state.queue.is_empty() {
-            match ensure_stream(&js, &prepared).await {
-                Ok(()) => stream_ready = true,
-                Err(e) => retry.failed(&stats, "checking the stream", &e),
-            }
-        }
-        while connected && stream_ready && retry.until.is_none() && in_flight.len() < MAX_IN_FLIGHT
-        {
-            let Some(item) = state.queue.pop_front() else {
-                break;
+        if *up.borrow() {
+            let link = Link {
+                js: &js,
+                in_flight: &mut in_flight,
+                retry: &mut retry,
+                stream_ready: &mut stream_ready,
             };
-            let message = PublishMessage::build()
-                .message_id(prepared.msg_id(&item.collector, item.epoch, item.seq))
-                .payload(item.payload.clone());
-            match js.send_publish(item.subject.clone(), message).await {
-                Ok(ack) => in_flight.push(Box::pin(async move { (item, ack.await) })),
-                Err(e) => {
-                    state.queue.push_front(item);
-                    retry.failed(&stats, "publishing", &e);
-                }
-            }
+            send_queued(&mut state, link).await;
         }
         if closing.is_some() && state.held.is_empty() {
             break;
         }
         let taking = closing.is_none() && state.held_bytes < HOLD_BYTES;
         tokio::select! {
-            Some((item, result)) = in_flight.next(), if !in_flight.is_empty() => match result {
-                Ok(ack) => {
-                    retry.failures = 0;
-                    if stats.recovered() {
-                        tracing::info!(url = %prepared.url, "nats sink stores again");
-                    }
-                    state.stored(&item, ack.duplicate);
-                }
-                Err(e) => {
-                    if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound {
-                        stream_ready = false;
-                    }
-                    state.queue.push_front(item);
-                    retry.failed(&stats, "waiting for a PublishAck", &e);
-                }
-            },
+            Some((item, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                on_ack(&mut state, &mut retry, &mut stream_ready, item, result);
+            }
             delivery = rx.recv(), if taking => match delivery {
                 Some(d) => state.accept(d),
                 None => closing = Some(Instant::now() + DRAIN_AT_CLOSE),
@@ -290,6 +263,74 @@ pub async fn run(
         );
     }
     Ok(())
+}
+
+/// What publishing needs besides the sink's state.
+struct Link<'a> {
+    js: &'a jetstream::Context,
+    in_flight: &'a mut FuturesUnordered<AckFuture>,
+    retry: &'a mut Retry,
+    stream_ready: &'a mut bool,
+}
+
+/// While connected and not backing off: checks the stream once, then
+/// publishes queued events while the in-flight window has room.
+async fn send_queued(state: &mut State<'_>, link: Link<'_>) {
+    let Link {
+        js,
+        in_flight,
+        retry,
+        stream_ready,
+    } = link;
+    let (prepared, stats) = (state.prepared, state.stats);
+    if retry.until.is_none() && !*stream_ready && !state.queue.is_empty() {
+        match ensure_stream(js, prepared).await {
+            Ok(()) => *stream_ready = true,
+            Err(e) => retry.failed(stats, "checking the stream", &e),
+        }
+    }
+    while *stream_ready && retry.until.is_none() && in_flight.len() < MAX_IN_FLIGHT {
+        let Some(item) = state.queue.pop_front() else {
+            break;
+        };
+        let message = PublishMessage::build()
+            .message_id(prepared.msg_id(&item.collector, item.epoch, item.seq))
+            .payload(item.payload.clone());
+        match js.send_publish(item.subject.clone(), message).await {
+            Ok(ack) => in_flight.push(Box::pin(async move { (item, ack.await) })),
+            Err(e) => {
+                state.queue.push_front(item);
+                retry.failed(stats, "publishing", &e);
+            }
+        }
+    }
+}
+
+/// A PublishAck (stored, perhaps as a duplicate) or its failure (sent
+/// again after a backoff; a missing stream is created again first).
+fn on_ack(
+    state: &mut State<'_>,
+    retry: &mut Retry,
+    stream_ready: &mut bool,
+    item: Item,
+    result: Result<PublishAck, jetstream::context::PublishError>,
+) {
+    match result {
+        Ok(ack) => {
+            retry.failures = 0;
+            if state.stats.recovered() {
+                tracing::info!(url = %state.prepared.url, "nats sink stores again");
+            }
+            state.stored(&item, ack.duplicate);
+        }
+        Err(e) => {
+            if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound {
+                *stream_ready = false;
+            }
+            state.queue.push_front(item);
+            retry.failed(state.stats, "waiting for a PublishAck", &e);
+        }
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {

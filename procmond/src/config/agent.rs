@@ -129,8 +129,34 @@ impl AgentConfig {
                 "must be an absolute path",
             ));
         }
-        // Every duration is bounded: later arithmetic on it (deadlines,
-        // Instant + Duration) can then never overflow.
+        self.check_ranges()?;
+        if self.run_as.is_some() && !self.broker.allowed_uids.contains(&0) {
+            return Err(ConfigError::invalid(
+                "broker.allowed_uids",
+                "must include 0 when run_as is set: collectors run as root and must reconnect after the agent drops its privileges",
+            ));
+        }
+        if let Some(user) = &self.run_as
+            && user.is_empty()
+        {
+            return Err(ConfigError::invalid("run_as", "must name a user"));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, c) in self.collectors.iter().enumerate() {
+            check_collector(i, c, &mut ids)?;
+        }
+        for (i, s) in self.sinks.iter().enumerate() {
+            check_sink(i, s)?;
+        }
+        if let Some(m) = &self.metrics {
+            m.listen_addr()?;
+        }
+        Ok(())
+    }
+
+    /// Every duration is bounded: later arithmetic on it (deadlines,
+    /// Instant + Duration) can then never overflow.
+    fn check_ranges(&self) -> Result<(), ConfigError> {
         let ranged = [
             ("startup_timeout_secs", self.startup_timeout_secs, 1, 3600),
             (
@@ -161,85 +187,80 @@ impl AgentConfig {
         for (key, value, lo, hi) in ranged.into_iter().chain(self.broker.limits.ranges()) {
             in_range(key, value, lo, hi)?;
         }
-        if self.run_as.is_some() && !self.broker.allowed_uids.contains(&0) {
-            return Err(ConfigError::invalid(
-                "broker.allowed_uids",
-                "must include 0 when run_as is set: collectors run as root and must reconnect after the agent drops its privileges",
-            ));
-        }
-        if let Some(user) = &self.run_as
-            && user.is_empty()
-        {
-            return Err(ConfigError::invalid("run_as", "must name a user"));
-        }
-        let mut ids = std::collections::HashSet::new();
-        for (i, c) in self.collectors.iter().enumerate() {
-            let key = |field: &str| format!("collectors[{i}].{field}");
-            if !super::is_topic_segment(&c.id) {
-                return Err(ConfigError::invalid(
-                    key("id"),
-                    format!(
-                        "must be 1-64 characters of [A-Za-z0-9_-] (it is a bus topic segment), got {:?}",
-                        c.id
-                    ),
-                ));
-            }
-            if !ids.insert(c.id.as_str()) {
-                return Err(ConfigError::invalid(
-                    key("id"),
-                    format!("duplicate collector id {:?}", c.id),
-                ));
-            }
-            if c.kind != "process-monitor" {
-                return Err(ConfigError::invalid(
-                    key("type"),
-                    format!(
-                        "unknown collector type {:?} (known: process-monitor)",
-                        c.kind
-                    ),
-                ));
-            }
-            if !c.binary_path.is_absolute() {
-                return Err(ConfigError::invalid(
-                    key("binary_path"),
-                    "must be an absolute path (the launcher runs it as root)",
-                ));
-            }
-            if c.enabled {
-                check_executable(&c.binary_path)
-                    .map_err(|reason| ConfigError::invalid(key("binary_path"), reason))?;
-            }
-            in_range(
-                &key("startup_timeout_secs"),
-                c.startup_timeout_secs,
-                1,
-                3600,
-            )?;
-            c.config.validate().map_err(|e| match e {
-                ConfigError::Invalid { key: k, reason } => {
-                    ConfigError::invalid(key(&format!("config.{k}")), reason)
-                }
-                other => other,
-            })?;
-        }
-        for (i, s) in self.sinks.iter().enumerate() {
-            s.validate_format(&format!("sinks[{i}]"))?;
-            match s {
-                SinkConfig::Jsonl { path, .. } => {
-                    if !path.is_absolute() {
-                        return Err(ConfigError::invalid(
-                            format!("sinks[{i}].path"),
-                            "must be an absolute path",
-                        ));
-                    }
-                }
-                SinkConfig::Nats(n) => n.validate(&format!("sinks[{i}]"))?,
-            }
-        }
-        if let Some(m) = &self.metrics {
-            m.listen_addr()?;
-        }
         Ok(())
+    }
+}
+
+/// `collectors[i]`: a unique topic-safe id, a known type, a root-owned
+/// absolute binary, a bounded start-up, and a valid procmond.yaml.
+fn check_collector<'a>(
+    i: usize,
+    c: &'a CollectorConfig,
+    ids: &mut std::collections::HashSet<&'a str>,
+) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("collectors[{i}].{field}");
+    if !super::is_topic_segment(&c.id) {
+        return Err(ConfigError::invalid(
+            key("id"),
+            format!(
+                "must be 1-64 characters of [A-Za-z0-9_-] (it is a bus topic segment), got {:?}",
+                c.id
+            ),
+        ));
+    }
+    if !ids.insert(c.id.as_str()) {
+        return Err(ConfigError::invalid(
+            key("id"),
+            format!("duplicate collector id {:?}", c.id),
+        ));
+    }
+    if c.kind != "process-monitor" {
+        return Err(ConfigError::invalid(
+            key("type"),
+            format!(
+                "unknown collector type {:?} (known: process-monitor)",
+                c.kind
+            ),
+        ));
+    }
+    if !c.binary_path.is_absolute() {
+        return Err(ConfigError::invalid(
+            key("binary_path"),
+            "must be an absolute path (the launcher runs it as root)",
+        ));
+    }
+    if c.enabled {
+        check_executable(&c.binary_path)
+            .map_err(|reason| ConfigError::invalid(key("binary_path"), reason))?;
+    }
+    in_range(
+        &key("startup_timeout_secs"),
+        c.startup_timeout_secs,
+        1,
+        3600,
+    )?;
+    c.config.validate().map_err(|e| match e {
+        ConfigError::Invalid { key: k, reason } => {
+            ConfigError::invalid(key(&format!("config.{k}")), reason)
+        }
+        other => other,
+    })
+}
+
+/// `sinks[i]`: a known format, and where it writes.
+fn check_sink(i: usize, s: &SinkConfig) -> Result<(), ConfigError> {
+    s.validate_format(&format!("sinks[{i}]"))?;
+    match s {
+        SinkConfig::Jsonl { path, .. } => {
+            if !path.is_absolute() {
+                return Err(ConfigError::invalid(
+                    format!("sinks[{i}].path"),
+                    "must be an absolute path",
+                ));
+            }
+            Ok(())
+        }
+        SinkConfig::Nats(n) => n.validate(&format!("sinks[{i}]")),
     }
 }
 

@@ -191,6 +191,12 @@ impl ProcmondConfig {
         self.source
             .check_platform()
             .map_err(|e| ConfigError::invalid("source", e))?;
+        self.check_storage()?;
+        self.check_lineage_and_sanitize()
+    }
+
+    /// The WAL, the ring buffer and the in-flight budget.
+    fn check_storage(&self) -> Result<(), ConfigError> {
         if !self.wal_dir.is_absolute() {
             return Err(ConfigError::invalid(
                 "wal_dir",
@@ -222,6 +228,11 @@ impl ProcmondConfig {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The process table's bounds and the operator's secret patterns.
+    fn check_lineage_and_sanitize(&self) -> Result<(), ConfigError> {
         if !(1024..=4 << 20).contains(&self.lineage.max_processes) {
             return Err(ConfigError::invalid(
                 "lineage.max_processes",

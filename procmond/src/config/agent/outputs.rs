@@ -274,6 +274,12 @@ impl NatsSinkConfig {
             604_800,
         )?;
         in_range(&key("ack_timeout_secs"), self.ack_timeout_secs, 1, 300)?;
+        self.check_auth(at)
+    }
+
+    /// One way to authenticate, and every file named by an absolute path.
+    fn check_auth(&self, at: &str) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("{at}.{field}");
         let methods = [
             self.credentials_file.is_some(),
             self.user.is_some(),
