@@ -2,8 +2,10 @@
 //! damaged storage (kept apart so `wal.rs` reads as the log itself).
 
 use super::*;
+use crate::delivery::wal_marks;
 use crate::model::batch::BatchBuilder;
 use crate::model::{EventKind, EventSource, ProcessEvent};
+use open::open_db;
 
 /// One batch of one event per seq.
 pub(crate) fn batch(seqs: impl IntoIterator<Item = u64>) -> Batch {

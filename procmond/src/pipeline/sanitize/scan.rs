@@ -125,39 +125,12 @@ pub fn pairs(
             i += 1;
             continue;
         }
-        let quote = (i > 0 && matches!(b[i - 1], b'"' | b'\'')).then(|| b[i - 1]);
-        let kend = if quote.is_some() { i - 1 } else { i };
-        let mut kstart = kend;
-        while kstart > 0 && is_key_byte(b[kstart - 1]) {
-            kstart -= 1;
-        }
-        let quoted_ok = match quote {
-            Some(q) => kstart > 0 && b[kstart - 1] == q,
-            None => true,
-        };
-        if kstart == kend || !quoted_ok {
+        let Some((kstart, kend, quote)) = key_before(b, i) else {
             i += 1;
             continue;
-        }
-        let key = &t[kstart..kend];
-        let (secret, header) = if sep == b'=' {
-            (key_secret(key, extra), false)
-        } else {
-            let bounded = quote.is_some()
-                || kstart == 0
-                || matches!(
-                    b[kstart - 1],
-                    b'{' | b',' | b';' | b'&' | b'?' | b'(' | b'[' | b'=' | b' '
-                );
-            if !bounded || b.get(i + 1) == Some(&b'/') {
-                (false, false)
-            } else if is_auth_header(key) {
-                (true, true)
-            } else {
-                let s = is_secret_header(key, extra) || (quote.is_some() && key_secret(key, extra));
-                (s, false)
-            }
         };
+        let key = &t[kstart..kend];
+        let (secret, header) = classify(b, i, kstart, quote, key, extra);
         if !secret {
             i += 1;
             continue;
@@ -193,6 +166,53 @@ pub fn pairs(
         i = next.max(i + 1);
     }
     None
+}
+
+/// The key ending at separator `i`: `(start, end, quote)`, the quote
+/// being the one around it (`"key":`), if any and matched.
+fn key_before(b: &[u8], i: usize) -> Option<(usize, usize, Option<u8>)> {
+    let quote = (i > 0 && matches!(b[i - 1], b'"' | b'\'')).then(|| b[i - 1]);
+    let kend = if quote.is_some() { i - 1 } else { i };
+    let mut kstart = kend;
+    while kstart > 0 && is_key_byte(b[kstart - 1]) {
+        kstart -= 1;
+    }
+    let quoted_ok = match quote {
+        Some(q) => kstart > 0 && b[kstart - 1] == q,
+        None => true,
+    };
+    (kstart != kend && quoted_ok).then_some((kstart, kend, quote))
+}
+
+/// Whether `key` before separator `i` names a secret, and whether it is an
+/// authorization header (whose value may start with a scheme). `key=` is
+/// judged by the key; `key:` only where a key can start (after `{`, `,`,
+/// … or quoted), and never as `scheme://`.
+fn classify(
+    b: &[u8],
+    i: usize,
+    kstart: usize,
+    quote: Option<u8>,
+    key: &str,
+    extra: &[String],
+) -> (bool, bool) {
+    if b[i] == b'=' {
+        return (key_secret(key, extra), false);
+    }
+    let bounded = quote.is_some()
+        || kstart == 0
+        || matches!(
+            b[kstart - 1],
+            b'{' | b',' | b';' | b'&' | b'?' | b'(' | b'[' | b'=' | b' '
+        );
+    if !bounded || b.get(i + 1) == Some(&b'/') {
+        (false, false)
+    } else if is_auth_header(key) {
+        (true, true)
+    } else {
+        let s = is_secret_header(key, extra) || (quote.is_some() && key_secret(key, extra));
+        (s, false)
+    }
 }
 
 /// `(start, end, resume)` of a value starting at `v`. Quoted: up to the
