@@ -4,7 +4,8 @@
 //! * no cycle between the library's top-level modules (a module that names
 //!   `crate::other` depends on it; test files are left out);
 //! * `cfg(target_os …)` only under `platform/`, where the operating system
-//!   is chosen.
+//!   is chosen;
+//! * no function longer than 80 lines outside tests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -129,6 +130,57 @@ pub fn target_os_outside_platform(src: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The lines of `text` before its inline `mod tests`.
+fn code_lines(text: &str) -> Vec<&str> {
+    let lines: Vec<&str> = text.lines().collect();
+    let end = lines
+        .windows(2)
+        .position(|w| w[0].starts_with("#[cfg(test)]") && w[1].starts_with("mod tests"))
+        .unwrap_or(lines.len());
+    lines[..end].to_vec()
+}
+
+/// `file:function (lines)` for every function over `max` lines (from its
+/// `fn` line to the brace that closes it at the same indentation).
+pub fn long_functions(src: &Path, max: usize) -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    let mut found = Vec::new();
+    for file in files.iter().filter(|f| !is_test_file(f)) {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let lines = code_lines(&text);
+        for (i, line) in lines.iter().enumerate() {
+            let body = line.trim_start();
+            let indent = line.len() - body.len();
+            let words: Vec<&str> = body.split_whitespace().collect();
+            let Some(at) = words.iter().position(|w| *w == "fn") else {
+                continue;
+            };
+            let qualifiers = [
+                "pub",
+                "pub(crate)",
+                "pub(super)",
+                "async",
+                "const",
+                "unsafe",
+            ];
+            if !words[..at].iter().all(|w| qualifiers.contains(w)) {
+                continue;
+            }
+            let close = format!("{}}}", " ".repeat(indent));
+            if let Some(end) = lines[i + 1..].iter().position(|l| *l == close) {
+                let len = end + 2;
+                if len > max {
+                    let name = words.get(at + 1).unwrap_or(&"?");
+                    let name = name.split(['(', '<']).next().unwrap_or(name);
+                    found.push(format!("{}:{name} ({len} lines)", file.display()));
+                }
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +215,24 @@ mod tests {
             target_os_outside_platform(&procmond_src()),
             Vec::<String>::new()
         );
+    }
+
+    #[test]
+    fn no_function_is_longer_than_80_lines() {
+        assert_eq!(long_functions(&procmond_src(), 80), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_long_function_is_named() {
+        let dir = std::env::temp_dir().join(format!("xtask-long-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let body = "    let x = 1;\n".repeat(5);
+        let text = format!("pub fn short() {{\n}}\n\nasync fn long() {{\n{body}}}\n");
+        std::fs::write(dir.join("a.rs"), text).expect("a");
+        let found = long_functions(&dir, 5);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].ends_with("a.rs:long (7 lines)"), "{found:?}");
     }
 }
