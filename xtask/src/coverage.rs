@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 
 /// The files an event crosses from the kernel to the sink, by path under
 /// `procmond/src/`. A prefix ending in `/` names a whole folder.
-const CRITICAL_PATH: [&str; 17] = [
+const CRITICAL_PATH: [&str; 19] = [
     "platform/sources/ebpf/record.rs",
     "platform/sources/ebpf/layout.rs",
     "sensor/kernel_loop.rs",
@@ -30,6 +30,8 @@ const CRITICAL_PATH: [&str; 17] = [
     "delivery/storage.rs",
     "delivery/pacer.rs",
     "delivery/connector.rs",
+    "delivery/connector_loop.rs",
+    "delivery/wal_open.rs",
     "bus/protocol.rs",
     "bus/broker/",
     "agent/sink.rs",
