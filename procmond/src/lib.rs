@@ -2,10 +2,11 @@
 //! stop, from the kernel as it happens, without losing events silently.
 //!
 //! Follow one event: `sources::ebpf` (kernel record) → `sources::ebpf::record`
-//! (decode) → `sensor` (the actor; reconcile bookkeeping) → `pipeline`
-//! (enrich, sanitize, encode) → `delivery::wal` → `delivery::connector` →
-//! `bus::broker` → `agent::sink` (or `output` in `watch`) — see
-//! docs/architecture.md.
+//! (decode) → `sensor::kernel_loop` (the sensor task; reconcile bookkeeping)
+//! → `pipeline` (enrich, sanitize, encode) → `delivery::wal` →
+//! `delivery::connector_loop` / `connector` → `bus::broker` → `agent::sink`
+//! (or `output` in `watch`) — see docs/architecture.md. What differs by
+//! operating system is under `platform` (the seam, and `sources`, `sys`, …).
 
 pub mod agent;
 pub mod backoff;

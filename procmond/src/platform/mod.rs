@@ -1,4 +1,4 @@
-//! The seam between procmond and the operating system, for the sensor.
+//! Everything the operating system decides, behind one seam (ADR 21).
 //!
 //! What the sensor asks of the OS — start the kernel event source, read the
 //! process table — goes through `Platform`; what the pipeline reads after a
@@ -6,7 +6,10 @@
 //! implementation (`host.rs`, the one place that picks eBPF, ETW,
 //! EndpointSecurity or audit(4) and procfs, kinfo or sysinfo by target);
 //! `fake` is a scripted one that replays records, process tables and faults
-//! so the sensor's loop is tested in-process without root.
+//! so the sensor's loops are tested in-process without root. The modules
+//! below it are the OS-facing pieces themselves: the kernel sources, procfs,
+//! clocks, privileges and their drop, and `sys` (the calls that need
+//! `unsafe`). `cfg(target_os)` appears nowhere else in the crate.
 
 use std::sync::Arc;
 
