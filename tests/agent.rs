@@ -216,10 +216,7 @@ fn a_local_peer_cannot_exhaust_the_broker() {
     let dir = AgentDir::new("limits");
     let config = dir.write_config("", "", true);
     let text = std::fs::read_to_string(&config).expect("read agent.yaml");
-    // The idle timeout leaves the steps below (a_ must still be open, and
-    // the least recently active, when the fifth connection comes) seconds
-    // of margin on a slow machine; at 1 s a slow step idled a_ out first.
-    let limits = "  allowed_uids: [0]\n  limits: {max_connections_per_uid: 4, max_subscriptions_per_connection: 2, max_pending_rpcs_per_connection: 1, max_rpc_deadline_secs: 2, idle_timeout_secs: 4}\n";
+    let limits = "  allowed_uids: [0]\n  limits: {max_connections_per_uid: 4, max_subscriptions_per_connection: 2, max_pending_rpcs_per_connection: 1, max_rpc_deadline_secs: 2, idle_timeout_secs: 1}\n";
     std::fs::write(&config, text.replacen("  allowed_uids: [0]\n", limits, 1)).expect("write");
     let mut agent = Agent::start(&config);
     agent.wait_for_log("steady state", Duration::from_secs(60));
