@@ -41,7 +41,7 @@ impl Broker {
         let conn = self.next_id();
         let cancel = shutdown.child_token();
         let (outbox, outbox_rx) = outbox::channel(self.inner.budget.clone());
-        let last_active = Arc::new(AtomicU64::new(self.clock_ms()));
+        let last_active = Arc::new(AtomicU64::new(self.activity_tick()));
         if let Err(why) = self.make_room(&peer) {
             self.refuse(Some(&peer), why);
             return;
@@ -153,7 +153,7 @@ impl Broker {
             let Some(frame) = frame else { return Ok(()) };
             let envelope = protocol::decode(&frame?)?;
             active = true;
-            last_active.store(self.clock_ms(), Relaxed);
+            last_active.store(self.activity_tick(), Relaxed);
             self.handle(envelope, conn, &outbox, &acks).await?;
         }
     }

@@ -159,7 +159,7 @@ struct Connection {
     /// The collector id it registered (`bus/authz.rs`).
     owner: Option<String>,
     outbox: Outbox,
-    /// When it last sent a frame (ms on the broker's clock).
+    /// When it connected or last sent a frame (an activity tick).
     last_active: Arc<AtomicU64>,
 }
 
@@ -205,7 +205,11 @@ struct Inner {
     credentials: Credentials,
     budget: Arc<Budget>,
     next_id: AtomicU64,
-    started: std::time::Instant,
+    /// Ticks once per frame any connection sends: orders connections by
+    /// their last activity without ties (a millisecond clock tied two
+    /// connections active in the same millisecond, and the eviction then
+    /// picked between them in hash order).
+    activity: AtomicU64,
     stats: BrokerStats,
 }
 
@@ -285,7 +289,7 @@ impl Broker {
                 credentials: Credentials::default(),
                 budget: Arc::new(budget),
                 next_id: AtomicU64::new(1),
-                started: std::time::Instant::now(),
+                activity: AtomicU64::new(0),
                 stats: BrokerStats::default(),
             }),
         }
@@ -319,9 +323,9 @@ impl Broker {
         self.inner.next_id.fetch_add(1, Relaxed)
     }
 
-    /// Milliseconds since the broker started (for activity times).
-    fn clock_ms(&self) -> u64 {
-        self.inner.started.elapsed().as_millis() as u64
+    /// The next activity tick: later activity, larger tick.
+    fn activity_tick(&self) -> u64 {
+        self.inner.activity.fetch_add(1, Relaxed)
     }
 
     /// Accepts connections until `shutdown`.

@@ -400,3 +400,42 @@ async fn a_flood_of_idle_connections_never_locks_out_an_operator_or_a_collector(
         FrameKind::Ack
     );
 }
+
+/// At the per-uid cap, the connection closed is the least recently active
+/// one, also when every connection was active within the same millisecond
+/// (a millisecond clock tied them, and the broker then closed one of them
+/// in hash order: a busy peer lost its connection instead of an idle one).
+#[tokio::test]
+async fn the_least_recently_active_connection_is_the_one_evicted() {
+    let limits = BrokerLimits {
+        max_connections_per_uid: 3,
+        ..BrokerLimits::default()
+    };
+    for round in 0..20 {
+        let r = start(&format!("lru{round}"), limits);
+        let mut peers = Vec::new();
+        for i in 0..3 {
+            let (mut w, mut rd) = peer(&r).await;
+            w.subscribe(&format!("app.t{i}"), 1)
+                .await
+                .expect("subscribe");
+            assert_eq!(next(&mut rd).await.expect("ack").kind, FrameKind::Ack);
+            peers.push((w, rd));
+        }
+        let _fourth = peer(&r).await;
+        let (_w, oldest) = &mut peers[0];
+        let closed = tokio::time::timeout(Duration::from_secs(1), oldest.next()).await;
+        assert!(
+            matches!(closed, Ok(None)),
+            "round {round}: the least recently active connection was closed"
+        );
+        for (w, rd) in &mut peers[1..] {
+            w.subscribe("app.again", 2).await.expect("subscribe");
+            assert_eq!(
+                next(rd).await.map(|e| e.kind),
+                Some(FrameKind::Ack),
+                "round {round}: a more recently active connection still served"
+            );
+        }
+    }
+}
