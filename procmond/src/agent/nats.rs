@@ -33,7 +33,6 @@ use tokio::time::Instant;
 
 use super::sink::{Dedupe, SinkStats};
 use crate::bus::broker::Durable;
-use crate::model::batch::Batch;
 
 mod setup;
 use setup::{BACKOFF_MIN, backoff, ensure_stream, on_event};
@@ -78,16 +77,7 @@ struct State<'a> {
 
 impl State<'_> {
     /// Queues the events of a delivery; confirms at once if there are none to store.
-    fn accept(&mut self, Durable { envelope, done }: Durable) {
-        let batch = match Batch::parse_slice(&envelope.payload) {
-            Ok(b) => b,
-            Err(e) => {
-                self.stats.invalid.fetch_add(1, Relaxed);
-                tracing::error!(error = %e, topic = %envelope.topic, "nats sink dropped a delivery that is not a batch");
-                let _ = done.send(());
-                return;
-            }
-        };
+    fn accept(&mut self, Durable { batch, done }: Durable) {
         let delivery = self.next_delivery;
         self.next_delivery += 1;
         let (mut count, mut bytes) = (0, 0);

@@ -105,8 +105,7 @@ async fn collector(
 }
 
 /// The `(pid, start_time, seq)` of every event in `batch`.
-fn keys(batch: &[u8]) -> Vec<(u32, Option<i64>, u64)> {
-    let batch = Batch::parse_slice(batch).expect("a valid batch");
+fn keys(batch: &Batch) -> Vec<(u32, Option<i64>, u64)> {
     batch
         .iter()
         .map(|e| e.decode().expect("decodes"))
@@ -123,7 +122,7 @@ async fn delivered(rx: &mut mpsc::Receiver<Durable>, key: (u32, i64), confirm: b
             .await
             .expect("delivered in time")
             .expect("a delivery");
-        let found = keys(&d.envelope.payload)
+        let found = keys(&d.batch)
             .into_iter()
             .find(|(pid, start, _)| (*pid, *start) == (key.0, Some(key.1)));
         if confirm {
@@ -236,7 +235,7 @@ async fn in_service_mode_events_wait_for_begin_monitoring_and_control_is_answere
         .await
         .expect("broadcast");
     next_matching(&mut events, "the held exec", |e| {
-        keys(&e.payload)
+        keys(&Batch::parse_slice(&e.payload).expect("a valid batch"))
             .iter()
             .any(|(pid, start, _)| (*pid, *start) == (5151, Some(51)))
     })

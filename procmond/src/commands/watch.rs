@@ -90,7 +90,7 @@ async fn watch(
     ));
     let broker = Broker::new(Vec::new());
     let listener = Broker::bind(&socket).context("binding the embedded broker")?;
-    let events = broker.subscribe_local(TOPIC_EVENTS, 4096)?;
+    let events = broker.subscribe_batches(TOPIC_EVENTS, 4096)?;
     let broker_stop = CancellationToken::new();
     let serving = tokio::spawn({
         let broker = broker.clone();

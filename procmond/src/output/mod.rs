@@ -14,7 +14,6 @@ use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 
-use crate::bus::protocol::Envelope;
 use crate::metrics::Metrics;
 use crate::model::batch::Batch;
 use crate::model::{ProcessEvent, format_rfc3339};
@@ -202,11 +201,11 @@ pub fn escape(s: &str) -> String {
         .collect()
 }
 
-/// Writes every event of the delivered batches from `rx` until it closes,
-/// flushing whenever it is idle. Each event is validated before it is
-/// rendered.
+/// Writes every event of the delivered batches from `rx` (validated by the
+/// broker) until it closes, flushing whenever it is idle. Each event is
+/// read in place, which checks it again.
 pub async fn write_events<W: AsyncWrite + Unpin>(
-    mut rx: mpsc::Receiver<Envelope>,
+    mut rx: mpsc::Receiver<Batch>,
     writer: W,
     format: Format,
     metrics: Arc<Metrics>,
@@ -216,16 +215,7 @@ pub async fn write_events<W: AsyncWrite + Unpin>(
     let mut broken = false;
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
-        while let Some(delivery) = next {
-            let batch = match Batch::parse_slice(&delivery.payload) {
-                Ok(b) => b,
-                Err(e) => {
-                    Metrics::incr(&metrics.events_output_dropped);
-                    tracing::error!(error = %e, topic = %delivery.topic, "delivery dropped: not a batch");
-                    next = rx.try_recv().ok();
-                    continue;
-                }
-            };
+        while let Some(batch) = next {
             for entry in batch.iter() {
                 if broken {
                     Metrics::incr(&metrics.events_output_dropped);

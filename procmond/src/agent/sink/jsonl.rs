@@ -27,7 +27,6 @@ use tokio::time::Instant;
 
 use super::{Dedupe, SinkStats, backoff};
 use crate::bus::broker::Durable;
-use crate::model::batch::Batch;
 use crate::output::{EventFormat, dedupe_key};
 
 const SEED_BYTES: u64 = 4 * 1024 * 1024;
@@ -141,20 +140,12 @@ impl Group {
 
     fn accept(
         &mut self,
-        Durable { envelope, done }: Durable,
+        Durable { batch, done }: Durable,
         format: EventFormat,
         dedupe: &mut Dedupe,
         stats: &SinkStats,
     ) {
         self.done.push(done);
-        let batch = match Batch::parse_slice(&envelope.payload) {
-            Ok(b) => b,
-            Err(e) => {
-                stats.invalid.fetch_add(1, Relaxed);
-                tracing::error!(error = %e, topic = %envelope.topic, "sink dropped a delivery that is not a batch");
-                return;
-            }
-        };
         for entry in batch.iter() {
             // Validated and read in place: the native format is written
             // from the archived event without decoding it.

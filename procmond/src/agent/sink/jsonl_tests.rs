@@ -6,7 +6,6 @@ use std::process::Command;
 use tokio::sync::oneshot::error::TryRecvError;
 
 use super::*;
-use crate::bus::protocol::{Envelope, FrameKind, TOPIC_EVENT_BATCH};
 use crate::model::batch::BatchBuilder;
 use crate::model::{EventKind, EventSource, ProcessEvent};
 
@@ -58,10 +57,14 @@ fn delivery(seqs: std::ops::Range<u64>) -> (Durable, oneshot::Receiver<()>) {
         e.argv = vec!["/bin/true".into(), "x".repeat(200)];
         b.push(&e).expect("encodes");
     }
-    let payload = b.finish().as_bytes().to_vec();
     let (done, confirmed) = oneshot::channel();
-    let envelope = Envelope::new(FrameKind::Deliver, TOPIC_EVENT_BATCH, seqs.start, payload);
-    (Durable { envelope, done }, confirmed)
+    (
+        Durable {
+            batch: b.finish(),
+            done,
+        },
+        confirmed,
+    )
 }
 
 async fn confirmed_within(rx: &mut oneshot::Receiver<()>, secs: u64) -> bool {

@@ -160,7 +160,7 @@ impl Broker {
         let sent = match &tx {
             SubTx::Remote(outbox) => outbox.try_push(env).is_ok(),
             SubTx::Server(tx) => tx.try_send(env).is_ok(),
-            SubTx::Local(_) | SubTx::Durable(_) => false,
+            SubTx::Local(_) | SubTx::Durable(_) | SubTx::Batches(_) => false,
         };
         if !sent {
             drop(routes);

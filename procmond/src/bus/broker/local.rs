@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::call::Reply;
 use super::{Broker, Durable, Sub, SubTx};
 use crate::bus::protocol::{self, Envelope, FrameKind, ProtocolError, Status};
+use crate::model::batch::Batch;
 
 impl Broker {
     /// Subscribes an in-process consumer; never dropped for slowness, and
@@ -38,14 +39,42 @@ impl Broker {
 
     /// Subscribes an in-process consumer that stores what it gets (a sink):
     /// publishers are acknowledged only after it confirms each delivery.
+    /// It gets the process events `pattern` matches, as the batches the
+    /// broker validated.
     pub fn subscribe_durable(
         &self,
         pattern: &str,
         capacity: usize,
     ) -> Result<mpsc::Receiver<Durable>, ProtocolError> {
         let (tx, rx) = mpsc::channel(capacity);
-        self.add_local(pattern, SubTx::Durable(tx))?;
+        self.add_events(pattern, SubTx::Durable(tx))?;
         Ok(rx)
+    }
+
+    /// Subscribes an in-process reader of process events (`watch`'s
+    /// writer): never dropped, publishers acknowledged once a batch is
+    /// queued to it; it gets the batches the broker validated.
+    pub fn subscribe_batches(
+        &self,
+        pattern: &str,
+        capacity: usize,
+    ) -> Result<mpsc::Receiver<Batch>, ProtocolError> {
+        let (tx, rx) = mpsc::channel(capacity);
+        self.add_events(pattern, SubTx::Batches(tx))?;
+        Ok(rx)
+    }
+
+    /// A subscription that takes process events only: its pattern must
+    /// match the topic of at least one kind.
+    fn add_events(&self, pattern: &str, tx: SubTx) -> Result<(), ProtocolError> {
+        protocol::validate_topic(pattern, true)?;
+        if super::route::kinds_matching(pattern) == 0 {
+            return Err(ProtocolError::Topic {
+                topic: pattern.to_string(),
+                reason: "matches no process-event topic (this subscriber takes events only)",
+            });
+        }
+        self.add_local(pattern, tx)
     }
 
     fn add_local(&self, pattern: &str, tx: SubTx) -> Result<(), ProtocolError> {

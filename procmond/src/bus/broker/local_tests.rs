@@ -155,3 +155,65 @@ async fn the_agents_own_publishes_and_requests_reach_who_serves_them() {
         (Status::Ok, &b"ping"[..])
     );
 }
+
+/// In-process event subscribers get the batch the broker validated, cut to
+/// the kinds their pattern matches, and never a plain publish; a pattern
+/// that matches no event topic is refused up front.
+#[tokio::test]
+async fn event_subscribers_get_validated_batches_of_their_kinds_only() {
+    use crate::bus::protocol::event_topic;
+    use crate::model::batch::BatchBuilder;
+    use crate::model::{EventKind, EventSource, ProcessEvent};
+
+    let running = start("batches");
+    let broker = &running.broker;
+    let mut exits = broker
+        .subscribe_batches(&event_topic(EventKind::Exit), 8)
+        .expect("subscribe");
+    let mut sink = broker
+        .subscribe_durable("events.#", 8)
+        .expect("subscribe");
+    assert!(broker.subscribe_durable("control.#", 8).is_err());
+    assert!(broker.subscribe_batches("app.x", 8).is_err());
+
+    broker
+        .publish_local("events.other", b"plain".to_vec())
+        .await
+        .expect("plain publish");
+    let mut b = BatchBuilder::new();
+    for (seq, kind) in [
+        (1, EventKind::Exec),
+        (2, EventKind::Exit),
+        (3, EventKind::Exec),
+    ] {
+        let mut e = ProcessEvent::new(kind, EventSource::Ebpf, 1, 42);
+        e.seq = seq;
+        b.push(&e).expect("encodes");
+    }
+    let (mut w, _r) = publisher(&running).await;
+    let env = Envelope::new(
+        FrameKind::Publish,
+        TOPIC_EVENT_BATCH,
+        9,
+        b.finish().as_bytes().to_vec(),
+    );
+    w.send(&env).await.expect("publish");
+
+    let within = Duration::from_secs(2);
+    let exit = tokio::time::timeout(within, exits.recv())
+        .await
+        .expect("in time")
+        .expect("a batch");
+    let seqs: Vec<u64> = exit.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [2], "only the exit");
+    let whole = tokio::time::timeout(within, sink.recv())
+        .await
+        .expect("in time")
+        .expect("a delivery");
+    assert_eq!(
+        whole.batch.len(),
+        3,
+        "the sink got the plain publish or a cut batch"
+    );
+    assert!(whole.batch.iter().all(|e| e.event().is_ok()));
+}

@@ -44,6 +44,7 @@ use super::authz::{Credentials, Operators};
 use super::limits::BrokerLimits;
 use super::peer::PeerId;
 use super::protocol::Envelope;
+use crate::model::batch::Batch;
 
 mod call;
 mod conn;
@@ -121,10 +122,12 @@ impl BrokerStats {
 }
 
 /// A delivery to a durable in-process subscriber (a sink): the publisher
-/// is acknowledged only once `done` is sent, i.e. once the event is stored.
+/// is acknowledged only once `done` is sent, i.e. once the events are
+/// stored. The batch is the one the broker validated (its structure and
+/// every event), not bytes to parse again.
 #[derive(Debug)]
 pub struct Durable {
-    pub envelope: Envelope,
+    pub batch: Batch,
     pub done: oneshot::Sender<()>,
 }
 
@@ -137,8 +140,12 @@ enum SubTx {
     Local(mpsc::Sender<Envelope>),
     /// In-process, serves the requests on its topic (the agent's own RPC).
     Server(mpsc::Sender<Envelope>),
-    /// In-process, never dropped, acknowledged when it confirms.
+    /// In-process, never dropped, acknowledged when it confirms; process
+    /// events only, as validated batches.
     Durable(mpsc::Sender<Durable>),
+    /// In-process, never dropped, acknowledged on queueing; process events
+    /// only, as validated batches (`watch`'s writer).
+    Batches(mpsc::Sender<Batch>),
 }
 
 #[derive(Debug)]

@@ -28,64 +28,108 @@ impl Sub {
     }
 }
 
+/// What one connection gets of a publish.
+enum Part {
+    /// A plain publish, as it came.
+    Plain(Envelope),
+    /// Every event of the published batch.
+    Whole,
+    /// The events of the kinds it subscribed to.
+    Kinds(Batch),
+}
+
+impl Part {
+    /// The part as a validated batch, for in-process event subscribers.
+    fn into_batch(self, whole: Option<&Batch>) -> Option<Batch> {
+        match self {
+            Part::Plain(_) => None,
+            Part::Whole => whole.cloned(),
+            Part::Kinds(b) => Some(b),
+        }
+    }
+
+    /// The part as a `Deliver` frame (the batch copied once into it).
+    fn into_envelope(self, whole: Option<&Batch>, correlation_id: u64) -> Envelope {
+        let bytes = match self {
+            Part::Plain(env) => return env,
+            Part::Whole => whole.map(|b| b.as_bytes().to_vec()).unwrap_or_default(),
+            Part::Kinds(b) => b.as_bytes().to_vec(),
+        };
+        let topic = protocol::TOPIC_EVENT_BATCH;
+        Envelope::new(FrameKind::Deliver, topic, correlation_id, bytes)
+    }
+}
+
 impl Broker {
     /// Delivers `env` (a publish) to every connection with a matching
     /// subscription; returns the confirmations of durable subscribers,
-    /// which gate the publisher's ack. Process events (`batch`) go to
-    /// connections whose patterns match the topic of at least one kind in
-    /// it, each getting the kinds it matches.
+    /// which gate the publisher's ack. Process events (`batch`, validated)
+    /// go to connections whose patterns match the topic of at least one
+    /// kind in it, each getting the kinds it matches: in-process
+    /// subscribers as the batch itself, connections as a frame.
     pub(super) async fn route(
         &self,
         env: Envelope,
         batch: Option<Batch>,
     ) -> Vec<oneshot::Receiver<()>> {
-        let deliveries = match batch {
-            Some(batch) => self.batch_deliveries(&env, &batch),
+        let corr = env.correlation_id;
+        let deliveries = match &batch {
+            Some(batch) => self.batch_deliveries(batch),
             None => self.plain_deliveries(env),
         };
+        let whole = batch.as_ref();
         let mut confirmations = Vec::new();
-        for (conn, tx, deliver) in deliveries {
+        for (conn, tx, part) in deliveries {
             match tx {
                 SubTx::Local(tx) | SubTx::Server(tx) => {
-                    let _ = tx.send(deliver).await;
+                    let _ = tx.send(part.into_envelope(whole, corr)).await;
+                }
+                SubTx::Batches(tx) => {
+                    if let Some(batch) = part.into_batch(whole) {
+                        let _ = tx.send(batch).await;
+                    }
                 }
                 SubTx::Durable(tx) => {
+                    let Some(batch) = part.into_batch(whole) else {
+                        continue;
+                    };
                     let (done, confirmed) = oneshot::channel();
                     confirmations.push(confirmed);
                     // A failed sink keeps its place: if it is gone, `done`
                     // drops with the message and the publish stays
                     // unacknowledged (kept in the collector's WAL).
-                    let _ = tx
-                        .send(Durable {
-                            envelope: deliver,
-                            done,
-                        })
-                        .await;
+                    let _ = tx.send(Durable { batch, done }).await;
                 }
                 SubTx::Remote(outbox) => {
-                    let mut pushed = outbox.try_push(deliver);
-                    if let Err((Refused::BrokerFull, deliver)) = pushed {
-                        // All queues together are full: the largest goes,
-                        // and this one (within its own cap) is served.
-                        match self.largest_queue() {
-                            Some((hog, queued)) if hog != conn => {
-                                self.drop_subscriber(hog, Refused::BrokerFull, queued);
-                                pushed = outbox.try_push_over_total(deliver);
-                            }
-                            _ => pushed = Err((Refused::BrokerFull, deliver)),
-                        }
-                    }
-                    if let Err((why, _)) = pushed {
-                        self.drop_subscriber(conn, why, outbox.queued());
-                    }
+                    self.push_remote(conn, &outbox, part.into_envelope(whole, corr))
                 }
             }
         }
         confirmations
     }
 
+    /// Queues a delivery to a connection; a full queue disconnects it (or,
+    /// when all queues together are full, the one holding the most).
+    fn push_remote(&self, conn: u64, outbox: &super::outbox::Outbox, deliver: Envelope) {
+        let mut pushed = outbox.try_push(deliver);
+        if let Err((Refused::BrokerFull, deliver)) = pushed {
+            // All queues together are full: the largest goes,
+            // and this one (within its own cap) is served.
+            match self.largest_queue() {
+                Some((hog, queued)) if hog != conn => {
+                    self.drop_subscriber(hog, Refused::BrokerFull, queued);
+                    pushed = outbox.try_push_over_total(deliver);
+                }
+                _ => pushed = Err((Refused::BrokerFull, deliver)),
+            }
+        }
+        if let Err((why, _)) = pushed {
+            self.drop_subscriber(conn, why, outbox.queued());
+        }
+    }
+
     /// One delivery per connection of the kinds of `batch` it subscribed to.
-    fn batch_deliveries(&self, env: &Envelope, batch: &Batch) -> Vec<(u64, SubTx, Envelope)> {
+    fn batch_deliveries(&self, batch: &Batch) -> Vec<(u64, SubTx, Part)> {
         let present = batch.kinds();
         let mut wanted: Vec<(u64, SubTx, u8)> = Vec::new();
         for s in self.routes().subs.iter().filter(|s| s.kinds & present != 0) {
@@ -95,31 +139,29 @@ impl Broker {
             }
         }
         Metrics::add(&self.inner.stats.published, batch.len() as u64);
-        let mut deliveries = Vec::with_capacity(wanted.len());
-        for (conn, tx, mask) in wanted {
-            // The whole batch is copied once into the frame, not cloned first.
-            let payload = if mask == present {
-                Some(batch.as_bytes().to_vec())
-            } else {
-                batch
-                    .filter(|e| mask & (1 << e.kind.as_u8()) != 0)
-                    .map(|part| part.as_bytes().to_vec())
-            };
-            if let Some(payload) = payload {
-                let topic = protocol::TOPIC_EVENT_BATCH;
-                let deliver = Envelope::new(FrameKind::Deliver, topic, env.correlation_id, payload);
-                deliveries.push((conn, tx, deliver));
-            }
-        }
-        deliveries
+        wanted
+            .into_iter()
+            .filter_map(|(conn, tx, mask)| {
+                let part = if mask == present {
+                    Part::Whole
+                } else {
+                    Part::Kinds(batch.filter(|e| mask & (1 << e.kind.as_u8()) != 0)?)
+                };
+                Some((conn, tx, part))
+            })
+            .collect()
     }
 
-    /// One delivery of `env` per connection with a matching subscription.
-    fn plain_deliveries(&self, mut env: Envelope) -> Vec<(u64, SubTx, Envelope)> {
+    /// One delivery of `env` per connection with a matching subscription
+    /// (event-only subscribers excepted).
+    fn plain_deliveries(&self, mut env: Envelope) -> Vec<(u64, SubTx, Part)> {
         Metrics::incr(&self.inner.stats.published);
         env.kind = FrameKind::Deliver;
         let mut targets: Vec<(u64, SubTx)> = Vec::new();
         for s in &self.routes().subs {
+            if matches!(s.tx, SubTx::Durable(_) | SubTx::Batches(_)) {
+                continue;
+            }
             let matches = protocol::topic_matches(&s.pattern, &env.topic);
             if matches && !targets.iter().any(|(c, _)| *c == s.conn) {
                 targets.push((s.conn, s.tx.clone()));
@@ -127,7 +169,7 @@ impl Broker {
         }
         targets
             .into_iter()
-            .map(|(conn, tx)| (conn, tx, env.clone()))
+            .map(|(conn, tx)| (conn, tx, Part::Plain(env.clone())))
             .collect()
     }
 
@@ -172,7 +214,7 @@ impl Broker {
 }
 
 /// A bit per `EventKind` whose topic `pattern` matches.
-fn kinds_matching(pattern: &str) -> u8 {
+pub(super) fn kinds_matching(pattern: &str) -> u8 {
     EventKind::ALL
         .iter()
         .filter(|k| protocol::topic_matches(pattern, &protocol::event_topic(**k)))
