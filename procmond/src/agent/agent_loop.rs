@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::escalation::{Answer, on_answer, spawn, supervise};
-use super::launcher::{Launcher, Order, Report, Sig};
+use super::launcher::{Launch, Launcher, Order, Report, Sig};
 use super::supervisor::Tracked;
 use super::{
     AgentError, Phase, Sinks, agent_health, become_steady, begin_monitoring, laggards,
@@ -110,24 +110,24 @@ fn bind_broker(config: &AgentConfig) -> Result<(Broker, Listener), AgentError> {
 }
 
 /// What the agent knows of its collectors between two inputs.
-struct Supervision<'a> {
+pub(super) struct Supervision<'a, L: Launch> {
     config: &'a AgentConfig,
-    broker: Broker,
-    launcher: Launcher,
-    tracked: Vec<Tracked>,
-    phase: Phase,
+    pub(super) broker: Broker,
+    launcher: L,
+    pub(super) tracked: Vec<Tracked>,
+    pub(super) phase: Phase,
     started: Instant,
     answers: mpsc::Sender<Answer>,
     /// Heartbeats refused as forged or unknown.
-    forged: u64,
+    pub(super) forged: u64,
 }
 
-impl<'a> Supervision<'a> {
+impl<'a, L: Launch> Supervision<'a, L> {
     /// Spawns the enabled collectors, in agent.yaml order: Loading.
-    async fn start(
+    pub(super) async fn start(
         config: &'a AgentConfig,
         broker: Broker,
-        mut launcher: Launcher,
+        mut launcher: L,
         answers: mpsc::Sender<Answer>,
     ) -> Self {
         let tracked: Vec<Tracked> = config
@@ -158,7 +158,7 @@ impl<'a> Supervision<'a> {
 
     /// A registration; a collector ready after SteadyState (a restart) gets
     /// its own `begin_monitoring`.
-    async fn on_registration(&mut self, env: &Envelope) {
+    pub(super) async fn on_registration(&mut self, env: &Envelope) {
         if let Some(id) = on_registration(&mut self.tracked, env)
             && self.phase == Phase::SteadyState
         {
@@ -168,13 +168,13 @@ impl<'a> Supervision<'a> {
     }
 
     /// A request to the agent itself: its health.
-    fn on_request(&mut self, env: &Envelope, sinks: &Sinks) {
+    pub(super) fn on_request(&mut self, env: &Envelope, sinks: &Sinks) {
         let body = agent_health(self.phase, &mut self.tracked, &self.broker, sinks);
         self.broker.respond(env, Status::Ok, to_payload(&body));
     }
 
     /// A health check's answer (or its timeout), for escalation.
-    fn on_answer(&mut self, answer: Answer) {
+    pub(super) fn on_answer(&mut self, answer: Answer) {
         let grace = self.config.heartbeat.graceful_shutdown_timeout_secs;
         on_answer(
             &mut self.tracked,
@@ -188,7 +188,7 @@ impl<'a> Supervision<'a> {
     /// The periodic check: while Loading, SteadyState once every collector
     /// is ready (or stop naming the laggards); then supervise heartbeats;
     /// and restart what is due.
-    async fn on_check(&mut self) -> Result<(), AgentError> {
+    pub(super) async fn on_check(&mut self) -> Result<(), AgentError> {
         let now = Instant::now();
         if self.phase == Phase::Loading {
             if self.tracked.iter().all(|t| t.ready) {
@@ -220,7 +220,7 @@ impl<'a> Supervision<'a> {
 
     /// Asks every running collector to stop, waits for them (at most the
     /// graceful timeout), then lets the launcher go.
-    async fn stop_collectors(mut self, reports: &mut mpsc::Receiver<Report>) {
+    pub(super) async fn stop_collectors(mut self, reports: &mut mpsc::Receiver<Report>) {
         let grace = Duration::from_secs(self.config.heartbeat.graceful_shutdown_timeout_secs);
         for t in self.tracked.iter_mut().filter(|t| t.pid.is_some()) {
             t.deregistered = true;

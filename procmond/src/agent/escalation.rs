@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::find;
-use super::launcher::{Launcher, Order, Sig};
+use super::launcher::{Launch, Order, Sig};
 use super::supervisor::{Escalation, Tracked};
 use crate::bus::broker::Broker;
 use crate::bus::protocol::{self, Status};
@@ -26,7 +26,7 @@ pub(super) struct Answer {
 }
 
 /// Starts collector `id` through the launcher with a fresh credential.
-pub(super) async fn spawn(launcher: &mut Launcher, broker: &Broker, id: &str) {
+pub(super) async fn spawn(launcher: &mut impl Launch, broker: &Broker, id: &str) {
     let order = match broker.issue_credential(id) {
         Ok(credential) => Order::Spawn {
             id: id.to_string(),
@@ -45,7 +45,7 @@ pub(super) async fn spawn(launcher: &mut Launcher, broker: &Broker, id: &str) {
 /// Heartbeat supervision, one step per check.
 pub(super) async fn supervise(
     tracked: &mut [Tracked],
-    launcher: &mut Launcher,
+    launcher: &mut impl Launch,
     broker: &Broker,
     config: &AgentConfig,
     now: Instant,

@@ -88,6 +88,29 @@ pub enum Report {
     },
 }
 
+/// What supervision asks of a launcher: orders in (reports come back on
+/// the channel it was started with), and a last word at shutdown. The real
+/// one is the privileged process below; the agent's in-process tests use a
+/// recording fake (`agent/supervision_tests.rs`).
+pub trait Launch: Send {
+    /// Hands `order` over; an error means the launcher did not take it.
+    fn order(&mut self, order: &Order) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Lets the launcher go: it stops what still runs, within `grace`.
+    fn finish(self, grace: Duration) -> impl Future<Output = ()> + Send
+    where
+        Self: Sized;
+}
+
+impl Launch for Launcher {
+    fn order(&mut self, order: &Order) -> impl Future<Output = std::io::Result<()>> + Send {
+        Launcher::order(self, order)
+    }
+
+    fn finish(self, grace: Duration) -> impl Future<Output = ()> + Send {
+        Launcher::finish(self, grace)
+    }
+}
+
 /// The agent's side: orders go in, reports come out.
 #[derive(Debug)]
 pub struct Launcher {

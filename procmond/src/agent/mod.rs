@@ -23,6 +23,8 @@ pub mod prometheus;
 #[cfg(windows)]
 pub mod service;
 pub mod sink;
+#[cfg(test)]
+mod supervision_tests;
 pub mod supervisor;
 
 use std::sync::Arc;

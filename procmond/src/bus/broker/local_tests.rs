@@ -170,9 +170,7 @@ async fn event_subscribers_get_validated_batches_of_their_kinds_only() {
     let mut exits = broker
         .subscribe_batches(&event_topic(EventKind::Exit), 8)
         .expect("subscribe");
-    let mut sink = broker
-        .subscribe_durable("events.#", 8)
-        .expect("subscribe");
+    let mut sink = broker.subscribe_durable("events.#", 8).expect("subscribe");
     assert!(broker.subscribe_durable("control.#", 8).is_err());
     assert!(broker.subscribe_batches("app.x", 8).is_err());
 
