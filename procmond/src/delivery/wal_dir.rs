@@ -13,11 +13,13 @@
 //!   symbolic link found inside is left alone, never followed.
 //!
 //! Windows: the directory gets a private ACL (SYSTEM, Administrators, this
-//! account), which sled's files inherit.
+//! account), which sled's files inherit. How each OS does it is in
+//! `platform/private_files.rs`; this file says what the WAL asks for.
 
 use std::path::Path;
 
 use super::wal::WalError;
+use crate::platform::private_files::{self, PrivateError};
 
 pub(super) fn dir_error(dir: &Path) -> impl Fn(std::io::Error) -> WalError + '_ {
     move |source| WalError::Dir {
@@ -26,134 +28,27 @@ pub(super) fn dir_error(dir: &Path) -> impl Fn(std::io::Error) -> WalError + '_ 
     }
 }
 
+fn wal_error(dir: &Path) -> impl Fn(PrivateError) -> WalError + '_ {
+    move |e| match e {
+        PrivateError::Refused { path, reason } => WalError::Refused { path, reason },
+        PrivateError::Io { path, source } => WalError::Dir { path, source },
+        // Only opening a file through a path checks that (not used here).
+        #[allow(unreachable_patterns)]
+        other => WalError::Refused {
+            path: dir.display().to_string(),
+            reason: other.to_string(),
+        },
+    }
+}
+
 /// Creates (or checks) `dir` as the WAL's private directory.
 pub(super) fn prepare(dir: &Path) -> Result<(), WalError> {
-    #[cfg(unix)]
-    unix::prepare(dir)?;
-    #[cfg(windows)]
-    {
-        std::fs::create_dir_all(dir).map_err(dir_error(dir))?;
-        crate::sys::windows::make_private(dir).map_err(dir_error(dir))?;
-    }
-    #[cfg(not(any(unix, windows)))]
-    std::fs::create_dir_all(dir).map_err(dir_error(dir))?;
-    Ok(())
+    private_files::prepare_dir(dir).map_err(wal_error(dir))
 }
 
 /// sled creates files with the process umask; the WAL holds command lines.
 pub(super) fn restrict_files(dir: &Path) -> Result<(), WalError> {
-    #[cfg(unix)]
-    unix::restrict_files(dir)?;
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
-}
-
-#[cfg(unix)]
-mod unix {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    use std::path::Path;
-
-    use rustix::fs::{Mode, OFlags};
-    use rustix::io::Errno;
-
-    use super::dir_error;
-    use crate::delivery::wal::WalError;
-
-    fn refused(path: &Path, reason: String) -> WalError {
-        WalError::Refused {
-            path: path.display().to_string(),
-            reason,
-        }
-    }
-
-    pub fn prepare(dir: &Path) -> Result<(), WalError> {
-        let parent = dir
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(dir_error(parent))?;
-        check_parent(parent)?;
-        let link = || {
-            refused(
-                dir,
-                "is a symbolic link; wal_dir must be a real directory".into(),
-            )
-        };
-        match std::fs::symlink_metadata(dir) {
-            Ok(m) if m.file_type().is_symlink() => return Err(link()),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::create_dir(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(dir_error(dir)(e)),
-            },
-            Err(e) => return Err(dir_error(dir)(e)),
-        }
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = match rustix::fs::open(dir, flags, Mode::empty()) {
-            Ok(fd) => fd,
-            // A link planted since the check above.
-            Err(Errno::LOOP) => return Err(link()),
-            Err(e) => return Err(dir_error(dir)(e.into())),
-        };
-        let stat = rustix::fs::fstat(&fd).map_err(|e| dir_error(dir)(e.into()))?;
-        let me = rustix::process::geteuid().as_raw();
-        if stat.st_uid != me {
-            return Err(refused(
-                dir,
-                format!(
-                    "is owned by uid {}, not by the collector's uid {me}",
-                    stat.st_uid
-                ),
-            ));
-        }
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700)).map_err(|e| dir_error(dir)(e.into()))
-    }
-
-    /// Refuses a parent in which another user could replace `wal_dir`.
-    fn check_parent(parent: &Path) -> Result<(), WalError> {
-        let meta = std::fs::metadata(parent).map_err(dir_error(parent))?;
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
-            return Err(refused(
-                parent,
-                format!(
-                    "the parent of wal_dir is writable by other users (mode {mode:o}) without the sticky bit"
-                ),
-            ));
-        }
-        let me = rustix::process::geteuid().as_raw();
-        if meta.uid() != 0 && meta.uid() != me {
-            return Err(refused(
-                parent,
-                format!(
-                    "the parent of wal_dir is owned by uid {}, neither root nor the collector",
-                    meta.uid()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    pub fn restrict_files(dir: &Path) -> Result<(), WalError> {
-        for entry in std::fs::read_dir(dir).map_err(dir_error(dir))? {
-            let entry = entry.map_err(dir_error(dir))?;
-            let path = entry.path();
-            let kind = entry.file_type().map_err(dir_error(&path))?;
-            if kind.is_symlink() {
-                tracing::warn!(path = %path.display(), "symbolic link in the WAL directory left alone");
-                continue;
-            }
-            let mode = if kind.is_dir() { 0o700 } else { 0o600 };
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                .map_err(dir_error(&path))?;
-            if kind.is_dir() {
-                restrict_files(&path)?;
-            }
-        }
-        Ok(())
-    }
+    private_files::restrict_tree(dir).map_err(wal_error(dir))
 }
 
 #[cfg(all(test, unix))]

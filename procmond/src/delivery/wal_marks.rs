@@ -22,11 +22,9 @@
 //! before they moved into the tree.
 
 use std::fs::File;
-#[cfg(unix)]
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-#[cfg(windows)]
-use std::os::windows::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+
+use crate::platform::private_files;
 
 /// The marks file, in the WAL directory.
 pub const MARKS_FILE: &str = "procmond.marks";
@@ -110,23 +108,11 @@ impl MarksFile {
     /// Opens (creating, 0600, never following a symlink) the marks in `dir`
     /// and reads what they say.
     pub fn open(dir: &Path) -> std::io::Result<(Self, Found)> {
-        let mut options = std::fs::OpenOptions::new();
-        options.read(true).write(true).create(true).truncate(false);
-        #[cfg(unix)]
-        options.mode(0o600).custom_flags(nix::libc::O_NOFOLLOW);
-        // Windows: FILE_FLAG_OPEN_REPARSE_POINT, i.e. never follow a link
-        // (the file inherits the WAL directory's private ACL).
-        #[cfg(windows)]
-        options.custom_flags(0x0020_0000);
-        let file = options.open(dir.join(MARKS_FILE))?;
+        let file = private_files::open_rw(&dir.join(MARKS_FILE))?;
         let mut buf = [0u8; LEN + 1];
         let mut len = 0;
         while len < buf.len() {
-            #[cfg(unix)]
-            let read = file.read_at(&mut buf[len..], len as u64)?;
-            #[cfg(windows)]
-            let read = file.seek_read(&mut buf[len..], len as u64)?;
-            match read {
+            match private_files::read_at(&file, &mut buf[len..], len as u64)? {
                 0 => break,
                 n => len += n,
             }
@@ -143,22 +129,7 @@ impl MarksFile {
 
     /// Rewrites the record in place.
     pub fn write(&self, marks: &Marks) -> std::io::Result<()> {
-        #[cfg(unix)]
-        {
-            self.file.write_all_at(&marks.encode(), 0)
-        }
-        #[cfg(windows)]
-        {
-            let bytes = marks.encode();
-            let mut done = 0;
-            while done < bytes.len() {
-                match self.file.seek_write(&bytes[done..], done as u64)? {
-                    0 => return Err(std::io::ErrorKind::WriteZero.into()),
-                    n => done += n,
-                }
-            }
-            Ok(())
-        }
+        private_files::write_all_at(&self.file, &marks.encode(), 0)
     }
 }
 

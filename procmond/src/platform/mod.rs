@@ -26,6 +26,7 @@ pub mod container;
 pub mod fake;
 mod host;
 pub mod options;
+pub mod private_files;
 #[cfg(unix)]
 pub mod privdrop;
 pub mod privileges;

@@ -35,15 +35,11 @@ const SEED_BYTES: u64 = 4 * 1024 * 1024;
 const HOLD_BYTES: usize = 64 * 1024 * 1024;
 /// After the agent closes the sink, how long it still tries to store what it holds.
 const DRAIN_AT_CLOSE: Duration = Duration::from_secs(5);
-/// Directories the sink makes on the way to its file.
-#[cfg(unix)]
-const DIR_MODE: u32 = 0o750;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JsonlError {
-    #[cfg(unix)]
     #[error("jsonl sink: {0}")]
-    Path(#[from] crate::sys::safe_path::PathError),
+    Open(#[from] crate::platform::private_files::PrivateError),
     #[error("jsonl sink: {path}: {source}")]
     Io {
         path: PathBuf,
@@ -61,54 +57,12 @@ pub struct JsonlFile {
 
 impl JsonlFile {
     pub fn open(path: &Path) -> Result<Self, JsonlError> {
-        #[cfg(unix)]
-        let file = crate::sys::safe_path::open_append(path, DIR_MODE)?;
-        #[cfg(windows)]
-        let file = open_windows(path).map_err(|source| JsonlError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file = crate::platform::private_files::open_append(path)?;
         Ok(Self {
             file,
             path: path.to_path_buf(),
         })
     }
-}
-
-/// Windows: no link followed at the path (a reparse point is opened as
-/// itself, then refused); a directory procmond made gets the private ACL,
-/// one that existed keeps its own (it may be shared), the file gets it.
-#[cfg(windows)]
-fn open_windows(path: &Path) -> std::io::Result<File> {
-    use std::os::windows::fs::OpenOptionsExt;
-    use windows_sys::Win32::Storage::FileSystem::FILE_FLAG_OPEN_REPARSE_POINT;
-    let refuse = || {
-        std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!(
-                "{} is a symbolic link or junction: refusing to follow it",
-                path.display()
-            ),
-        )
-    };
-    if let Some(parent) = path.parent() {
-        let created = !parent.exists();
-        std::fs::create_dir_all(parent)?;
-        if created {
-            crate::sys::windows::make_private(parent)?;
-        }
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
-        .open(path)?;
-    if file.metadata()?.file_type().is_symlink() {
-        return Err(refuse());
-    }
-    crate::sys::windows::make_private(path)?;
-    Ok(file)
 }
 
 /// Opens `path` and writes deliveries from `rx` to it until `rx` closes.
