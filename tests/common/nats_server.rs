@@ -224,6 +224,17 @@ impl Reader {
 
     /// Polls until `pred` holds for every message read so far.
     pub fn wait_for(&mut self, timeout: Duration, what: &str, pred: impl Fn(&[Msg]) -> bool) {
+        self.wait_for_or(timeout, what, pred, |_| String::new());
+    }
+
+    /// `wait_for`, with `explain` saying what is missing when it times out.
+    pub fn wait_for_or(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&[Msg]) -> bool,
+        explain: impl Fn(&[Msg]) -> String,
+    ) {
         let deadline = Instant::now() + timeout;
         let mut last_error = String::new();
         loop {
@@ -235,8 +246,9 @@ impl Reader {
             }
             assert!(
                 Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for {what}; read {} messages; last error: {last_error}",
-                self.msgs.len()
+                "timed out after {timeout:?} waiting for {what}; read {} messages; last error: {last_error}; {}",
+                self.msgs.len(),
+                explain(&self.all())
             );
             std::thread::sleep(Duration::from_millis(200));
         }
