@@ -226,9 +226,11 @@ fn document(report: &str) -> String {
          critical path is the files an event crosses from the kernel record to the sink \
          (`CRITICAL_PATH` in xtask/src/coverage.rs). The goals are more than 80 % for the \
          library and more than 90 % for the critical path. The sensor and the collector \
-         run in-process on the fake platform (`platform/fake.rs`); the largest gap left \
-         is the agent's supervision of its collectors (`agent/mod.rs`, `agent/launcher.rs`), \
-         which spawns real processes.\n\n{report}"
+         run in-process on the fake platform (`platform/fake.rs`), the agent's supervision \
+         on a recording launcher (`agent/supervision_tests.rs`); the largest gap left is \
+         the launcher process itself (`agent/launcher.rs`), the Windows service and the \
+         agent's start-up (`agent/agent_loop.rs::run`), which spawn real processes and \
+         are covered by the end-to-end tests.\n\n{report}"
     )
 }
 
