@@ -43,7 +43,7 @@ fn wal_error(dir: &Path) -> impl Fn(PrivateError) -> WalError + '_ {
 
 /// Creates (or checks) `dir` as the WAL's private directory.
 pub(super) fn prepare(dir: &Path) -> Result<(), WalError> {
-    private_files::prepare_dir(dir).map_err(wal_error(dir))
+    private_files::prepare_dir(dir, "wal_dir").map_err(wal_error(dir))
 }
 
 /// sled creates files with the process umask; the WAL holds command lines.

@@ -42,10 +42,13 @@ pub(crate) fn io_error(path: &Path) -> impl Fn(std::io::Error) -> PrivateError +
     }
 }
 
-/// Creates (or checks) `dir` as a private directory.
-pub fn prepare_dir(dir: &Path) -> Result<(), PrivateError> {
+/// Creates (or checks) `dir` as a private directory; refusals name it as
+/// `what` (the config key, e.g. `wal_dir`).
+pub fn prepare_dir(dir: &Path, what: &str) -> Result<(), PrivateError> {
     #[cfg(unix)]
-    unix::prepare(dir)?;
+    unix::prepare(dir, what)?;
+    #[cfg(not(unix))]
+    let _ = what;
     #[cfg(windows)]
     {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
@@ -162,17 +165,17 @@ mod unix {
         }
     }
 
-    pub fn prepare(dir: &Path) -> Result<(), PrivateError> {
+    pub fn prepare(dir: &Path, what: &str) -> Result<(), PrivateError> {
         let parent = dir
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(dir_error(parent))?;
-        check_parent(parent)?;
+        check_parent(parent, what)?;
         let link = || {
             refused(
                 dir,
-                "is a symbolic link; it must be a real directory".into(),
+                format!("is a symbolic link; {what} must be a real directory"),
             )
         };
         match std::fs::symlink_metadata(dir) {
@@ -206,15 +209,15 @@ mod unix {
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700)).map_err(|e| dir_error(dir)(e.into()))
     }
 
-    /// Refuses a parent in which another user could replace `wal_dir`.
-    fn check_parent(parent: &Path) -> Result<(), PrivateError> {
+    /// Refuses a parent in which another user could replace `what`.
+    fn check_parent(parent: &Path, what: &str) -> Result<(), PrivateError> {
         let meta = std::fs::metadata(parent).map_err(dir_error(parent))?;
         let mode = meta.mode() & 0o7777;
         if mode & 0o022 != 0 && mode & 0o1000 == 0 {
             return Err(refused(
                 parent,
                 format!(
-                    "the parent of wal_dir is writable by other users (mode {mode:o}) without the sticky bit"
+                    "the parent of {what} is writable by other users (mode {mode:o}) without the sticky bit"
                 ),
             ));
         }
@@ -223,7 +226,7 @@ mod unix {
             return Err(refused(
                 parent,
                 format!(
-                    "the parent of wal_dir is owned by uid {}, neither root nor the collector",
+                    "the parent of {what} is owned by uid {}, neither root nor the collector",
                     meta.uid()
                 ),
             ));
